@@ -1,0 +1,74 @@
+//! `hotsplice`: live patching for Linux from a unified diff.
+//!
+//! This binary is the command line over the library crates: it parses arguments, does the IO,
+//! prints reports and maps outcomes to exit codes. See `ARCHITECTURE.md`.
+
+mod diff;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit status: the change can be applied (or the command succeeded).
+pub const EXIT_OK: u8 = 0;
+/// Exit status: refused — the change cannot be applied safely; the report says why.
+pub const EXIT_REFUSED: u8 = 1;
+/// Exit status: bad input — unreadable file, not ELF, wrong architecture, bad arguments.
+pub const EXIT_BAD_INPUT: u8 = 2;
+
+const AFTER_HELP: &str = "\
+Exit status:
+  0  success; for `diff`, the change can be applied live
+  1  refused: the change cannot be applied live (the report names why)
+  2  bad input: unreadable or malformed files, wrong architecture, bad arguments
+
+Not supported: architectures other than x86-64, clang, C++ exceptions, LTO builds.";
+
+/// Live patching for Linux: turn a source diff into a patch for running programs.
+#[derive(Debug, Parser)]
+#[command(name = "hotsplice", version, about, long_about = None, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Diff(diff::DiffArgs),
+}
+
+/// An error carrying the exit status it should produce.
+#[derive(Debug)]
+pub struct Exit {
+    /// The exit status.
+    pub code: u8,
+    /// What went wrong.
+    pub error: anyhow::Error,
+}
+
+impl Exit {
+    /// Bad input (exit status 2).
+    pub fn bad_input(error: anyhow::Error) -> Self {
+        Exit {
+            code: EXIT_BAD_INPUT,
+            error,
+        }
+    }
+}
+
+fn run() -> Result<ExitCode, Exit> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Diff(args) => diff::run(&args),
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(exit) => {
+            eprintln!("hotsplice: error: {:#}", exit.error);
+            ExitCode::from(exit.code)
+        }
+    }
+}

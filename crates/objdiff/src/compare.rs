@@ -1,0 +1,265 @@
+//! Deciding whether two byte ranges (a function, a variable, a jump table) are the same.
+//!
+//! Two ranges are equal when they have the same size, the same bytes outside relocation
+//! fields, and the same relocations: offset, type, addend and target, where targets are
+//! compared through the [`Correlation`] (symbols), by content (strings, constants, compiler
+//! private tables) or recursively (anonymous sections such as jump tables).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use crate::correlate::Correlation;
+use crate::elf::SymbolKind;
+use crate::name;
+use crate::reference::{Reference, Resolved, Target};
+use crate::reloc_type;
+
+/// A byte range of one section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Range {
+    /// Section index.
+    pub section: usize,
+    /// Start offset.
+    pub start: u64,
+    /// End offset (exclusive).
+    pub end: u64,
+}
+
+impl Range {
+    /// The range a symbol covers.
+    pub fn of_symbol(side: &Resolved<'_>, index: usize) -> Option<Range> {
+        let sym = &side.elf.symbols[index];
+        let section = sym.section()?;
+        Some(Range {
+            section,
+            start: sym.value,
+            end: sym.value.saturating_add(sym.size),
+        })
+    }
+
+    fn len(&self) -> u64 {
+        self.end.saturating_sub(self.start)
+    }
+}
+
+/// Compares ranges of the pre and post builds; remembers results of recursive comparisons.
+pub struct Comparer<'c, 'a> {
+    pre: &'c Resolved<'a>,
+    post: &'c Resolved<'a>,
+    correlation: &'c Correlation,
+    memo: RefCell<HashMap<(Range, Range), bool>>,
+}
+
+impl<'c, 'a> Comparer<'c, 'a> {
+    /// A comparer for one pair of objects.
+    pub fn new(
+        pre: &'c Resolved<'a>,
+        post: &'c Resolved<'a>,
+        correlation: &'c Correlation,
+    ) -> Self {
+        Comparer {
+            pre,
+            post,
+            correlation,
+            memo: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// `None` when equal; otherwise a sentence saying where the first difference is.
+    pub fn difference(&self, a: Range, b: Range) -> Option<String> {
+        let (pre_section, post_section) = (
+            &self.pre.elf.sections[a.section],
+            &self.post.elf.sections[b.section],
+        );
+        let what = if post_section.is_code() {
+            "code"
+        } else {
+            "contents"
+        };
+        if a.len() != b.len() {
+            return Some(format!("size {} → {} bytes", a.len(), b.len()));
+        }
+        if pre_section.is_nobits() != post_section.is_nobits() {
+            return Some(if post_section.is_nobits() {
+                "initialiser became all zeroes (moved to .bss)".to_string()
+            } else {
+                "initialiser became non-zero (moved out of .bss)".to_string()
+            });
+        }
+        if (pre_section.flags ^ post_section.flags) & crate::elf::SHF_WRITE != 0 {
+            return Some("writability changed (const added or removed)".to_string());
+        }
+        let pre_refs = self.pre.references_in(a.section, a.start, a.end);
+        let post_refs = self.post.references_in(b.section, b.start, b.end);
+
+        if !pre_section.is_nobits() {
+            let (Some(pre_bytes), Some(post_bytes)) = (
+                pre_section.bytes(a.start, a.end),
+                post_section.bytes(b.start, b.end),
+            ) else {
+                return Some("bytes lie outside their section".to_string());
+            };
+            let pre_mask = mask(a, pre_refs);
+            let post_mask = mask(b, post_refs);
+            for i in 0..pre_bytes.len() {
+                let masked = pre_mask.get(i).copied().unwrap_or(false)
+                    && post_mask.get(i).copied().unwrap_or(false);
+                if !masked && pre_bytes[i] != post_bytes[i] {
+                    return Some(format!("{what} differs at +{i:#x}"));
+                }
+            }
+        }
+
+        if pre_refs.len() != post_refs.len() {
+            return Some(format!(
+                "{} → {} relocations",
+                pre_refs.len(),
+                post_refs.len()
+            ));
+        }
+        for (x, y) in pre_refs.iter().zip(post_refs) {
+            let at = x.offset - a.start;
+            if at != y.offset - b.start {
+                return Some(format!(
+                    "relocation at +{at:#x} moved to +{:#x}",
+                    y.offset - b.start
+                ));
+            }
+            if x.r_type != y.r_type {
+                return Some(format!(
+                    "relocation at +{at:#x}: {} → {}",
+                    reloc_type::name(x.r_type),
+                    reloc_type::name(y.r_type)
+                ));
+            }
+            if x.addend != y.addend {
+                return Some(format!(
+                    "relocation at +{at:#x} to {}: addend {} → {}",
+                    self.describe_post(y),
+                    x.addend,
+                    y.addend
+                ));
+            }
+            if let Some(why) = self.target_difference(x, y) {
+                return Some(format!("relocation at +{at:#x}: {why}"));
+            }
+        }
+        None
+    }
+
+    /// Describes what a post reference points at, for messages.
+    pub fn describe_post(&self, reference: &Reference<'_>) -> String {
+        describe(self.post, reference)
+    }
+
+    fn target_difference(&self, x: &Reference<'a>, y: &Reference<'a>) -> Option<String> {
+        match (x.target, y.target) {
+            (Target::Nothing, Target::Nothing) => None,
+            (Target::Str(p), Target::Str(q)) => {
+                (p != q).then(|| format!("string {} → {}", quote(p), quote(q)))
+            }
+            (Target::Constant(p), Target::Constant(q)) => {
+                (p != q).then(|| format!("constant {p:02x?} → {q:02x?}"))
+            }
+            (Target::Section(p), Target::Section(q)) => {
+                let (ps, qs) = (&self.pre.elf.sections[p], &self.post.elf.sections[q]);
+                if name::canonical(&ps.name) != name::canonical(&qs.name) {
+                    return Some(format!("now refers to {} (was {})", qs.name, ps.name));
+                }
+                let whole = |side: &Resolved<'_>, s: usize| Range {
+                    section: s,
+                    start: 0,
+                    end: side.elf.sections[s].size,
+                };
+                self.recursive(whole(self.pre, p), whole(self.post, q))
+                    .map(|why| format!("{} changed: {why}", qs.name))
+            }
+            (Target::Symbol(p), Target::Symbol(q)) => {
+                let paired = self.correlation.pre_to_post.get(&p) == Some(&q);
+                let (ps, qs) = (&self.pre.elf.symbols[p], &self.post.elf.symbols[q]);
+                let private =
+                    is_private_data(ps.kind, &ps.name) && is_private_data(qs.kind, &qs.name);
+                if private && name::canonical(&ps.name) == name::canonical(&qs.name) {
+                    // A compiler-private table goes with the patch: compare its contents.
+                    let (Some(a), Some(b)) = (
+                        Range::of_symbol(self.pre, p),
+                        Range::of_symbol(self.post, q),
+                    ) else {
+                        return (!paired)
+                            .then(|| format!("now refers to {} (was {})", qs.name, ps.name));
+                    };
+                    return self
+                        .recursive(a, b)
+                        .map(|why| format!("{} changed: {why}", qs.name));
+                }
+                (!paired).then(|| format!("now refers to {} (was {})", qs.name, ps.name))
+            }
+            _ => Some(format!(
+                "now refers to {} (was {})",
+                describe(self.post, y),
+                describe(self.pre, x)
+            )),
+        }
+    }
+
+    fn recursive(&self, a: Range, b: Range) -> Option<String> {
+        if let Some(&equal) = self.memo.borrow().get(&(a, b)) {
+            return (!equal).then(|| "contents differ".to_string());
+        }
+        // Assume equal while comparing, so cycles (a jump table pointing back into its
+        // function) terminate.
+        self.memo.borrow_mut().insert((a, b), true);
+        let result = self.difference(a, b);
+        self.memo.borrow_mut().insert((a, b), result.is_none());
+        result
+    }
+}
+
+/// Whether a local symbol is compiler-private data (taken as new by patched functions).
+pub fn is_private_data(kind: SymbolKind, name: &str) -> bool {
+    matches!(kind, SymbolKind::Object) && name::is_compiler_private(name)
+}
+
+fn mask(range: Range, refs: &[Reference<'_>]) -> Vec<bool> {
+    let mut mask = vec![false; range.len() as usize];
+    for r in refs {
+        let start = (r.offset - range.start) as usize;
+        let end = (start + reloc_type::field_width(r.r_type) as usize).min(mask.len());
+        for m in mask.iter_mut().take(end).skip(start) {
+            *m = true;
+        }
+    }
+    mask
+}
+
+/// A printable description of a reference's target.
+pub fn describe(side: &Resolved<'_>, reference: &Reference<'_>) -> String {
+    match reference.target {
+        Target::Nothing => "no symbol".to_string(),
+        Target::Symbol(i) => side.elf.symbols[i].name.clone(),
+        Target::Str(s) => format!("string {}", quote(s)),
+        Target::Constant(c) => format!("constant {c:02x?}"),
+        Target::Section(s) => side.elf.sections[s].name.clone(),
+    }
+}
+
+fn quote(bytes: &[u8]) -> String {
+    let mut out = String::from("\"");
+    for &b in bytes.iter().take(60) {
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            0x20..=0x7e => out.push(b as char),
+            _ => {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        }
+    }
+    if bytes.len() > 60 {
+        out.push_str("...");
+    }
+    out.push('"');
+    out
+}

@@ -1,0 +1,6 @@
+//! Integration tests of hotsplice-objdiff: one binary, one module per area.
+
+/// Golden fixture cases compiled by gcc at test time.
+mod fixtures;
+/// Malformed and foreign input: errors, never panics.
+mod malformed;
