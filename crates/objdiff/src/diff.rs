@@ -57,8 +57,20 @@ pub fn diff_objects(
         &diff.data.clone(),
         &mut diff,
     );
-    diff.refusals
-        .extend(layout::check(&pre, &post, &changed, &correlation));
+    let changed_pre: Vec<usize> = diff
+        .functions
+        .iter()
+        .filter(|f| f.status == Status::Changed)
+        .filter_map(|f| f.pre_symbol)
+        .collect();
+    match layout::check(&pre, &post, &changed, &changed_pre) {
+        layout::Checked::Done(refusals) => diff.refusals.extend(refusals),
+        layout::Checked::NotNeeded => {}
+        layout::Checked::NoDebugInfo => diff.warnings.push(
+            "no DWARF debugging information (build with -g): struct layouts were not checked"
+                .to_string(),
+        ),
+    }
 
     if !pre.elf.comment.is_empty()
         && !post.elf.comment.is_empty()

@@ -32,6 +32,7 @@
 mod compare;
 mod correlate;
 mod diff;
+mod dwarf;
 pub mod elf;
 mod error;
 mod layout;
