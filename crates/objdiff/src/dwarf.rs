@@ -180,10 +180,8 @@ pub fn read(elf: &ElfObject<'_>) -> Option<DieTree> {
                     gimli::DW_AT_bit_size => die.bit_size = udata(value),
                     gimli::DW_AT_data_bit_offset => die.bit_offset = udata(value),
                     gimli::DW_AT_count => die.count = udata(value),
-                    gimli::DW_AT_upper_bound => {
-                        if die.count.is_none() {
-                            die.count = udata(value).map(|u| u.saturating_add(1));
-                        }
+                    gimli::DW_AT_upper_bound if die.count.is_none() => {
+                        die.count = udata(value).map(|u| u.saturating_add(1));
                     }
                     gimli::DW_AT_declaration => die.declaration = true,
                     name @ (gimli::DW_AT_type

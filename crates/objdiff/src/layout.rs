@@ -365,7 +365,7 @@ fn describe_change(name: &str, pre: &Layout, post: &Layout) -> Option<String> {
         ));
     }
     let offset = |m: &Member| {
-        if m.offset_bits % 8 == 0 && m.bit_size.is_none() {
+        if m.offset_bits.is_multiple_of(8) && m.bit_size.is_none() {
             format!("offset {}", m.offset_bits / 8)
         } else {
             format!("bit offset {}", m.offset_bits)
