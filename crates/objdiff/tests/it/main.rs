@@ -4,3 +4,5 @@
 mod fixtures;
 /// Malformed and foreign input: errors, never panics.
 mod malformed;
+/// No false positives on a real code base (Debian's nginx built twice).
+mod nginx;
