@@ -55,7 +55,11 @@ pub fn owners(side: &Resolved<'_>) -> HashMap<usize, BTreeSet<String>> {
             continue;
         };
         let parent = name::clone_parent(&sym.name).0.to_string();
-        for reference in side.references_in(section, sym.value, sym.value + sym.size.max(1)) {
+        for reference in side.references_in(
+            section,
+            sym.value,
+            sym.value.saturating_add(sym.size.max(1)),
+        ) {
             if let Target::Symbol(target) = reference.target {
                 owners.entry(target).or_default().insert(parent.clone());
             }

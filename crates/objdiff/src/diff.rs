@@ -318,13 +318,17 @@ fn referenced_symbols(post: &Resolved<'_>, function: usize) -> Vec<usize> {
     let Some(range) = Range::of_symbol(post, function) else {
         return Vec::new();
     };
-    post.references_in(range.section, range.start, range.end.max(range.start + 1))
-        .iter()
-        .filter_map(|r| match r.target {
-            Target::Symbol(s) => Some(s),
-            _ => None,
-        })
-        .collect()
+    post.references_in(
+        range.section,
+        range.start,
+        range.end.max(range.start.saturating_add(1)),
+    )
+    .iter()
+    .filter_map(|r| match r.target {
+        Target::Symbol(s) => Some(s),
+        _ => None,
+    })
+    .collect()
 }
 
 fn bindings(

@@ -341,7 +341,11 @@ fn roots_for(
             .unwrap_or_default();
         let mut roots = types.function_roots(&subprograms);
         if let Some(section) = sym.section() {
-            for r in side.references_in(section, sym.value, sym.value + sym.size.max(1)) {
+            for r in side.references_in(
+                section,
+                sym.value,
+                sym.value.saturating_add(sym.size.max(1)),
+            ) {
                 if let Target::Symbol(t) = r.target {
                     let target = &side.elf.symbols[t];
                     if let Some(vars) = by_variable.get(target.name.as_str()) {

@@ -136,7 +136,10 @@ fn covering(
             if better {
                 best = Some(index);
             }
-        } else if sym.size > 0 && sym.value + sym.size == offset && end_match.is_none() {
+        } else if sym.size > 0
+            && sym.value.saturating_add(sym.size) == offset
+            && end_match.is_none()
+        {
             end_match = Some(index);
         }
     }
@@ -288,6 +291,6 @@ fn constant_at<'a>(section: &Section<'a>, offset: i64) -> Option<(u64, &'a [u8])
     let start = offset - offset % width;
     let bytes = section
         .data
-        .get(usize::try_from(start).ok()?..usize::try_from(start + width).ok()?)?;
+        .get(usize::try_from(start).ok()?..usize::try_from(start.checked_add(width)?).ok()?)?;
     Some((start, bytes))
 }

@@ -4,19 +4,35 @@ use std::path::Path;
 
 use hotsplice_objdiff::{Error, Side, diff_objects};
 
-fn valid_object() -> Vec<u8> {
+const SOURCE: &str = "struct s { int a; long b; };\n\
+    static int n; int f(struct s *p, int x) { static int c; c += x; return c + n + p->a; }\n\
+    const char *g(void) { return \"hello\"; }\nint t[4] = {1, 2, 3, 4};\n\
+    int h(int k) { switch (k) { case 0: return 3; case 1: return 8; case 2: return 1; \
+    case 3: return 7; case 4: return 9; default: return 0; } }\n";
+
+fn compile_source(name: &str, source: &str) -> Vec<u8> {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("objdiff-malformed");
     std::fs::create_dir_all(&dir).unwrap();
-    let src = dir.join("m.c");
-    std::fs::write(
-        &src,
-        "static int n; int f(int x) { static int c; c += x; return c + n; }\n\
-         const char *g(void) { return \"hello\"; }\nint t[4] = {1, 2, 3, 4};\n",
-    )
-    .unwrap();
-    let out = dir.join("m.o");
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, source).unwrap();
+    let out = dir.join(format!("{name}.o"));
     crate::fixtures::compile(&src, &out, &["-O2"]);
     std::fs::read(out).unwrap()
+}
+
+fn valid_object() -> Vec<u8> {
+    compile_source("m", SOURCE)
+}
+
+/// The same source with every function changed, so a diff against it reads the DWARF too.
+fn changed_object() -> Vec<u8> {
+    compile_source(
+        "m2",
+        &SOURCE
+            .replace("c + n", "c - n")
+            .replace("hello", "hullo")
+            .replace("return 8", "return 6"),
+    )
 }
 
 #[test]
@@ -56,11 +72,18 @@ fn executable_is_refused_as_not_relocatable() {
 #[test]
 fn corrupted_objects_never_panic() {
     let good = valid_object();
+    let changed = changed_object();
+    assert!(
+        diff_objects("x.o", Some(&good), Some(&changed))
+            .unwrap()
+            .has_changes()
+    );
     for len in (0..good.len()).step_by(7) {
         let _ = diff_objects("x.o", Some(&good[..len]), Some(&good));
+        let _ = diff_objects("x.o", Some(&changed), Some(&good[..len]));
     }
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-    for _ in 0..3000 {
+    for _ in 0..4000 {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
@@ -69,6 +92,8 @@ fn corrupted_objects_never_panic() {
         bad[at] = (seed >> 32) as u8;
         let _ = diff_objects("x.o", Some(&good), Some(&bad));
         let _ = diff_objects("x.o", Some(&bad), Some(&good));
+        let _ = diff_objects("x.o", Some(&changed), Some(&bad));
+        let _ = diff_objects("x.o", Some(&bad), Some(&bad));
     }
 }
 
