@@ -38,6 +38,15 @@ impl Range {
         })
     }
 
+    /// The whole of a section.
+    pub fn of_section(side: &Resolved<'_>, section: usize) -> Range {
+        Range {
+            section,
+            start: 0,
+            end: side.elf.sections[section].size,
+        }
+    }
+
     fn len(&self) -> u64 {
         self.end.saturating_sub(self.start)
     }
@@ -167,13 +176,11 @@ impl<'c, 'a> Comparer<'c, 'a> {
                 if name::canonical(&ps.name) != name::canonical(&qs.name) {
                     return Some(format!("now refers to {} (was {})", qs.name, ps.name));
                 }
-                let whole = |side: &Resolved<'_>, s: usize| Range {
-                    section: s,
-                    start: 0,
-                    end: side.elf.sections[s].size,
-                };
-                self.recursive(whole(self.pre, p), whole(self.post, q))
-                    .map(|why| format!("{} changed: {why}", qs.name))
+                self.recursive(
+                    Range::of_section(self.pre, p),
+                    Range::of_section(self.post, q),
+                )
+                .map(|why| format!("{} changed: {why}", qs.name))
             }
             (Target::Symbol(p), Target::Symbol(q)) => {
                 let paired = self.correlation.pre_to_post.get(&p) == Some(&q);

@@ -48,15 +48,11 @@ pub fn diff_objects(
         .filter_map(|f| f.post_symbol)
         .collect();
     diff.bindings = bindings(&pre, &post, &correlation, &changed);
-    refuse_data(&post, &diff.data.clone(), &changed, &mut diff);
-    refuse_init(&post, &pre, &comparer, &diff.functions.clone(), &mut diff);
-    refuse_sections(&pre, &post, &comparer, &mut diff);
-    refuse_relocations(
-        &post,
-        &diff.functions.clone(),
-        &diff.data.clone(),
-        &mut diff,
-    );
+    let mut refusals = refuse_data(&post, &diff.data, &changed);
+    refusals.extend(refuse_init(&pre, &post, &comparer, &diff.functions));
+    refusals.extend(refuse_sections(&pre, &post, &comparer));
+    refusals.extend(refuse_relocations(&post, &diff.functions, &diff.data));
+    diff.refusals = refusals;
     let changed_pre: Vec<usize> = diff
         .functions
         .iter()
@@ -377,7 +373,8 @@ fn users(post: &Resolved<'_>, changed: &[usize], symbol: usize) -> Vec<String> {
     names.into_iter().collect()
 }
 
-fn refuse_data(post: &Resolved<'_>, data: &[DataDiff], changed: &[usize], diff: &mut ObjectDiff) {
+fn refuse_data(post: &Resolved<'_>, data: &[DataDiff], changed: &[usize]) -> Vec<Refusal> {
+    let mut refusals = Vec::new();
     for d in data {
         let functions = d
             .post_symbol
@@ -421,8 +418,9 @@ fn refuse_data(post: &Resolved<'_>, data: &[DataDiff], changed: &[usize], diff: 
             },
             _ => continue,
         };
-        diff.refusals.push(refusal);
+        refusals.push(refusal);
     }
+    refusals
 }
 
 fn is_init_section(section: &elf::Section<'_>) -> bool {
@@ -442,17 +440,12 @@ fn is_fini_section(section: &elf::Section<'_>) -> bool {
 }
 
 fn refuse_init(
-    post: &Resolved<'_>,
     pre: &Resolved<'_>,
+    post: &Resolved<'_>,
     comparer: &Comparer<'_, '_>,
     functions: &[FunctionDiff],
-    diff: &mut ObjectDiff,
-) {
-    let whole = |side: &Resolved<'_>, s: usize| Range {
-        section: s,
-        start: 0,
-        end: side.elf.sections[s].size,
-    };
+) -> Vec<Refusal> {
+    let mut refusals = Vec::new();
     let mut constructors: BTreeMap<usize, bool> = BTreeMap::new();
     for section in post.elf.sections.iter().filter(|s| is_init_section(s)) {
         for reference in &post.references[section.index] {
@@ -463,7 +456,10 @@ fn refuse_init(
         let pre_section = pre.elf.section_by_name(&section.name);
         let difference = match pre_section {
             None => Some("new".to_string()),
-            Some(p) => comparer.difference(whole(pre, p.index), whole(post, section.index)),
+            Some(p) => comparer.difference(
+                Range::of_section(pre, p.index),
+                Range::of_section(post, section.index),
+            ),
         };
         if let Some(why) = difference {
             let targets: Vec<String> = post.references[section.index]
@@ -475,7 +471,7 @@ fn refuse_init(
             } else {
                 "constructors"
             };
-            diff.refusals.push(Refusal {
+            refusals.push(Refusal {
                 kind: RefusalKind::InitChanged,
                 symbol: section.name.clone(),
                 detail: format!(
@@ -496,7 +492,7 @@ fn refuse_init(
             if fini {
                 continue; // A destructor runs at exit: replacing it takes effect.
             }
-            diff.refusals.push(Refusal {
+            refusals.push(Refusal {
                 kind: RefusalKind::InitChanged,
                 symbol: f.name.clone(),
                 detail: format!(
@@ -507,6 +503,7 @@ fn refuse_init(
             });
         }
     }
+    refusals
 }
 
 /// Allocated sections with no symbol of their own that nothing references as a section:
@@ -516,8 +513,8 @@ fn refuse_sections(
     pre: &Resolved<'_>,
     post: &Resolved<'_>,
     comparer: &Comparer<'_, '_>,
-    diff: &mut ObjectDiff,
-) {
+) -> Vec<Refusal> {
+    let mut refusals = Vec::new();
     let mut referenced: HashSet<usize> = HashSet::new();
     for refs in &post.references {
         for r in refs {
@@ -541,17 +538,15 @@ fn refuse_sections(
         {
             continue;
         }
-        let whole = |side: &Resolved<'_>, s: usize| Range {
-            section: s,
-            start: 0,
-            end: side.elf.sections[s].size,
-        };
         let difference = match pre.elf.section_by_name(&section.name) {
             None => Some("it is new".to_string()),
-            Some(p) => comparer.difference(whole(pre, p.index), whole(post, section.index)),
+            Some(p) => comparer.difference(
+                Range::of_section(pre, p.index),
+                Range::of_section(post, section.index),
+            ),
         };
         if let Some(why) = difference {
-            diff.refusals.push(Refusal {
+            refusals.push(Refusal {
                 kind: RefusalKind::UnsupportedSection,
                 symbol: section.name.clone(),
                 detail: format!(
@@ -562,14 +557,15 @@ fn refuse_sections(
             });
         }
     }
+    refusals
 }
 
 fn refuse_relocations(
     post: &Resolved<'_>,
     functions: &[FunctionDiff],
     data: &[DataDiff],
-    diff: &mut ObjectDiff,
-) {
+) -> Vec<Refusal> {
+    let mut refusals = Vec::new();
     let elements = functions
         .iter()
         .filter(|f| matches!(f.status, Status::Changed | Status::New))
@@ -591,7 +587,7 @@ fn refuse_relocations(
                 continue;
             }
             let name = &post.elf.symbols[symbol].name;
-            diff.refusals.push(Refusal {
+            refusals.push(Refusal {
                 kind: RefusalKind::UnsupportedRelocation,
                 symbol: name.clone(),
                 detail: format!(
@@ -605,6 +601,7 @@ fn refuse_relocations(
             });
         }
     }
+    refusals
 }
 
 #[cfg(test)]
