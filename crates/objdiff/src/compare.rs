@@ -165,10 +165,10 @@ impl<'c, 'a> Comparer<'c, 'a> {
     fn target_difference(&self, x: &Reference<'a>, y: &Reference<'a>) -> Option<String> {
         match (x.target, y.target) {
             (Target::Nothing, Target::Nothing) => None,
-            (Target::Str(p), Target::Str(q)) => {
+            (Target::Str(_, p), Target::Str(_, q)) => {
                 (p != q).then(|| format!("string {} → {}", quote(p), quote(q)))
             }
-            (Target::Constant(p), Target::Constant(q)) => {
+            (Target::Constant(_, p), Target::Constant(_, q)) => {
                 (p != q).then(|| format!("constant {p:02x?} → {q:02x?}"))
             }
             (Target::Section(p), Target::Section(q)) => {
@@ -245,8 +245,8 @@ pub fn describe(side: &Resolved<'_>, reference: &Reference<'_>) -> String {
     match reference.target {
         Target::Nothing => "no symbol".to_string(),
         Target::Symbol(i) => side.elf.symbols[i].name.clone(),
-        Target::Str(s) => format!("string {}", quote(s)),
-        Target::Constant(c) => format!("constant {c:02x?}"),
+        Target::Str(_, s) => format!("string {}", quote(s)),
+        Target::Constant(_, c) => format!("constant {c:02x?}"),
         Target::Section(s) => side.elf.sections[s].name.clone(),
     }
 }

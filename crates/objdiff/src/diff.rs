@@ -8,6 +8,7 @@ use crate::elf::{self, Definition, ElfObject, SymbolKind};
 use crate::error::{Error, Side};
 use crate::layout;
 use crate::name::{self, CloneKind};
+use crate::patchset::{self, PatchSet};
 use crate::reference::{Resolved, Target};
 use crate::reloc_type;
 use crate::report::{
@@ -30,16 +31,41 @@ pub fn diff_objects(
     post: Option<&[u8]>,
 ) -> Result<ObjectDiff, Error> {
     let pre = parse(pre, Side::Pre)?;
-
     let post = parse(post, Side::Post)?;
     let correlation = correlate::correlate(&pre, &post);
+    Ok(analyze(object, &pre, &post, &correlation))
+}
+
+/// Diffs one object pair and extracts the [`PatchSet`] that applies its change: the code of
+/// the changed and new functions with everything they carry, and the pre code of every
+/// replaced function.
+pub fn patch_objects(
+    object: &str,
+    pre: Option<&[u8]>,
+    post: Option<&[u8]>,
+) -> Result<(ObjectDiff, PatchSet), Error> {
+    let pre = parse(pre, Side::Pre)?;
+    let post = parse(post, Side::Post)?;
+    let correlation = correlate::correlate(&pre, &post);
+    let diff = analyze(object, &pre, &post, &correlation);
+    let set = patchset::extract(&pre, &post, &correlation, &diff);
+    Ok((diff, set))
+}
+
+/// The diff of a parsed, correlated pair.
+fn analyze(
+    object: &str,
+    pre: &Resolved<'_>,
+    post: &Resolved<'_>,
+    correlation: &Correlation,
+) -> ObjectDiff {
     let mut diff = ObjectDiff {
         object: object.to_string(),
         ..ObjectDiff::default()
     };
-    let comparer = Comparer::new(&pre, &post, &correlation);
-    diff.functions = function_statuses(&pre, &post, &correlation, &comparer);
-    diff.data = data_statuses(&pre, &post, &correlation, &comparer);
+    let comparer = Comparer::new(pre, post, correlation);
+    diff.functions = function_statuses(pre, post, correlation, &comparer);
+    diff.data = data_statuses(pre, post, correlation, &comparer);
 
     let changed: Vec<usize> = diff
         .functions
@@ -47,11 +73,11 @@ pub fn diff_objects(
         .filter(|f| matches!(f.status, Status::Changed | Status::New))
         .filter_map(|f| f.post_symbol)
         .collect();
-    diff.bindings = bindings(&pre, &post, &correlation, &changed);
-    let mut refusals = refuse_data(&post, &diff.data, &changed);
-    refusals.extend(refuse_init(&pre, &post, &comparer, &diff.functions));
-    refusals.extend(refuse_sections(&pre, &post, &comparer));
-    refusals.extend(refuse_relocations(&post, &diff.functions, &diff.data));
+    diff.bindings = bindings(pre, post, correlation, &changed);
+    let mut refusals = refuse_data(post, &diff.data, &changed);
+    refusals.extend(refuse_init(pre, post, &comparer, &diff.functions));
+    refusals.extend(refuse_sections(pre, post, &comparer));
+    refusals.extend(refuse_relocations(post, &diff.functions, &diff.data));
     diff.refusals = refusals;
     let changed_pre: Vec<usize> = diff
         .functions
@@ -59,7 +85,7 @@ pub fn diff_objects(
         .filter(|f| f.status == Status::Changed)
         .filter_map(|f| f.pre_symbol)
         .collect();
-    match layout::check(&pre, &post, &changed, &changed_pre) {
+    match layout::check(pre, post, &changed, &changed_pre) {
         layout::Checked::Done(refusals) => diff.refusals.extend(refusals),
         layout::Checked::NotNeeded => {}
         layout::Checked::NoDebugInfo => diff.warnings.push(
@@ -82,7 +108,7 @@ pub fn diff_objects(
         .sort_by(|a, b| (a.kind, &a.symbol).cmp(&(b.kind, &b.symbol)));
     diff.refusals
         .dedup_by(|a, b| a.kind == b.kind && a.symbol == b.symbol && a.detail == b.detail);
-    Ok(diff)
+    diff
 }
 
 fn parse(bytes: Option<&[u8]>, side: Side) -> Result<Resolved<'_>, Error> {
@@ -113,7 +139,7 @@ fn is_data(side: &Resolved<'_>, index: usize) -> bool {
 
 /// The owning function of a `.cold` part: `foo.cold` → `foo`, `foo.isra.0.cold.1` →
 /// `foo.isra.0`.
-fn cold_owner(name: &str) -> Option<&str> {
+pub(crate) fn cold_owner(name: &str) -> Option<&str> {
     let trimmed = name.trim_end_matches(|c: char| c.is_ascii_digit());
     let trimmed = trimmed.strip_suffix('.').unwrap_or(trimmed);
     if trimmed.len() < name.len() && !name[trimmed.len()..].starts_with('.') {
@@ -310,7 +336,7 @@ fn data_statuses(
 }
 
 /// Symbols referenced by the code of a post function.
-fn referenced_symbols(post: &Resolved<'_>, function: usize) -> Vec<usize> {
+pub(crate) fn referenced_symbols(post: &Resolved<'_>, function: usize) -> Vec<usize> {
     let Some(range) = Range::of_symbol(post, function) else {
         return Vec::new();
     };

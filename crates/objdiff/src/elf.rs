@@ -51,6 +51,8 @@ pub struct Section<'a> {
     pub size: u64,
     /// `sh_entsize`, meaningful for merge sections.
     pub entsize: u64,
+    /// `sh_addralign`.
+    pub align: u64,
     /// The bytes in the file; empty for `SHT_NOBITS`.
     pub data: &'a [u8],
     /// Relocations that apply to this section, sorted by offset.
@@ -251,6 +253,7 @@ impl<'a> ElfObject<'a> {
                 flags: sh.sh_flags(endian).0,
                 size: sh.sh_size(endian),
                 entsize: sh.sh_entsize(endian),
+                align: sh.sh_addralign(endian),
                 data: section_data,
                 relocs: Vec::new(),
             });
@@ -375,6 +378,14 @@ impl<'a> ElfObject<'a> {
             symbols,
             comment,
         })
+    }
+
+    /// The name of the first `STT_FILE` symbol: the source file the object was compiled from.
+    pub fn source_file(&self) -> Option<&str> {
+        self.symbols
+            .iter()
+            .find(|s| s.kind == SymbolKind::File && !s.name.is_empty())
+            .map(|s| s.name.as_str())
     }
 
     /// The section with this name, if any.

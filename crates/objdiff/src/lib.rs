@@ -37,13 +37,15 @@ pub mod elf;
 mod error;
 mod layout;
 pub mod name;
+pub mod patchset;
 mod reference;
 pub mod reloc_type;
 mod report;
 
-pub use diff::diff_objects;
+pub use diff::{diff_objects, patch_objects};
 pub use error::{Error, Side};
 pub use name::CloneKind;
+pub use patchset::PatchSet;
 pub use report::{
     DataDiff, DataKind, FunctionDiff, ObjectDiff, Refusal, RefusalKind, Report, StaticBinding,
     Status,

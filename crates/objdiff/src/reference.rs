@@ -21,10 +21,12 @@ pub enum Target<'a> {
     /// A named symbol: a function, a variable, or an undefined external. Index into
     /// [`ElfObject::symbols`].
     Symbol(usize),
-    /// A string literal in a mergeable string section, by content (without the terminator).
-    Str(&'a [u8]),
-    /// A constant in a mergeable constant section (`.rodata.cst8`), by content.
-    Constant(&'a [u8]),
+    /// A string literal in a mergeable string section (the section index), by content
+    /// (without the terminator).
+    Str(usize, &'a [u8]),
+    /// A constant in a mergeable constant section (`.rodata.cst8`, the section index), by
+    /// content.
+    Constant(usize, &'a [u8]),
     /// Bytes of a section that no symbol covers (a jump table in `.rodata.foo`), by section
     /// index; compared by content.
     Section(usize),
@@ -236,7 +238,7 @@ fn resolve<'a>(
         if let Some((start, content)) = string_at(section, designated) {
             return Reference {
                 addend: raw.wrapping_sub(start as i64),
-                ..plain(Target::Str(content))
+                ..plain(Target::Str(section_index, content))
             };
         }
     } else if section.is_merge_constants()
@@ -244,7 +246,7 @@ fn resolve<'a>(
     {
         return Reference {
             addend: raw.wrapping_sub(start as i64),
-            ..plain(Target::Constant(content))
+            ..plain(Target::Constant(section_index, content))
         };
     }
 

@@ -6,3 +6,5 @@ mod fixtures;
 mod malformed;
 /// No false positives on a real code base (Debian's nginx built twice).
 mod nginx;
+/// Patch sets: what is carried and what is linked.
+mod patchset;

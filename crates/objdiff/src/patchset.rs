@@ -1,0 +1,437 @@
+//! What a live patch of one object carries, extracted from a diffed pre/post pair.
+//!
+//! A [`PatchSet`] is a tiny relocatable image: [`Piece`]s of code and data to load into the
+//! target (the changed and new functions, plus everything their code must bring along —
+//! string literals, merged constants, jump tables, compiler-private tables, new variables),
+//! with relocations that point either at another piece or at a [`SymbolRef`]: a symbol that
+//! already exists in the running program (an unchanged function, an existing variable —
+//! under its *pre-build* name, so a bound static local keeps its state — or a library
+//! symbol). Each [`Replacement`] names a function to redirect and carries its pre-build code
+//! and relocations, which run-pre matching compares against the running code.
+
+use std::collections::HashMap;
+
+use crate::correlate::Correlation;
+use crate::diff::cold_owner;
+use crate::elf::{self, SymbolKind};
+use crate::name::CloneKind;
+use crate::reference::{Reference, Resolved, Target};
+use crate::report::{ObjectDiff, Status};
+
+/// What kind of memory a piece needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PieceKind {
+    /// Executable code.
+    Code,
+    /// Read-only data.
+    ReadOnly,
+    /// Writable, initialised data.
+    Data,
+    /// Writable, zero-initialised data (no bytes carried).
+    Bss,
+}
+
+/// The class of a symbol referenced in the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SymbolClass {
+    /// A function.
+    Function,
+    /// A variable.
+    Data,
+    /// A thread-local variable.
+    Tls,
+    /// Not known (an undefined reference without a type).
+    Unknown,
+}
+
+/// A symbol that exists in the running program or its libraries.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SymbolRef {
+    /// Its name in the pre build (what the running program was built with).
+    pub name: String,
+    /// Its class.
+    pub class: SymbolClass,
+    /// Local to its object (`static`): must be found in this object of the target.
+    pub local: bool,
+}
+
+/// Where a relocation of a piece points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Link {
+    /// The start of another piece of the same patch set.
+    Piece(usize),
+    /// A symbol of the running program.
+    Symbol(SymbolRef),
+    /// No symbol (`r_sym == 0`): the addend alone.
+    Nothing,
+}
+
+/// One relocation of a piece.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PieceReloc {
+    /// Offset of the field inside the piece.
+    pub offset: u64,
+    /// `R_X86_64_*` type.
+    pub r_type: u32,
+    /// What it points at.
+    pub target: Link,
+    /// Addend, relative to the start of the target (piece or symbol).
+    pub addend: i64,
+}
+
+/// One piece of code or data to load into the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    /// What it is, for people: `handle`, `string "hello"`, `.rodata.sw`.
+    pub name: String,
+    /// The function or variable it holds (post-build name), if any.
+    pub symbol: Option<String>,
+    /// Memory kind.
+    pub kind: PieceKind,
+    /// Required alignment (a power of two, at least 1).
+    pub align: u64,
+    /// Size in memory.
+    pub size: u64,
+    /// Contents (empty for [`PieceKind::Bss`]).
+    pub bytes: Vec<u8>,
+    /// Relocations to resolve after placement.
+    pub relocs: Vec<PieceReloc>,
+}
+
+/// Where a relocation of pre-build code points, for run-pre matching.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PreTarget {
+    /// A named symbol: its run-time address can be learnt from the running code.
+    Symbol(SymbolRef),
+    /// Something anonymous (a string literal, a constant, a jump table): a wildcard.
+    Anonymous(String),
+}
+
+/// One relocation of pre-build code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreReloc {
+    /// Offset of the field inside the function.
+    pub offset: u64,
+    /// `R_X86_64_*` type.
+    pub r_type: u32,
+    /// What it points at.
+    pub target: PreTarget,
+    /// Addend, relative to the start of the target symbol.
+    pub addend: i64,
+}
+
+/// A function of the running program to redirect to its new version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replacement {
+    /// Its name in the pre build (as in the running program).
+    pub name: String,
+    /// Its name in the post build.
+    pub post_name: String,
+    /// Local to its object (`static`).
+    pub local: bool,
+    /// The piece holding the new version (which starts at the new entry).
+    pub piece: usize,
+    /// The pre-build code, for run-pre matching.
+    pub pre_code: Vec<u8>,
+    /// The pre-build code's relocations.
+    pub pre_relocs: Vec<PreReloc>,
+}
+
+/// Everything needed to apply one object's change to a running program.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PatchSet {
+    /// The object's name (relative path in the build).
+    pub object: String,
+    /// The source file name recorded in the object (`STT_FILE`), to find its local symbols in
+    /// an unstripped target.
+    pub source_file: Option<String>,
+    /// Code and data to load.
+    pub pieces: Vec<Piece>,
+    /// Functions to redirect.
+    pub replacements: Vec<Replacement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key<'a> {
+    Range(usize, u64),
+    Str(&'a [u8], u64),
+    Constant(&'a [u8], u64),
+}
+
+fn class_of(kind: SymbolKind) -> SymbolClass {
+    match kind {
+        SymbolKind::Func => SymbolClass::Function,
+        SymbolKind::Object => SymbolClass::Data,
+        SymbolKind::Tls => SymbolClass::Tls,
+        _ => SymbolClass::Unknown,
+    }
+}
+
+fn piece_kind(section: &elf::Section<'_>) -> PieceKind {
+    if section.is_code() {
+        PieceKind::Code
+    } else if section.flags & elf::SHF_WRITE == 0 {
+        PieceKind::ReadOnly
+    } else if section.is_nobits() {
+        PieceKind::Bss
+    } else {
+        PieceKind::Data
+    }
+}
+
+struct Extractor<'x, 'a> {
+    pre: &'x Resolved<'a>,
+    post: &'x Resolved<'a>,
+    correlation: &'x Correlation,
+    /// Post symbols whose code or data the patch carries.
+    carried: HashMap<usize, ()>,
+    set: PatchSet,
+    index: HashMap<Key<'a>, usize>,
+    queue: Vec<(usize, usize, u64, u64)>,
+}
+
+impl<'x, 'a> Extractor<'x, 'a> {
+    fn symbol_ref_pre(&self, index: usize) -> SymbolRef {
+        let sym = &self.pre.elf.symbols[index];
+        SymbolRef {
+            name: sym.name.clone(),
+            class: class_of(sym.kind),
+            local: !sym.is_global() && sym.section().is_some(),
+        }
+    }
+
+    /// A piece for the bytes `[start, end)` of a post section; queued for its relocations.
+    fn piece_for_range(
+        &mut self,
+        name: String,
+        symbol: Option<String>,
+        section: usize,
+        start: u64,
+        end: u64,
+    ) -> usize {
+        if let Some(&index) = self.index.get(&Key::Range(section, start)) {
+            return index;
+        }
+        let s = &self.post.elf.sections[section];
+        let kind = piece_kind(s);
+        let bytes = if kind == PieceKind::Bss {
+            Vec::new()
+        } else {
+            s.bytes(start, end).map(<[u8]>::to_vec).unwrap_or_default()
+        };
+        let index = self.set.pieces.len();
+        self.set.pieces.push(Piece {
+            name,
+            symbol,
+            kind,
+            align: s.align.max(1),
+            size: end.saturating_sub(start),
+            bytes,
+            relocs: Vec::new(),
+        });
+        self.index.insert(Key::Range(section, start), index);
+        self.queue.push((index, section, start, end));
+        index
+    }
+
+    fn piece_for_symbol(&mut self, symbol: usize) -> usize {
+        let sym = &self.post.elf.symbols[symbol];
+        let section = sym.section().unwrap_or(0);
+        let (name, start, end) = (
+            sym.name.clone(),
+            sym.value,
+            sym.value.saturating_add(sym.size),
+        );
+        self.piece_for_range(name.clone(), Some(name), section, start, end)
+    }
+
+    fn piece_for_literal(
+        &mut self,
+        key: Key<'a>,
+        section: usize,
+        bytes: &'a [u8],
+        terminator: u64,
+    ) -> usize {
+        if let Some(&index) = self.index.get(&key) {
+            return index;
+        }
+        let s = &self.post.elf.sections[section];
+        let mut data = bytes.to_vec();
+        data.extend(std::iter::repeat_n(0u8, terminator as usize));
+        let name = match key {
+            Key::Str(..) => format!(
+                "string \"{}\"",
+                String::from_utf8_lossy(bytes).escape_debug()
+            ),
+            _ => format!("constant {bytes:02x?}"),
+        };
+        let index = self.set.pieces.len();
+        self.set.pieces.push(Piece {
+            name,
+            symbol: None,
+            kind: PieceKind::ReadOnly,
+            align: s.align.max(1),
+            size: data.len() as u64,
+            bytes: data,
+            relocs: Vec::new(),
+        });
+        self.index.insert(key, index);
+        index
+    }
+
+    /// Where a reference of carried code or data points, in the patch or in the target.
+    fn link(&mut self, reference: &Reference<'a>) -> Link {
+        match reference.target {
+            Target::Nothing => Link::Nothing,
+            Target::Str(section, bytes) => {
+                let width = self.post.elf.sections[section].entsize.max(1);
+                Link::Piece(self.piece_for_literal(Key::Str(bytes, width), section, bytes, width))
+            }
+            Target::Constant(section, bytes) => Link::Piece(self.piece_for_literal(
+                Key::Constant(bytes, bytes.len() as u64),
+                section,
+                bytes,
+                0,
+            )),
+            Target::Section(section) => {
+                let s = &self.post.elf.sections[section];
+                let name = s.name.clone();
+                Link::Piece(self.piece_for_range(name, None, section, 0, s.size))
+            }
+            Target::Symbol(symbol) => {
+                let sym = &self.post.elf.symbols[symbol];
+                if self.carried.contains_key(&symbol) {
+                    return Link::Piece(self.piece_for_symbol(symbol));
+                }
+                if sym.section().is_none() {
+                    // Undefined here: another object of the program, or a library.
+                    return Link::Symbol(SymbolRef {
+                        name: sym.name.clone(),
+                        class: class_of(sym.kind),
+                        local: false,
+                    });
+                }
+                let is_data = matches!(sym.kind, SymbolKind::Object | SymbolKind::Tls);
+                let private = is_data && crate::compare::is_private_data(sym.kind, &sym.name);
+                match self.correlation.post_to_pre.get(&symbol) {
+                    Some(&pre) if !private => Link::Symbol(self.symbol_ref_pre(pre)),
+                    _ if sym.kind == SymbolKind::Func => {
+                        // A new function not selected as new (cannot happen for a correct
+                        // diff); carry it rather than link to nothing.
+                        self.carried.insert(symbol, ());
+                        Link::Piece(self.piece_for_symbol(symbol))
+                    }
+                    _ => {
+                        // New or compiler-private data: the patch brings its own copy.
+                        self.carried.insert(symbol, ());
+                        Link::Piece(self.piece_for_symbol(symbol))
+                    }
+                }
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some((piece, section, start, end)) = self.queue.pop() {
+            let references: Vec<Reference<'a>> =
+                self.post.references_in(section, start, end).to_vec();
+            let mut relocs = Vec::with_capacity(references.len());
+            for r in &references {
+                let target = self.link(r);
+                relocs.push(PieceReloc {
+                    offset: r.offset - start,
+                    r_type: r.r_type,
+                    target,
+                    addend: r.addend,
+                });
+            }
+            self.set.pieces[piece].relocs = relocs;
+        }
+    }
+}
+
+/// Extracts the patch set of a diffed pair.
+pub fn extract(
+    pre: &Resolved<'_>,
+    post: &Resolved<'_>,
+    correlation: &Correlation,
+    diff: &ObjectDiff,
+) -> PatchSet {
+    let mut x = Extractor {
+        pre,
+        post,
+        correlation,
+        carried: HashMap::new(),
+        set: PatchSet {
+            object: diff.object.clone(),
+            source_file: pre
+                .elf
+                .source_file()
+                .or(post.elf.source_file())
+                .map(str::to_string),
+            ..PatchSet::default()
+        },
+        index: HashMap::new(),
+        queue: Vec::new(),
+    };
+    // Carried functions: the changed and new ones, and the cold parts of those.
+    let included: Vec<&crate::report::FunctionDiff> = diff
+        .functions
+        .iter()
+        .filter(|f| matches!(f.status, Status::Changed | Status::New))
+        .collect();
+    for f in &included {
+        if let Some(j) = f.post_symbol {
+            x.carried.insert(j, ());
+        }
+    }
+    for f in &diff.functions {
+        if let (Some(j), Some(owner)) = (f.post_symbol, cold_owner(&f.name))
+            && included.iter().any(|g| g.name == owner)
+        {
+            x.carried.insert(j, ());
+        }
+    }
+    for f in &included {
+        let Some(j) = f.post_symbol else { continue };
+        let piece = x.piece_for_symbol(j);
+        if f.status != Status::Changed
+            || matches!(f.clone, Some(CloneKind::Cold | CloneKind::LocalAlias))
+        {
+            continue;
+        }
+        let Some(i) = f.pre_symbol else { continue };
+        let sym = &pre.elf.symbols[i];
+        let Some(section) = sym.section() else {
+            continue;
+        };
+        let end = sym.value.saturating_add(sym.size);
+        let pre_code = pre.elf.sections[section]
+            .bytes(sym.value, end)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
+        let pre_relocs = pre
+            .references_in(section, sym.value, end)
+            .iter()
+            .map(|r| PreReloc {
+                offset: r.offset - sym.value,
+                r_type: r.r_type,
+                target: match r.target {
+                    Target::Symbol(s) => PreTarget::Symbol(x.symbol_ref_pre(s)),
+                    _ => PreTarget::Anonymous(crate::compare::describe(pre, r)),
+                },
+                addend: r.addend,
+            })
+            .collect();
+        x.set.replacements.push(Replacement {
+            name: sym.name.clone(),
+            post_name: f.name.clone(),
+            local: !sym.is_global(),
+            piece,
+            pre_code,
+            pre_relocs,
+        });
+    }
+    x.drain();
+    x.set
+}
