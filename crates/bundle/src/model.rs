@@ -1,0 +1,293 @@
+//! The bundle's content: what a live patch is, as stored on disk.
+//!
+//! These types are the on-disk format (see `docs/bundle-format.md`). They are deliberately
+//! separate from the object diff's in-memory types so that the format changes only on purpose,
+//! with [`FORMAT_VERSION`](crate::FORMAT_VERSION).
+
+use serde::{Deserialize, Serialize};
+
+use crate::hex;
+
+/// A live patch: what it applies to, what it loads and redirects, and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bundle {
+    /// The patch identifier used by `undo` and `list` (`hs-` + 12 hex digits).
+    pub id: String,
+    /// The program (or library) the patch applies to.
+    pub target: TargetIdentity,
+    /// One entry per object (translation unit) the patch changes.
+    pub objects: Vec<ObjectPatch>,
+    /// Why the change cannot be applied live (empty when it can).
+    pub refusals: Vec<Refusal>,
+    /// Notes that are not refusals.
+    pub warnings: Vec<String>,
+    /// How the bundle was made.
+    pub provenance: Provenance,
+}
+
+/// What kind of program a patch targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetKind {
+    /// An executable (PIE or not).
+    Executable,
+    /// A shared library.
+    SharedLibrary,
+}
+
+/// The identity of the target binary, as built by the pre build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetIdentity {
+    /// Path of the binary relative to the build tree (`objs/nginx`).
+    pub path: String,
+    /// Executable or shared library.
+    pub kind: TargetKind,
+    /// GNU build-id of the pre build's binary, hex, when it has one.
+    pub build_id: Option<String>,
+    /// SHA-256 of the pre build's binary, hex.
+    pub sha256: Option<String>,
+    /// Size in bytes of the pre build's binary.
+    pub size: Option<u64>,
+}
+
+/// The change to one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectPatch {
+    /// The object's path relative to the build tree.
+    pub object: String,
+    /// The source file name recorded in the object (`STT_FILE`).
+    pub source_file: Option<String>,
+    /// Code and data to load.
+    pub pieces: Vec<Piece>,
+    /// Functions to redirect.
+    pub replacements: Vec<Replacement>,
+    /// Which existing function-local static each patched function uses.
+    pub bindings: Vec<Binding>,
+    /// Per function of the object that is not unchanged: name and status.
+    pub functions: Vec<FunctionStatus>,
+}
+
+/// A function's status in the diff.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionStatus {
+    /// Name (post build; pre build when removed).
+    pub name: String,
+    /// `changed`, `new` or `removed`.
+    pub status: String,
+    /// Why it changed.
+    pub reasons: Vec<String>,
+}
+
+/// Memory kind of a piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PieceKind {
+    /// Executable code.
+    Code,
+    /// Read-only data.
+    ReadOnly,
+    /// Writable initialised data.
+    Data,
+    /// Writable zero-initialised data.
+    Bss,
+}
+
+/// A piece of code or data to load.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Piece {
+    /// What it is, for people.
+    pub name: String,
+    /// The function or variable it holds (post-build name).
+    pub symbol: Option<String>,
+    /// Memory kind.
+    pub kind: PieceKind,
+    /// Alignment (a power of two).
+    pub align: u64,
+    /// Size in memory.
+    pub size: u64,
+    /// Contents, hex in the file (empty for `bss`).
+    #[serde(with = "hex")]
+    pub bytes: Vec<u8>,
+    /// Relocations.
+    pub relocs: Vec<Reloc>,
+}
+
+/// A symbol of the running program or its libraries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SymbolRef {
+    /// Name in the pre build.
+    pub name: String,
+    /// `function`, `data`, `tls` or `unknown`.
+    pub class: SymbolClass,
+    /// Local to its object.
+    pub local: bool,
+}
+
+/// The class of a referenced symbol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SymbolClass {
+    /// A function.
+    Function,
+    /// A variable.
+    Data,
+    /// A thread-local variable.
+    Tls,
+    /// Unknown.
+    Unknown,
+}
+
+/// Where a piece's relocation points.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "to", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Link {
+    /// Another piece of the same object patch, by index.
+    Piece {
+        /// Index into the object's pieces.
+        index: usize,
+    },
+    /// A symbol of the running program.
+    Symbol {
+        /// The symbol.
+        #[serde(flatten)]
+        symbol: SymbolRef,
+    },
+    /// No symbol.
+    Nothing,
+}
+
+/// A relocation of a piece.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reloc {
+    /// Offset in the piece.
+    pub offset: u64,
+    /// `R_X86_64_*` type number.
+    pub r_type: u32,
+    /// Target.
+    pub target: Link,
+    /// Addend relative to the target's start.
+    pub addend: i64,
+}
+
+/// Where a relocation of pre-build code points.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "to", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum PreTarget {
+    /// A named symbol (its address is learnt by run-pre matching).
+    Symbol {
+        /// The symbol.
+        #[serde(flatten)]
+        symbol: SymbolRef,
+    },
+    /// An anonymous target (string, constant, jump table): a wildcard.
+    Anonymous {
+        /// Description.
+        what: String,
+    },
+}
+
+/// A relocation of pre-build code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreReloc {
+    /// Offset in the function.
+    pub offset: u64,
+    /// `R_X86_64_*` type number.
+    pub r_type: u32,
+    /// Target.
+    pub target: PreTarget,
+    /// Addend relative to the target symbol's start.
+    pub addend: i64,
+}
+
+/// A function to redirect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replacement {
+    /// Name in the pre build.
+    pub name: String,
+    /// Name in the post build.
+    pub post_name: String,
+    /// Local (`static`).
+    pub local: bool,
+    /// Index of the piece holding the new version.
+    pub piece: usize,
+    /// Pre-build code, hex in the file.
+    #[serde(with = "hex")]
+    pub pre_code: Vec<u8>,
+    /// Pre-build relocations.
+    pub pre_relocs: Vec<PreReloc>,
+}
+
+/// Which static a patched function uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Binding {
+    /// The patched function.
+    pub function: String,
+    /// The static's post-build name.
+    pub symbol: String,
+    /// The existing instance (pre-build name), or none when the patch brings its own.
+    pub binds_to: Option<String>,
+    /// Compiler-private (a fresh copy is correct).
+    pub compiler_private: bool,
+}
+
+/// A reason the change cannot be applied live.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Refusal {
+    /// `data-changed`, `layout-changed`, ... (see the object diff).
+    pub kind: String,
+    /// The symbol, type or section at fault.
+    pub symbol: String,
+    /// The object.
+    pub object: String,
+    /// For humans.
+    pub detail: String,
+    /// The changed functions involved.
+    pub functions: Vec<String>,
+}
+
+/// How the bundle was made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provenance {
+    /// File name of the diff.
+    pub diff_name: String,
+    /// SHA-256 of the diff, hex.
+    pub diff_sha256: String,
+    /// Identifier of the pre-build source (SHA-256 over its files), hex.
+    pub source_id: String,
+    /// The compiler (`gcc --version` first line, and the objects' `.comment`).
+    pub compiler: String,
+    /// The build command.
+    pub build_command: String,
+    /// Per object: the compiler arguments it was built with.
+    pub objects: Vec<ObjectProvenance>,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_unix: u64,
+    /// The hotsplice version that made it.
+    pub hotsplice_version: String,
+}
+
+/// How one object was compiled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectProvenance {
+    /// The object's path relative to the build tree.
+    pub object: String,
+    /// The source file, relative to the build tree.
+    pub source: String,
+    /// The compiler arguments (after hotsplice's additions).
+    pub arguments: Vec<String>,
+    /// The directory the compiler ran in, relative to the build tree.
+    pub directory: String,
+}

@@ -1,0 +1,97 @@
+//! Structural checks a bundle must pass before anything uses it: every index in range, every
+//! relocation field inside its piece, sizes consistent. A bundle that passes can be indexed
+//! without panicking.
+
+use hotsplice_objdiff::reloc_type::field_width;
+
+use crate::{Bundle, Error, Link, PieceKind};
+
+fn invalid(what: String) -> Error {
+    Error::Invalid(what)
+}
+
+/// Checks the structural invariants of a bundle.
+pub fn check(bundle: &Bundle) -> Result<(), Error> {
+    if !bundle.id.starts_with("hs-") || bundle.id.len() > 64 {
+        return Err(invalid(format!(
+            "patch id {:?} is not of the form hs-…",
+            bundle.id
+        )));
+    }
+    for object in &bundle.objects {
+        let pieces = object.pieces.len();
+        for (i, piece) in object.pieces.iter().enumerate() {
+            let at = || format!("{}: piece {i} ({})", object.object, piece.name);
+            if !piece.align.is_power_of_two() || piece.align > 1 << 20 {
+                return Err(invalid(format!(
+                    "{}: alignment {} is not a power of two",
+                    at(),
+                    piece.align
+                )));
+            }
+            if piece.size > 1 << 32 {
+                return Err(invalid(format!(
+                    "{}: size {} is implausible",
+                    at(),
+                    piece.size
+                )));
+            }
+            let expected = if piece.kind == PieceKind::Bss {
+                0
+            } else {
+                piece.size
+            };
+            if piece.bytes.len() as u64 != expected {
+                return Err(invalid(format!(
+                    "{}: {} bytes of contents for size {}",
+                    at(),
+                    piece.bytes.len(),
+                    piece.size
+                )));
+            }
+            for reloc in &piece.relocs {
+                let end = reloc.offset.checked_add(field_width(reloc.r_type));
+                if end.is_none_or(|end| end > piece.size) {
+                    return Err(invalid(format!(
+                        "{}: relocation at {:#x} lies outside the piece",
+                        at(),
+                        reloc.offset
+                    )));
+                }
+                if let Link::Piece { index } = reloc.target
+                    && index >= pieces
+                {
+                    return Err(invalid(format!(
+                        "{}: relocation to missing piece {index}",
+                        at()
+                    )));
+                }
+            }
+        }
+        for replacement in &object.replacements {
+            let at = || format!("{}: replacement {}", object.object, replacement.name);
+            if replacement.piece >= pieces {
+                return Err(invalid(format!(
+                    "{}: missing piece {}",
+                    at(),
+                    replacement.piece
+                )));
+            }
+            if object.pieces[replacement.piece].kind != PieceKind::Code {
+                return Err(invalid(format!("{}: new version is not code", at())));
+            }
+            let size = replacement.pre_code.len() as u64;
+            for reloc in &replacement.pre_relocs {
+                let end = reloc.offset.checked_add(field_width(reloc.r_type));
+                if end.is_none_or(|end| end > size) {
+                    return Err(invalid(format!(
+                        "{}: pre-code relocation at {:#x} lies outside the function",
+                        at(),
+                        reloc.offset
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
