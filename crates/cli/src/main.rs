@@ -3,7 +3,9 @@
 //! This binary is the command line over the library crates: it parses arguments, does the IO,
 //! prints reports and maps outcomes to exit codes. See `ARCHITECTURE.md`.
 
+mod build;
 mod diff;
+mod info;
 
 use std::process::ExitCode;
 
@@ -15,12 +17,15 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_REFUSED: u8 = 1;
 /// Exit status: bad input — unreadable file, not ELF, wrong architecture, bad arguments.
 pub const EXIT_BAD_INPUT: u8 = 2;
+/// Exit status: environment — a failing build, permissions, a process gone, I/O errors.
+pub const EXIT_ENVIRONMENT: u8 = 3;
 
 const AFTER_HELP: &str = "\
 Exit status:
   0  success; for `diff`, the change can be applied live
   1  refused: the change cannot be applied live (the report names why)
   2  bad input: unreadable or malformed files, wrong architecture, bad arguments
+  3  environment: the project's build failed, permissions, I/O errors
 
 Not supported: architectures other than x86-64, clang, C++ exceptions, LTO builds.";
 
@@ -34,6 +39,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Build(build::BuildArgs),
+    Info(info::InfoArgs),
     Diff(diff::DiffArgs),
 }
 
@@ -59,11 +66,26 @@ impl Exit {
 fn run() -> Result<ExitCode, Exit> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Build(args) => build::run(&args),
+        Command::Info(args) => info::run(&args),
         Command::Diff(args) => diff::run(&args),
     }
 }
 
 fn main() -> ExitCode {
+    // Invoked through a compiler shim link (`cc`, `gcc`, ...) during `hotsplice build`.
+    let mut args = std::env::args_os();
+    if let Some(argv0) = args.next() {
+        let argv0 = argv0.to_string_lossy().into_owned();
+        let name = std::path::Path::new(&argv0)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if hotsplice_build::shim::is_compiler_name(&name) {
+            let code = hotsplice_build::shim::run(&argv0, args.collect());
+            return ExitCode::from(u8::try_from(code).unwrap_or(1));
+        }
+    }
     match run() {
         Ok(code) => code,
         Err(exit) => {

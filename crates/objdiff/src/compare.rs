@@ -115,7 +115,7 @@ impl<'c, 'a> Comparer<'c, 'a> {
                 let masked = pre_mask.get(i).copied().unwrap_or(false)
                     && post_mask.get(i).copied().unwrap_or(false);
                 if !masked && pre_bytes[i] != post_bytes[i] {
-                    return Some(format!("{what} differs at +{i:#x}"));
+                    return Some(format!("{what} at +{i:#x}"));
                 }
             }
         }

@@ -1,19 +1,11 @@
-//! End-to-end tests of the `hotsplice` binary: real C compiled by gcc, the binary run as a
-//! user would, exit codes and output checked.
+//! `hotsplice diff` end to end.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use serde_json::Value;
+use crate::{json, scratch};
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("cli")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use serde_json::Value;
 
 fn compile(dir: &Path, name: &str, source: &str, extra: &[&str]) -> PathBuf {
     let src = dir.join(format!("{name}.c"));
@@ -42,15 +34,6 @@ fn diff(args: &[&str], paths: &[&Path]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hotsplice"));
     cmd.arg("diff").args(args).args(paths);
     cmd.output().expect("run hotsplice")
-}
-
-fn json(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}):\n{}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    })
 }
 
 const PRE: &str =

@@ -1,0 +1,85 @@
+//! Source trees: content identifiers and copies.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+/// Directories never part of a source tree's identity.
+const SKIPPED: &[&str] = &[".git", ".hg", ".svn", ".pc"];
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            if SKIPPED.iter().any(|s| entry.file_name() == *s) {
+                continue;
+            }
+            walk(root, &path, out)?;
+        } else if kind.is_file() || kind.is_symlink() {
+            out.push(path.strip_prefix(root).unwrap_or(&path).to_path_buf());
+        }
+    }
+    Ok(())
+}
+
+/// The files of a tree, relative to it, sorted.
+pub fn files(root: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    walk(root, root, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+/// SHA-256 (hex) over every file's relative path and contents (symlinks: their target).
+pub fn content_id(root: &Path) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    for rel in files(root)? {
+        let path = root.join(&rel);
+        hasher.update(rel.to_string_lossy().as_bytes());
+        hasher.update([0u8]);
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.file_type().is_symlink() {
+            hasher.update(b"link:");
+            hasher.update(std::fs::read_link(&path)?.to_string_lossy().as_bytes());
+        } else {
+            let data = std::fs::read(&path)?;
+            hasher.update((data.len() as u64).to_le_bytes());
+            hasher.update(&data);
+        }
+        hasher.update([0u8]);
+    }
+    Ok(hotsplice_bundle::hex::encode(&hasher.finalize()))
+}
+
+/// Copies `from` to `to` preserving modes and times (so `make` sees what it built as up to
+/// date), with reflinks where the file system has them.
+pub fn copy(from: &Path, to: &Path) -> io::Result<()> {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg("--reflink=auto")
+        .arg("--")
+        .arg(from)
+        .arg(to)
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "cp -a {} {} failed ({status})",
+            from.display(),
+            to.display()
+        )))
+    }
+}
+
+/// Removes a directory tree if it exists.
+pub fn remove(path: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}

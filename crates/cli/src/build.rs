@@ -1,0 +1,211 @@
+//! `hotsplice build`: turn a source tree + unified diff into a live-patch bundle.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use hotsplice_build::{Error as BuildError, Request};
+use hotsplice_objdiff::Status;
+use serde_json::json;
+
+use crate::{EXIT_ENVIRONMENT, EXIT_OK, EXIT_REFUSED, Exit};
+
+/// Build a live patch from the program's source, its build command and a unified diff.
+///
+/// Runs the project's own build twice — before and after the diff — in a cached copy of the
+/// source (the tree you give is never modified), with compiler shims that add
+/// `-ffunction-sections -fdata-sections`; diffs the objects the fix recompiled; and writes a
+/// bundle for `hotsplice check`/`apply`, or explains why the fix cannot be applied live.
+/// The pre build is cached (by source content, build command and compiler): the next patch
+/// for the same source costs only the incremental rebuild.
+///
+/// Exit status: 0 bundle written; 1 refused or nothing to patch (no bundle written; the
+/// report says why); 2 bad input (unreadable or non-applying diff, missing target);
+/// 3 environment (the build itself failed, I/O errors).
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  hotsplice build --source ~/src/app --diff CVE-2024-1234.patch --target app -o cve.hsp\n  hotsplice build --source nginx-1.22.1 --build './configure && make' --target objs/nginx --diff fix.patch -o fix.hsp"
+)]
+pub struct BuildArgs {
+    /// The program's source tree (as the running binary was built from).
+    #[arg(long, value_name = "DIR")]
+    source: PathBuf,
+    /// The fix, as a unified diff (`diff -u`, `git diff`, a Debian patch).
+    #[arg(long, value_name = "FIX.patch")]
+    diff: PathBuf,
+    /// The patched binary, relative to the build tree (`objs/nginx`, `src/redis-server`).
+    #[arg(long, value_name = "REL/PATH")]
+    target: String,
+    /// The build command, run with `sh -c` in the tree.
+    #[arg(long = "build", value_name = "CMD", default_value = "make")]
+    build_command: String,
+    /// Where pre builds are cached [default: $HOTSPLICE_CACHE, else ~/.cache/hotsplice].
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// Parallel build jobs.
+    #[arg(short = 'j', long, value_name = "N", default_value_t = 2)]
+    jobs: usize,
+    /// Where to write the bundle.
+    #[arg(short = 'o', long, value_name = "FIX.hsp")]
+    output: PathBuf,
+    /// Print a JSON summary on stdout (progress still goes to stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+fn default_cache() -> PathBuf {
+    if let Some(dir) = std::env::var_os("HOTSPLICE_CACHE") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("hotsplice");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".cache/hotsplice"),
+        None => PathBuf::from("/var/cache/hotsplice"),
+    }
+}
+
+fn exit_for(error: BuildError) -> Exit {
+    let code = match &error {
+        BuildError::DiffParse { .. }
+        | BuildError::DiffDoesNotApply { .. }
+        | BuildError::TargetMissing { .. }
+        | BuildError::TargetNotElf { .. } => crate::EXIT_BAD_INPUT,
+        _ => EXIT_ENVIRONMENT,
+    };
+    Exit {
+        code,
+        error: anyhow::Error::new(error),
+    }
+}
+
+/// `hotsplice build`.
+pub fn run(args: &BuildArgs) -> Result<ExitCode, Exit> {
+    let shim_program = std::env::current_exe()
+        .context("locating the hotsplice executable for the compiler shims")
+        .map_err(|error| Exit {
+            code: EXIT_ENVIRONMENT,
+            error,
+        })?;
+    let request = Request {
+        source: args.source.clone(),
+        diff: args.diff.clone(),
+        target: args.target.clone(),
+        build_command: args.build_command.clone(),
+        cache: args.cache.clone().unwrap_or_else(default_cache),
+        jobs: args.jobs,
+        shim_program,
+    };
+    let started = Instant::now();
+    let mut progress = |step: &str| {
+        eprintln!(
+            "hotsplice build [{:6.1}s] {step}",
+            started.elapsed().as_secs_f64()
+        );
+    };
+    let outcome = hotsplice_build::build(&request, &mut progress).map_err(exit_for)?;
+    let bundle = &outcome.bundle;
+
+    let changed: Vec<String> = bundle
+        .objects
+        .iter()
+        .flat_map(|o| o.replacements.iter().map(|r| r.name.clone()))
+        .collect();
+    let new: Vec<String> = outcome
+        .report
+        .objects
+        .iter()
+        .flat_map(|o| &o.functions)
+        .filter(|f| f.status == Status::New)
+        .map(|f| f.name.clone())
+        .collect();
+    let (verdict, code) = if !bundle.refusals.is_empty() {
+        ("refused", EXIT_REFUSED)
+    } else if !outcome.has_changes() {
+        ("nothing-to-patch", EXIT_REFUSED)
+    } else {
+        ("written", EXIT_OK)
+    };
+    if verdict == "written" {
+        let bytes = hotsplice_bundle::write(bundle)
+            .context("sealing the bundle")
+            .map_err(|error| Exit {
+                code: EXIT_ENVIRONMENT,
+                error,
+            })?;
+        std::fs::write(&args.output, bytes)
+            .with_context(|| format!("writing {}", args.output.display()))
+            .map_err(|error| Exit {
+                code: EXIT_ENVIRONMENT,
+                error,
+            })?;
+    }
+
+    let t = &outcome.timings;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let summary = json!({
+            "outcome": verdict,
+            "bundle": (verdict == "written").then(|| args.output.display().to_string()),
+            "id": bundle.id,
+            "target": bundle.target.path,
+            "replaced": changed,
+            "new": new,
+            "refusals": bundle.refusals,
+            "warnings": bundle.warnings,
+            "rebuilt": outcome.rebuilt,
+            "not_in_target": outcome.not_in_target,
+            "pre_cached": outcome.pre_cached,
+            "seconds": {
+                "pre_build": t.pre_build.as_secs_f64(),
+                "prepare": t.prepare.as_secs_f64(),
+                "post_build": t.post_build.as_secs_f64(),
+                "diff": t.diff.as_secs_f64(),
+                "total": started.elapsed().as_secs_f64(),
+            },
+        });
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&summary).unwrap_or_default()
+        );
+    } else {
+        let _ = crate::diff::write_human(&mut out, &outcome.report, false);
+        if !outcome.not_in_target.is_empty() {
+            let _ = writeln!(
+                out,
+                "not linked into {} (ignored): {}",
+                bundle.target.path,
+                outcome.not_in_target.join(", ")
+            );
+        }
+        let _ = match verdict {
+            "written" => writeln!(
+                out,
+                "wrote {} ({}): replaces {}{}",
+                args.output.display(),
+                bundle.id,
+                changed.join(", "),
+                if new.is_empty() {
+                    String::new()
+                } else {
+                    format!("; adds {}", new.join(", "))
+                }
+            ),
+            "nothing-to-patch" => writeln!(
+                out,
+                "nothing to patch: the diff changes no function of {} in this build (no bundle written)",
+                bundle.target.path
+            ),
+            _ => writeln!(
+                out,
+                "refused: the fix cannot be applied live (no bundle written); see the refusals above"
+            ),
+        };
+    }
+    Ok(ExitCode::from(code))
+}

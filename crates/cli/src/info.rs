@@ -1,0 +1,145 @@
+//! `hotsplice info`: what a bundle contains.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use hotsplice_bundle::{Bundle, PieceKind};
+use serde_json::json;
+
+use crate::{EXIT_OK, Exit};
+
+/// Show what a live-patch bundle contains: target, functions, provenance.
+///
+/// Reads and verifies the bundle (format, content hash, structure); a malformed, truncated
+/// or modified bundle is an error (exit status 2).
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// The bundle.
+    bundle: PathBuf,
+    /// Print the bundle's envelope and content as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn describe(out: &mut impl Write, bundle: &Bundle, hash: &str) -> std::io::Result<()> {
+    let t = &bundle.target;
+    writeln!(out, "patch     {}", bundle.id)?;
+    writeln!(
+        out,
+        "target    {} ({}{})",
+        t.path,
+        match t.kind {
+            hotsplice_bundle::TargetKind::Executable => "executable",
+            hotsplice_bundle::TargetKind::SharedLibrary => "shared library",
+        },
+        t.build_id
+            .as_ref()
+            .map(|b| format!(", build-id {b}"))
+            .unwrap_or_default()
+    )?;
+    let p = &bundle.provenance;
+    writeln!(
+        out,
+        "diff      {} (sha256 {})",
+        p.diff_name,
+        &p.diff_sha256[..16.min(p.diff_sha256.len())]
+    )?;
+    writeln!(
+        out,
+        "source    {}",
+        &p.source_id[..16.min(p.source_id.len())]
+    )?;
+    writeln!(out, "compiler  {}", p.compiler)?;
+    writeln!(out, "build     {}", p.build_command)?;
+    writeln!(out, "content   sha256 {hash}")?;
+    for o in &bundle.objects {
+        writeln!(
+            out,
+            "{}{}",
+            o.object,
+            o.source_file
+                .as_ref()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default()
+        )?;
+        for r in &o.replacements {
+            let piece = &o.pieces[r.piece];
+            writeln!(
+                out,
+                "  replace  {}  ({} → {} bytes{})",
+                r.name,
+                r.pre_code.len(),
+                piece.size,
+                if r.local { ", static" } else { "" }
+            )?;
+        }
+        for f in o.functions.iter().filter(|f| f.status == "new") {
+            writeln!(out, "  new      {}", f.name)?;
+        }
+        let (mut code, mut data) = (0u64, 0u64);
+        for piece in &o.pieces {
+            if piece.kind == PieceKind::Code {
+                code += piece.size;
+            } else {
+                data += piece.size;
+            }
+        }
+        writeln!(
+            out,
+            "  loads    {} pieces: {code} bytes of code, {data} bytes of data",
+            o.pieces.len()
+        )?;
+        for b in &o.bindings {
+            writeln!(
+                out,
+                "  static   {} uses {} → {}",
+                b.function,
+                b.symbol,
+                b.binds_to.as_deref().unwrap_or(if b.compiler_private {
+                    "a fresh copy"
+                } else {
+                    "a new instance"
+                })
+            )?;
+        }
+    }
+    for r in &bundle.refusals {
+        writeln!(
+            out,
+            "REFUSED   {} {} ({}): {}",
+            r.kind, r.symbol, r.object, r.detail
+        )?;
+    }
+    for w in &bundle.warnings {
+        writeln!(out, "warning   {w}")?;
+    }
+    Ok(())
+}
+
+/// `hotsplice info`.
+pub fn run(args: &InfoArgs) -> Result<ExitCode, Exit> {
+    let bytes = std::fs::read(&args.bundle)
+        .with_context(|| format!("cannot read {}", args.bundle.display()))
+        .map_err(Exit::bad_input)?;
+    let sealed = hotsplice_bundle::read(&bytes)
+        .with_context(|| args.bundle.display().to_string())
+        .map_err(Exit::bad_input)?;
+    let mut out = std::io::stdout().lock();
+    let _ = if args.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "envelope": sealed.envelope,
+                "bundle": sealed.bundle,
+            }))
+            .unwrap_or_default()
+        )
+    } else {
+        describe(&mut out, &sealed.bundle, &sealed.envelope.content_sha256)
+    };
+    Ok(ExitCode::from(EXIT_OK))
+}
