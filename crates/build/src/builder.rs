@@ -34,6 +34,14 @@ pub struct Request {
     pub target: String,
     /// The build command, run with `sh -c` in the tree (default `make`).
     pub build_command: String,
+    /// The command for the incremental post build, when it differs from `build_command`
+    /// (e.g. `make -C debian/build-bin` after a `debian/rules build-arch` pre build).
+    pub post_build_command: Option<String>,
+    /// Directories of the tree (relative) holding copies of the sources that the build made
+    /// (Debian's `debian/build-bin`): patched files are copied into them too.
+    pub mirrors: Vec<String>,
+    /// Extra environment for both builds (`DEB_BUILD_OPTIONS`, ...).
+    pub env: Vec<(String, String)>,
     /// Where pre builds are cached.
     pub cache: PathBuf,
     /// Parallel jobs (`MAKEFLAGS=-jN`).
@@ -121,6 +129,7 @@ impl Workspace {
     fn run_build(
         &self,
         request: &Request,
+        command: &str,
         phase: &'static str,
         log: &Path,
     ) -> Result<Vec<Record>, Error> {
@@ -137,8 +146,9 @@ impl Workspace {
         })?;
         let status = Command::new("sh")
             .arg("-c")
-            .arg(&request.build_command)
+            .arg(command)
             .current_dir(&self.tree)
+            .envs(request.env.iter().map(|(k, v)| (k, v)))
             .env("PATH", joined)
             .env("CC", "gcc")
             .env("CXX", "g++")
@@ -153,7 +163,7 @@ impl Workspace {
         if !status.success() {
             return Err(Error::BuildFailed {
                 phase,
-                command: request.build_command.clone(),
+                command: command.to_string(),
                 status: status.to_string(),
                 log: output_log,
             });
@@ -185,8 +195,8 @@ fn tree_relative(root: &Path, directory: &str, path: &str) -> Option<String> {
 }
 
 /// Applies the diff in `tree`: finds the strip level with a dry run, applies it, and adds
-/// `#line` directives to the patched C files.
-fn apply_diff(tree_dir: &Path, diff: &Path, text: &str) -> Result<(), Error> {
+/// `#line` directives to the patched C files. Returns the patched files (tree-relative).
+fn apply_diff(tree_dir: &Path, diff: &Path, text: &str) -> Result<Vec<PathBuf>, Error> {
     let files = unified::parse(text).map_err(|message| Error::DiffParse {
         path: diff.to_path_buf(),
         message,
@@ -232,8 +242,13 @@ fn apply_diff(tree_dir: &Path, diff: &Path, text: &str) -> Result<(), Error> {
             output: String::from_utf8_lossy(&out.stdout).trim().to_string(),
         });
     }
-    for file in files.iter().filter(|f| !f.creates() && !f.deletes()) {
+    let mut patched = Vec::new();
+    for file in files.iter().filter(|f| !f.deletes()) {
         let stripped: PathBuf = Path::new(&file.new_path).components().skip(level).collect();
+        patched.push(stripped.clone());
+        if file.creates() {
+            continue;
+        }
         let is_c = ["c", "h", "cc", "cpp", "cxx", "hh", "hpp"]
             .iter()
             .any(|e| stripped.extension().is_some_and(|x| x == *e));
@@ -249,7 +264,7 @@ fn apply_diff(tree_dir: &Path, diff: &Path, text: &str) -> Result<(), Error> {
             std::fs::write(&path, updated).map_err(io_error(&path))?;
         }
     }
-    Ok(())
+    Ok(patched)
 }
 
 /// Objects linked into the target, relative to the tree, from the pre build's link record.
@@ -294,8 +309,9 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
     let compiler = compiler_version();
     let key = sha256_hex(
         format!(
-            "{source_id}\n{}\n{compiler}\nshim-1 {}\n",
+            "{source_id}\n{}\n{:?}\n{compiler}\nshim-1 {}\n",
             request.build_command,
+            request.env,
             shim::SECTION_FLAGS.join(" ")
         )
         .as_bytes(),
@@ -333,7 +349,7 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
         tree::remove(&ws.tree).map_err(io_error(&ws.tree))?;
         tree::remove(&ws.pristine).map_err(io_error(&ws.pristine))?;
         tree::copy(&source, &ws.tree).map_err(io_error(&ws.tree))?;
-        let records = ws.run_build(request, "pre", &pre_log)?;
+        let records = ws.run_build(request, &request.build_command, "pre", &pre_log)?;
         if !records.iter().any(|r| r.kind == RecordKind::Compile) {
             return Err(Error::NoCompilations {
                 command: request.build_command.clone(),
@@ -360,13 +376,25 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
     let started = Instant::now();
     tree::remove(&ws.tree).map_err(io_error(&ws.tree))?;
     tree::copy(&ws.pristine, &ws.tree).map_err(io_error(&ws.tree))?;
-    apply_diff(&ws.tree, &request.diff, &diff_string)?;
+    let patched = apply_diff(&ws.tree, &request.diff, &diff_string)?;
+    for mirror in &request.mirrors {
+        for file in &patched {
+            let copy = ws.tree.join(mirror).join(file);
+            if copy.is_file() {
+                std::fs::copy(ws.tree.join(file), &copy).map_err(io_error(&copy))?;
+            }
+        }
+    }
     timings.prepare = started.elapsed();
 
     progress("post build (incremental)");
     let started = Instant::now();
     let post_log = root.join("post.jsonl");
-    let post_records = ws.run_build(request, "post", &post_log)?;
+    let post_command = request
+        .post_build_command
+        .as_deref()
+        .unwrap_or(&request.build_command);
+    let post_records = ws.run_build(request, post_command, "post", &post_log)?;
     timings.post_build = started.elapsed();
 
     let started = Instant::now();

@@ -42,6 +42,13 @@ pub struct BuildArgs {
     /// The build command, run with `sh -c` in the tree.
     #[arg(long = "build", value_name = "CMD", default_value = "make")]
     build_command: String,
+    /// The command for the incremental post build, if not the same as --build.
+    #[arg(long = "post-build", value_name = "CMD")]
+    post_build_command: Option<String>,
+    /// A directory of the tree holding a copy of the sources made by the build (Debian's
+    /// `debian/build-bin`): patched files are copied there too. Repeatable.
+    #[arg(long = "mirror", value_name = "REL/DIR")]
+    mirrors: Vec<String>,
     /// Where pre builds are cached [default: $HOTSPLICE_CACHE, else ~/.cache/hotsplice].
     #[arg(long, value_name = "DIR")]
     cache: Option<PathBuf>,
@@ -96,6 +103,9 @@ pub fn run(args: &BuildArgs) -> Result<ExitCode, Exit> {
         diff: args.diff.clone(),
         target: args.target.clone(),
         build_command: args.build_command.clone(),
+        post_build_command: args.post_build_command.clone(),
+        mirrors: args.mirrors.clone(),
+        env: Vec::new(),
         cache: args.cache.clone().unwrap_or_else(default_cache),
         jobs: args.jobs,
         shim_program,

@@ -1,0 +1,37 @@
+//! hotsplice developer tasks (`cargo xtask <task>`): evaluations on real code and benchmarks.
+//! Each writes its results under `eval/results/`.
+//!
+//! - `eval-nginx-build`: for every security patch in Debian nginx's `debian/patches/series`,
+//!   with the tree at the state just before it, run `hotsplice build` the way Debian builds
+//!   nginx and record the outcome (`eval/results/nginx-build.{json,md}`).
+//! - `bench-build`: cold and warm `hotsplice build` of one nginx CVE against a plain build of
+//!   the same tree (`eval/results/build-bench.md`).
+
+mod nginx;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: cargo xtask <task>
+
+tasks:
+  eval-nginx-build [PATCH...]   hotsplice build for each nginx security patch (default: all)
+  bench-build [PATCH]           cold/warm build vs a plain Debian build (default CVE-2025-23419)";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("eval-nginx-build") => nginx::eval_build(&args[1..]),
+        Some("bench-build") => nginx::bench_build(args.get(1).map(String::as_str)),
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
