@@ -83,14 +83,27 @@ fn tree_before(source: &Path, series: &[String], index: usize, dest: &Path) -> R
     Ok(tree)
 }
 
-fn hotsplice_build(tree: &Path, patch: &Path, cache: &Path, output: &Path) -> Result<(Value, f64, i32, String)> {
+fn hotsplice_build(
+    tree: &Path,
+    patch: &Path,
+    target: &str,
+    cache: &Path,
+    output: &Path,
+) -> Result<(Value, f64, i32, String)> {
     let started = Instant::now();
     let out = Command::new(root().join("target/release/hotsplice"))
         .arg("build")
         .arg("--source")
         .arg(tree)
-        .args(["--build", BUILD, "--post-build", POST_BUILD, "--mirror", MIRROR])
-        .args(["--target", TARGET, "--json", "-j", "2"])
+        .args([
+            "--build",
+            BUILD,
+            "--post-build",
+            POST_BUILD,
+            "--mirror",
+            MIRROR,
+        ])
+        .args(["--target", target, "--json", "-j", "2"])
         .arg("--diff")
         .arg(patch)
         .arg("--cache")
@@ -107,7 +120,11 @@ fn hotsplice_build(tree: &Path, patch: &Path, cache: &Path, output: &Path) -> Re
 
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -123,36 +140,66 @@ pub fn eval_build(only: &[String]) -> Result<()> {
         if !is_security(patch) || (!only.is_empty() && !only.contains(patch)) {
             continue;
         }
-        eprintln!("eval-nginx-build: {patch} ({} of {})", index + 1, series.len());
+        eprintln!(
+            "eval-nginx-build: {patch} ({} of {})",
+            index + 1,
+            series.len()
+        );
         let tree = tree_before(&source, &series, index, &work.join("trees").join(patch))?;
         let diff = source.join("debian/patches").join(patch);
-        let bundle = work.join("bundles").join(format!("{patch}.hsp"));
-        let (v, seconds, exit, stderr) = hotsplice_build(&tree, &diff, &work.join("cache"), &bundle)?;
-        let outcome = v["outcome"].as_str().unwrap_or("error").to_string();
-        let error = if v.is_null() {
-            stderr.lines().rev().find(|l| l.contains("error")).unwrap_or("").to_string()
-        } else {
-            String::new()
-        };
-        let refusals: Vec<Value> = v["refusals"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|r| json!({"kind": r["kind"], "symbol": r["symbol"], "object": r["object"], "detail": r["detail"]}))
-            .collect();
-        eprintln!("eval-nginx-build: {patch}: {outcome} in {seconds:.1} s");
-        rows.push(json!({
-            "patch": patch,
-            "outcome": outcome,
-            "exit": exit,
-            "replaced": strings(&v["replaced"]),
-            "new": strings(&v["new"]),
-            "rebuilt": strings(&v["rebuilt"]),
-            "refusals": refusals,
-            "error": error,
-            "seconds": {"total": seconds, "steps": v["seconds"]},
-        }));
+        // The nginx binary first; then every other binary the fix changes (Debian builds the
+        // mail and stream modules as dynamic modules, separate .so files).
+        let mut targets = vec![TARGET.to_string()];
+        let mut done = 0;
+        while done < targets.len() {
+            let target = targets[done].clone();
+            done += 1;
+            let name = Path::new(&target)
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let bundle = work.join("bundles").join(format!("{patch}.{name}.hsp"));
+            let (v, seconds, exit, stderr) =
+                hotsplice_build(&tree, &diff, &target, &work.join("cache"), &bundle)?;
+            let outcome = v["outcome"].as_str().unwrap_or("error").to_string();
+            let error = if v.is_null() {
+                stderr
+                    .lines()
+                    .rev()
+                    .find(|l| l.contains("error"))
+                    .unwrap_or("")
+                    .to_string()
+            } else {
+                String::new()
+            };
+            let refusals: Vec<Value> = v["refusals"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| json!({"kind": r["kind"], "symbol": r["symbol"], "object": r["object"], "detail": r["detail"]}))
+                .collect();
+            for other in strings(&v["other_targets"]) {
+                if !targets.contains(&other) {
+                    targets.push(other);
+                }
+            }
+            eprintln!("eval-nginx-build: {patch} [{name}]: {outcome} in {seconds:.1} s");
+            rows.push(json!({
+                "patch": patch,
+                "target": target,
+                "outcome": outcome,
+                "exit": exit,
+                "replaced": strings(&v["replaced"]),
+                "new": strings(&v["new"]),
+                "rebuilt": strings(&v["rebuilt"]),
+                "other_targets": strings(&v["other_targets"]),
+                "refusals": refusals,
+                "error": error,
+                "seconds": {"total": seconds, "steps": v["seconds"]},
+            }));
+        }
         // Trees are large; keep only the bundles.
         let _ = std::fs::remove_dir_all(work.join("trees").join(patch));
     }
@@ -163,7 +210,10 @@ fn write_eval(root: &Path, version: &str, rows: &[Value]) -> Result<()> {
     let results = root.join("eval/results");
     std::fs::create_dir_all(&results)?;
     let doc = json!({"nginx_source": version, "machine": machine(), "patches": rows});
-    std::fs::write(results.join("nginx-build.json"), serde_json::to_string_pretty(&doc)? + "\n")?;
+    std::fs::write(
+        results.join("nginx-build.json"),
+        serde_json::to_string_pretty(&doc)? + "\n",
+    )?;
     let mut md = String::new();
     let count = |o: &str| rows.iter().filter(|r| r["outcome"] == o).count();
     let _ = writeln!(md, "# `hotsplice build` on Debian nginx security patches\n");
@@ -177,32 +227,47 @@ fn write_eval(root: &Path, version: &str, rows: &[Value]) -> Result<()> {
     );
     let _ = writeln!(
         md,
-        "Outcomes: {} bundle(s) written, {} refused, {} nothing to patch, {} errors, of {} patches.\n",
+        "Outcomes over {} (patch, binary) builds: {} bundle(s) written, {} refused, {} nothing to patch, {} errors.\n",
+        rows.len(),
         count("written"),
         count("refused"),
         count("nothing-to-patch"),
         count("error"),
-        rows.len()
     );
-    let _ = writeln!(md, "| patch | outcome | replaced functions | new functions | reason | build s (pre / post / total) |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| patch | binary | outcome | replaced functions | new functions | reason | build s (pre / post / total) |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
     for r in rows {
         let reason = if let Some(refusals) = r["refusals"].as_array().filter(|a| !a.is_empty()) {
             refusals
                 .iter()
-                .map(|x| format!("{} `{}`", x["kind"].as_str().unwrap_or(""), x["symbol"].as_str().unwrap_or("")))
+                .map(|x| {
+                    format!(
+                        "{} `{}`",
+                        x["kind"].as_str().unwrap_or(""),
+                        x["symbol"].as_str().unwrap_or("")
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join("; ")
+        } else if r["outcome"] == "nothing-to-patch" && !strings(&r["other_targets"]).is_empty() {
+            format!("changes only {}", strings(&r["other_targets"]).join(", "))
         } else if r["outcome"] == "nothing-to-patch" {
-            "no function of the target changes".to_string()
+            "no function of this binary changes".to_string()
         } else {
             r["error"].as_str().unwrap_or("").to_string()
         };
         let steps = &r["seconds"]["steps"];
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {:.1} / {:.1} / {:.1} |",
+            "| {} | {} | {} | {} | {} | {} | {:.1} / {:.1} / {:.1} |",
             r["patch"].as_str().unwrap_or(""),
+            Path::new(r["target"].as_str().unwrap_or(""))
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy(),
             r["outcome"].as_str().unwrap_or(""),
             strings(&r["replaced"]).join(", "),
             strings(&r["new"]).join(", "),
@@ -212,7 +277,11 @@ fn write_eval(root: &Path, version: &str, rows: &[Value]) -> Result<()> {
             r["seconds"]["total"].as_f64().unwrap_or(0.0),
         );
     }
-    let _ = writeln!(md, "\nRefusal details are in `nginx-build.json`.\n\nMachine: {}.", machine());
+    let _ = writeln!(
+        md,
+        "\nRefusal details are in `nginx-build.json`.\n\nMachine: {}.",
+        machine()
+    );
     std::fs::write(results.join("nginx-build.md"), md)?;
     eprintln!("eval-nginx-build: wrote eval/results/nginx-build.{{json,md}}");
     Ok(())
@@ -228,7 +297,9 @@ fn machine() -> String {
                 .map(|s| s.trim().to_string())
         })
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!("{cores} cores, {cpu}, kernel {}", kernel.trim())
 }
@@ -248,37 +319,58 @@ pub fn bench_build(patch: Option<&str>) -> Result<()> {
     let source = setup()?;
     let root = root();
     let series = series(&source)?;
-    let index = series.iter().position(|p| p == patch).context("no such patch in the series")?;
+    let index = series
+        .iter()
+        .position(|p| p == patch)
+        .context("no such patch in the series")?;
     let work = root.join("target/bench/build");
     let diff = source.join("debian/patches").join(patch);
 
     // Plain Debian build of the same tree, then the incremental rebuild after the patch.
     eprintln!("bench-build: plain build");
     let plain = tree_before(&source, &series, index, &work.join("plain"))?;
-    let plain_full = timed(Command::new("sh").args(["-c", BUILD]).current_dir(&plain).env("MAKEFLAGS", "-j2"))?;
-    run(Command::new("patch").args(["-p1", "--batch", "--silent", "-i"]).arg(&diff).current_dir(&plain))?;
+    let plain_full = timed(
+        Command::new("sh")
+            .args(["-c", BUILD])
+            .current_dir(&plain)
+            .env("MAKEFLAGS", "-j2"),
+    )?;
+    run(Command::new("patch")
+        .args(["-p1", "--batch", "--silent", "-i"])
+        .arg(&diff)
+        .current_dir(&plain))?;
     for file in patched_files(&diff)? {
         let copy = plain.join(MIRROR).join(&file);
         if copy.is_file() {
             std::fs::copy(plain.join(&file), &copy)?;
         }
     }
-    let plain_incremental =
-        timed(Command::new("sh").args(["-c", POST_BUILD]).current_dir(&plain).env("MAKEFLAGS", "-j2"))?;
+    let plain_incremental = timed(
+        Command::new("sh")
+            .args(["-c", POST_BUILD])
+            .current_dir(&plain)
+            .env("MAKEFLAGS", "-j2"),
+    )?;
 
     eprintln!("bench-build: hotsplice build, cold then warm");
     let tree = tree_before(&source, &series, index, &work.join("tree"))?;
     let cache = work.join("cache");
     let _ = std::fs::remove_dir_all(&cache);
-    let (cold_v, cold, cold_exit, cold_err) = hotsplice_build(&tree, &diff, &cache, &work.join("cold.hsp"))?;
-    let (warm_v, warm, warm_exit, warm_err) = hotsplice_build(&tree, &diff, &cache, &work.join("warm.hsp"))?;
+    let (cold_v, cold, cold_exit, cold_err) =
+        hotsplice_build(&tree, &diff, TARGET, &cache, &work.join("cold.hsp"))?;
+    let (warm_v, warm, warm_exit, warm_err) =
+        hotsplice_build(&tree, &diff, TARGET, &cache, &work.join("warm.hsp"))?;
     if cold_exit != 0 || warm_exit != 0 {
         bail!("hotsplice build failed: {cold_err}{warm_err}");
     }
     let _ = std::fs::remove_dir_all(work.join("plain"));
 
     let mut md = String::new();
-    let _ = writeln!(md, "# `hotsplice build` time vs a plain build (Debian nginx {})\n", version(&source));
+    let _ = writeln!(
+        md,
+        "# `hotsplice build` time vs a plain build (Debian nginx {})\n",
+        version(&source)
+    );
     let _ = writeln!(
         md,
         "Patch: `{patch}`; tree at the state just before it. Plain = Debian's own build \
@@ -289,8 +381,15 @@ pub fn bench_build(patch: Option<&str>) -> Result<()> {
     let _ = writeln!(md, "| measurement | seconds | ratio |");
     let _ = writeln!(md, "|---|---|---|");
     let _ = writeln!(md, "| plain full build | {plain_full:.1} | 1.00 |");
-    let _ = writeln!(md, "| plain incremental rebuild | {plain_incremental:.1} | 1.00 |");
-    let _ = writeln!(md, "| hotsplice build, cold (pre + post + diff) | {cold:.1} | {:.2} × plain full |", cold / plain_full);
+    let _ = writeln!(
+        md,
+        "| plain incremental rebuild | {plain_incremental:.1} | 1.00 |"
+    );
+    let _ = writeln!(
+        md,
+        "| hotsplice build, cold (pre + post + diff) | {cold:.1} | {:.2} × plain full |",
+        cold / plain_full
+    );
     let _ = writeln!(
         md,
         "| hotsplice build, warm (pre cached) | {warm:.1} | {:.2} × plain incremental ({:+.1} s) |",
@@ -300,7 +399,9 @@ pub fn bench_build(patch: Option<&str>) -> Result<()> {
     let _ = writeln!(
         md,
         "\nCold steps (s): {}; warm steps (s): {}.\n\nMachine: {}.",
-        cold_v["seconds"], warm_v["seconds"], machine()
+        cold_v["seconds"],
+        warm_v["seconds"],
+        machine()
     );
     std::fs::create_dir_all(root.join("eval/results"))?;
     std::fs::write(root.join("eval/results/build-bench.md"), &md)?;

@@ -21,7 +21,7 @@ use hotsplice_bundle::{Bundle, ObjectProvenance, Provenance, convert, sha256_hex
 use hotsplice_objdiff::{ObjectDiff, Report, Status, patch_objects};
 
 use crate::record::{Record, RecordKind, read_log};
-use crate::{Error, identity, shim, tree, unified};
+use crate::{Error, debian, identity, shim, tree, unified};
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -42,6 +42,10 @@ pub struct Request {
     pub mirrors: Vec<String>,
     /// Extra environment for both builds (`DEB_BUILD_OPTIONS`, ...).
     pub env: Vec<(String, String)>,
+    /// A Debian package build: after the pre build, find the source copies and the post-build
+    /// command (`debian/build-*`), and resolve an installed path (`usr/sbin/nginx`) given as
+    /// the target to the built file.
+    pub debian: bool,
     /// Where pre builds are cached.
     pub cache: PathBuf,
     /// Parallel jobs (`MAKEFLAGS=-jN`).
@@ -76,6 +80,9 @@ pub struct Outcome {
     pub rebuilt: Vec<String>,
     /// Rebuilt objects that are not linked into the target (ignored).
     pub not_in_target: Vec<String>,
+    /// Other binaries of the build those objects are linked into (relative to the tree): the
+    /// targets to build a patch for instead (a dynamic module, a library).
+    pub other_targets: Vec<String>,
     /// Step durations.
     pub timings: Timings,
 }
@@ -290,6 +297,27 @@ fn target_objects(records: &[Record], root: &Path, target: &str) -> Option<BTree
     )
 }
 
+/// The binaries (other than the target) that link any of `objects`.
+fn linked_into(records: &[Record], root: &Path, objects: &[String]) -> Vec<String> {
+    let mut out = BTreeSet::new();
+    for link in records.iter().filter(|r| r.kind == RecordKind::Link) {
+        let inputs: BTreeSet<String> = link
+            .inputs
+            .iter()
+            .filter_map(|i| tree_relative(root, &link.directory, i))
+            .collect();
+        if objects.iter().any(|o| inputs.contains(o))
+            && let Some(output) = link
+                .output
+                .as_deref()
+                .and_then(|o| tree_relative(root, &link.directory, o))
+        {
+            out.insert(output);
+        }
+    }
+    out.into_iter().collect()
+}
+
 /// Builds the live patch of `request`, reporting progress through `progress`.
 pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcome, Error> {
     let source = request
@@ -362,14 +390,36 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
         progress("pre build: cached");
     }
     let pre_records = read_log(&std::fs::read_to_string(&pre_log).unwrap_or_default()).0;
+    let (target_path, post_command, mirrors) = if request.debian {
+        let (command, mirrors) = debian::post_build(&ws.pristine);
+        let target = if ws.pristine.join(&request.target).is_file() {
+            request.target.clone()
+        } else {
+            debian::find_target(&ws.pristine, &request.target)?
+        };
+        (
+            target,
+            request.post_build_command.clone().unwrap_or(command),
+            mirrors,
+        )
+    } else {
+        (
+            request.target.clone(),
+            request
+                .post_build_command
+                .clone()
+                .unwrap_or_else(|| request.build_command.clone()),
+            request.mirrors.clone(),
+        )
+    };
     let target_bytes =
-        std::fs::read(ws.pristine.join(&request.target)).map_err(|_| Error::TargetMissing {
-            target: request.target.clone(),
+        std::fs::read(ws.pristine.join(&target_path)).map_err(|_| Error::TargetMissing {
+            target: target_path.clone(),
             tree: ws.pristine.clone(),
         })?;
     let target =
-        identity::identify(&request.target, &target_bytes).ok_or_else(|| Error::TargetNotElf {
-            target: request.target.clone(),
+        identity::identify(&target_path, &target_bytes).ok_or_else(|| Error::TargetNotElf {
+            target: target_path.clone(),
         })?;
 
     progress(&format!("applying {}", request.diff.display()));
@@ -377,7 +427,7 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
     tree::remove(&ws.tree).map_err(io_error(&ws.tree))?;
     tree::copy(&ws.pristine, &ws.tree).map_err(io_error(&ws.tree))?;
     let patched = apply_diff(&ws.tree, &request.diff, &diff_string)?;
-    for mirror in &request.mirrors {
+    for mirror in &mirrors {
         for file in &patched {
             let copy = ws.tree.join(mirror).join(file);
             if copy.is_file() {
@@ -390,15 +440,11 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
     progress("post build (incremental)");
     let started = Instant::now();
     let post_log = root.join("post.jsonl");
-    let post_command = request
-        .post_build_command
-        .as_deref()
-        .unwrap_or(&request.build_command);
-    let post_records = ws.run_build(request, post_command, "post", &post_log)?;
+    let post_records = ws.run_build(request, &post_command, "post", &post_log)?;
     timings.post_build = started.elapsed();
 
     let started = Instant::now();
-    let linked = target_objects(&pre_records, &ws.tree, &request.target);
+    let linked = target_objects(&pre_records, &ws.tree, &target_path);
     let mut rebuilt = Vec::new();
     let mut not_in_target = Vec::new();
     let mut provenance_objects = Vec::new();
@@ -432,6 +478,7 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
         });
         rebuilt.push(object);
     }
+    let other_targets = linked_into(&pre_records, &ws.tree, &not_in_target);
     progress(&format!("diffing {} rebuilt object(s)", rebuilt.len()));
     let mut report = Report::default();
     let mut objects = Vec::new();
@@ -491,6 +538,7 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
         pre_cached,
         rebuilt,
         not_in_target,
+        other_targets,
         timings,
     })
 }

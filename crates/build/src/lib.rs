@@ -20,6 +20,7 @@
 //!     post_build_command: None,
 //!     mirrors: Vec::new(),
 //!     env: Vec::new(),
+//!     debian: false,
 //!     cache: "/var/cache/hotsplice".into(),
 //!     jobs: 2,
 //!     shim_program: std::env::current_exe().unwrap(),
@@ -31,6 +32,7 @@
 #![deny(missing_docs)]
 
 mod builder;
+pub mod debian;
 mod identity;
 pub mod record;
 pub mod shim;
@@ -104,6 +106,12 @@ pub enum Error {
     TargetNotElf {
         /// The target path.
         target: String,
+    },
+    /// A Debian-native build could not be prepared (source, build dependencies, target).
+    #[error("{message}")]
+    Debian {
+        /// What is wrong and what to do.
+        message: String,
     },
     /// The object diff failed on a rebuilt object.
     #[error("diffing {object}")]

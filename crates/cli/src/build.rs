@@ -27,12 +27,19 @@ use crate::{EXIT_ENVIRONMENT, EXIT_OK, EXIT_REFUSED, Exit};
 /// 3 environment (the build itself failed, I/O errors).
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Example:\n  hotsplice build --source ~/src/app --diff CVE-2024-1234.patch --target app -o cve.hsp\n  hotsplice build --source nginx-1.22.1 --build './configure && make' --target objs/nginx --diff fix.patch -o fix.hsp"
+    after_help = "Examples:\n  hotsplice build --source ~/src/app --diff CVE-2024-1234.patch --target app -o cve.hsp\n  hotsplice build --source nginx-1.22.1 --build './configure && make' --target objs/nginx --diff fix.patch -o fix.hsp\n  hotsplice build --debian nginx --diff fix.patch --target usr/sbin/nginx -o fix.hsp"
 )]
+#[command(group(clap::ArgGroup::new("origin").required(true).args(["source", "debian"])))]
 pub struct BuildArgs {
     /// The program's source tree (as the running binary was built from).
     #[arg(long, value_name = "DIR")]
-    source: PathBuf,
+    source: Option<PathBuf>,
+    /// Build a Debian package instead: fetch the source of the installed version of PACKAGE
+    /// (or of VERSION) with `apt-get source`, with its patch series applied, and build it
+    /// through `debian/rules` as Debian does. --target may then be the installed path
+    /// (`usr/sbin/nginx`). Needs a deb-src entry and the package's build dependencies.
+    #[arg(long, value_name = "PACKAGE[=VERSION]", conflicts_with_all = ["build_command", "mirrors"])]
+    debian: Option<String>,
     /// The fix, as a unified diff (`diff -u`, `git diff`, a Debian patch).
     #[arg(long, value_name = "FIX.patch")]
     diff: PathBuf,
@@ -98,18 +105,7 @@ pub fn run(args: &BuildArgs) -> Result<ExitCode, Exit> {
             code: EXIT_ENVIRONMENT,
             error,
         })?;
-    let request = Request {
-        source: args.source.clone(),
-        diff: args.diff.clone(),
-        target: args.target.clone(),
-        build_command: args.build_command.clone(),
-        post_build_command: args.post_build_command.clone(),
-        mirrors: args.mirrors.clone(),
-        env: Vec::new(),
-        cache: args.cache.clone().unwrap_or_else(default_cache),
-        jobs: args.jobs,
-        shim_program,
-    };
+    let cache = args.cache.clone().unwrap_or_else(default_cache);
     let started = Instant::now();
     let mut progress = |step: &str| {
         eprintln!(
@@ -117,6 +113,41 @@ pub fn run(args: &BuildArgs) -> Result<ExitCode, Exit> {
             started.elapsed().as_secs_f64()
         );
     };
+    let mut request = Request {
+        source: PathBuf::new(),
+        diff: args.diff.clone(),
+        target: args.target.clone(),
+        build_command: args.build_command.clone(),
+        post_build_command: args.post_build_command.clone(),
+        mirrors: args.mirrors.clone(),
+        env: Vec::new(),
+        debian: false,
+        cache: cache.clone(),
+        jobs: args.jobs,
+        shim_program,
+    };
+    match (&args.source, &args.debian) {
+        (Some(source), _) => request.source = source.clone(),
+        (None, Some(spec)) => {
+            let source =
+                hotsplice_build::debian::fetch(spec, &cache, &mut progress).map_err(exit_for)?;
+            hotsplice_build::debian::check_build_deps(&source.tree, spec).map_err(exit_for)?;
+            progress(&format!(
+                "Debian source {} {}: {}",
+                source.package,
+                source.version,
+                source.tree.display()
+            ));
+            request.source = source.tree;
+            request.build_command = "debian/rules build-arch".to_string();
+            request.env = vec![(
+                "DEB_BUILD_OPTIONS".to_string(),
+                format!("nocheck parallel={}", args.jobs.max(1)),
+            )];
+            request.debian = true;
+        }
+        (None, None) => unreachable!("clap requires --source or --debian"),
+    }
     let outcome = hotsplice_build::build(&request, &mut progress).map_err(exit_for)?;
     let bundle = &outcome.bundle;
 
@@ -169,6 +200,7 @@ pub fn run(args: &BuildArgs) -> Result<ExitCode, Exit> {
             "warnings": bundle.warnings,
             "rebuilt": outcome.rebuilt,
             "not_in_target": outcome.not_in_target,
+            "other_targets": outcome.other_targets,
             "pre_cached": outcome.pre_cached,
             "seconds": {
                 "pre_build": t.pre_build.as_secs_f64(),
@@ -193,6 +225,13 @@ pub fn run(args: &BuildArgs) -> Result<ExitCode, Exit> {
                 outcome.not_in_target.join(", ")
             );
         }
+        if !outcome.other_targets.is_empty() {
+            let _ = writeln!(
+                out,
+                "the fix changes other binaries of the build: {} (build a patch for each with --target)",
+                outcome.other_targets.join(", ")
+            );
+        }
         let _ = match verdict {
             "written" => writeln!(
                 out,
@@ -205,6 +244,12 @@ pub fn run(args: &BuildArgs) -> Result<ExitCode, Exit> {
                 } else {
                     format!("; adds {}", new.join(", "))
                 }
+            ),
+            "nothing-to-patch" if !outcome.other_targets.is_empty() => writeln!(
+                out,
+                "nothing to patch in {}: the diff changes only {} (no bundle written)",
+                bundle.target.path,
+                outcome.other_targets.join(", ")
             ),
             "nothing-to-patch" => writeln!(
                 out,
