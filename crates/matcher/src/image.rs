@@ -1,0 +1,211 @@
+//! What a linked binary (executable or shared library) tells about where functions are:
+//! its symbol tables (`.symtab` when not stripped, `.dynsym` always), the function boundaries
+//! of `.eh_frame` (never stripped), and its TLS segment.
+
+use gimli::{BaseAddresses, CieOrFde, EhFrame, LittleEndian as GimliLe, UnwindSection};
+use object::LittleEndian;
+use object::elf;
+use object::read::elf::{FileHeader, ProgramHeader, SectionHeader, Sym};
+
+use crate::Error;
+
+/// A symbol of the binary, at its link-time address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSymbol {
+    /// Name.
+    pub name: String,
+    /// Link-time address.
+    pub address: u64,
+    /// Size.
+    pub size: u64,
+    /// Local (`STB_LOCAL`).
+    pub local: bool,
+    /// A function (`STT_FUNC`) rather than data.
+    pub function: bool,
+    /// Thread-local (`STT_TLS`): `address` is then the offset in the TLS segment.
+    pub tls: bool,
+    /// The `STT_FILE` name preceding it in `.symtab` (local symbols only).
+    pub file: Option<String>,
+}
+
+/// A function boundary from `.eh_frame`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Fde {
+    /// Link-time start address.
+    pub start: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// The TLS segment of an executable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsSegment {
+    /// `p_memsz`.
+    pub size: u64,
+    /// `p_align`.
+    pub align: u64,
+}
+
+/// A linked binary, as far as matching needs it.
+#[derive(Debug, Clone, Default)]
+pub struct Image {
+    /// Symbols of `.symtab` and `.dynsym` (defined ones only).
+    pub symbols: Vec<ImageSymbol>,
+    /// Function boundaries, sorted by start.
+    pub fdes: Vec<Fde>,
+    /// The TLS segment, if any.
+    pub tls: Option<TlsSegment>,
+    /// `e_type` is `ET_DYN` (PIE or shared library): addresses are relative to the load bias.
+    pub position_independent: bool,
+    /// Whether `.symtab` was present (not stripped).
+    pub has_symtab: bool,
+    /// The GNU build-id, if present.
+    pub build_id: Option<Vec<u8>>,
+}
+
+impl Image {
+    /// Parses an x86-64 ELF executable or shared library. Never panics on malformed input.
+    pub fn parse(data: &[u8]) -> Result<Image, Error> {
+        let endian = LittleEndian;
+        let header = elf::FileHeader64::<LittleEndian>::parse(data)
+            .map_err(|e| Error::Image(format!("ELF header: {e}")))?;
+        if header.e_machine(endian).0 != elf::EM_X86_64.0 {
+            return Err(Error::Image("not an x86-64 binary".into()));
+        }
+        let e_type = header.e_type(endian).0;
+        if e_type != elf::ET_EXEC.0 && e_type != elf::ET_DYN.0 {
+            return Err(Error::Image(format!(
+                "e_type {e_type} is not a linked binary"
+            )));
+        }
+        let mut image = Image {
+            position_independent: e_type == elf::ET_DYN.0,
+            ..Image::default()
+        };
+        if let Ok(segments) = header.program_headers(endian, data) {
+            for p in segments {
+                if p.p_type(endian).0 == elf::PT_TLS.0 {
+                    image.tls = Some(TlsSegment {
+                        size: p.p_memsz(endian),
+                        align: p.p_align(endian).max(1),
+                    });
+                }
+            }
+        }
+        let sections = header
+            .sections(endian, data)
+            .map_err(|e| Error::Image(format!("section table: {e}")))?;
+        for (kind, sh_type) in [("symtab", elf::SHT_SYMTAB), ("dynsym", elf::SHT_DYNSYM)] {
+            let Ok(table) = sections.symbols(endian, data, sh_type) else {
+                continue;
+            };
+            if table.is_empty() {
+                continue;
+            }
+            if kind == "symtab" {
+                image.has_symtab = true;
+            }
+            let mut file: Option<String> = None;
+            for (index, sym) in table.enumerate() {
+                let name = sym
+                    .name(endian, table.strings())
+                    .map(|n| String::from_utf8_lossy(n).into_owned())
+                    .unwrap_or_default();
+                let st_type = sym.st_type().0;
+                if st_type == elf::STT_FILE.0 {
+                    file = Some(name);
+                    continue;
+                }
+                let defined = table
+                    .symbol_section(endian, sym, index)
+                    .ok()
+                    .flatten()
+                    .is_some();
+                if !defined || name.is_empty() {
+                    continue;
+                }
+                let local = sym.st_bind().0 == elf::STB_LOCAL.0;
+                let (function, tls) = (st_type == elf::STT_FUNC.0, st_type == elf::STT_TLS.0);
+                if !function && !tls && st_type != elf::STT_OBJECT.0 && st_type != elf::STT_NOTYPE.0
+                {
+                    continue;
+                }
+                let entry = ImageSymbol {
+                    name,
+                    address: sym.st_value(endian),
+                    size: sym.st_size(endian),
+                    local,
+                    function,
+                    tls,
+                    file: if local { file.clone() } else { None },
+                };
+                if kind == "dynsym"
+                    && image
+                        .symbols
+                        .iter()
+                        .any(|s| s.name == entry.name && s.address == entry.address)
+                {
+                    continue;
+                }
+                image.symbols.push(entry);
+            }
+        }
+        for section in sections.iter() {
+            let name = sections.section_name(endian, section).unwrap_or_default();
+            if name == b".eh_frame"
+                && let Ok(bytes) = section.data(endian, data)
+            {
+                image.fdes = parse_eh_frame(bytes, section.sh_addr(endian));
+            }
+            if let Ok(Some(mut notes)) = section.notes(endian, data) {
+                while let Ok(Some(note)) = notes.next() {
+                    if note.name() == b"GNU" && note.n_type(endian) == elf::NT_GNU_BUILD_ID {
+                        image.build_id = Some(note.desc().to_vec());
+                    }
+                }
+            }
+        }
+        Ok(image)
+    }
+
+    /// Symbols with this name.
+    pub fn symbols_named<'i>(
+        &'i self,
+        name: &'i str,
+    ) -> impl Iterator<Item = &'i ImageSymbol> + 'i {
+        self.symbols.iter().filter(move |s| s.name == name)
+    }
+
+    /// The FDE starting exactly at `address`, if any.
+    pub fn fde_at(&self, address: u64) -> Option<Fde> {
+        let i = self.fdes.partition_point(|f| f.start < address);
+        self.fdes.get(i).copied().filter(|f| f.start == address)
+    }
+
+    /// The offset of a thread-local variable from the thread pointer (x86-64 variant II,
+    /// executables only): `tls_address` is the symbol's offset in the TLS segment.
+    pub fn tpoff(&self, tls_address: u64) -> Option<i64> {
+        let tls = self.tls?;
+        let block = tls.size.div_ceil(tls.align) * tls.align;
+        Some(tls_address as i64 - block as i64)
+    }
+}
+
+fn parse_eh_frame(bytes: &[u8], address: u64) -> Vec<Fde> {
+    let eh = EhFrame::new(bytes, GimliLe);
+    let bases = BaseAddresses::default().set_eh_frame(address);
+    let mut out = Vec::new();
+    let mut entries = eh.entries(&bases);
+    while let Ok(Some(entry)) = entries.next() {
+        if let CieOrFde::Fde(partial) = entry
+            && let Ok(fde) = partial.parse(EhFrame::cie_from_offset)
+        {
+            out.push(Fde {
+                start: fde.initial_address(),
+                len: fde.len(),
+            });
+        }
+    }
+    out.sort();
+    out
+}
