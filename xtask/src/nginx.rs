@@ -279,7 +279,9 @@ fn write_eval(root: &Path, version: &str, rows: &[Value]) -> Result<()> {
     }
     let _ = writeln!(
         md,
-        "\nRefusal details are in `nginx-build.json`.\n\nMachine: {}.",
+        "\nA pre-build time of 0.0 means the pre build came from hotsplice's cache (an \
+         earlier run built the same tree); `cargo xtask bench-build` measures cold and warm \
+         builds. Refusal details are in `nginx-build.json`.\n\nMachine: {}.",
         machine()
     );
     std::fs::write(results.join("nginx-build.md"), md)?;

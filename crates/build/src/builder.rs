@@ -427,11 +427,14 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
     tree::remove(&ws.tree).map_err(io_error(&ws.tree))?;
     tree::copy(&ws.pristine, &ws.tree).map_err(io_error(&ws.tree))?;
     let patched = apply_diff(&ws.tree, &request.diff, &diff_string)?;
+    // Copies of the sources the build made (`debian/build-bin/src/...`) get the patched
+    // files too, including files the diff creates (where the directory was copied).
     for mirror in &mirrors {
         for file in &patched {
             let copy = ws.tree.join(mirror).join(file);
-            if copy.is_file() {
-                std::fs::copy(ws.tree.join(file), &copy).map_err(io_error(&copy))?;
+            let source = ws.tree.join(file);
+            if source.is_file() && copy.parent().is_some_and(Path::is_dir) {
+                std::fs::copy(&source, &copy).map_err(io_error(&copy))?;
             }
         }
     }
