@@ -514,6 +514,24 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
         "{diff_sha}\n{}\n{source_id}\n",
         target.sha256.clone().unwrap_or_default()
     );
+    // A diff that changes the build configuration (module lists, configure, Makefiles) is
+    // not reproduced by an incremental rebuild, and its effect (new modules, flags, files)
+    // could not be applied to a running program anyway.
+    for path in &patched {
+        if unified::file_kind(path) == unified::FileKind::Build {
+            refusals.push(hotsplice_bundle::Refusal {
+                kind: "build-changed".to_string(),
+                symbol: path.display().to_string(),
+                object: String::new(),
+                detail: format!(
+                    "the diff changes the build configuration ({}): a live patch cannot re-run \
+                     the build's configuration or register what it adds (modules, files, flags)",
+                    path.display()
+                ),
+                functions: Vec::new(),
+            });
+        }
+    }
     let bundle = Bundle {
         id: format!("hs-{}", &sha256_hex(id_seed.as_bytes())[..12]),
         target,

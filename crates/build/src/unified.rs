@@ -43,6 +43,57 @@ impl FileDiff {
     }
 }
 
+/// What kind of file a diff touches, for deciding whether an incremental rebuild can stand
+/// for the change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// C/C++ source or header, or assembly: compiled, and tracked by the build's dependencies.
+    Source,
+    /// Documentation and change logs: no effect on the binary.
+    Documentation,
+    /// Anything else (configure scripts, Makefiles, module lists, build tooling): the build
+    /// configuration itself.
+    Build,
+}
+
+/// Classifies a file by its (tree-relative) path.
+pub fn file_kind(path: &std::path::Path) -> FileKind {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    const SOURCE: &[&str] = &["c", "h", "cc", "cpp", "cxx", "hh", "hpp", "hxx", "inc", "s"];
+    const DOCS: &[&str] = &[
+        "md", "txt", "rst", "html", "xml", "pod", "texi", "1", "5", "8",
+    ];
+    if name == "cmakelists.txt" || name.starts_with("makefile") || name.starts_with("configure") {
+        FileKind::Build
+    } else if SOURCE.contains(&ext.as_str()) {
+        FileKind::Source
+    } else if DOCS.contains(&ext.as_str())
+        || [
+            "changes",
+            "changelog",
+            "news",
+            "readme",
+            "license",
+            "authors",
+        ]
+        .iter()
+        .any(|d| name.starts_with(d))
+        || path.starts_with("man")
+        || path.starts_with("doc")
+    {
+        FileKind::Documentation
+    } else {
+        FileKind::Build
+    }
+}
+
 fn path_of(header: &str) -> String {
     // `+++ b/src/x.c\t2024-01-01 ...` → `b/src/x.c`
     header
@@ -241,6 +292,21 @@ mod tests {
  
  int g(void)
 ";
+
+    #[test]
+    fn classifies_files() {
+        use std::path::Path;
+        assert_eq!(file_kind(Path::new("src/http/x.c")), FileKind::Source);
+        assert_eq!(file_kind(Path::new("src/http/x.hh")), FileKind::Source);
+        assert_eq!(file_kind(Path::new("auto/modules")), FileKind::Build);
+        assert_eq!(file_kind(Path::new("Makefile")), FileKind::Build);
+        assert_eq!(file_kind(Path::new("CMakeLists.txt")), FileKind::Build);
+        assert_eq!(file_kind(Path::new("CHANGES.ru")), FileKind::Documentation);
+        assert_eq!(
+            file_kind(Path::new("docs/index.md")),
+            FileKind::Documentation
+        );
+    }
 
     #[test]
     fn parses_files_and_hunks() {

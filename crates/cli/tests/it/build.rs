@@ -170,6 +170,23 @@ fn data_change_is_refused_and_writes_no_bundle() {
 }
 
 #[test]
+fn build_configuration_change_is_refused() {
+    let dir = scratch("build-config");
+    let out = build(&dir.join("cache"), "makefile.patch", &dir.join("m.hsp"));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json(&out);
+    assert_eq!(v["outcome"], "refused");
+    assert_eq!(v["refusals"][0]["kind"], "build-changed");
+    assert_eq!(v["refusals"][0]["symbol"], "Makefile");
+    assert!(!dir.join("m.hsp").exists());
+}
+
+#[test]
 fn comment_only_change_is_nothing_to_patch() {
     let dir = scratch("build-comment");
     let out = build(&dir.join("cache"), "comment.patch", &dir.join("c.hsp"));
