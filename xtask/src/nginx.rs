@@ -234,6 +234,28 @@ fn write_eval(root: &Path, version: &str, rows: &[Value]) -> Result<()> {
         count("nothing-to-patch"),
         count("error"),
     );
+    let mut patches: Vec<&str> = rows.iter().filter_map(|r| r["patch"].as_str()).collect();
+    patches.dedup();
+    let verdict = |patch: &str, outcome: &str| {
+        rows.iter()
+            .filter(|r| r["patch"] == patch)
+            .any(|r| r["outcome"] == outcome)
+    };
+    let refused = patches
+        .iter()
+        .filter(|p| verdict(p, "refused") || verdict(p, "error"))
+        .count();
+    let written = patches
+        .iter()
+        .filter(|p| !verdict(p, "refused") && !verdict(p, "error") && verdict(p, "written"))
+        .count();
+    let _ = writeln!(
+        md,
+        "Per patch: {} patches; {written} give a bundle for every binary they change, {refused} \
+         refused or failed, {} change no code of any binary.\n",
+        patches.len(),
+        patches.len() - written - refused
+    );
     let _ = writeln!(
         md,
         "| patch | binary | outcome | replaced functions | new functions | reason | build s (pre / post / total) |"
