@@ -1,0 +1,144 @@
+//! Real processes stopped, inspected, changed and released.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+use hotsplice_ptrace::{
+    Error, MAP_ANON_FIXED_NOREPLACE, PROT_EXEC, PROT_READ, Process, Realtime, SYS_MMAP, SYS_MUNMAP,
+    Stopped,
+};
+
+fn fixture(name: &str) -> PathBuf {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ptrace");
+    std::fs::create_dir_all(&out).unwrap();
+    let exe = out.join(name);
+    let src =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../fixtures/targets/{name}.c"));
+    let status = Command::new("gcc")
+        .args(["-O2", "-g", "-pthread"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&exe)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    exe
+}
+
+struct Target {
+    child: Child,
+    out: BufReader<ChildStdout>,
+}
+
+impl Target {
+    fn start(exe: &Path) -> Target {
+        let mut child = Command::new(exe)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert!(line.starts_with("ready"), "{line}");
+        // Let every thread reach its blocking call.
+        std::thread::sleep(Duration::from_millis(300));
+        Target { child, out }
+    }
+
+    fn finish(mut self) -> String {
+        self.child
+            .stdin
+            .as_mut()
+            .unwrap()
+            .write_all(b"finish\n")
+            .unwrap();
+        let mut rest = String::new();
+        for line in self.out.lines() {
+            rest.push_str(&line.unwrap());
+            rest.push('\n');
+        }
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "target failed: {rest}");
+        rest
+    }
+}
+
+#[test]
+fn stop_inject_write_release_keeps_blocking_calls_intact() {
+    let exe = fixture("blocking");
+    let target = Target::start(&exe);
+    let pid = target.child.id() as i32;
+    let process = Process::new(pid).unwrap();
+    assert_eq!(process.threads().unwrap().len(), 7);
+
+    for _round in 0..5 {
+        let _rt = Realtime::raise();
+        let mut stopped = Stopped::stop(&process, Duration::from_secs(2)).unwrap();
+        assert_eq!(stopped.threads().len(), 7);
+        assert!(
+            stopped.threads().iter().filter(|t| t.in_syscall()).count() >= 5,
+            "the blocked threads are seen inside their system calls"
+        );
+        // A system call inside the target: map a page near the executable and unmap it.
+        let exe_map = process
+            .maps()
+            .unwrap()
+            .into_iter()
+            .find(|m| m.path.as_deref() == Some(exe.to_str().unwrap()))
+            .unwrap();
+        let hint = (exe_map.start - (64 << 20)) & !0xfff;
+        let addr = stopped
+            .syscall(
+                SYS_MMAP,
+                [
+                    hint,
+                    4096,
+                    PROT_READ | PROT_EXEC,
+                    MAP_ANON_FIXED_NOREPLACE,
+                    u64::MAX,
+                    0,
+                ],
+            )
+            .unwrap();
+        assert_eq!(addr as u64, hint);
+        // Memory writes into a read-only executable mapping go through /proc/PID/mem.
+        stopped.write(hint, &[0xc3, 0x90, 0x90, 0x90]).unwrap();
+        let mut back = [0u8; 4];
+        stopped.read(hint, &mut back).unwrap();
+        assert_eq!(back, [0xc3, 0x90, 0x90, 0x90]);
+        assert_eq!(
+            stopped
+                .syscall(SYS_MUNMAP, [hint, 4096, 0, 0, 0, 0])
+                .unwrap(),
+            0
+        );
+        let pause = stopped.release();
+        assert_eq!(pause.threads, 7);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let report = target.finish();
+    assert!(report.contains("finished errors=0 spins=yes"), "{report}");
+}
+
+#[test]
+fn refuses_what_cannot_be_patched() {
+    assert!(matches!(Process::new(0), Err(Error::NoSuchProcess { .. })));
+    assert!(matches!(
+        Process::new(i32::MAX),
+        Err(Error::NoSuchProcess { .. })
+    ));
+    // kthreadd is pid 2 on Linux.
+    assert!(matches!(
+        Process::new(2),
+        Err(Error::KernelThread { pid: 2 })
+    ));
+
+    let mut zombie = Command::new("true").spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = zombie.id() as i32;
+    assert!(matches!(Process::new(pid), Err(Error::Zombie { .. })));
+    zombie.wait().unwrap();
+}
