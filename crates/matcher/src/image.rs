@@ -61,6 +61,9 @@ pub struct Image {
     pub has_symtab: bool,
     /// The GNU build-id, if present.
     pub build_id: Option<Vec<u8>>,
+    /// The lowest `PT_LOAD` virtual address, page-aligned down: the load bias is the address
+    /// of the file's offset-0 mapping minus this.
+    pub first_load: u64,
 }
 
 impl Image {
@@ -83,6 +86,12 @@ impl Image {
             ..Image::default()
         };
         if let Ok(segments) = header.program_headers(endian, data) {
+            image.first_load = segments
+                .iter()
+                .filter(|p| p.p_type(endian).0 == elf::PT_LOAD.0)
+                .map(|p| p.p_vaddr(endian) & !0xfff)
+                .min()
+                .unwrap_or(0);
             for p in segments {
                 if p.p_type(endian).0 == elf::PT_TLS.0 {
                     image.tls = Some(TlsSegment {

@@ -147,6 +147,38 @@ impl Process {
         })
     }
 
+    /// Writes process memory through `/proc/PID/mem` while it runs — only for memory the
+    /// program does not use yet (fresh patch memory); live code is changed through
+    /// [`Stopped::write`](crate::Stopped::write).
+    pub fn write(&self, address: u64, data: &[u8]) -> Result<(), Error> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/{}/mem", self.pid))
+            .map_err(|_| Error::PermissionDenied {
+                pid: self.pid,
+                what: "write its memory".into(),
+            })?;
+        file.write_all_at(data, address).map_err(|source| Error::Memory {
+            pid: self.pid,
+            address,
+            len: data.len(),
+            source,
+        })
+    }
+
+    /// The process start time (clock ticks after boot, `/proc/PID/stat` field 22): with the
+    /// pid, it identifies the process across pid reuse.
+    pub fn start_time(&self) -> Result<u64, Error> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .map_err(|_| Error::NoSuchProcess { pid: self.pid })?;
+        // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        rest.split_whitespace()
+            .nth(19)
+            .and_then(|v| v.parse().ok())
+            .ok_or(Error::NoSuchProcess { pid: self.pid })
+    }
+
     /// Reads process memory through `/proc/PID/mem`.
     pub fn read(&self, address: u64, buf: &mut [u8]) -> Result<(), Error> {
         let file = File::open(format!("/proc/{}/mem", self.pid)).map_err(|e| {

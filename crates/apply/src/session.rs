@@ -1,0 +1,971 @@
+//! Checking, applying and undoing a bundle on one process.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hotsplice_bundle::{Bundle, PreTarget, SymbolClass, SymbolRef, hex};
+use hotsplice_matcher::{
+    Found, Image, Learned, Memory, PreCode, PreReloc, Via, Wanted, locate, match_function,
+};
+use hotsplice_ptrace::{
+    MAP_ANON_FIXED_NOREPLACE, Mapping, PROT_EXEC, PROT_READ, PROT_WRITE, Process, Realtime,
+    SYS_MMAP, SYS_MUNMAP, Stopped,
+};
+
+use crate::link::{self, Resolved};
+use crate::safety::{self, Range, ThreadView};
+use crate::state::{self, AppliedFunction, AppliedPatch, ProcessState, Region};
+use crate::{Error, FunctionReport, Options, ProcessReport, redirect};
+
+/// The mapped file being patched.
+#[derive(Debug)]
+struct Module {
+    path: String,
+    start: u64,
+    end: u64,
+    bias: u64,
+    image: Image,
+}
+
+/// Process memory as it was before any hotsplice patch: the bytes that active patches
+/// replaced are shown instead of their jumps.
+struct LiveMemory<'p> {
+    process: &'p Process,
+    overlay: Vec<(u64, Vec<u8>)>,
+}
+
+impl Memory for LiveMemory<'_> {
+    fn read(&self, address: u64, buf: &mut [u8]) -> bool {
+        if self.process.read(address, buf).is_err() {
+            return false;
+        }
+        let end = address + buf.len() as u64;
+        for (site, bytes) in &self.overlay {
+            for (i, b) in bytes.iter().enumerate() {
+                let at = site + i as u64;
+                if at >= address && at < end {
+                    buf[(at - address) as usize] = *b;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// A replacement located in the process.
+#[derive(Debug, Clone)]
+struct Located {
+    object: usize,
+    replacement: usize,
+    /// Entry of the original function (where the jump goes).
+    entry: u64,
+    /// The code currently live for the function (the original, or an earlier patch's
+    /// version): it must be idle when the jump is written.
+    live_start: u64,
+    live_len: u64,
+    branch_targets: Vec<u64>,
+    via: Via,
+    /// The earlier patch whose version this one replaces.
+    stacked_on: Option<String>,
+}
+
+type SymbolKey = (Option<usize>, String);
+
+/// Everything known about one process before anything is written.
+struct Prepared<'b> {
+    bundle: &'b Bundle,
+    process: Process,
+    state: ProcessState,
+    module: Module,
+    located: Vec<Located>,
+    learned: HashMap<SymbolKey, Learned>,
+    others: RefCell<Option<Vec<(u64, Image)>>>,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn find_module(process: &Process, bundle: &Bundle) -> Result<Module, Error> {
+    let pid = process.pid();
+    let maps = process.maps()?;
+    let exe = process.exe()?.display().to_string();
+    let wanted_name = std::path::Path::new(&bundle.target.path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let want_build_id = bundle.target.build_id.clone();
+    let mut paths: Vec<String> = maps
+        .iter()
+        .filter(|m| m.exec && m.inode != 0)
+        .filter_map(|m| m.path.clone())
+        .collect();
+    paths.sort();
+    paths.dedup();
+    let mut candidates: Vec<(String, Vec<u8>)> = Vec::new();
+    for path in &paths {
+        let is_exe = *path == exe;
+        let name_matches = std::path::Path::new(path)
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy() == wanted_name);
+        let kind_matches = match bundle.target.kind {
+            hotsplice_bundle::TargetKind::Executable => is_exe,
+            hotsplice_bundle::TargetKind::SharedLibrary => !is_exe && name_matches,
+        };
+        let Some(first) = maps.iter().find(|m| m.path.as_ref() == Some(path)) else {
+            continue;
+        };
+        let bytes = match process.mapped_file(first) {
+            Ok(bytes) => bytes,
+            Err(_) => continue,
+        };
+        let Ok(image) = Image::parse(&bytes) else {
+            continue;
+        };
+        let id_matches = match (&want_build_id, &image.build_id) {
+            (Some(want), Some(have)) => *want == hex::encode(have),
+            _ => false,
+        };
+        if id_matches || kind_matches {
+            candidates.push((path.clone(), bytes));
+            if id_matches {
+                candidates.retain(|(p, _)| p == path);
+                break;
+            }
+        }
+    }
+    let Some((path, bytes)) = candidates.into_iter().next() else {
+        return Err(Error::NoModule {
+            pid,
+            target: bundle.target.path.clone(),
+        });
+    };
+    let image = Image::parse(&bytes).map_err(|e| Error::NoModule {
+        pid,
+        target: format!("{} ({e})", bundle.target.path),
+    })?;
+    let mapped: Vec<&Mapping> = maps.iter().filter(|m| m.path.as_ref() == Some(&path)).collect();
+    let start = mapped.iter().map(|m| m.start).min().unwrap_or(0);
+    let end = mapped.iter().map(|m| m.end).max().unwrap_or(0);
+    let base = mapped
+        .iter()
+        .find(|m| m.offset == 0)
+        .map_or(start, |m| m.start);
+    let bias = if image.position_independent {
+        base - image.first_load
+    } else {
+        0
+    };
+    Ok(Module {
+        path,
+        start,
+        end,
+        bias,
+        image,
+    })
+}
+
+/// Original bytes of the sites of active patches (bottom layer wins).
+fn overlay(state: &ProcessState) -> Vec<(u64, Vec<u8>)> {
+    let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+    for patch in &state.patches {
+        for f in &patch.functions {
+            if !out.iter().any(|(s, _)| *s == f.site)
+                && let Some(bytes) = hex::decode(&f.replaced)
+            {
+                out.push((f.site, bytes));
+            }
+        }
+    }
+    out
+}
+
+fn pre_relocs(replacement: &hotsplice_bundle::Replacement) -> Vec<PreReloc> {
+    replacement
+        .pre_relocs
+        .iter()
+        .map(|r| PreReloc {
+            offset: r.offset,
+            r_type: r.r_type,
+            symbol: match &r.target {
+                PreTarget::Symbol { symbol } => Some(symbol.name.clone()),
+                PreTarget::Anonymous { .. } => None,
+            },
+            addend: r.addend,
+        })
+        .collect()
+}
+
+fn prepare<'b>(bundle: &'b Bundle, pid: i32, options: &Options) -> Result<Prepared<'b>, Error> {
+    if !bundle.refusals.is_empty() {
+        return Err(Error::Refused {
+            reasons: bundle
+                .refusals
+                .iter()
+                .map(|r| format!("{} {}: {}", r.kind, r.symbol, r.detail))
+                .collect(),
+        });
+    }
+    let process = Process::new(pid)?;
+    let start_time = process.start_time()?;
+    let state = state::load(&options.state_dir, pid, start_time)?;
+    if state.patches.iter().any(|p| p.id == bundle.id) {
+        return Err(Error::AlreadyApplied {
+            pid,
+            id: bundle.id.clone(),
+        });
+    }
+    let module = find_module(&process, bundle)?;
+    let memory = LiveMemory {
+        process: &process,
+        overlay: overlay(&state),
+    };
+    let mut located = Vec::new();
+    let mut learned: HashMap<SymbolKey, Learned> = HashMap::new();
+    for (o, object) in bundle.objects.iter().enumerate() {
+        let relocs: Vec<Vec<PreReloc>> = object.replacements.iter().map(pre_relocs).collect();
+        let wanted: Vec<Wanted<'_>> = object
+            .replacements
+            .iter()
+            .zip(&relocs)
+            .map(|(r, relocs)| Wanted {
+                name: &r.name,
+                local: r.local,
+                source_file: object.source_file.as_deref(),
+                pre: PreCode {
+                    code: &r.pre_code,
+                    relocs,
+                },
+            })
+            .collect();
+        // Which names are local in this object (learnt addresses of locals are per object).
+        let mut local_names: HashMap<&str, bool> = HashMap::new();
+        for r in &object.replacements {
+            for x in &r.pre_relocs {
+                if let PreTarget::Symbol { symbol } = &x.target {
+                    local_names.insert(&symbol.name, symbol.local);
+                }
+            }
+        }
+        let found = locate(&module.image, module.bias, &wanted, &memory);
+        for (k, outcome) in found.into_iter().enumerate() {
+            let replacement = &object.replacements[k];
+            let (matched, via) = match outcome {
+                Found::Located { matched, via } => (matched, via),
+                Found::NotFound {
+                    mismatch,
+                    candidates,
+                } => {
+                    return Err(Error::NotFound {
+                        pid,
+                        function: replacement.name.clone(),
+                        detail: match mismatch {
+                            Some(m) => format!("the running code differs from the pre build {m}"),
+                            None => format!(
+                                "no function of {} matches its pre-build code ({candidates} candidates)",
+                                module.path
+                            ),
+                        },
+                    });
+                }
+                Found::Ambiguous { addresses } => {
+                    return Err(Error::Ambiguous {
+                        pid,
+                        function: replacement.name.clone(),
+                        addresses,
+                    });
+                }
+            };
+            let mut entry_located = Located {
+                object: o,
+                replacement: k,
+                entry: matched.address,
+                live_start: matched.address,
+                live_len: matched.len,
+                branch_targets: matched.branch_targets.clone(),
+                via,
+                stacked_on: None,
+            };
+            let mut lessons = matched.learned.clone();
+            // Already replaced by an earlier patch? Then this bundle must have been built on top
+            // of it: its pre code is that patch's version.
+            let earlier = state
+                .patches
+                .iter()
+                .rev()
+                .find_map(|p| {
+                    p.functions
+                        .iter()
+                        .find(|f| f.entry == matched.address)
+                        .map(|f| (p.id.clone(), f.clone()))
+                });
+            if let Some((earlier_id, f)) = earlier {
+                let plain = LiveMemory {
+                    process: &process,
+                    overlay: Vec::new(),
+                };
+                let window = replacement.pre_code.len() as u64 + 64;
+                match match_function(wanted[k].pre, f.new_address, window, &plain) {
+                    Ok(on_top) => {
+                        entry_located.live_start = on_top.address;
+                        entry_located.live_len = on_top.len;
+                        entry_located.stacked_on = Some(earlier_id);
+                        lessons = on_top.learned;
+                    }
+                    Err(_) => {
+                        return Err(Error::StackedWithoutBase {
+                            pid,
+                            function: replacement.name.clone(),
+                            patch: earlier_id,
+                        });
+                    }
+                }
+            }
+            for lesson in lessons {
+                let local = local_names.get(lesson.symbol.as_str()).copied().unwrap_or(false);
+                let key = (local.then_some(o), lesson.symbol.clone());
+                match learned.get(&key) {
+                    Some(previous) if *previous != lesson.value => {
+                        return Err(Error::Conflict {
+                            pid,
+                            symbol: lesson.symbol,
+                            detail: format!(
+                                "{previous:?} from one function, {:?} from {} at {:#x}",
+                                lesson.value, replacement.name, lesson.at
+                            ),
+                        });
+                    }
+                    _ => {
+                        learned.insert(key, lesson.value);
+                    }
+                }
+            }
+            located.push(entry_located);
+        }
+    }
+    Ok(Prepared {
+        bundle,
+        process,
+        state,
+        module,
+        located,
+        learned,
+        others: RefCell::new(None),
+    })
+}
+
+impl Prepared<'_> {
+    fn read_u64(&self, address: u64) -> Option<u64> {
+        let mut buf = [0u8; 8];
+        self.process.read(address, &mut buf).ok()?;
+        Some(u64::from_le_bytes(buf))
+    }
+
+    /// Where a symbol of the running program is.
+    fn resolve(&self, object: usize, symbol: &SymbolRef) -> Option<Resolved> {
+        let key = (symbol.local.then_some(object), symbol.name.clone());
+        if let Some(value) = self.learned.get(&key) {
+            return match *value {
+                Learned::Address(a) => Some(Resolved::Address(a)),
+                Learned::GotSlot(slot) => self.read_u64(slot).map(Resolved::Address),
+                Learned::TpOffset(t) => Some(Resolved::TpOffset(t)),
+                Learned::TpOffsetSlot(slot) => {
+                    self.read_u64(slot).map(|t| Resolved::TpOffset(t as i64))
+                }
+            };
+        }
+        let image = &self.module.image;
+        let source_file = self.bundle.objects[object].source_file.as_deref();
+        let mut named: Vec<_> = image
+            .symbols_named(&symbol.name)
+            .filter(|s| s.local == symbol.local)
+            .collect();
+        if symbol.local && named.len() > 1 {
+            named.retain(|s| s.file.as_deref() == source_file);
+        }
+        if let [s] = named.as_slice() {
+            if s.tls {
+                return if image.position_independent && !self.is_executable() {
+                    None
+                } else {
+                    image.tpoff(s.address).map(Resolved::TpOffset)
+                };
+            }
+            return Some(Resolved::Address(s.address.wrapping_add(self.module.bias)));
+        }
+        if symbol.local || symbol.class == SymbolClass::Tls {
+            return None;
+        }
+        // A library symbol: the first definition among the other mapped objects.
+        let mut others = self.others.borrow_mut();
+        let others = others.get_or_insert_with(|| self.other_modules());
+        for (bias, image) in others.iter() {
+            if let Some(s) = image
+                .symbols_named(&symbol.name)
+                .find(|s| !s.local && !s.tls && s.address != 0)
+            {
+                return Some(Resolved::Address(s.address.wrapping_add(*bias)));
+            }
+        }
+        None
+    }
+
+    fn is_executable(&self) -> bool {
+        self.bundle.target.kind == hotsplice_bundle::TargetKind::Executable
+    }
+
+    fn other_modules(&self) -> Vec<(u64, Image)> {
+        let Ok(maps) = self.process.maps() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut seen: Vec<String> = Vec::new();
+        for m in &maps {
+            let Some(path) = &m.path else { continue };
+            if m.inode == 0 || m.offset != 0 || *path == self.module.path || seen.contains(path) {
+                continue;
+            }
+            seen.push(path.clone());
+            let Ok(bytes) = self.process.mapped_file(m) else {
+                continue;
+            };
+            let Ok(image) = Image::parse(&bytes) else {
+                continue;
+            };
+            let bias = if image.position_independent {
+                m.start - image.first_load
+            } else {
+                0
+            };
+            out.push((bias, image));
+        }
+        out
+    }
+
+    /// Whether an address may be beyond rel32 reach of patch memory placed near the module.
+    fn far(&self, address: u64) -> bool {
+        const REACH: u64 = 1 << 30;
+        address < self.module.start.saturating_sub(REACH) || address > self.module.end + REACH
+    }
+}
+
+/// Maps `size` bytes near the module, within rel32 reach of it.
+fn map_near(stopped: &mut Stopped, module: &Module, size: u64, prot: u64) -> Result<u64, Error> {
+    let below = module.start.saturating_sub(size + (2 << 20)) & !0xfff;
+    let mut hints = Vec::new();
+    for k in 0..16u64 {
+        hints.push(below.saturating_sub(k * (64 << 20)));
+    }
+    for k in 0..16u64 {
+        hints.push((module.end + (2 << 20) + k * (64 << 20)) & !0xfff);
+    }
+    for hint in hints.into_iter().filter(|&h| h >= 1 << 16) {
+        let args = [hint, size, prot, MAP_ANON_FIXED_NOREPLACE, u64::MAX, 0];
+        match stopped.syscall(SYS_MMAP, args) {
+            Ok(address) if address as u64 == hint => return Ok(hint),
+            Ok(address) => {
+                // An old kernel took the hint as a hint: not where we need it.
+                let _ = stopped.syscall(SYS_MUNMAP, [address as u64, size, 0, 0, 0, 0]);
+            }
+            Err(hotsplice_ptrace::Error::RemoteSyscall { errno, .. })
+                if errno == 17 /* EEXIST */ || errno == 12 /* ENOMEM */ => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::NoPlacement {
+        pid: stopped.pid(),
+        size,
+    })
+}
+
+/// What each thread looks like to the safety check: its IP and its stack.
+fn thread_views(process: &Process, stopped: &Stopped) -> Result<Vec<ThreadView>, Error> {
+    let maps = process.maps()?;
+    let mut views = Vec::new();
+    for t in stopped.threads() {
+        let rsp = t.regs.rsp;
+        let end = maps
+            .iter()
+            .find(|m| rsp >= m.start && rsp < m.end)
+            .map_or(rsp, |m| m.end);
+        let len = (end - rsp).min(16 << 20) as usize;
+        let mut stack = vec![0u8; len];
+        if len > 0 && process.read(rsp, &mut stack).is_err() {
+            stack.clear();
+        }
+        views.push(ThreadView {
+            tid: t.tid,
+            rip: t.regs.rip,
+            stack,
+            stack_start: rsp,
+        });
+    }
+    Ok(views)
+}
+
+/// Unmaps patch memory (best effort, used when an apply cannot complete).
+fn unmap(process: &Process, regions: &[Region], options: &Options) {
+    if regions.is_empty() {
+        return;
+    }
+    let _rt = Realtime::raise();
+    if let Ok(mut stopped) = Stopped::stop(process, options.stop_timeout) {
+        for r in regions {
+            let _ = stopped.syscall(SYS_MUNMAP, [r.address, r.size, 0, 0, 0, 0]);
+        }
+        stopped.release();
+    }
+}
+
+/// Checks a bundle against one process: everything up to, not including, the first change.
+pub fn check_one(bundle: &Bundle, pid: i32, options: &Options) -> Result<ProcessReport, Error> {
+    let prepared = prepare(bundle, pid, options)?;
+    resolve_all(&prepared)?;
+    let mut report = report_for(&prepared);
+    let _rt = Realtime::raise();
+    let stopped = Stopped::stop(&prepared.process, options.stop_timeout)?;
+    let views = thread_views(&prepared.process, &stopped);
+    let pause = stopped.release();
+    report.pause = pause.longest;
+    report.threads = pause.threads;
+    if let Some(busy) = safety::check(&views?, &ranges(&prepared)) {
+        report.busy = Some(busy_message(&busy));
+    }
+    Ok(report)
+}
+
+fn resolve_all(prepared: &Prepared<'_>) -> Result<(), Error> {
+    for (o, object) in prepared.bundle.objects.iter().enumerate() {
+        for piece in &object.pieces {
+            for reloc in &piece.relocs {
+                if let hotsplice_bundle::Link::Symbol { symbol } = &reloc.target
+                    && prepared.resolve(o, symbol).is_none()
+                {
+                    return Err(Error::Unresolved {
+                        symbol: symbol.name.clone(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ranges(prepared: &Prepared<'_>) -> Vec<Range> {
+    prepared
+        .located
+        .iter()
+        .map(|l| Range {
+            start: l.live_start,
+            end: l.live_start + l.live_len,
+            name: prepared.bundle.objects[l.object].replacements[l.replacement]
+                .name
+                .clone(),
+        })
+        .collect()
+}
+
+fn busy_message(busy: &safety::Busy) -> String {
+    match busy.stack_word_at {
+        None => format!("thread {} is executing {}", busy.tid, busy.function),
+        Some(at) => format!(
+            "thread {} will return into {} (stack word at {at:#x})",
+            busy.tid, busy.function
+        ),
+    }
+}
+
+fn report_for(prepared: &Prepared<'_>) -> ProcessReport {
+    ProcessReport {
+        pid: prepared.process.pid(),
+        module: prepared.module.path.clone(),
+        patch: prepared.bundle.id.clone(),
+        functions: prepared
+            .located
+            .iter()
+            .map(|l| FunctionReport {
+                name: prepared.bundle.objects[l.object].replacements[l.replacement]
+                    .name
+                    .clone(),
+                entry: l.entry,
+                new_address: 0,
+                via: match l.via {
+                    Via::Symbol => "symbol table",
+                    Via::FunctionStart => "function start (.eh_frame)",
+                    Via::Learned => "address learnt from another function",
+                }
+                .to_string(),
+                stacked_on: l.stacked_on.clone(),
+            })
+            .collect(),
+        pause: Duration::ZERO,
+        attempts: 0,
+        threads: 0,
+        realtime: false,
+        busy: None,
+    }
+}
+
+/// Applies a bundle to one process (see the crate documentation for the steps).
+pub fn apply_one(
+    bundle: &Bundle,
+    bundle_sha: &str,
+    pid: i32,
+    options: &Options,
+) -> Result<ProcessReport, Error> {
+    let prepared = prepare(bundle, pid, options)?;
+    resolve_all(&prepared)?;
+    let process = &prepared.process;
+    let objects = &bundle.objects;
+    let layout = link::plan(objects, &|o, s| match prepared.resolve(o, s) {
+        Some(Resolved::Address(a)) => prepared.far(a),
+        _ => false,
+    });
+
+    // Stop 1: map patch memory.
+    let realtime;
+    let (code_base, data_base, first_pause) = {
+        let rt = Realtime::raise();
+        realtime = rt.active();
+        let mut stopped = Stopped::stop(process, options.stop_timeout)?;
+        let code = map_near(&mut stopped, &prepared.module, layout.code_size, PROT_READ | PROT_EXEC);
+        let data = match (&code, layout.data_size) {
+            (Ok(_), 0) => Ok(0),
+            (Ok(_), size) => map_near(&mut stopped, &prepared.module, size, PROT_READ | PROT_WRITE),
+            (Err(_), _) => Ok(0),
+        };
+        let (code, data) = match (code, data) {
+            (Ok(c), Ok(d)) => (c, d),
+            (Ok(c), Err(e)) => {
+                let _ = stopped.syscall(SYS_MUNMAP, [c, layout.code_size, 0, 0, 0, 0]);
+                return Err(e);
+            }
+            (Err(e), _) => return Err(e),
+        };
+        let pause = stopped.release();
+        (code, data, pause.longest)
+    };
+    let mut regions = vec![Region {
+        address: code_base,
+        size: layout.code_size,
+    }];
+    if layout.data_size > 0 {
+        regions.push(Region {
+            address: data_base,
+            size: layout.data_size,
+        });
+    }
+    let result = write_and_redirect(
+        &prepared, &layout, code_base, data_base, &regions, bundle_sha, options,
+    );
+    match result {
+        Ok((mut report, second_pause, attempts, threads)) => {
+            report.pause = first_pause.max(second_pause);
+            report.attempts = attempts;
+            report.threads = threads;
+            report.realtime = realtime;
+            Ok(report)
+        }
+        Err(e) => {
+            unmap(process, &regions, options);
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_and_redirect(
+    prepared: &Prepared<'_>,
+    layout: &link::Layout,
+    code_base: u64,
+    data_base: u64,
+    regions: &[Region],
+    bundle_sha: &str,
+    options: &Options,
+) -> Result<(ProcessReport, Duration, u32, usize), Error> {
+    let bundle = prepared.bundle;
+    let process = &prepared.process;
+    let pid = process.pid();
+    // Link and load while the program runs: nothing uses this memory yet.
+    let writes = link::link(&bundle.objects, layout, code_base, data_base, &|o, s| {
+        prepared.resolve(o, s)
+    })?;
+    for w in &writes {
+        process.write(w.address, &w.bytes)?;
+    }
+    let mut report = report_for(prepared);
+    let mut redirects = Vec::new();
+    for (i, l) in prepared.located.iter().enumerate() {
+        let replacement = &bundle.objects[l.object].replacements[l.replacement];
+        let new_address = link::piece_address(layout, l.object, replacement.piece, code_base, data_base);
+        let r = redirect::plan(
+            &replacement.name,
+            l.entry,
+            &replacement.pre_code,
+            if l.stacked_on.is_some() { u64::MAX } else { l.live_len },
+            if l.stacked_on.is_some() { &[] } else { &l.branch_targets },
+            new_address,
+        )?;
+        report.functions[i].new_address = new_address;
+        redirects.push(r);
+    }
+    // What the sites hold now: the original code, or an earlier patch's jump.
+    let mut expected = Vec::new();
+    for r in &redirects {
+        let mut now = [0u8; 5];
+        process.read(r.site, &mut now)?;
+        expected.push(now);
+    }
+    let mut applied = AppliedPatch {
+        id: bundle.id.clone(),
+        bundle_sha256: bundle_sha.to_string(),
+        target: bundle.target.path.clone(),
+        module: prepared.module.path.clone(),
+        applied_unix: now_unix(),
+        pause_us: 0,
+        regions: regions.to_vec(),
+        functions: prepared
+            .located
+            .iter()
+            .zip(&redirects)
+            .zip(&expected)
+            .map(|((l, r), before)| AppliedFunction {
+                name: bundle.objects[l.object].replacements[l.replacement].name.clone(),
+                entry: l.entry,
+                len: l.live_len,
+                site: r.site,
+                replaced: hex::encode(before),
+                jump: hex::encode(&r.jump),
+                new_address: report_new_address(&report, l),
+            })
+            .collect(),
+    };
+    process.write(code_base, &state::header(&applied, link::HEADER_SIZE as usize))?;
+
+    // Stop 2 (retried while busy): safety check, then the jumps.
+    let ranges = ranges(prepared);
+    let mut history: Vec<safety::Busy> = Vec::new();
+    for attempt in 1..=options.retries + 1 {
+        let _rt = Realtime::raise();
+        let mut stopped = Stopped::stop(process, options.stop_timeout)?;
+        let views = thread_views(process, &stopped)?;
+        if let Some(busy) = safety::check(&views, &ranges) {
+            stopped.release();
+            history.push(busy);
+            if attempt <= options.retries {
+                std::thread::sleep(options.retry_delay);
+            }
+            continue;
+        }
+        // The sites must still hold what was matched.
+        for (r, before) in redirects.iter().zip(&expected) {
+            let mut now = [0u8; 5];
+            stopped.read(r.site, &mut now)?;
+            if now != *before {
+                return Err(Error::Tampered {
+                    pid,
+                    address: r.site,
+                });
+            }
+        }
+        let mut written = Vec::new();
+        let mut failure = None;
+        for (r, before) in redirects.iter().zip(&expected) {
+            let mut back = [0u8; 5];
+            let ok = stopped.write(r.site, &r.jump).is_ok()
+                && stopped.read(r.site, &mut back).is_ok()
+                && back == r.jump;
+            if !ok {
+                failure = Some(r.site);
+                break;
+            }
+            written.push((r.site, *before));
+        }
+        if let Some(site) = failure {
+            for (site, before) in written {
+                let _ = stopped.write(site, &before);
+            }
+            stopped.release();
+            return Err(Error::WriteFailed { pid, address: site });
+        }
+        let pause = stopped.release();
+        applied.pause_us = pause.longest.as_micros() as u64;
+        let mut state = prepared.state.clone();
+        state.patches.push(applied.clone());
+        state::save(&options.state_dir, &state)?;
+        let _ = process.write(code_base, &state::header(&applied, link::HEADER_SIZE as usize));
+        return Ok((report, pause.longest, attempt, pause.threads));
+    }
+    Err(busy_error(pid, &history, options.retries + 1))
+}
+
+fn report_new_address(report: &ProcessReport, located: &Located) -> u64 {
+    report
+        .functions
+        .iter()
+        .find(|f| f.entry == located.entry)
+        .map_or(0, |f| f.new_address)
+}
+
+fn busy_error(pid: i32, history: &[safety::Busy], attempts: u32) -> Error {
+    let last = history.last().expect("at least one attempt");
+    let always = history
+        .iter()
+        .all(|b| b.tid == last.tid && b.function == last.function);
+    if always && history.len() > 1 {
+        Error::AlwaysBusy {
+            pid,
+            tid: last.tid,
+            function: last.function.clone(),
+            attempts,
+        }
+    } else {
+        Error::Busy {
+            pid,
+            detail: busy_message(last),
+            attempts,
+        }
+    }
+}
+
+/// Undoes patch `id` in one process.
+pub fn undo_one(id: &str, pid: i32, options: &Options) -> Result<ProcessReport, Error> {
+    let process = Process::new(pid)?;
+    let start_time = process.start_time()?;
+    let mut state = state::load(&options.state_dir, pid, start_time)?;
+    let Some(index) = state.patches.iter().position(|p| p.id == id) else {
+        return Err(Error::NotApplied {
+            pid,
+            id: id.to_string(),
+        });
+    };
+    let patch = state.patches[index].clone();
+    if let Some(later) = state.patches[index + 1..].iter().find(|p| {
+        p.functions
+            .iter()
+            .any(|f| patch.functions.iter().any(|g| g.site == f.site))
+    }) {
+        return Err(Error::DependentPatch {
+            pid,
+            id: id.to_string(),
+            later: later.id.clone(),
+        });
+    }
+    let ranges: Vec<Range> = patch
+        .regions
+        .iter()
+        .map(|r| Range {
+            start: r.address,
+            end: r.address + r.size,
+            name: format!("the code of {id}"),
+        })
+        .collect();
+    let mut history = Vec::new();
+    for attempt in 1..=options.retries + 1 {
+        let rt = Realtime::raise();
+        let mut stopped = Stopped::stop(&process, options.stop_timeout)?;
+        let views = thread_views(&process, &stopped)?;
+        if let Some(busy) = safety::check(&views, &ranges) {
+            stopped.release();
+            history.push(busy);
+            if attempt <= options.retries {
+                std::thread::sleep(options.retry_delay);
+            }
+            continue;
+        }
+        for f in &patch.functions {
+            let mut now = [0u8; 5];
+            stopped.read(f.site, &mut now)?;
+            if hex::encode(&now) != f.jump {
+                return Err(Error::Tampered {
+                    pid,
+                    address: f.site,
+                });
+            }
+        }
+        for f in &patch.functions {
+            let original = hex::decode(&f.replaced).unwrap_or_default();
+            stopped.write(f.site, &original)?;
+            let mut back = vec![0u8; original.len()];
+            stopped.read(f.site, &mut back)?;
+            if back != original {
+                return Err(Error::WriteFailed {
+                    pid,
+                    address: f.site,
+                });
+            }
+        }
+        for r in &patch.regions {
+            stopped.syscall(SYS_MUNMAP, [r.address, r.size, 0, 0, 0, 0])?;
+        }
+        let pause = stopped.release();
+        state.patches.remove(index);
+        state::save(&options.state_dir, &state)?;
+        return Ok(ProcessReport {
+            pid,
+            module: patch.module.clone(),
+            patch: id.to_string(),
+            functions: patch
+                .functions
+                .iter()
+                .map(|f| FunctionReport {
+                    name: f.name.clone(),
+                    entry: f.entry,
+                    new_address: f.new_address,
+                    via: "state record".to_string(),
+                    stacked_on: None,
+                })
+                .collect(),
+            pause: pause.longest,
+            attempts: attempt,
+            threads: pause.threads,
+            realtime: rt.active(),
+            busy: None,
+        });
+    }
+    Err(busy_error(pid, &history, options.retries + 1))
+}
+
+/// The patches applied to a process: from the state record, or, when it is missing, from the
+/// headers of patch memory found in the process.
+pub fn list_one(pid: i32, options: &Options) -> Result<Vec<AppliedPatch>, Error> {
+    let process = Process::new(pid)?;
+    let start_time = process.start_time()?;
+    let state = state::load(&options.state_dir, pid, start_time)?;
+    if !state.patches.is_empty() {
+        return Ok(state.patches);
+    }
+    let mut found = Vec::new();
+    for m in process.maps()? {
+        if m.exec && m.inode == 0 && m.path.is_none() {
+            let mut head = vec![0u8; link::HEADER_SIZE as usize];
+            if process.read(m.start, &mut head).is_ok()
+                && let Some(patch) = state::parse_header(&head)
+            {
+                found.push(patch);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Every process running the executable at `path`.
+pub fn pids_of_exe(path: &std::path::Path) -> Vec<i32> {
+    let want: PathBuf = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<i32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == want)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
