@@ -26,6 +26,7 @@ mod redirect;
 mod safety;
 mod session;
 pub mod state;
+mod unwind;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -128,7 +129,9 @@ pub enum Error {
         target: String,
     },
     /// A function's running code is not the pre-build code.
-    #[error("process {pid}: {function}: {detail}; wrong source, compiler or flags? Nothing was changed")]
+    #[error(
+        "process {pid}: {function}: {detail}; wrong source, compiler or flags? Nothing was changed"
+    )]
     NotFound {
         /// Process.
         pid: i32,
@@ -148,7 +151,9 @@ pub enum Error {
         addresses: Vec<u64>,
     },
     /// Two functions disagree about where a symbol is.
-    #[error("process {pid}: the running code disagrees about where {symbol} is ({detail}); nothing was changed")]
+    #[error(
+        "process {pid}: the running code disagrees about where {symbol} is ({detail}); nothing was changed"
+    )]
     Conflict {
         /// Process.
         pid: i32,
@@ -158,7 +163,9 @@ pub enum Error {
         detail: String,
     },
     /// A symbol the new code needs is nowhere in the process.
-    #[error("cannot find {symbol} in the process (not in the patched file's symbols, not learnt from its code, not in a loaded library); nothing was changed")]
+    #[error(
+        "cannot find {symbol} in the process (not in the patched file's symbols, not learnt from its code, not in a loaded library); nothing was changed"
+    )]
     Unresolved {
         /// Symbol.
         symbol: String,
@@ -190,7 +197,9 @@ pub enum Error {
         len: u64,
     },
     /// A branch inside the function lands in the bytes the jump would overwrite.
-    #[error("{function} branches to its own offset {offset}, inside the bytes the jump would overwrite; nothing was changed")]
+    #[error(
+        "{function} branches to its own offset {offset}, inside the bytes the jump would overwrite; nothing was changed"
+    )]
     BranchIntoEntry {
         /// Function.
         function: String,
@@ -208,7 +217,9 @@ pub enum Error {
         attempts: u32,
     },
     /// The same thread was in the same function at every attempt.
-    #[error("process {pid}: thread {tid} was in {function} at every one of {attempts} attempts: it may never return (an event loop, main), so it cannot be replaced safely; nothing was changed")]
+    #[error(
+        "process {pid}: thread {tid} was in {function} at every one of {attempts} attempts: it may never return (an event loop, main), so it cannot be replaced safely; nothing was changed"
+    )]
     AlwaysBusy {
         /// Process.
         pid: i32,
@@ -236,7 +247,9 @@ pub enum Error {
         id: String,
     },
     /// A function already replaced by an earlier patch, and this bundle was built without it.
-    #[error("process {pid}: {function} is already replaced by {patch}, and this bundle was built against the code without that patch; rebuild it on top of {patch}'s source, or undo {patch} first")]
+    #[error(
+        "process {pid}: {function} is already replaced by {patch}, and this bundle was built against the code without that patch; rebuild it on top of {patch}'s source, or undo {patch} first"
+    )]
     StackedWithoutBase {
         /// Process.
         pid: i32,
@@ -256,7 +269,9 @@ pub enum Error {
         later: String,
     },
     /// The bytes at a jump site are not what hotsplice left there.
-    #[error("process {pid}: the code at {address:#x} was changed by someone else; nothing was changed")]
+    #[error(
+        "process {pid}: the code at {address:#x} was changed by someone else; nothing was changed"
+    )]
     Tampered {
         /// Process.
         pid: i32,
@@ -308,8 +323,14 @@ impl Error {
 
 /// Checks a bundle against processes: everything apply does up to, not including, the first
 /// change (matching, symbol resolution, and a safety check of the current moment).
-pub fn check(bundle: &Bundle, pids: &[i32], options: &Options) -> Result<Vec<ProcessReport>, Error> {
-    pids.iter().map(|&pid| session::check_one(bundle, pid, options)).collect()
+pub fn check(
+    bundle: &Bundle,
+    pids: &[i32],
+    options: &Options,
+) -> Result<Vec<ProcessReport>, Error> {
+    pids.iter()
+        .map(|&pid| session::check_one(bundle, pid, options))
+        .collect()
 }
 
 /// Applies a bundle to every process, all or none: each is checked first; if applying to one
@@ -340,7 +361,9 @@ pub fn apply(
 
 /// Undoes patch `id` in every process, restoring every original byte.
 pub fn undo(id: &str, pids: &[i32], options: &Options) -> Result<Vec<ProcessReport>, Error> {
-    pids.iter().map(|&pid| session::undo_one(id, pid, options)).collect()
+    pids.iter()
+        .map(|&pid| session::undo_one(id, pid, options))
+        .collect()
 }
 
 /// Patches applied to the given processes (every recorded process when `pids` is empty).

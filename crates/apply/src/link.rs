@@ -86,11 +86,13 @@ pub fn plan(objects: &[ObjectPatch], far: &dyn Fn(usize, &SymbolRef) -> bool) ->
                     continue;
                 };
                 if is_got(reloc.r_type) {
-                    slots.entry((key(o, symbol), reloc.r_type == 22)).or_insert_with(|| {
-                        let at = code;
-                        code += 8;
-                        at
-                    });
+                    slots
+                        .entry((key(o, symbol), reloc.r_type == 22))
+                        .or_insert_with(|| {
+                            let at = code;
+                            code += 8;
+                            at
+                        });
                 } else if is_call_like(reloc.r_type) && far(o, symbol) {
                     stubs.entry(key(o, symbol)).or_insert_with(|| {
                         let at = align(code, 16);
@@ -146,7 +148,7 @@ pub fn link(
             _ => {
                 return Err(Error::Unresolved {
                     symbol: name.clone(),
-                })
+                });
             }
         };
         writes.push(Write {
@@ -195,7 +197,7 @@ pub fn link(
                                 _ => {
                                     return Err(Error::Unresolved {
                                         symbol: symbol.name.clone(),
-                                    })
+                                    });
                                 }
                             }
                         }
@@ -269,7 +271,13 @@ fn find_symbol(objects: &[ObjectPatch], object: Option<usize>, name: &str) -> Sy
 }
 
 /// The address of a piece once laid out.
-pub fn piece_address(layout: &Layout, object: usize, piece: usize, code_base: u64, data_base: u64) -> u64 {
+pub fn piece_address(
+    layout: &Layout,
+    object: usize,
+    piece: usize,
+    code_base: u64,
+    data_base: u64,
+) -> u64 {
     let (writable, offset) = layout.pieces[object][piece];
     if writable {
         data_base + offset

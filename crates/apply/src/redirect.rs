@@ -62,19 +62,45 @@ mod tests {
 
     #[test]
     fn jump_encoding_and_endbr() {
-        let r = plan("f", 0x1000, &[0x55, 0x48, 0x89, 0xe5, 0x90, 0xc3], 6, &[], 0x2000).unwrap();
+        let r = plan(
+            "f",
+            0x1000,
+            &[0x55, 0x48, 0x89, 0xe5, 0x90, 0xc3],
+            6,
+            &[],
+            0x2000,
+        )
+        .unwrap();
         assert_eq!(r.site, 0x1000);
         assert_eq!(r.jump, [0xe9, 0xfb, 0x0f, 0x00, 0x00]);
-        let r = plan("g", 0x1000, &[0xf3, 0x0f, 0x1e, 0xfa, 0x55, 0x48, 0x89, 0xe5, 0xc3], 9, &[], 0x1000).unwrap();
+        let r = plan(
+            "g",
+            0x1000,
+            &[0xf3, 0x0f, 0x1e, 0xfa, 0x55, 0x48, 0x89, 0xe5, 0xc3],
+            9,
+            &[],
+            0x1000,
+        )
+        .unwrap();
         assert_eq!(r.site, 0x1004);
         assert_eq!(r.jump, [0xe9, 0xf7, 0xff, 0xff, 0xff]);
     }
 
     #[test]
     fn refusals() {
-        assert!(matches!(plan("f", 0, &[0xc3], 1, &[], 0x10), Err(Error::TooShort { .. })));
         assert!(matches!(
-            plan("f", 0, &[0x31, 0xc0, 0xff, 0xc0, 0x75, 0xfc, 0xc3], 7, &[2], 0x10),
+            plan("f", 0, &[0xc3], 1, &[], 0x10),
+            Err(Error::TooShort { .. })
+        ));
+        assert!(matches!(
+            plan(
+                "f",
+                0,
+                &[0x31, 0xc0, 0xff, 0xc0, 0x75, 0xfc, 0xc3],
+                7,
+                &[2],
+                0x10
+            ),
             Err(Error::BranchIntoEntry { offset: 2, .. })
         ));
         assert!(matches!(

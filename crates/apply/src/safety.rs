@@ -22,7 +22,9 @@ pub struct ThreadView {
     pub tid: i32,
     /// Instruction pointer.
     pub rip: u64,
-    /// Its stack from the stack pointer up to the end of the stack mapping.
+    /// Return addresses found by unwinding.
+    pub return_addresses: Vec<u64>,
+    /// The part of its stack unwinding could not account for, scanned word by word.
     pub stack: Vec<u8>,
     /// Address of `stack[0]`.
     pub stack_start: u64,
@@ -35,7 +37,8 @@ pub struct Busy {
     pub tid: i32,
     /// The function (or region).
     pub function: String,
-    /// `None`: the thread is executing it; `Some(a)`: a stack word at `a` points into it.
+    /// `None`: the thread is executing it; `Some(0)`: a return address found by unwinding
+    /// points into it; `Some(a)`: a stack word at `a` (scanned conservatively) does.
     pub stack_word_at: Option<u64>,
 }
 
@@ -52,8 +55,23 @@ pub fn check(threads: &[ThreadView], ranges: &[Range]) -> Option<Busy> {
         }
     }
     for t in threads {
+        if let Some(r) = t.return_addresses.iter().find_map(|&a| inside(a)) {
+            return Some(Busy {
+                tid: t.tid,
+                function: r.name.clone(),
+                stack_word_at: Some(0),
+            });
+        }
+    }
+    for t in threads {
         let skip = (8 - (t.stack_start % 8) as usize) % 8;
-        for (i, word) in t.stack.get(skip..).unwrap_or(&[]).chunks_exact(8).enumerate() {
+        for (i, word) in t
+            .stack
+            .get(skip..)
+            .unwrap_or(&[])
+            .chunks_exact(8)
+            .enumerate()
+        {
             let value = u64::from_le_bytes(word.try_into().expect("8 bytes"));
             if let Some(r) = inside(value) {
                 return Some(Busy {
@@ -73,14 +91,38 @@ mod tests {
 
     #[test]
     fn finds_ip_and_stack_words() {
-        let ranges = [Range { start: 0x1000, end: 0x1100, name: "f".into() }];
-        let idle = ThreadView { tid: 1, rip: 0x2000, stack: 0x3000u64.to_le_bytes().to_vec(), stack_start: 0x7000 };
-        assert_eq!(check(&[idle.clone()], &ranges), None);
-        let running = ThreadView { rip: 0x1050, ..idle.clone() };
+        let ranges = [Range {
+            start: 0x1000,
+            end: 0x1100,
+            name: "f".into(),
+        }];
+        let idle = ThreadView {
+            tid: 1,
+            rip: 0x2000,
+            return_addresses: vec![0x2100],
+            stack: 0x3000u64.to_le_bytes().to_vec(),
+            stack_start: 0x7000,
+        };
+        assert_eq!(check(std::slice::from_ref(&idle), &ranges), None);
+        let running = ThreadView {
+            rip: 0x1050,
+            ..idle.clone()
+        };
         assert_eq!(check(&[running], &ranges).unwrap().stack_word_at, None);
         let mut stack = 0u64.to_le_bytes().to_vec();
         stack.extend(0x10ffu64.to_le_bytes());
         let returning = ThreadView { stack, ..idle };
-        assert_eq!(check(&[returning], &ranges).unwrap().stack_word_at, Some(0x7008));
+        assert_eq!(
+            check(std::slice::from_ref(&returning), &ranges)
+                .unwrap()
+                .stack_word_at,
+            Some(0x7008)
+        );
+        let unwound = ThreadView {
+            return_addresses: vec![0x1010],
+            stack: Vec::new(),
+            ..returning
+        };
+        assert!(check(&[unwound], &ranges).is_some());
     }
 }

@@ -17,7 +17,7 @@ use hotsplice_ptrace::{
 use crate::link::{self, Resolved};
 use crate::safety::{self, Range, ThreadView};
 use crate::state::{self, AppliedFunction, AppliedPatch, ProcessState, Region};
-use crate::{Error, FunctionReport, Options, ProcessReport, redirect};
+use crate::{Error, FunctionReport, Options, ProcessReport, redirect, unwind};
 
 /// The mapped file being patched.
 #[derive(Debug)]
@@ -149,7 +149,10 @@ fn find_module(process: &Process, bundle: &Bundle) -> Result<Module, Error> {
         pid,
         target: format!("{} ({e})", bundle.target.path),
     })?;
-    let mapped: Vec<&Mapping> = maps.iter().filter(|m| m.path.as_ref() == Some(&path)).collect();
+    let mapped: Vec<&Mapping> = maps
+        .iter()
+        .filter(|m| m.path.as_ref() == Some(&path))
+        .collect();
     let start = mapped.iter().map(|m| m.start).min().unwrap_or(0);
     let end = mapped.iter().map(|m| m.end).max().unwrap_or(0);
     let base = mapped
@@ -294,16 +297,12 @@ fn prepare<'b>(bundle: &'b Bundle, pid: i32, options: &Options) -> Result<Prepar
             let mut lessons = matched.learned.clone();
             // Already replaced by an earlier patch? Then this bundle must have been built on top
             // of it: its pre code is that patch's version.
-            let earlier = state
-                .patches
-                .iter()
-                .rev()
-                .find_map(|p| {
-                    p.functions
-                        .iter()
-                        .find(|f| f.entry == matched.address)
-                        .map(|f| (p.id.clone(), f.clone()))
-                });
+            let earlier = state.patches.iter().rev().find_map(|p| {
+                p.functions
+                    .iter()
+                    .find(|f| f.entry == matched.address)
+                    .map(|f| (p.id.clone(), f.clone()))
+            });
             if let Some((earlier_id, f)) = earlier {
                 let plain = LiveMemory {
                     process: &process,
@@ -327,7 +326,10 @@ fn prepare<'b>(bundle: &'b Bundle, pid: i32, options: &Options) -> Result<Prepar
                 }
             }
             for lesson in lessons {
-                let local = local_names.get(lesson.symbol.as_str()).copied().unwrap_or(false);
+                let local = local_names
+                    .get(lesson.symbol.as_str())
+                    .copied()
+                    .unwrap_or(false);
                 let key = (local.then_some(o), lesson.symbol.clone());
                 match learned.get(&key) {
                     Some(previous) if *previous != lesson.value => {
@@ -483,9 +485,72 @@ fn map_near(stopped: &mut Stopped, module: &Module, size: u64, prot: u64) -> Res
     })
 }
 
-/// What each thread looks like to the safety check: its IP and its stack.
-fn thread_views(process: &Process, stopped: &Stopped) -> Result<Vec<ThreadView>, Error> {
+/// The call-frame information of every file mapped by the process.
+struct Cfi {
+    modules: Vec<(u64, u64, u64, hotsplice_matcher::EhFrameSection)>,
+}
+
+impl Cfi {
+    fn load(process: &Process) -> Cfi {
+        let Ok(maps) = process.maps() else {
+            return Cfi {
+                modules: Vec::new(),
+            };
+        };
+        let mut modules = Vec::new();
+        let mut seen: Vec<&str> = Vec::new();
+        for m in &maps {
+            let Some(path) = m.path.as_deref() else {
+                continue;
+            };
+            if m.inode == 0 || seen.contains(&path) {
+                continue;
+            }
+            seen.push(path);
+            let mapped: Vec<&Mapping> = maps
+                .iter()
+                .filter(|x| x.path.as_deref() == Some(path))
+                .collect();
+            let Some(first) = mapped.iter().find(|x| x.offset == 0) else {
+                continue;
+            };
+            let Ok(bytes) = process.mapped_file(first) else {
+                continue;
+            };
+            let Ok(image) = Image::parse(&bytes) else {
+                continue;
+            };
+            let Some(eh) = image.eh_frame else { continue };
+            let start = mapped.iter().map(|x| x.start).min().unwrap_or(0);
+            let end = mapped.iter().map(|x| x.end).max().unwrap_or(0);
+            let bias = if image.position_independent {
+                first.start - image.first_load
+            } else {
+                0
+            };
+            modules.push((start, end, bias, eh));
+        }
+        Cfi { modules }
+    }
+
+    fn modules(&self) -> Vec<unwind::CfiModule<'_>> {
+        self.modules
+            .iter()
+            .map(|(start, end, bias, eh)| unwind::CfiModule {
+                start: *start,
+                end: *end,
+                bias: *bias,
+                eh_frame: eh,
+            })
+            .collect()
+    }
+}
+
+/// What each thread looks like to the safety check: its IP, the return addresses on its
+/// stack (by unwinding), and the part of the stack unwinding could not account for.
+fn thread_views(process: &Process, stopped: &Stopped, cfi: &Cfi) -> Result<Vec<ThreadView>, Error> {
     let maps = process.maps()?;
+    let modules = cfi.modules();
     let mut views = Vec::new();
     for t in stopped.threads() {
         let rsp = t.regs.rsp;
@@ -498,11 +563,30 @@ fn thread_views(process: &Process, stopped: &Stopped) -> Result<Vec<ThreadView>,
         if len > 0 && process.read(rsp, &mut stack).is_err() {
             stack.clear();
         }
+        let read = |address: u64| -> Option<u64> {
+            let at = address.checked_sub(rsp)? as usize;
+            if let Some(word) = stack.get(at..at + 8) {
+                return Some(u64::from_le_bytes(word.try_into().ok()?));
+            }
+            let mut buf = [0u8; 8];
+            process.read(address, &mut buf).ok()?;
+            Some(u64::from_le_bytes(buf))
+        };
+        let walked = unwind::walk(t.regs.rip, rsp, t.regs.rbp, &modules, &read);
+        let (conservative, start) = match walked.unknown_from {
+            Some(from) if from >= rsp => {
+                let skip = ((from - rsp) as usize).min(stack.len());
+                (stack[skip..].to_vec(), from)
+            }
+            Some(_) => (stack.clone(), rsp),
+            None => (Vec::new(), end),
+        };
         views.push(ThreadView {
             tid: t.tid,
             rip: t.regs.rip,
-            stack,
-            stack_start: rsp,
+            return_addresses: walked.return_addresses,
+            stack: conservative,
+            stack_start: start,
         });
     }
     Ok(views)
@@ -527,9 +611,10 @@ pub fn check_one(bundle: &Bundle, pid: i32, options: &Options) -> Result<Process
     let prepared = prepare(bundle, pid, options)?;
     resolve_all(&prepared)?;
     let mut report = report_for(&prepared);
+    let cfi = Cfi::load(&prepared.process);
     let _rt = Realtime::raise();
     let stopped = Stopped::stop(&prepared.process, options.stop_timeout)?;
-    let views = thread_views(&prepared.process, &stopped);
+    let views = thread_views(&prepared.process, &stopped, &cfi);
     let pause = stopped.release();
     report.pause = pause.longest;
     report.threads = pause.threads;
@@ -573,6 +658,7 @@ fn ranges(prepared: &Prepared<'_>) -> Vec<Range> {
 fn busy_message(busy: &safety::Busy) -> String {
     match busy.stack_word_at {
         None => format!("thread {} is executing {}", busy.tid, busy.function),
+        Some(0) => format!("thread {} will return into {}", busy.tid, busy.function),
         Some(at) => format!(
             "thread {} will return into {} (stack word at {at:#x})",
             busy.tid, busy.function
@@ -633,7 +719,12 @@ pub fn apply_one(
         let rt = Realtime::raise();
         realtime = rt.active();
         let mut stopped = Stopped::stop(process, options.stop_timeout)?;
-        let code = map_near(&mut stopped, &prepared.module, layout.code_size, PROT_READ | PROT_EXEC);
+        let code = map_near(
+            &mut stopped,
+            &prepared.module,
+            layout.code_size,
+            PROT_READ | PROT_EXEC,
+        );
         let data = match (&code, layout.data_size) {
             (Ok(_), 0) => Ok(0),
             (Ok(_), size) => map_near(&mut stopped, &prepared.module, size, PROT_READ | PROT_WRITE),
@@ -702,13 +793,22 @@ fn write_and_redirect(
     let mut redirects = Vec::new();
     for (i, l) in prepared.located.iter().enumerate() {
         let replacement = &bundle.objects[l.object].replacements[l.replacement];
-        let new_address = link::piece_address(layout, l.object, replacement.piece, code_base, data_base);
+        let new_address =
+            link::piece_address(layout, l.object, replacement.piece, code_base, data_base);
         let r = redirect::plan(
             &replacement.name,
             l.entry,
             &replacement.pre_code,
-            if l.stacked_on.is_some() { u64::MAX } else { l.live_len },
-            if l.stacked_on.is_some() { &[] } else { &l.branch_targets },
+            if l.stacked_on.is_some() {
+                u64::MAX
+            } else {
+                l.live_len
+            },
+            if l.stacked_on.is_some() {
+                &[]
+            } else {
+                &l.branch_targets
+            },
             new_address,
         )?;
         report.functions[i].new_address = new_address;
@@ -735,7 +835,9 @@ fn write_and_redirect(
             .zip(&redirects)
             .zip(&expected)
             .map(|((l, r), before)| AppliedFunction {
-                name: bundle.objects[l.object].replacements[l.replacement].name.clone(),
+                name: bundle.objects[l.object].replacements[l.replacement]
+                    .name
+                    .clone(),
                 entry: l.entry,
                 len: l.live_len,
                 site: r.site,
@@ -745,15 +847,19 @@ fn write_and_redirect(
             })
             .collect(),
     };
-    process.write(code_base, &state::header(&applied, link::HEADER_SIZE as usize))?;
+    process.write(
+        code_base,
+        &state::header(&applied, link::HEADER_SIZE as usize),
+    )?;
 
     // Stop 2 (retried while busy): safety check, then the jumps.
     let ranges = ranges(prepared);
+    let cfi = Cfi::load(process);
     let mut history: Vec<safety::Busy> = Vec::new();
     for attempt in 1..=options.retries + 1 {
         let _rt = Realtime::raise();
         let mut stopped = Stopped::stop(process, options.stop_timeout)?;
-        let views = thread_views(process, &stopped)?;
+        let views = thread_views(process, &stopped, &cfi)?;
         if let Some(busy) = safety::check(&views, &ranges) {
             stopped.release();
             history.push(busy);
@@ -798,7 +904,10 @@ fn write_and_redirect(
         let mut state = prepared.state.clone();
         state.patches.push(applied.clone());
         state::save(&options.state_dir, &state)?;
-        let _ = process.write(code_base, &state::header(&applied, link::HEADER_SIZE as usize));
+        let _ = process.write(
+            code_base,
+            &state::header(&applied, link::HEADER_SIZE as usize),
+        );
         return Ok((report, pause.longest, attempt, pause.threads));
     }
     Err(busy_error(pid, &history, options.retries + 1))
@@ -866,10 +975,11 @@ pub fn undo_one(id: &str, pid: i32, options: &Options) -> Result<ProcessReport, 
         })
         .collect();
     let mut history = Vec::new();
+    let cfi = Cfi::load(&process);
     for attempt in 1..=options.retries + 1 {
         let rt = Realtime::raise();
         let mut stopped = Stopped::stop(&process, options.stop_timeout)?;
-        let views = thread_views(&process, &stopped)?;
+        let views = thread_views(&process, &stopped, &cfi)?;
         if let Some(busy) = safety::check(&views, &ranges) {
             stopped.release();
             history.push(busy);
@@ -962,9 +1072,7 @@ pub fn pids_of_exe(path: &std::path::Path) -> Vec<i32> {
     };
     let mut pids: Vec<i32> = entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == want)
-        })
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == want))
         .collect();
     pids.sort_unstable();
     pids

@@ -162,7 +162,7 @@ pub fn all(dir: &Path) -> Vec<ProcessState> {
 pub fn header(patch: &AppliedPatch, capacity: usize) -> Vec<u8> {
     let mut out = HEADER_MAGIC.to_vec();
     let json = serde_json::to_vec(patch).expect("patch serialises");
-    if out.len() + json.len() + 1 <= capacity {
+    if out.len() + json.len() < capacity {
         out.extend(json);
     } else {
         // Too many functions to describe: keep the id, so the memory is at least attributable.

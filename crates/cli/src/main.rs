@@ -6,6 +6,7 @@
 mod build;
 mod diff;
 mod info;
+mod live;
 
 use std::process::ExitCode;
 
@@ -41,6 +42,10 @@ struct Cli {
 enum Command {
     Build(build::BuildArgs),
     Info(info::InfoArgs),
+    Check(live::CheckArgs),
+    Apply(live::ApplyArgs),
+    Undo(live::UndoArgs),
+    List(live::ListArgs),
     Diff(diff::DiffArgs),
 }
 
@@ -68,6 +73,10 @@ fn run() -> Result<ExitCode, Exit> {
     match cli.command {
         Command::Build(args) => build::run(&args),
         Command::Info(args) => info::run(&args),
+        Command::Check(args) => live::check(&args),
+        Command::Apply(args) => live::apply(&args),
+        Command::Undo(args) => live::undo(&args),
+        Command::List(args) => live::list(&args),
         Command::Diff(args) => diff::run(&args),
     }
 }

@@ -6,7 +6,8 @@
 //! - GOTPCRELX relaxation: `mov foo@GOTPCREL(%rip),%r` → `lea foo(%rip),%r` (or `mov $foo,%r`
 //!   in a non-PIE), `call *foo@GOTPCREL(%rip)` → `addr32 call foo`, `jmp *…` → `jmp foo; nop`;
 //! - initial-exec TLS relaxed to local-exec: `mov x@gottpoff(%rip),%r` → `mov $tpoff,%r`;
-//! - branch encodings: short or near jumps compared by the *instruction index* of their target;
+//! - branch encodings: short or near jumps compared by the *instruction index* of their target,
+//!   and calls or jumps to other functions by their target, whatever the encoding;
 //! - NOP padding of any length, anywhere.
 
 use std::fmt;
@@ -312,6 +313,25 @@ pub fn match_function(
             continue;
         }
 
+        // A branch to another function: the assembler of a build without
+        // -ffunction-sections may have used a short encoding for a nearby target.
+        if let [x] = relocs.as_slice()
+            && matches!(x.r_type, 2 | 4)
+            && is_relative_branch(p)
+            && is_relative_branch(r)
+            && p.mnemonic() == r.mnemonic()
+        {
+            if let Some(symbol) = &x.symbol {
+                // The field holds S + A - P with P four bytes before the next instruction.
+                let target = r.near_branch_target() as i64 - x.addend - 4;
+                learned.push(Learning {
+                    symbol: symbol.clone(),
+                    value: Learned::Address(target as u64),
+                    at: r.ip(),
+                });
+            }
+            continue;
+        }
         // Same encoding, relocation fields as wildcards.
         let same_shape = p_bytes.len() == r_bytes.len() && {
             let mut masked = vec![false; p_bytes.len()];

@@ -37,6 +37,17 @@ pub struct Fde {
     pub len: u64,
 }
 
+/// A copy of the `.eh_frame` section, for unwinding.
+#[derive(Debug, Clone, Default)]
+pub struct EhFrameSection {
+    /// Link-time address of the section.
+    pub address: u64,
+    /// Its bytes.
+    pub data: Vec<u8>,
+    /// `(function start, length, offset of its FDE in the section)`, sorted by start.
+    pub fdes: Vec<(u64, u64, usize)>,
+}
+
 /// The TLS segment of an executable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TlsSegment {
@@ -61,6 +72,8 @@ pub struct Image {
     pub has_symtab: bool,
     /// The GNU build-id, if present.
     pub build_id: Option<Vec<u8>>,
+    /// The `.eh_frame` section, for unwinding stacks.
+    pub eh_frame: Option<EhFrameSection>,
     /// The lowest `PT_LOAD` virtual address, page-aligned down: the load bias is the address
     /// of the file's offset-0 mapping minus this.
     pub first_load: u64,
@@ -164,7 +177,13 @@ impl Image {
             if name == b".eh_frame"
                 && let Ok(bytes) = section.data(endian, data)
             {
-                image.fdes = parse_eh_frame(bytes, section.sh_addr(endian));
+                let (fdes, indexed) = parse_eh_frame(bytes, section.sh_addr(endian));
+                image.fdes = fdes;
+                image.eh_frame = Some(EhFrameSection {
+                    address: section.sh_addr(endian),
+                    data: bytes.to_vec(),
+                    fdes: indexed,
+                });
             }
             if let Ok(Some(mut notes)) = section.notes(endian, data) {
                 while let Ok(Some(note)) = notes.next() {
@@ -200,21 +219,27 @@ impl Image {
     }
 }
 
-fn parse_eh_frame(bytes: &[u8], address: u64) -> Vec<Fde> {
+type IndexedFdes = Vec<(u64, u64, usize)>;
+
+fn parse_eh_frame(bytes: &[u8], address: u64) -> (Vec<Fde>, IndexedFdes) {
     let eh = EhFrame::new(bytes, GimliLe);
     let bases = BaseAddresses::default().set_eh_frame(address);
     let mut out = Vec::new();
+    let mut indexed = Vec::new();
     let mut entries = eh.entries(&bases);
     while let Ok(Some(entry)) = entries.next() {
-        if let CieOrFde::Fde(partial) = entry
-            && let Ok(fde) = partial.parse(EhFrame::cie_from_offset)
-        {
-            out.push(Fde {
-                start: fde.initial_address(),
-                len: fde.len(),
-            });
+        if let CieOrFde::Fde(partial) = entry {
+            let offset = partial.offset();
+            if let Ok(fde) = partial.parse(EhFrame::cie_from_offset) {
+                out.push(Fde {
+                    start: fde.initial_address(),
+                    len: fde.len(),
+                });
+                indexed.push((fde.initial_address(), fde.len(), offset));
+            }
         }
     }
     out.sort();
-    out
+    indexed.sort();
+    (out, indexed)
 }

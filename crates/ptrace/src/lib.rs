@@ -20,6 +20,7 @@
 mod process;
 mod realtime;
 mod stop;
+mod watchdog;
 
 use std::path::PathBuf;
 

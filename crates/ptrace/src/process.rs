@@ -158,12 +158,13 @@ impl Process {
                 pid: self.pid,
                 what: "write its memory".into(),
             })?;
-        file.write_all_at(data, address).map_err(|source| Error::Memory {
-            pid: self.pid,
-            address,
-            len: data.len(),
-            source,
-        })
+        file.write_all_at(data, address)
+            .map_err(|source| Error::Memory {
+                pid: self.pid,
+                address,
+                len: data.len(),
+                source,
+            })
     }
 
     /// The process start time (clock ticks after boot, `/proc/PID/stat` field 22): with the

@@ -21,6 +21,7 @@ use nix::unistd::Pid;
 
 use crate::Error;
 use crate::process::Process;
+use crate::watchdog::Watchdog;
 
 const PTRACE_EVENT_STOP: i32 = 128;
 
@@ -111,23 +112,13 @@ enum Waited {
     Gone,
 }
 
-/// Waits for `tid` to stop after an interrupt, for at most `deadline`.
-fn wait_for_stop(tid: i32, deadline: Instant) -> Result<Waited, Error> {
+/// Waits for `tid` to stop after an interrupt. Blocks in `waitpid` (polling would keep a
+/// real-time tracer on the CPU the tracee needs); a [`Watchdog`] interrupts the wait with a
+/// signal when the deadline passes.
+fn wait_for_stop(tid: i32, watchdog: &Watchdog) -> Result<Waited, Error> {
     let pid = Pid::from_raw(tid);
-    let mut spins = 0u32;
     loop {
-        match waitpid(pid, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) => {
-                if Instant::now() > deadline {
-                    return Err(Error::ThreadWontStop { tid });
-                }
-                spins += 1;
-                if spins < 2000 {
-                    std::thread::yield_now();
-                } else {
-                    std::thread::sleep(Duration::from_micros(50));
-                }
-            }
+        match waitpid(pid, Some(WaitPidFlag::__WALL)) {
             Ok(WaitStatus::PtraceEvent(_, signal, PTRACE_EVENT_STOP)) => {
                 let job_stopped = matches!(
                     signal,
@@ -153,8 +144,12 @@ fn wait_for_stop(tid: i32, deadline: Instant) -> Result<Waited, Error> {
             Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(Errno::ECHILD) => {
                 return Ok(Waited::Gone);
             }
-            Ok(WaitStatus::Continued(_)) => {}
-            Err(Errno::EINTR) => {}
+            Ok(_) => {}
+            Err(Errno::EINTR) => {
+                if watchdog.expired() {
+                    return Err(Error::ThreadWontStop { tid });
+                }
+            }
             Err(errno) => {
                 return Err(Error::Ptrace {
                     tid,
@@ -178,6 +173,7 @@ impl Stopped {
             first_interrupt: Instant::now(),
             released: false,
         };
+        let watchdog = Watchdog::start(timeout);
         let mut seen: Vec<i32> = Vec::new();
         let mut first = true;
         loop {
@@ -211,8 +207,7 @@ impl Stopped {
                 }
             }
             for tid in interrupted {
-                let deadline = Instant::now() + timeout;
-                match wait_for_stop(tid, deadline) {
+                match wait_for_stop(tid, &watchdog) {
                     Ok(Waited::Stopped {
                         pending,
                         job_stopped,
@@ -399,14 +394,11 @@ impl Stopped {
         regs.r9 = args[5];
         ptrace::setregs(pid, regs).map_err(ptrace_error(tid, "PTRACE_SETREGS"))?;
         ptrace::step(pid, None).map_err(ptrace_error(tid, "PTRACE_SINGLESTEP"))?;
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let watchdog = Watchdog::start(Duration::from_secs(5));
         loop {
-            match waitpid(pid, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) => {
-                    if Instant::now() > deadline {
-                        return Err(Error::ThreadWontStop { tid });
-                    }
-                    std::thread::yield_now();
+            match waitpid(pid, Some(WaitPidFlag::__WALL)) {
+                Err(Errno::EINTR) if watchdog.expired() => {
+                    return Err(Error::ThreadWontStop { tid });
                 }
                 Ok(WaitStatus::Stopped(_, Signal::SIGTRAP)) => break,
                 Ok(WaitStatus::Stopped(_, signal)) => {

@@ -1,0 +1,136 @@
+//! Walking a stopped thread's stack with the call-frame information (`.eh_frame`) of the
+//! loaded files, to find the return addresses it really holds.
+//!
+//! A plain scan of every stack word (Ksplice's check) also sees stale return addresses left in
+//! uninitialised slots of live frames; a busy loop that calls a replaced function keeps such a
+//! slot forever, and the scan then never lets the patch (or its undo) through. Unwinding finds
+//! the true frames. Where it cannot continue — code without CFI (patch memory, JIT code, the
+//! vDSO), a rule it does not evaluate — the rest of the stack is scanned word by word, so the
+//! check stays conservative.
+
+use gimli::{
+    BaseAddresses, CfaRule, EhFrame, EhFrameOffset, LittleEndian, RegisterRule, UnwindContext,
+    UnwindSection, X86_64,
+};
+use hotsplice_matcher::EhFrameSection;
+
+/// A loaded file with call-frame information.
+pub struct CfiModule<'a> {
+    /// First mapped address.
+    pub start: u64,
+    /// One past the last.
+    pub end: u64,
+    /// Load bias (run-time address minus link-time address).
+    pub bias: u64,
+    /// Its `.eh_frame`.
+    pub eh_frame: &'a EhFrameSection,
+}
+
+/// What unwinding found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Walk {
+    /// Return addresses of the frames, innermost first.
+    pub return_addresses: Vec<u64>,
+    /// The stack pointer where unwinding had to stop before the outermost frame: the stack
+    /// from there up must be scanned conservatively.
+    pub unknown_from: Option<u64>,
+}
+
+const MAX_FRAMES: usize = 512;
+
+/// Unwinds from `rip`/`rsp`/`rbp`, reading stack words through `read`.
+pub fn walk(
+    rip: u64,
+    rsp: u64,
+    rbp: u64,
+    modules: &[CfiModule<'_>],
+    read: &dyn Fn(u64) -> Option<u64>,
+) -> Walk {
+    let mut ctx = UnwindContext::new();
+    let (mut pc, mut sp, mut bp) = (rip, rsp, rbp);
+    let mut out = Walk::default();
+    for frame in 0..MAX_FRAMES {
+        // After the first frame pc is a return address: look up the call instruction itself.
+        let lookup = if frame == 0 { pc } else { pc.saturating_sub(1) };
+        let Some(module) = modules.iter().find(|m| lookup >= m.start && lookup < m.end) else {
+            out.unknown_from = Some(sp);
+            return out;
+        };
+        let linked = lookup.wrapping_sub(module.bias);
+        let fdes = &module.eh_frame.fdes;
+        let i = fdes.partition_point(|f| f.0 <= linked);
+        let Some(&(start, len, offset)) = i.checked_sub(1).and_then(|i| fdes.get(i)) else {
+            out.unknown_from = Some(sp);
+            return out;
+        };
+        if linked >= start + len {
+            out.unknown_from = Some(sp);
+            return out;
+        }
+        let eh = EhFrame::new(&module.eh_frame.data, LittleEndian);
+        let bases = BaseAddresses::default().set_eh_frame(module.eh_frame.address);
+        let Ok(fde) = eh.fde_from_offset(&bases, EhFrameOffset(offset), EhFrame::cie_from_offset)
+        else {
+            out.unknown_from = Some(sp);
+            return out;
+        };
+        let Ok(row) = fde.unwind_info_for_address(&eh, &bases, &mut ctx, linked) else {
+            out.unknown_from = Some(sp);
+            return out;
+        };
+        let cfa = match row.cfa() {
+            CfaRule::RegisterAndOffset { register, offset } if *register == X86_64::RSP => {
+                sp.wrapping_add(*offset as u64)
+            }
+            CfaRule::RegisterAndOffset { register, offset } if *register == X86_64::RBP => {
+                bp.wrapping_add(*offset as u64)
+            }
+            _ => {
+                out.unknown_from = Some(sp);
+                return out;
+            }
+        };
+        let ra = match row.register(X86_64::RA) {
+            Some(RegisterRule::Offset(n)) => match read(cfa.wrapping_add(n as u64)) {
+                Some(ra) => ra,
+                None => {
+                    out.unknown_from = Some(sp);
+                    return out;
+                }
+            },
+            // The outermost frame (`_start`, `clone`) marks its return address undefined.
+            None | Some(RegisterRule::Undefined) => return out,
+            _ => {
+                out.unknown_from = Some(sp);
+                return out;
+            }
+        };
+        match row.register(X86_64::RBP) {
+            Some(RegisterRule::Offset(n)) => match read(cfa.wrapping_add(n as u64)) {
+                Some(v) => bp = v,
+                None => {
+                    out.unknown_from = Some(sp);
+                    return out;
+                }
+            },
+            None | Some(RegisterRule::Undefined | RegisterRule::SameValue) => {}
+            _ => {
+                out.unknown_from = Some(sp);
+                return out;
+            }
+        }
+        if ra == 0 {
+            return out;
+        }
+        if cfa <= sp && frame > 0 {
+            // The stack must grow towards higher addresses as frames are popped.
+            out.unknown_from = Some(sp);
+            return out;
+        }
+        out.return_addresses.push(ra);
+        pc = ra;
+        sp = cfa;
+    }
+    out.unknown_from = Some(sp);
+    out
+}

@@ -1,0 +1,311 @@
+//! `hotsplice check | apply | undo | list`: live patches on running processes.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use clap::Args;
+use hotsplice_apply::{ErrorClass, Options, ProcessReport};
+use serde_json::{Value, json};
+
+use crate::{EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_OK, EXIT_REFUSED, Exit};
+
+/// Which processes.
+#[derive(Debug, Args)]
+pub struct Targets {
+    /// A process to patch (repeatable).
+    #[arg(long = "pid", value_name = "PID", required_unless_present = "exe")]
+    pids: Vec<i32>,
+    /// Every process running this executable.
+    #[arg(long, value_name = "PATH", conflicts_with = "pids")]
+    exe: Option<PathBuf>,
+}
+
+/// Shared options.
+#[derive(Debug, Args)]
+pub struct LiveOptions {
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Retries while a thread is busy in a function being replaced.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    retries: u32,
+    /// Milliseconds between retries.
+    #[arg(long, value_name = "MS", default_value_t = 200)]
+    retry_delay: u64,
+    /// Where applied patches are recorded.
+    #[arg(long, value_name = "DIR", default_value = hotsplice_apply::state::DEFAULT_DIR, env = "HOTSPLICE_STATE_DIR")]
+    state_dir: PathBuf,
+}
+
+impl LiveOptions {
+    fn options(&self) -> Options {
+        Options {
+            retries: self.retries,
+            retry_delay: Duration::from_millis(self.retry_delay),
+            state_dir: self.state_dir.clone(),
+            ..Options::default()
+        }
+    }
+}
+
+const LIVE_HELP: &str = "Exit status: 0 done; 1 refused (the code does not match the bundle's pre build, a thread is \
+busy in a replaced function, ...) with the target untouched; 2 bad input; 3 environment (permissions, \
+the process exited).";
+
+/// Dry run: prove a bundle applies to running processes, without changing them.
+///
+/// Locates every function to replace in each process's memory and proves its code is the
+/// bundle's pre-build code (run-pre matching), resolves every symbol the new code needs, and
+/// stops the process for a moment to see whether any thread is in a function to replace.
+#[derive(Debug, Args)]
+#[command(after_help = LIVE_HELP)]
+pub struct CheckArgs {
+    /// The bundle (from `hotsplice build`).
+    bundle: PathBuf,
+    #[command(flatten)]
+    targets: Targets,
+    #[command(flatten)]
+    options: LiveOptions,
+}
+
+/// Apply a bundle to running processes, with no restart.
+///
+/// Proves the running code is the bundle's pre build, maps the new code near the program,
+/// then stops every thread for well under a millisecond to check none is in a function being
+/// replaced and to write a jump at each old entry. With several processes (`--exe`, or
+/// several `--pid`), all are checked first and patched all or none. Needs root (or the
+/// same user and CAP_SYS_PTRACE).
+#[derive(Debug, Args)]
+#[command(after_help = LIVE_HELP)]
+pub struct ApplyArgs {
+    /// The bundle (from `hotsplice build`).
+    bundle: PathBuf,
+    #[command(flatten)]
+    targets: Targets,
+    #[command(flatten)]
+    options: LiveOptions,
+}
+
+/// Undo an applied patch: restore every original byte and unmap its memory.
+#[derive(Debug, Args)]
+#[command(after_help = LIVE_HELP)]
+pub struct UndoArgs {
+    /// The patch id (`hs-...`, see `hotsplice list`).
+    patch: String,
+    #[command(flatten)]
+    targets: Targets,
+    #[command(flatten)]
+    options: LiveOptions,
+}
+
+/// List the patches applied to processes.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only these processes (default: every process hotsplice has patched).
+    #[arg(long = "pid", value_name = "PID")]
+    pids: Vec<i32>,
+    #[command(flatten)]
+    options: LiveOptions,
+}
+
+fn pids(targets: &Targets) -> Result<Vec<i32>, Exit> {
+    if let Some(exe) = &targets.exe {
+        let pids = hotsplice_apply::pids_of_exe(exe);
+        if pids.is_empty() {
+            return Err(Exit::bad_input(anyhow!(
+                "no running process executes {}",
+                exe.display()
+            )));
+        }
+        return Ok(pids);
+    }
+    Ok(targets.pids.clone())
+}
+
+fn read_bundle(path: &PathBuf) -> Result<(hotsplice_bundle::Bundle, String), Exit> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read {}", path.display()))
+        .map_err(Exit::bad_input)?;
+    let sealed = hotsplice_bundle::read(&bytes)
+        .with_context(|| path.display().to_string())
+        .map_err(Exit::bad_input)?;
+    Ok((sealed.bundle, sealed.envelope.content_sha256))
+}
+
+fn fail(error: hotsplice_apply::Error, json_out: bool) -> Exit {
+    let code = match error.class() {
+        ErrorClass::Refused => EXIT_REFUSED,
+        ErrorClass::BadInput => EXIT_BAD_INPUT,
+        ErrorClass::Environment => EXIT_ENVIRONMENT,
+    };
+    if json_out {
+        let class = match error.class() {
+            ErrorClass::Refused => "refused",
+            ErrorClass::BadInput => "bad-input",
+            ErrorClass::Environment => "environment",
+        };
+        println!(
+            "{}",
+            json!({"ok": false, "class": class, "error": error.to_string()})
+        );
+    }
+    Exit {
+        code,
+        error: anyhow::Error::new(error),
+    }
+}
+
+fn report_json(r: &ProcessReport) -> Value {
+    json!({
+        "pid": r.pid,
+        "module": r.module,
+        "pause_us": r.pause.as_micros() as u64,
+        "attempts": r.attempts,
+        "threads": r.threads,
+        "realtime": r.realtime,
+        "busy": r.busy,
+        "functions": r.functions.iter().map(|f| json!({
+            "name": f.name,
+            "entry": format!("{:#x}", f.entry),
+            "new_address": format!("{:#x}", f.new_address),
+            "found_by": f.via,
+            "replaces_patch": f.stacked_on,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_reports(verb: &str, id: &str, reports: &[ProcessReport], json_out: bool) {
+    let mut out = std::io::stdout().lock();
+    if json_out {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "ok": true,
+                "action": verb,
+                "patch": id,
+                "processes": reports.iter().map(report_json).collect::<Vec<_>>(),
+            }))
+            .unwrap_or_default()
+        );
+        return;
+    }
+    for r in reports {
+        let pause = r.pause.as_secs_f64() * 1000.0;
+        let _ = writeln!(
+            out,
+            "{verb} {id} {} pid {} ({}): {} function(s); longest pause {pause:.3} ms ({} thread(s), {} attempt(s){})",
+            if verb == "checked" { "against" } else { "in" },
+            r.pid,
+            r.module,
+            r.functions.len(),
+            r.threads,
+            r.attempts.max(1),
+            if r.realtime {
+                ", real-time priority"
+            } else {
+                ""
+            }
+        );
+        for f in &r.functions {
+            let new = if f.new_address != 0 {
+                format!(" → {:#x}", f.new_address)
+            } else {
+                String::new()
+            };
+            let stacked = f
+                .stacked_on
+                .as_ref()
+                .map(|p| format!(", replacing {p}'s version"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {:<32} {:#x}{new}  (found by {}{stacked})",
+                f.name, f.entry, f.via
+            );
+        }
+        if let Some(busy) = &r.busy {
+            let _ = writeln!(out, "  note: right now {busy}; apply would wait and retry");
+        }
+    }
+}
+
+/// `hotsplice check`.
+pub fn check(args: &CheckArgs) -> Result<ExitCode, Exit> {
+    let (bundle, _) = read_bundle(&args.bundle)?;
+    let pids = pids(&args.targets)?;
+    let reports = hotsplice_apply::check(&bundle, &pids, &args.options.options())
+        .map_err(|e| fail(e, args.options.json))?;
+    print_reports("checked", &bundle.id, &reports, args.options.json);
+    Ok(ExitCode::from(EXIT_OK))
+}
+
+/// `hotsplice apply`.
+pub fn apply(args: &ApplyArgs) -> Result<ExitCode, Exit> {
+    let (bundle, sha) = read_bundle(&args.bundle)?;
+    let pids = pids(&args.targets)?;
+    let reports = hotsplice_apply::apply(&bundle, &sha, &pids, &args.options.options())
+        .map_err(|e| fail(e, args.options.json))?;
+    print_reports("applied", &bundle.id, &reports, args.options.json);
+    Ok(ExitCode::from(EXIT_OK))
+}
+
+/// `hotsplice undo`.
+pub fn undo(args: &UndoArgs) -> Result<ExitCode, Exit> {
+    let pids = pids(&args.targets)?;
+    let reports = hotsplice_apply::undo(&args.patch, &pids, &args.options.options())
+        .map_err(|e| fail(e, args.options.json))?;
+    print_reports("undid", &args.patch, &reports, args.options.json);
+    Ok(ExitCode::from(EXIT_OK))
+}
+
+/// `hotsplice list`.
+pub fn list(args: &ListArgs) -> Result<ExitCode, Exit> {
+    let listing = hotsplice_apply::list(&args.pids, &args.options.options());
+    let mut out = std::io::stdout().lock();
+    if args.options.json {
+        let processes: Vec<Value> = listing
+            .iter()
+            .map(|(pid, patches)| match patches {
+                Ok(patches) => json!({"pid": pid, "patches": patches}),
+                Err(e) => json!({"pid": pid, "error": e.to_string()}),
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&json!({ "processes": processes })).unwrap_or_default()
+        );
+        return Ok(ExitCode::from(EXIT_OK));
+    }
+    if listing.is_empty() {
+        let _ = writeln!(out, "no live patches recorded");
+    }
+    for (pid, patches) in &listing {
+        match patches {
+            Ok(patches) if patches.is_empty() => {
+                let _ = writeln!(out, "pid {pid}: no patches");
+            }
+            Ok(patches) => {
+                for p in patches {
+                    let names: Vec<&str> = p.functions.iter().map(|f| f.name.as_str()).collect();
+                    let _ = writeln!(
+                        out,
+                        "pid {pid}: {} on {} ({}), paused {} µs",
+                        p.id,
+                        p.module,
+                        names.join(", "),
+                        p.pause_us
+                    );
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(out, "pid {pid}: {e}");
+            }
+        }
+    }
+    Ok(ExitCode::from(EXIT_OK))
+}
