@@ -10,6 +10,8 @@ use serde_json::Value;
 mod build;
 /// `hotsplice diff`.
 mod diff;
+/// `hotsplice check | apply | undo | list` on real processes.
+mod live;
 
 /// A fresh scratch directory for one test.
 pub fn scratch(name: &str) -> PathBuf {

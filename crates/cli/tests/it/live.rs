@@ -1,0 +1,381 @@
+//! `hotsplice check | apply | undo | list` on real processes: `fixtures/live/app` (a
+//! multi-threaded program printing `value <compute(7)> <greeting()>` every 20 ms) built with
+//! its own Makefile, patched live with bundles from `hotsplice build`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::{json, scratch};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/live")
+}
+
+fn hotsplice(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hotsplice"))
+        .args(args)
+        .output()
+        .expect("run hotsplice")
+}
+
+/// Builds the app with `make MAKEARGS` in a copy, as a user would, and the bundle for `patch`
+/// with the same build command.
+struct Setup {
+    dir: PathBuf,
+    app: PathBuf,
+    state: String,
+}
+
+impl Setup {
+    fn new(name: &str, make_args: &str) -> Setup {
+        let dir = scratch(name);
+        let tree = dir.join("run");
+        let status = Command::new("cp")
+            .arg("-r")
+            .arg(fixtures().join("app"))
+            .arg(&tree)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!("make -s {make_args}"))
+            .current_dir(&tree)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let state = dir.join("state").display().to_string();
+        Setup {
+            app: tree.join("app"),
+            dir,
+            state,
+        }
+    }
+
+    fn bundle(&self, patch: &str, make_args: &str) -> (PathBuf, String) {
+        let out = self.dir.join(format!("{patch}.hsp"));
+        let build = format!("make {make_args}");
+        let result = Command::new(env!("CARGO_BIN_EXE_hotsplice"))
+            .arg("build")
+            .arg("--source")
+            .arg(fixtures().join("app"))
+            .arg("--diff")
+            .arg(fixtures().join("patches").join(patch))
+            .args(["--target", "app", "--build", &build, "--json"])
+            .arg("--cache")
+            .arg(self.dir.join("cache"))
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert_eq!(
+            result.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        let id = json(&result)["id"].as_str().unwrap().to_string();
+        (out, id)
+    }
+
+    fn live(&self, verb: &str, what: &str, pid: u32) -> Output {
+        hotsplice(&[
+            verb,
+            what,
+            "--pid",
+            &pid.to_string(),
+            "--state-dir",
+            &self.state,
+            "--json",
+        ])
+    }
+}
+
+struct App {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl App {
+    fn start(path: &Path, threads: u32) -> App {
+        let mut child = Command::new(path)
+            .arg(threads.to_string())
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in out.lines() {
+                if tx.send(line.unwrap_or_default()).is_err() {
+                    break;
+                }
+            }
+        });
+        let app = App { child, lines };
+        app.expect("value 14 hello");
+        app
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits (up to 3 s) for a line equal to `want`; panics with the last line otherwise.
+    fn expect(&self, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match self.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line == want => return,
+                Ok(line) => last = line,
+                Err(_) => {}
+            }
+        }
+        panic!("expected {want:?}, last line {last:?}");
+    }
+
+    /// The bytes at `address` in the running program.
+    fn bytes(&self, address: u64, len: usize) -> Vec<u8> {
+        use std::os::unix::fs::FileExt;
+        let mem = std::fs::File::open(format!("/proc/{}/mem", self.pid())).unwrap();
+        let mut buf = vec![0u8; len];
+        mem.read_exact_at(&mut buf, address).unwrap();
+        buf
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ok(out: &Output) -> Value {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json(out)
+}
+
+fn entry_of(v: &Value, function: &str) -> u64 {
+    let f = v["processes"][0]["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == function)
+        .unwrap();
+    u64::from_str_radix(f["entry"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+}
+
+#[test]
+fn apply_changes_behaviour_and_undo_restores_every_byte() {
+    let setup = Setup::new("live-basic", "");
+    let (bundle, id) = setup.bundle("fix.patch", "");
+    let app = App::start(&setup.app, 4);
+    let pid = app.pid();
+
+    let checked = ok(&setup.live("check", bundle.to_str().unwrap(), pid));
+    let entry = entry_of(&checked, "compute");
+    let before = app.bytes(entry, 32);
+
+    let applied = ok(&setup.live("apply", bundle.to_str().unwrap(), pid));
+    assert_eq!(applied["patch"], id.as_str());
+    let process = &applied["processes"][0];
+    assert_eq!(process["threads"], 6);
+    assert!(process["pause_us"].as_u64().unwrap() > 0);
+    app.expect("value 15 hello");
+    assert_ne!(app.bytes(entry, 32), before, "a jump is at the old entry");
+
+    let listed = ok(&hotsplice(&[
+        "list",
+        "--pid",
+        &pid.to_string(),
+        "--state-dir",
+        &setup.state,
+        "--json",
+    ]));
+    assert_eq!(listed["processes"][0]["patches"][0]["id"], id.as_str());
+
+    // Applying twice is refused.
+    let again = setup.live("apply", bundle.to_str().unwrap(), pid);
+    assert_eq!(again.status.code(), Some(1));
+
+    ok(&setup.live("undo", &id, pid));
+    app.expect("value 14 hello");
+    assert_eq!(app.bytes(entry, 32), before, "undo restores every byte");
+    let listed = ok(&hotsplice(&[
+        "list",
+        "--pid",
+        &pid.to_string(),
+        "--state-dir",
+        &setup.state,
+        "--json",
+    ]));
+    assert_eq!(
+        listed["processes"][0]["patches"].as_array().unwrap().len(),
+        0
+    );
+
+    // Repeated cycles leave the program healthy.
+    for _ in 0..5 {
+        ok(&setup.live("apply", bundle.to_str().unwrap(), pid));
+        app.expect("value 15 hello");
+        ok(&setup.live("undo", &id, pid));
+        app.expect("value 14 hello");
+    }
+    let undo_again = setup.live("undo", &id, pid);
+    assert_eq!(
+        undo_again.status.code(),
+        Some(2),
+        "nothing to undo is bad input"
+    );
+}
+
+#[test]
+fn stripped_binary_is_patched_through_its_function_starts() {
+    let setup = Setup::new("live-stripped", "");
+    let status = Command::new("strip").arg(&setup.app).status().unwrap();
+    assert!(status.success());
+    let (bundle, _) = setup.bundle("fix.patch", "");
+    let app = App::start(&setup.app, 2);
+    let applied = ok(&setup.live("apply", bundle.to_str().unwrap(), app.pid()));
+    let via = applied["processes"][0]["functions"][0]["found_by"]
+        .as_str()
+        .unwrap();
+    assert!(via.contains("eh_frame") || via.contains("learnt"), "{via}");
+    app.expect("value 15 hello");
+}
+
+#[test]
+fn non_pie_binary() {
+    let args = "CFLAGS='-O2 -g -fno-pie' LDFLAGS=-no-pie";
+    let setup = Setup::new("live-nopie", args);
+    let (bundle, _) = setup.bundle("fix.patch", args);
+    let app = App::start(&setup.app, 2);
+    ok(&setup.live("apply", bundle.to_str().unwrap(), app.pid()));
+    app.expect("value 15 hello");
+}
+
+#[test]
+fn new_function_and_new_string_and_independent_stacking() {
+    let setup = Setup::new("live-stack", "");
+    let (fix, fix_id) = setup.bundle("fix.patch", "");
+    let (greeting, greeting_id) = setup.bundle("greeting.patch", "");
+    let app = App::start(&setup.app, 2);
+    let pid = app.pid();
+    ok(&setup.live("apply", fix.to_str().unwrap(), pid));
+    app.expect("value 15 hello");
+    // greeting.patch adds a static function and a string literal, and calls the new function
+    // with a static variable of the file.
+    ok(&setup.live("apply", greeting.to_str().unwrap(), pid));
+    app.expect("value 15 hello, patched");
+    // Undo in the other order than applied.
+    ok(&setup.live("undo", &fix_id, pid));
+    app.expect("value 14 hello, patched");
+    ok(&setup.live("undo", &greeting_id, pid));
+    app.expect("value 14 hello");
+}
+
+#[test]
+fn never_returning_function_is_refused_with_that_reason() {
+    let setup = Setup::new("live-park", "");
+    let (bundle, _) = setup.bundle("park.patch", "");
+    let app = App::start(&setup.app, 1);
+    let pid = app.pid();
+    let checked = ok(&setup.live("check", bundle.to_str().unwrap(), pid));
+    let entry = entry_of(&checked, "park");
+    let before = app.bytes(entry, 16);
+    let out = hotsplice(&[
+        "apply",
+        bundle.to_str().unwrap(),
+        "--pid",
+        &pid.to_string(),
+        "--state-dir",
+        &setup.state,
+        "--retries",
+        "2",
+        "--retry-delay",
+        "50",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("park") && err.contains("never return"),
+        "{err}"
+    );
+    assert_eq!(app.bytes(entry, 16), before, "the target is untouched");
+    app.expect("value 14 hello");
+}
+
+#[test]
+fn code_from_another_build_is_refused_before_any_write() {
+    // The running program is built with -O1; the bundle's pre code comes from -O2.
+    let setup = Setup::new("live-mismatch", "CFLAGS='-O1 -g'");
+    let (bundle, _) = setup.bundle("fix.patch", "");
+    let app = App::start(&setup.app, 1);
+    let pid = app.pid();
+    let maps_before = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let out = hotsplice(&[
+        "apply",
+        bundle.to_str().unwrap(),
+        "--pid",
+        &pid.to_string(),
+        "--state-dir",
+        &setup.state,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("compute") && err.contains("expected"), "{err}");
+    let maps_after = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    assert_eq!(maps_before, maps_after, "no memory was mapped");
+    app.expect("value 14 hello");
+}
+
+#[test]
+fn every_process_of_an_executable_is_patched() {
+    let setup = Setup::new("live-exe", "");
+    let (bundle, id) = setup.bundle("fix.patch", "");
+    let first = App::start(&setup.app, 1);
+    let second = App::start(&setup.app, 1);
+    let out = hotsplice(&[
+        "apply",
+        bundle.to_str().unwrap(),
+        "--exe",
+        setup.app.to_str().unwrap(),
+        "--state-dir",
+        &setup.state,
+        "--json",
+    ]);
+    let v = ok(&out);
+    assert_eq!(v["processes"].as_array().unwrap().len(), 2);
+    first.expect("value 15 hello");
+    second.expect("value 15 hello");
+    let out = hotsplice(&[
+        "undo",
+        &id,
+        "--exe",
+        setup.app.to_str().unwrap(),
+        "--state-dir",
+        &setup.state,
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    first.expect("value 14 hello");
+    second.expect("value 14 hello");
+}
