@@ -82,6 +82,16 @@ struct Prepared<'b> {
     located: Vec<Located>,
     learned: HashMap<SymbolKey, Learned>,
     others: RefCell<Option<Vec<(u64, Image)>>>,
+    /// Implementations chosen by the `STT_GNU_IFUNC` resolvers called in the target.
+    ifuncs: RefCell<HashMap<String, u64>>,
+}
+
+/// Where a symbol is, before indirect functions are resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    Found(Resolved),
+    /// An indirect function: the address of its resolver.
+    Ifunc(u64),
 }
 
 fn now_unix() -> u64 {
@@ -358,6 +368,7 @@ fn prepare<'b>(bundle: &'b Bundle, pid: i32, options: &Options) -> Result<Prepar
         located,
         learned,
         others: RefCell::new(None),
+        ifuncs: RefCell::new(HashMap::new()),
     })
 }
 
@@ -370,15 +381,30 @@ impl Prepared<'_> {
 
     /// Where a symbol of the running program is.
     fn resolve(&self, object: usize, symbol: &SymbolRef) -> Option<Resolved> {
+        match self.lookup(object, symbol)? {
+            Lookup::Found(r) => Some(r),
+            Lookup::Ifunc(_) => self
+                .ifuncs
+                .borrow()
+                .get(&symbol.name)
+                .map(|&a| Resolved::Address(a)),
+        }
+    }
+
+    /// Where a symbol is: learnt from the running code, in the patched file's symbol tables,
+    /// or defined by another loaded file (an indirect function there needs its resolver run).
+    fn lookup(&self, object: usize, symbol: &SymbolRef) -> Option<Lookup> {
         let key = (symbol.local.then_some(object), symbol.name.clone());
         if let Some(value) = self.learned.get(&key) {
             return match *value {
-                Learned::Address(a) => Some(Resolved::Address(a)),
-                Learned::GotSlot(slot) => self.read_u64(slot).map(Resolved::Address),
-                Learned::TpOffset(t) => Some(Resolved::TpOffset(t)),
-                Learned::TpOffsetSlot(slot) => {
-                    self.read_u64(slot).map(|t| Resolved::TpOffset(t as i64))
-                }
+                Learned::Address(a) => Some(Lookup::Found(Resolved::Address(a))),
+                Learned::GotSlot(slot) => self
+                    .read_u64(slot)
+                    .map(|a| Lookup::Found(Resolved::Address(a))),
+                Learned::TpOffset(t) => Some(Lookup::Found(Resolved::TpOffset(t))),
+                Learned::TpOffsetSlot(slot) => self
+                    .read_u64(slot)
+                    .map(|t| Lookup::Found(Resolved::TpOffset(t as i64))),
             };
         }
         let image = &self.module.image;
@@ -395,10 +421,17 @@ impl Prepared<'_> {
                 return if image.position_independent && !self.is_executable() {
                     None
                 } else {
-                    image.tpoff(s.address).map(Resolved::TpOffset)
+                    image
+                        .tpoff(s.address)
+                        .map(|t| Lookup::Found(Resolved::TpOffset(t)))
                 };
             }
-            return Some(Resolved::Address(s.address.wrapping_add(self.module.bias)));
+            let address = s.address.wrapping_add(self.module.bias);
+            return Some(if s.ifunc {
+                Lookup::Ifunc(address)
+            } else {
+                Lookup::Found(Resolved::Address(address))
+            });
         }
         if symbol.local || symbol.class == SymbolClass::Tls {
             return None;
@@ -411,10 +444,33 @@ impl Prepared<'_> {
                 .symbols_named(&symbol.name)
                 .find(|s| !s.local && !s.tls && s.address != 0)
             {
-                return Some(Resolved::Address(s.address.wrapping_add(*bias)));
+                let address = s.address.wrapping_add(*bias);
+                return Some(if s.ifunc {
+                    Lookup::Ifunc(address)
+                } else {
+                    Lookup::Found(Resolved::Address(address))
+                });
             }
         }
         None
+    }
+
+    /// The indirect functions the new code calls: (name, resolver address).
+    fn ifuncs_needed(&self) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> = Vec::new();
+        for (o, object) in self.bundle.objects.iter().enumerate() {
+            for piece in &object.pieces {
+                for reloc in &piece.relocs {
+                    if let hotsplice_bundle::Link::Symbol { symbol } = &reloc.target
+                        && let Some(Lookup::Ifunc(resolver)) = self.lookup(o, symbol)
+                        && !out.iter().any(|(n, _)| *n == symbol.name)
+                    {
+                        out.push((symbol.name.clone(), resolver));
+                    }
+                }
+            }
+        }
+        out
     }
 
     fn is_executable(&self) -> bool {
@@ -629,7 +685,7 @@ fn resolve_all(prepared: &Prepared<'_>) -> Result<(), Error> {
         for piece in &object.pieces {
             for reloc in &piece.relocs {
                 if let hotsplice_bundle::Link::Symbol { symbol } = &reloc.target
-                    && prepared.resolve(o, symbol).is_none()
+                    && prepared.lookup(o, symbol).is_none()
                 {
                     return Err(Error::Unresolved {
                         symbol: symbol.name.clone(),
@@ -708,10 +764,11 @@ pub fn apply_one(
     resolve_all(&prepared)?;
     let process = &prepared.process;
     let objects = &bundle.objects;
-    let layout = link::plan(objects, &|o, s| match prepared.resolve(o, s) {
-        Some(Resolved::Address(a)) => prepared.far(a),
+    let layout = link::plan(objects, &|o, s| match prepared.lookup(o, s) {
+        Some(Lookup::Found(Resolved::Address(a)) | Lookup::Ifunc(a)) => prepared.far(a),
         _ => false,
     });
+    let ifuncs = prepared.ifuncs_needed();
 
     // Stop 1: map patch memory.
     let realtime;
@@ -738,6 +795,31 @@ pub fn apply_one(
             }
             (Err(e), _) => return Err(e),
         };
+        // Indirect functions (glibc's string functions): run their resolvers in the target,
+        // returning to an `int3` at the end of the header page.
+        if !ifuncs.is_empty() {
+            let trap = code + link::HEADER_SIZE - 1;
+            let called = stopped
+                .write(trap, &[0xcc])
+                .map_err(Error::from)
+                .and_then(|()| {
+                    for (name, resolver) in &ifuncs {
+                        let implementation = stopped.call(*resolver, trap)?;
+                        prepared
+                            .ifuncs
+                            .borrow_mut()
+                            .insert(name.clone(), implementation);
+                    }
+                    Ok(())
+                });
+            if let Err(e) = called {
+                let _ = stopped.syscall(SYS_MUNMAP, [code, layout.code_size, 0, 0, 0, 0]);
+                if data != 0 {
+                    let _ = stopped.syscall(SYS_MUNMAP, [data, layout.data_size, 0, 0, 0, 0]);
+                }
+                return Err(e);
+            }
+        }
         let pause = stopped.release();
         (code, data, pause.longest)
     };

@@ -325,6 +325,11 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
         .canonicalize()
         .map_err(io_error(&request.source))?;
     let diff_text = std::fs::read(&request.diff).map_err(io_error(&request.diff))?;
+    // `patch` runs inside the build tree: give it an absolute path.
+    let diff_path = request
+        .diff
+        .canonicalize()
+        .map_err(io_error(&request.diff))?;
     let diff_sha = sha256_hex(&diff_text);
     let diff_string = String::from_utf8_lossy(&diff_text).into_owned();
     unified::parse(&diff_string).map_err(|message| Error::DiffParse {
@@ -426,7 +431,7 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
     let started = Instant::now();
     tree::remove(&ws.tree).map_err(io_error(&ws.tree))?;
     tree::copy(&ws.pristine, &ws.tree).map_err(io_error(&ws.tree))?;
-    let patched = apply_diff(&ws.tree, &request.diff, &diff_string)?;
+    let patched = apply_diff(&ws.tree, &diff_path, &diff_string)?;
     // Copies of the sources the build made (`debian/build-bin/src/...`) get the patched
     // files too, including files the diff creates (where the directory was copied).
     for mirror in &mirrors {

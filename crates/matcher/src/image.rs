@@ -24,6 +24,9 @@ pub struct ImageSymbol {
     pub function: bool,
     /// Thread-local (`STT_TLS`): `address` is then the offset in the TLS segment.
     pub tls: bool,
+    /// An indirect function (`STT_GNU_IFUNC`): `address` is its resolver, which returns the
+    /// implementation chosen for this CPU.
+    pub ifunc: bool,
     /// The `STT_FILE` name preceding it in `.symtab` (local symbols only).
     pub file: Option<String>,
 }
@@ -147,8 +150,13 @@ impl Image {
                     continue;
                 }
                 let local = sym.st_bind().0 == elf::STB_LOCAL.0;
+                let ifunc = st_type == elf::STT_GNU_IFUNC.0;
                 let (function, tls) = (st_type == elf::STT_FUNC.0, st_type == elf::STT_TLS.0);
-                if !function && !tls && st_type != elf::STT_OBJECT.0 && st_type != elf::STT_NOTYPE.0
+                if !function
+                    && !tls
+                    && !ifunc
+                    && st_type != elf::STT_OBJECT.0
+                    && st_type != elf::STT_NOTYPE.0
                 {
                     continue;
                 }
@@ -159,6 +167,7 @@ impl Image {
                     local,
                     function,
                     tls,
+                    ifunc,
                     file: if local { file.clone() } else { None },
                 };
                 if kind == "dynsym"

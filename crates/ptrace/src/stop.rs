@@ -439,6 +439,78 @@ impl Stopped {
         Ok(value)
     }
 
+    /// Calls a function of the target (`rax = function()`, no arguments) on one of its
+    /// stopped threads, on a fresh stack frame below its stack pointer, returning to `trap`:
+    /// the address of an `int3` instruction in executable memory. Used only for functions
+    /// that take no locks (an `STT_GNU_IFUNC` resolver). The thread's registers are restored
+    /// exactly.
+    pub fn call(&mut self, function: u64, trap: u64) -> Result<u64, Error> {
+        let Some(index) = self
+            .threads
+            .iter()
+            .position(|t| t.pending_signal.is_none() && !t.job_stopped)
+        else {
+            return Err(Error::NoUsableThread { pid: self.pid });
+        };
+        let saved = self.threads[index].regs;
+        let tid = self.threads[index].tid;
+        let pid = Pid::from_raw(tid);
+        // Below the red zone, 16-byte aligned, then the return address: at the callee's
+        // entry rsp % 16 == 8, as after a `call`.
+        let mut rsp = (saved.rsp - 4096) & !15;
+        rsp -= 8;
+        self.write(rsp, &trap.to_le_bytes())?;
+        let mut regs = saved;
+        regs.rip = function;
+        regs.rsp = rsp;
+        regs.rax = 0;
+        regs.orig_rax = u64::MAX;
+        ptrace::setregs(pid, regs).map_err(ptrace_error(tid, "PTRACE_SETREGS"))?;
+        let result = (|| {
+            ptrace::cont(pid, None).map_err(ptrace_error(tid, "PTRACE_CONT"))?;
+            let watchdog = Watchdog::start(Duration::from_secs(1));
+            loop {
+                match waitpid(pid, Some(WaitPidFlag::__WALL)) {
+                    Ok(WaitStatus::Stopped(_, Signal::SIGTRAP)) => break,
+                    Ok(WaitStatus::Stopped(_, signal)) => {
+                        if let Some(t) = self.threads.iter_mut().find(|t| t.tid == tid) {
+                            t.pending_signal.get_or_insert(signal);
+                        }
+                        ptrace::cont(pid, None).map_err(ptrace_error(tid, "PTRACE_CONT"))?;
+                    }
+                    Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => {
+                        return Err(Error::ThreadGone { tid });
+                    }
+                    Err(Errno::EINTR) if watchdog.expired() => {
+                        // It did not come back: stop it where it is.
+                        let _ = ptrace::interrupt(pid);
+                        let _ = waitpid(pid, Some(WaitPidFlag::__WALL));
+                        return Err(Error::RemoteSyscall {
+                            tid,
+                            number: -1,
+                            errno: 0,
+                            detail: format!("the call to {function:#x} did not return"),
+                        });
+                    }
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(e) => return Err(ptrace_error(tid, "waitpid")(e)),
+                }
+            }
+            let after = ptrace::getregs(pid).map_err(ptrace_error(tid, "PTRACE_GETREGS"))?;
+            if after.rip != trap + 1 {
+                return Err(Error::RemoteSyscall {
+                    tid,
+                    number: -1,
+                    errno: 0,
+                    detail: format!("the call to {function:#x} trapped at {:#x}", after.rip),
+                });
+            }
+            Ok(after.rax)
+        })();
+        ptrace::setregs(pid, saved).map_err(ptrace_error(tid, "PTRACE_SETREGS"))?;
+        result
+    }
+
     /// Lets every thread go (delivering signals that arrived meanwhile) and reports how long
     /// the target was stopped.
     pub fn release(mut self) -> Pause {

@@ -196,6 +196,36 @@ fn comment_only_change_is_nothing_to_patch() {
 }
 
 #[test]
+fn relative_paths_work() {
+    // Regression: `patch` ran in the build tree with the diff's relative path.
+    let dir = scratch("build-relative");
+    let out = Command::new(env!("CARGO_BIN_EXE_hotsplice"))
+        .current_dir(fixtures())
+        .args([
+            "build",
+            "--source",
+            "server",
+            "--diff",
+            "patches/fix.patch",
+            "--target",
+            "server",
+        ])
+        .arg("--cache")
+        .arg(dir.join("cache"))
+        .arg("-o")
+        .arg(dir.join("fix.hsp"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.join("fix.hsp").exists());
+}
+
+#[test]
 fn diff_for_another_version_is_bad_input() {
     let dir = scratch("build-other");
     let out = build(
