@@ -22,7 +22,13 @@ fn compile(dir: &Path, name: &str, source: &str) -> Vec<u8> {
     std::fs::read(out).unwrap()
 }
 
+/// The sample bundle, built once: tests run in parallel and would race on the same files.
 fn sample() -> Bundle {
+    static SAMPLE: std::sync::OnceLock<Bundle> = std::sync::OnceLock::new();
+    SAMPLE.get_or_init(build_sample).clone()
+}
+
+fn build_sample() -> Bundle {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bundle");
     std::fs::create_dir_all(&dir).unwrap();
     let pre = compile(

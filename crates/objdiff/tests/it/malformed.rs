@@ -20,19 +20,26 @@ fn compile_source(name: &str, source: &str) -> Vec<u8> {
     std::fs::read(out).unwrap()
 }
 
+// Built once: tests run in parallel and would race on the same files.
 fn valid_object() -> Vec<u8> {
-    compile_source("m", SOURCE)
+    static OBJECT: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    OBJECT.get_or_init(|| compile_source("m", SOURCE)).clone()
 }
 
 /// The same source with every function changed, so a diff against it reads the DWARF too.
 fn changed_object() -> Vec<u8> {
-    compile_source(
-        "m2",
-        &SOURCE
-            .replace("c + n", "c - n")
-            .replace("hello", "hullo")
-            .replace("return 8", "return 6"),
-    )
+    static OBJECT: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    OBJECT
+        .get_or_init(|| {
+            compile_source(
+                "m2",
+                &SOURCE
+                    .replace("c + n", "c - n")
+                    .replace("hello", "hullo")
+                    .replace("return 8", "return 6"),
+            )
+        })
+        .clone()
 }
 
 #[test]
