@@ -193,7 +193,8 @@ fn apply_changes_behaviour_and_undo_restores_every_byte() {
     let applied = ok(&setup.live("apply", bundle.to_str().unwrap(), pid));
     assert_eq!(applied["patch"], id.as_str());
     let process = &applied["processes"][0];
-    assert_eq!(process["threads"], 6);
+    // 4 workers, the main thread, the parked thread (and the warm-up thread while it lives).
+    assert!(process["threads"].as_u64().unwrap() >= 6, "{process}");
     assert!(process["pause_us"].as_u64().unwrap() > 0);
     app.expect("value 15 hello");
     assert_ne!(app.bytes(entry, 32), before, "a jump is at the old entry");
@@ -378,4 +379,128 @@ fn every_process_of_an_executable_is_patched() {
     assert_eq!(out.status.code(), Some(0));
     first.expect("value 14 hello");
     second.expect("value 14 hello");
+}
+
+#[test]
+fn busy_function_is_retried_until_idle() {
+    let setup = Setup::new("live-busy", "");
+    let (bundle, _) = setup.bundle("warm_up.patch", "");
+    // warm_up() sleeps in a loop for 1.2 s after start-up, then returns for good.
+    let app = App::start(&setup.app, 1);
+    let out = hotsplice(&[
+        "apply",
+        bundle.to_str().unwrap(),
+        "--pid",
+        &app.pid().to_string(),
+        "--state-dir",
+        &setup.state,
+        "--retries",
+        "30",
+        "--retry-delay",
+        "100",
+        "--json",
+    ]);
+    let v = ok(&out);
+    let attempts = v["processes"][0]["attempts"].as_u64().unwrap();
+    assert!(
+        attempts > 1,
+        "warm_up was busy at first: {attempts} attempt(s)"
+    );
+}
+
+#[test]
+fn shared_library_code_is_patched() {
+    let dir = scratch("live-lib");
+    let tree = dir.join("run");
+    assert!(
+        Command::new("cp")
+            .arg("-r")
+            .arg(fixtures().join("lib"))
+            .arg(&tree)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        Command::new("make")
+            .arg("-s")
+            .current_dir(&tree)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let bundle = dir.join("lib.hsp");
+    let out = Command::new(env!("CARGO_BIN_EXE_hotsplice"))
+        .arg("build")
+        .arg("--source")
+        .arg(fixtures().join("lib"))
+        .arg("--diff")
+        .arg(fixtures().join("patches/lib.patch"))
+        .args(["--target", "libgreet.so", "--cache"])
+        .arg(dir.join("cache"))
+        .arg("-o")
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut child = Command::new(tree.join("app"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in lines.lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let app = App { child, lines: rx };
+    app.expect("lib 101 hello");
+    let state = dir.join("state").display().to_string();
+    let applied = ok(&hotsplice(&[
+        "apply",
+        bundle.to_str().unwrap(),
+        "--pid",
+        &app.pid().to_string(),
+        "--state-dir",
+        &state,
+        "--json",
+    ]));
+    assert!(
+        applied["processes"][0]["module"]
+            .as_str()
+            .unwrap()
+            .ends_with("libgreet.so")
+    );
+    app.expect("lib 201 hello");
+}
+
+#[test]
+fn list_recovers_patches_from_the_process_when_the_record_is_lost() {
+    let setup = Setup::new("live-list", "");
+    let (bundle, id) = setup.bundle("fix.patch", "");
+    let app = App::start(&setup.app, 1);
+    let pid = app.pid().to_string();
+    ok(&setup.live("apply", bundle.to_str().unwrap(), app.pid()));
+    std::fs::remove_dir_all(&setup.state).unwrap();
+    let listed = ok(&hotsplice(&[
+        "list",
+        "--pid",
+        &pid,
+        "--state-dir",
+        &setup.state,
+        "--json",
+    ]));
+    assert_eq!(listed["processes"][0]["patches"][0]["id"], id.as_str());
+    assert_eq!(
+        listed["processes"][0]["patches"][0]["functions"][0]["name"],
+        "compute"
+    );
 }
