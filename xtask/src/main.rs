@@ -6,8 +6,11 @@
 //!   nginx and record the outcome (`eval/results/nginx-build.{json,md}`).
 //! - `bench-build`: cold and warm `hotsplice build` of one nginx CVE against a plain build of
 //!   the same tree (`eval/results/build-bench.md`).
+//! - `bench-pause`: how long apply and undo stop targets with 1, 8 and 64 busy threads
+//!   (`eval/results/pause.{md,json}`).
 
 mod nginx;
+mod pause;
 
 use std::process::ExitCode;
 
@@ -15,13 +18,17 @@ const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
   eval-nginx-build [PATCH...]   hotsplice build for each nginx security patch (default: all)
-  bench-build [PATCH]           cold/warm build vs a plain Debian build (default CVE-2025-23419)";
+  bench-build [PATCH]           cold/warm build vs a plain Debian build (default CVE-2025-23419)
+  bench-pause [CYCLES]          apply/undo pause on 1, 8, 64 busy threads (default 100 cycles)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("eval-nginx-build") => nginx::eval_build(&args[1..]),
         Some("bench-build") => nginx::bench_build(args.get(1).map(String::as_str)),
+        Some("bench-pause") => {
+            pause::bench_pause(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(100))
+        }
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);

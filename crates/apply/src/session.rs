@@ -603,32 +603,50 @@ impl Cfi {
 }
 
 /// What each thread looks like to the safety check: its IP, the return addresses on its
-/// stack (by unwinding), and the part of the stack unwinding could not account for.
-fn thread_views(process: &Process, stopped: &Stopped, cfi: &Cfi) -> Result<Vec<ThreadView>, Error> {
-    let maps = process.maps()?;
+/// stack (by unwinding), and the part of the stack unwinding could not account for. `maps`
+/// is read before the stop (re-read only for a stack it does not cover); memory is read
+/// through the stopped process's open `/proc/PID/mem`: this runs inside the pause.
+fn thread_views(
+    process: &Process,
+    stopped: &mut Stopped,
+    cfi: &Cfi,
+    maps: &[Mapping],
+) -> Result<Vec<ThreadView>, Error> {
     let modules = cfi.modules();
+    let mut cache = unwind::StepCache::default();
+    let mut fresh: Option<Vec<Mapping>> = None;
+    let threads: Vec<(i32, u64, u64, u64)> = stopped
+        .threads()
+        .iter()
+        .map(|t| (t.tid, t.regs.rip, t.regs.rsp, t.regs.rbp))
+        .collect();
+    // Where each stack ends, then all stacks in one read.
+    let mut ranges = Vec::with_capacity(threads.len());
+    for &(_, _, rsp, _) in &threads {
+        let covering = |maps: &[Mapping]| {
+            maps.iter()
+                .find(|m| rsp >= m.start && rsp < m.end)
+                .map(|m| m.end)
+        };
+        let end = match covering(maps) {
+            Some(end) => end,
+            None => {
+                let again = fresh.get_or_insert_with(|| process.maps().unwrap_or_default());
+                covering(again).unwrap_or(rsp)
+            }
+        };
+        ranges.push((rsp, (end - rsp).min(16 << 20) as usize));
+    }
+    let stacks = stopped.read_many(&ranges);
     let mut views = Vec::new();
-    for t in stopped.threads() {
-        let rsp = t.regs.rsp;
-        let end = maps
-            .iter()
-            .find(|m| rsp >= m.start && rsp < m.end)
-            .map_or(rsp, |m| m.end);
-        let len = (end - rsp).min(16 << 20) as usize;
-        let mut stack = vec![0u8; len];
-        if len > 0 && process.read(rsp, &mut stack).is_err() {
-            stack.clear();
-        }
+    for ((tid, rip, rsp, rbp), stack) in threads.into_iter().zip(stacks) {
+        let end = rsp + stack.len() as u64;
         let read = |address: u64| -> Option<u64> {
             let at = address.checked_sub(rsp)? as usize;
-            if let Some(word) = stack.get(at..at + 8) {
-                return Some(u64::from_le_bytes(word.try_into().ok()?));
-            }
-            let mut buf = [0u8; 8];
-            process.read(address, &mut buf).ok()?;
-            Some(u64::from_le_bytes(buf))
+            let word = stack.get(at..at + 8)?;
+            Some(u64::from_le_bytes(word.try_into().ok()?))
         };
-        let walked = unwind::walk(t.regs.rip, rsp, t.regs.rbp, &modules, &read);
+        let walked = unwind::walk(rip, rsp, rbp, &modules, &mut cache, &read);
         let (conservative, start) = match walked.unknown_from {
             Some(from) if from >= rsp => {
                 let skip = ((from - rsp) as usize).min(stack.len());
@@ -638,8 +656,8 @@ fn thread_views(process: &Process, stopped: &Stopped, cfi: &Cfi) -> Result<Vec<T
             None => (Vec::new(), end),
         };
         views.push(ThreadView {
-            tid: t.tid,
-            rip: t.regs.rip,
+            tid,
+            rip,
             return_addresses: walked.return_addresses,
             stack: conservative,
             stack_start: start,
@@ -668,9 +686,10 @@ pub fn check_one(bundle: &Bundle, pid: i32, options: &Options) -> Result<Process
     resolve_all(&prepared)?;
     let mut report = report_for(&prepared);
     let cfi = Cfi::load(&prepared.process);
+    let maps = prepared.process.maps()?;
     let _rt = Realtime::raise();
-    let stopped = Stopped::stop(&prepared.process, options.stop_timeout)?;
-    let views = thread_views(&prepared.process, &stopped, &cfi);
+    let mut stopped = Stopped::stop(&prepared.process, options.stop_timeout)?;
+    let views = thread_views(&prepared.process, &mut stopped, &cfi, &maps);
     let pause = stopped.release();
     report.pause = pause.longest;
     report.threads = pause.threads;
@@ -939,9 +958,10 @@ fn write_and_redirect(
     let cfi = Cfi::load(process);
     let mut history: Vec<safety::Busy> = Vec::new();
     for attempt in 1..=options.retries + 1 {
+        let maps = process.maps()?;
         let _rt = Realtime::raise();
         let mut stopped = Stopped::stop(process, options.stop_timeout)?;
-        let views = thread_views(process, &stopped, &cfi)?;
+        let views = thread_views(process, &mut stopped, &cfi, &maps)?;
         if let Some(busy) = safety::check(&views, &ranges) {
             stopped.release();
             history.push(busy);
@@ -982,6 +1002,7 @@ fn write_and_redirect(
             return Err(Error::WriteFailed { pid, address: site });
         }
         let pause = stopped.release();
+        drop(_rt);
         applied.pause_us = pause.longest.as_micros() as u64;
         let mut state = prepared.state.clone();
         state.patches.push(applied.clone());
@@ -1059,9 +1080,11 @@ pub fn undo_one(id: &str, pid: i32, options: &Options) -> Result<ProcessReport, 
     let mut history = Vec::new();
     let cfi = Cfi::load(&process);
     for attempt in 1..=options.retries + 1 {
+        let maps = process.maps()?;
         let rt = Realtime::raise();
+        let realtime = rt.active();
         let mut stopped = Stopped::stop(&process, options.stop_timeout)?;
-        let views = thread_views(&process, &stopped, &cfi)?;
+        let views = thread_views(&process, &mut stopped, &cfi, &maps)?;
         if let Some(busy) = safety::check(&views, &ranges) {
             stopped.release();
             history.push(busy);
@@ -1092,12 +1115,21 @@ pub fn undo_one(id: &str, pid: i32, options: &Options) -> Result<ProcessReport, 
                 });
             }
         }
+        let first = stopped.release();
+        state.patches.remove(index);
+        state::save(&options.state_dir, &state)?;
+        // No jump leads into the patch memory any more and no thread was in it: unmap it in
+        // a second, short stop (keeping each pause small).
+        let mut stopped = Stopped::stop(&process, options.stop_timeout)?;
         for r in &patch.regions {
             stopped.syscall(SYS_MUNMAP, [r.address, r.size, 0, 0, 0, 0])?;
         }
-        let pause = stopped.release();
-        state.patches.remove(index);
-        state::save(&options.state_dir, &state)?;
+        let second = stopped.release();
+        drop(rt);
+        let pause = hotsplice_ptrace::Pause {
+            longest: first.longest.max(second.longest),
+            threads: first.threads.max(second.threads),
+        };
         return Ok(ProcessReport {
             pid,
             module: patch.module.clone(),
@@ -1116,7 +1148,7 @@ pub fn undo_one(id: &str, pid: i32, options: &Options) -> Result<ProcessReport, 
             pause: pause.longest,
             attempts: attempt,
             threads: pause.threads,
-            realtime: rt.active(),
+            realtime,
             busy: None,
         });
     }

@@ -38,12 +38,86 @@ pub struct Walk {
 
 const MAX_FRAMES: usize = 512;
 
+/// How to step over one frame, as far as this unwinder evaluates it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// CFA = rsp + n or rbp + n; return address at CFA + ra; rbp saved at CFA + bp (if any).
+    Frame {
+        cfa_from_rbp: bool,
+        cfa_offset: i64,
+        ra: i64,
+        rbp: Option<i64>,
+    },
+    /// The outermost frame.
+    End,
+    /// Not evaluable here (no FDE, an expression rule...).
+    Unknown,
+}
+
+/// Steps already computed, by address: threads of one program mostly sit at the same few
+/// return addresses, and this runs while the target is stopped.
+#[derive(Default)]
+pub struct StepCache {
+    steps: std::collections::HashMap<u64, Step>,
+}
+
+fn step_for(lookup: u64, modules: &[CfiModule<'_>], ctx: &mut UnwindContext<usize>) -> Step {
+    let Some(module) = modules.iter().find(|m| lookup >= m.start && lookup < m.end) else {
+        return Step::Unknown;
+    };
+    let linked = lookup.wrapping_sub(module.bias);
+    let fdes = &module.eh_frame.fdes;
+    let i = fdes.partition_point(|f| f.0 <= linked);
+    let Some(&(start, len, offset)) = i.checked_sub(1).and_then(|i| fdes.get(i)) else {
+        return Step::Unknown;
+    };
+    if linked >= start + len {
+        return Step::Unknown;
+    }
+    let eh = EhFrame::new(&module.eh_frame.data, LittleEndian);
+    let bases = BaseAddresses::default().set_eh_frame(module.eh_frame.address);
+    let Ok(fde) = eh.fde_from_offset(&bases, EhFrameOffset(offset), EhFrame::cie_from_offset)
+    else {
+        return Step::Unknown;
+    };
+    let Ok(row) = fde.unwind_info_for_address(&eh, &bases, ctx, linked) else {
+        return Step::Unknown;
+    };
+    let (cfa_from_rbp, cfa_offset) = match row.cfa() {
+        CfaRule::RegisterAndOffset { register, offset } if *register == X86_64::RSP => {
+            (false, *offset)
+        }
+        CfaRule::RegisterAndOffset { register, offset } if *register == X86_64::RBP => {
+            (true, *offset)
+        }
+        _ => return Step::Unknown,
+    };
+    let ra = match row.register(X86_64::RA) {
+        Some(RegisterRule::Offset(n)) => n,
+        // The outermost frame (`_start`, `clone`) marks its return address undefined.
+        None | Some(RegisterRule::Undefined) => return Step::End,
+        _ => return Step::Unknown,
+    };
+    let rbp = match row.register(X86_64::RBP) {
+        Some(RegisterRule::Offset(n)) => Some(n),
+        None | Some(RegisterRule::Undefined | RegisterRule::SameValue) => None,
+        _ => return Step::Unknown,
+    };
+    Step::Frame {
+        cfa_from_rbp,
+        cfa_offset,
+        ra,
+        rbp,
+    }
+}
+
 /// Unwinds from `rip`/`rsp`/`rbp`, reading stack words through `read`.
 pub fn walk(
     rip: u64,
     rsp: u64,
     rbp: u64,
     modules: &[CfiModule<'_>],
+    cache: &mut StepCache,
     read: &dyn Fn(u64) -> Option<u64>,
 ) -> Walk {
     let mut ctx = UnwindContext::new();
@@ -52,71 +126,34 @@ pub fn walk(
     for frame in 0..MAX_FRAMES {
         // After the first frame pc is a return address: look up the call instruction itself.
         let lookup = if frame == 0 { pc } else { pc.saturating_sub(1) };
-        let Some(module) = modules.iter().find(|m| lookup >= m.start && lookup < m.end) else {
-            out.unknown_from = Some(sp);
-            return out;
-        };
-        let linked = lookup.wrapping_sub(module.bias);
-        let fdes = &module.eh_frame.fdes;
-        let i = fdes.partition_point(|f| f.0 <= linked);
-        let Some(&(start, len, offset)) = i.checked_sub(1).and_then(|i| fdes.get(i)) else {
-            out.unknown_from = Some(sp);
-            return out;
-        };
-        if linked >= start + len {
-            out.unknown_from = Some(sp);
-            return out;
-        }
-        let eh = EhFrame::new(&module.eh_frame.data, LittleEndian);
-        let bases = BaseAddresses::default().set_eh_frame(module.eh_frame.address);
-        let Ok(fde) = eh.fde_from_offset(&bases, EhFrameOffset(offset), EhFrame::cie_from_offset)
+        let step = *cache
+            .steps
+            .entry(lookup)
+            .or_insert_with(|| step_for(lookup, modules, &mut ctx));
+        let Step::Frame {
+            cfa_from_rbp,
+            cfa_offset,
+            ra: ra_offset,
+            rbp: rbp_offset,
+        } = step
         else {
+            if step == Step::Unknown {
+                out.unknown_from = Some(sp);
+            }
+            return out;
+        };
+        let cfa = if cfa_from_rbp { bp } else { sp }.wrapping_add(cfa_offset as u64);
+        let Some(ra) = read(cfa.wrapping_add(ra_offset as u64)) else {
             out.unknown_from = Some(sp);
             return out;
         };
-        let Ok(row) = fde.unwind_info_for_address(&eh, &bases, &mut ctx, linked) else {
-            out.unknown_from = Some(sp);
-            return out;
-        };
-        let cfa = match row.cfa() {
-            CfaRule::RegisterAndOffset { register, offset } if *register == X86_64::RSP => {
-                sp.wrapping_add(*offset as u64)
-            }
-            CfaRule::RegisterAndOffset { register, offset } if *register == X86_64::RBP => {
-                bp.wrapping_add(*offset as u64)
-            }
-            _ => {
-                out.unknown_from = Some(sp);
-                return out;
-            }
-        };
-        let ra = match row.register(X86_64::RA) {
-            Some(RegisterRule::Offset(n)) => match read(cfa.wrapping_add(n as u64)) {
-                Some(ra) => ra,
-                None => {
-                    out.unknown_from = Some(sp);
-                    return out;
-                }
-            },
-            // The outermost frame (`_start`, `clone`) marks its return address undefined.
-            None | Some(RegisterRule::Undefined) => return out,
-            _ => {
-                out.unknown_from = Some(sp);
-                return out;
-            }
-        };
-        match row.register(X86_64::RBP) {
-            Some(RegisterRule::Offset(n)) => match read(cfa.wrapping_add(n as u64)) {
+        if let Some(n) = rbp_offset {
+            match read(cfa.wrapping_add(n as u64)) {
                 Some(v) => bp = v,
                 None => {
                     out.unknown_from = Some(sp);
                     return out;
                 }
-            },
-            None | Some(RegisterRule::Undefined | RegisterRule::SameValue) => {}
-            _ => {
-                out.unknown_from = Some(sp);
-                return out;
             }
         }
         if ra == 0 {

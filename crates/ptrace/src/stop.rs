@@ -283,6 +283,52 @@ impl Stopped {
             })
     }
 
+    /// Reads several ranges in as few system calls as possible (`process_vm_readv`, falling
+    /// back to `/proc/PID/mem` per range): this runs inside the pause. A range that cannot be
+    /// read comes back empty.
+    pub fn read_many(&mut self, ranges: &[(u64, usize)]) -> Vec<Vec<u8>> {
+        let mut out: Vec<Vec<u8>> = ranges.iter().map(|&(_, len)| vec![0u8; len]).collect();
+        let mut done = 0usize;
+        while done < ranges.len() {
+            // The kernel stops at the first range it cannot read; batches of up to 1024.
+            let end = (done + 1024).min(ranges.len());
+            let remote: Vec<nix::sys::uio::RemoteIoVec> = ranges[done..end]
+                .iter()
+                .map(|&(base, len)| nix::sys::uio::RemoteIoVec {
+                    base: base as usize,
+                    len,
+                })
+                .collect();
+            let mut local: Vec<std::io::IoSliceMut<'_>> = out[done..end]
+                .iter_mut()
+                .map(|b| std::io::IoSliceMut::new(b))
+                .collect();
+            let read =
+                nix::sys::uio::process_vm_readv(Pid::from_raw(self.pid), &mut local, &remote)
+                    .unwrap_or(0);
+            // Which ranges came back whole.
+            let mut bytes = read;
+            let mut next = done;
+            while next < end && bytes >= ranges[next].1 {
+                bytes -= ranges[next].1;
+                next += 1;
+            }
+            if next < end {
+                // The range at `next` failed (or was cut): read it alone, then go on after it.
+                let (address, len) = ranges[next];
+                let mut buf = vec![0u8; len];
+                out[next] = if self.read(address, &mut buf).is_ok() {
+                    buf
+                } else {
+                    Vec::new()
+                };
+                next += 1;
+            }
+            done = next;
+        }
+        out
+    }
+
     /// Writes memory of the stopped process, read-only text included: through
     /// `/proc/PID/mem`, or word by word with `PTRACE_POKEDATA` where the kernel forbids that.
     pub fn write(&mut self, address: u64, data: &[u8]) -> Result<(), Error> {
