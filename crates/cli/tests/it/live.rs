@@ -504,3 +504,90 @@ fn list_recovers_patches_from_the_process_when_the_record_is_lost() {
         "compute"
     );
 }
+
+#[test]
+fn thread_local_variables_keep_their_values() {
+    // bump() adds to a __thread counter (R_X86_64_TPOFF32); the patch adds 1000 instead of 1
+    // to the same, existing per-thread variable.
+    let dir = scratch("live-tls");
+    let tree = dir.join("run");
+    assert!(
+        Command::new("cp")
+            .arg("-r")
+            .arg(fixtures().join("tls"))
+            .arg(&tree)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        Command::new("make")
+            .arg("-s")
+            .current_dir(&tree)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let bundle = dir.join("tls.hsp");
+    let out = Command::new(env!("CARGO_BIN_EXE_hotsplice"))
+        .arg("build")
+        .arg("--source")
+        .arg(fixtures().join("tls"))
+        .arg("--diff")
+        .arg(fixtures().join("patches/tls.patch"))
+        .args(["--target", "app", "--cache"])
+        .arg(dir.join("cache"))
+        .arg("-o")
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut child = Command::new(tree.join("app"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in lines.lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let app = App { child, lines: rx };
+    app.expect("tls 3");
+    let state = dir.join("state").display().to_string();
+    ok(&hotsplice(&[
+        "apply",
+        bundle.to_str().unwrap(),
+        "--pid",
+        &app.pid().to_string(),
+        "--state-dir",
+        &state,
+        "--json",
+    ]));
+    // Every later value is 1000 more than the one before: the existing counter is updated.
+    let value = |line: String| line.trim_start_matches("tls ").parse::<i64>().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut previous = value(app.lines.recv_timeout(Duration::from_secs(1)).unwrap());
+    let mut jumps = 0;
+    while Instant::now() < deadline && jumps < 3 {
+        let next = value(app.lines.recv_timeout(Duration::from_secs(1)).unwrap());
+        if next - previous == 1000 {
+            jumps += 1;
+        } else {
+            assert_eq!(next - previous, 1, "only the old or the new code runs");
+        }
+        previous = next;
+    }
+    assert_eq!(
+        jumps, 3,
+        "the patched code updates the existing per-thread counter"
+    );
+}
