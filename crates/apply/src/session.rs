@@ -268,6 +268,41 @@ fn prepare<'b>(bundle: &'b Bundle, pid: i32, options: &Options) -> Result<Prepar
         let found = locate(&module.image, module.bias, &wanted, &memory);
         for (k, outcome) in found.into_iter().enumerate() {
             let replacement = &object.replacements[k];
+            // Replaced already by an earlier patch, and this bundle built on top of it? Its
+            // pre code is then that patch's version, which lives in the patch memory.
+            let earlier_version = |name: &str| {
+                state.patches.iter().rev().find_map(|p| {
+                    p.functions
+                        .iter()
+                        .find(|f| f.name == name)
+                        .map(|f| (p.id.clone(), f.clone()))
+                })
+            };
+            let outcome = match outcome {
+                Found::NotFound { .. } => match earlier_version(&replacement.name) {
+                    Some((_, f)) => {
+                        let plain = LiveMemory {
+                            process: &process,
+                            overlay: Vec::new(),
+                        };
+                        let window = replacement.pre_code.len() as u64 + 64;
+                        match match_function(wanted[k].pre, f.new_address, window, &plain) {
+                            // Report it as found at the original entry; the stacking check
+                            // below then takes the earlier patch's version.
+                            Ok(mut m) => {
+                                m.address = f.entry;
+                                Found::Located {
+                                    matched: m,
+                                    via: Via::Symbol,
+                                }
+                            }
+                            Err(_) => outcome,
+                        }
+                    }
+                    None => outcome,
+                },
+                other => other,
+            };
             let (matched, via) = match outcome {
                 Found::Located { matched, via } => (matched, via),
                 Found::NotFound {

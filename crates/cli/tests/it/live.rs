@@ -591,3 +591,75 @@ fn thread_local_variables_keep_their_values() {
         "the patched code updates the existing per-thread counter"
     );
 }
+
+#[test]
+fn stacking_on_the_same_function() {
+    let setup = Setup::new("live-restack", "");
+    let (fix, fix_id) = setup.bundle("fix.patch", "");
+    let (other, _) = setup.bundle("other-fix.patch", "");
+    // A second fix built on top of the first: its source is the app with fix.patch applied.
+    let fixed = setup.dir.join("fixed-source");
+    assert!(
+        Command::new("cp")
+            .arg("-r")
+            .arg(fixtures().join("app"))
+            .arg(&fixed)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = Command::new("patch")
+        .args(["-p1", "-s", "-i"])
+        .arg(fixtures().join("patches/fix.patch"))
+        .current_dir(&fixed)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let on_top = setup.dir.join("on-top.hsp");
+    let out = Command::new(env!("CARGO_BIN_EXE_hotsplice"))
+        .arg("build")
+        .arg("--source")
+        .arg(&fixed)
+        .arg("--diff")
+        .arg(fixtures().join("patches/fix-on-fix.patch"))
+        .args(["--target", "app", "--json", "--cache"])
+        .arg(setup.dir.join("cache"))
+        .arg("-o")
+        .arg(&on_top)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let on_top_id = json(&out)["id"].as_str().unwrap().to_string();
+
+    let app = App::start(&setup.app, 2);
+    let pid = app.pid();
+    ok(&setup.live("apply", fix.to_str().unwrap(), pid));
+    app.expect("value 15 hello");
+    // Built against the unpatched code: it would silently drop the first fix.
+    let refused = setup.live("apply", other.to_str().unwrap(), pid);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stdout).contains(&fix_id));
+    app.expect("value 15 hello");
+    // Built on top of the first fix: replaces its version.
+    let applied = ok(&setup.live("apply", on_top.to_str().unwrap(), pid));
+    assert_eq!(
+        applied["processes"][0]["functions"][0]["replaces_patch"],
+        fix_id.as_str()
+    );
+    app.expect("value 16 hello");
+    let refused = setup.live("undo", &fix_id, pid);
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "the later patch must go first"
+    );
+    ok(&setup.live("undo", &on_top_id, pid));
+    app.expect("value 15 hello");
+    ok(&setup.live("undo", &fix_id, pid));
+    app.expect("value 14 hello");
+}
