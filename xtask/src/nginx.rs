@@ -209,7 +209,7 @@ pub fn eval_build(only: &[String]) -> Result<()> {
 fn write_eval(root: &Path, version: &str, rows: &[Value]) -> Result<()> {
     let results = root.join("eval/results");
     std::fs::create_dir_all(&results)?;
-    let doc = json!({"nginx_source": version, "machine": machine(), "patches": rows});
+    let doc = json!({"nginx_source": version, "machine": crate::machine(), "patches": rows});
     std::fs::write(
         results.join("nginx-build.json"),
         serde_json::to_string_pretty(&doc)? + "\n",
@@ -304,28 +304,11 @@ fn write_eval(root: &Path, version: &str, rows: &[Value]) -> Result<()> {
         "\nA pre-build time of 0.0 means the pre build came from hotsplice's cache (an \
          earlier run built the same tree); `cargo xtask bench-build` measures cold and warm \
          builds. Refusal details are in `nginx-build.json`.\n\nMachine: {}.",
-        machine()
+        crate::machine()
     );
     std::fs::write(results.join("nginx-build.md"), md)?;
     eprintln!("eval-nginx-build: wrote eval/results/nginx-build.{{json,md}}");
     Ok(())
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cores} cores, {cpu}, kernel {}", kernel.trim())
 }
 
 fn timed(cmd: &mut Command) -> Result<f64> {
@@ -425,7 +408,7 @@ pub fn bench_build(patch: Option<&str>) -> Result<()> {
         "\nCold steps (s): {}; warm steps (s): {}.\n\nMachine: {}.",
         cold_v["seconds"],
         warm_v["seconds"],
-        machine()
+        crate::machine()
     );
     std::fs::create_dir_all(root.join("eval/results"))?;
     std::fs::write(root.join("eval/results/build-bench.md"), &md)?;

@@ -204,20 +204,7 @@ pub fn bench_pause(cycles: usize) -> Result<()> {
 fn write(root: &Path, rows: &[Value]) -> Result<()> {
     let results = root.join("eval/results");
     std::fs::create_dir_all(&results)?;
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let machine = format!("{cores} cores, {cpu}, kernel {}", kernel.trim());
+    let machine = crate::machine();
     std::fs::write(
         results.join("pause.json"),
         serde_json::to_string_pretty(&json!({"machine": machine, "rows": rows}))? + "\n",

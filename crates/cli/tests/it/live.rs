@@ -96,15 +96,58 @@ impl Setup {
     }
 }
 
+/// Builds `fixtures/live/<fixture>` with make in a copy, and the bundle for `patch` against
+/// `target`: (the built tree, the bundle).
+fn build_fixture(dir: &Path, fixture: &str, patch: &str, target: &str) -> (PathBuf, PathBuf) {
+    let tree = dir.join("run");
+    assert!(
+        Command::new("cp")
+            .arg("-r")
+            .arg(fixtures().join(fixture))
+            .arg(&tree)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        Command::new("make")
+            .arg("-s")
+            .current_dir(&tree)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let bundle = dir.join(format!("{fixture}.hsp"));
+    let out = Command::new(env!("CARGO_BIN_EXE_hotsplice"))
+        .arg("build")
+        .arg("--source")
+        .arg(fixtures().join(fixture))
+        .arg("--diff")
+        .arg(fixtures().join("patches").join(patch))
+        .args(["--target", target, "--cache"])
+        .arg(dir.join("cache"))
+        .arg("-o")
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (tree, bundle)
+}
+
 struct App {
     child: Child,
     lines: Receiver<String>,
 }
 
 impl App {
-    fn start(path: &Path, threads: u32) -> App {
-        let mut child = Command::new(path)
-            .arg(threads.to_string())
+    /// Starts a program whose stdout lines are collected in the background.
+    fn spawn(mut command: Command) -> App {
+        let mut child = command
             .stdout(Stdio::piped())
             .stdin(Stdio::null())
             .spawn()
@@ -118,7 +161,13 @@ impl App {
                 }
             }
         });
-        let app = App { child, lines };
+        App { child, lines }
+    }
+
+    fn start(path: &Path, threads: u32) -> App {
+        let mut command = Command::new(path);
+        command.arg(threads.to_string());
+        let app = App::spawn(command);
         app.expect("value 14 hello");
         app
     }
@@ -411,57 +460,8 @@ fn busy_function_is_retried_until_idle() {
 #[test]
 fn shared_library_code_is_patched() {
     let dir = scratch("live-lib");
-    let tree = dir.join("run");
-    assert!(
-        Command::new("cp")
-            .arg("-r")
-            .arg(fixtures().join("lib"))
-            .arg(&tree)
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(
-        Command::new("make")
-            .arg("-s")
-            .current_dir(&tree)
-            .status()
-            .unwrap()
-            .success()
-    );
-    let bundle = dir.join("lib.hsp");
-    let out = Command::new(env!("CARGO_BIN_EXE_hotsplice"))
-        .arg("build")
-        .arg("--source")
-        .arg(fixtures().join("lib"))
-        .arg("--diff")
-        .arg(fixtures().join("patches/lib.patch"))
-        .args(["--target", "libgreet.so", "--cache"])
-        .arg(dir.join("cache"))
-        .arg("-o")
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut child = Command::new(tree.join("app"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = BufReader::new(child.stdout.take().unwrap());
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in lines.lines() {
-            if tx.send(line.unwrap_or_default()).is_err() {
-                break;
-            }
-        }
-    });
-    let app = App { child, lines: rx };
+    let (tree, bundle) = build_fixture(&dir, "lib", "lib.patch", "libgreet.so");
+    let app = App::spawn(Command::new(tree.join("app")));
     app.expect("lib 101 hello");
     let state = dir.join("state").display().to_string();
     let applied = ok(&hotsplice(&[
@@ -510,57 +510,8 @@ fn thread_local_variables_keep_their_values() {
     // bump() adds to a __thread counter (R_X86_64_TPOFF32); the patch adds 1000 instead of 1
     // to the same, existing per-thread variable.
     let dir = scratch("live-tls");
-    let tree = dir.join("run");
-    assert!(
-        Command::new("cp")
-            .arg("-r")
-            .arg(fixtures().join("tls"))
-            .arg(&tree)
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(
-        Command::new("make")
-            .arg("-s")
-            .current_dir(&tree)
-            .status()
-            .unwrap()
-            .success()
-    );
-    let bundle = dir.join("tls.hsp");
-    let out = Command::new(env!("CARGO_BIN_EXE_hotsplice"))
-        .arg("build")
-        .arg("--source")
-        .arg(fixtures().join("tls"))
-        .arg("--diff")
-        .arg(fixtures().join("patches/tls.patch"))
-        .args(["--target", "app", "--cache"])
-        .arg(dir.join("cache"))
-        .arg("-o")
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut child = Command::new(tree.join("app"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = BufReader::new(child.stdout.take().unwrap());
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in lines.lines() {
-            if tx.send(line.unwrap_or_default()).is_err() {
-                break;
-            }
-        }
-    });
-    let app = App { child, lines: rx };
+    let (tree, bundle) = build_fixture(&dir, "tls", "tls.patch", "app");
+    let app = App::spawn(Command::new(tree.join("app")));
     app.expect("tls 3");
     let state = dir.join("state").display().to_string();
     ok(&hotsplice(&[
