@@ -9,6 +9,7 @@
 //! - `bench-pause`: how long apply and undo stop targets with 1, 8 and 64 busy threads
 //!   (`eval/results/pause.{md,json}`).
 
+mod live;
 mod nginx;
 mod pause;
 
@@ -18,6 +19,7 @@ const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
   eval-nginx-build [PATCH...]   hotsplice build for each nginx security patch (default: all)
+  eval-nginx-live [PATCH...]    each nginx security patch applied to a running nginx under load
   bench-build [PATCH]           cold/warm build vs a plain Debian build (default CVE-2025-23419)
   bench-pause [CYCLES]          apply/undo pause on 1, 8, 64 busy threads (default 100 cycles)";
 
@@ -25,6 +27,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("eval-nginx-build") => nginx::eval_build(&args[1..]),
+        Some("eval-nginx-live") => live::eval_live(&args[1..]),
         Some("bench-build") => nginx::bench_build(args.get(1).map(String::as_str)),
         Some("bench-pause") => {
             pause::bench_pause(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(100))

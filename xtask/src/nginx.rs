@@ -10,12 +10,12 @@ use serde_json::{Value, json};
 
 /// The Debian build: `debian/rules` configures into `debian/build-bin` (a copy of `src/`) and
 /// builds there; the incremental post build only needs `make` in that directory.
-const BUILD: &str = "debian/rules build-arch";
-const POST_BUILD: &str = "make -C debian/build-bin";
-const MIRROR: &str = "debian/build-bin";
-const TARGET: &str = "debian/build-bin/objs/nginx";
+pub const BUILD: &str = "debian/rules build-arch";
+pub const POST_BUILD: &str = "make -C debian/build-bin";
+pub const MIRROR: &str = "debian/build-bin";
+pub const TARGET: &str = "debian/build-bin/objs/nginx";
 
-fn root() -> PathBuf {
+pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
@@ -27,9 +27,11 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn setup() -> Result<PathBuf> {
+pub fn setup(extra: &[&str]) -> Result<PathBuf> {
     let root = root();
-    run(Command::new(root.join("scripts/setup")).args(["--nginx", "--nginx-build-deps"]))?;
+    run(Command::new(root.join("scripts/setup"))
+        .args(["--nginx", "--nginx-build-deps"])
+        .args(extra))?;
     run(Command::new("cargo")
         .args(["build", "--quiet", "--release", "-p", "hotsplice"])
         .current_dir(&root))?;
@@ -40,7 +42,7 @@ fn setup() -> Result<PathBuf> {
     Ok(source)
 }
 
-fn version(source: &Path) -> String {
+pub fn version(source: &Path) -> String {
     std::fs::read_to_string(source.join("debian/changelog"))
         .ok()
         .and_then(|c| {
@@ -52,7 +54,7 @@ fn version(source: &Path) -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
-fn series(source: &Path) -> Result<Vec<String>> {
+pub fn series(source: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(source.join("debian/patches/series"))?;
     Ok(text
         .lines()
@@ -61,13 +63,13 @@ fn series(source: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-fn is_security(patch: &str) -> bool {
+pub fn is_security(patch: &str) -> bool {
     patch.starts_with("CVE-") || patch.starts_with("FIX-")
 }
 
 /// A copy of the source with the series applied up to, not including, `series[index]`.
 /// (`apt-get source` unpacks with every patch applied; later ones are reversed.)
-fn tree_before(source: &Path, series: &[String], index: usize, dest: &Path) -> Result<PathBuf> {
+pub fn tree_before(source: &Path, series: &[String], index: usize, dest: &Path) -> Result<PathBuf> {
     let _ = std::fs::remove_dir_all(dest);
     std::fs::create_dir_all(dest)?;
     run(Command::new("cp").arg("-a").arg(source).arg(dest))?;
@@ -83,7 +85,7 @@ fn tree_before(source: &Path, series: &[String], index: usize, dest: &Path) -> R
     Ok(tree)
 }
 
-fn hotsplice_build(
+pub fn hotsplice_build(
     tree: &Path,
     patch: &Path,
     target: &str,
@@ -118,7 +120,7 @@ fn hotsplice_build(
     Ok((value, seconds, out.status.code().unwrap_or(-1), stderr))
 }
 
-fn strings(v: &Value) -> Vec<String> {
+pub fn strings(v: &Value) -> Vec<String> {
     v.as_array()
         .map(|a| {
             a.iter()
@@ -130,7 +132,7 @@ fn strings(v: &Value) -> Vec<String> {
 
 /// `cargo xtask eval-nginx-build [PATCH...]`.
 pub fn eval_build(only: &[String]) -> Result<()> {
-    let source = setup()?;
+    let source = setup(&[])?;
     let root = root();
     let series = series(&source)?;
     let work = root.join("target/eval/nginx-build");
@@ -323,7 +325,7 @@ fn timed(cmd: &mut Command) -> Result<f64> {
 /// `cargo xtask bench-build [PATCH]`.
 pub fn bench_build(patch: Option<&str>) -> Result<()> {
     let patch = patch.unwrap_or("CVE-2025-23419.patch");
-    let source = setup()?;
+    let source = setup(&[])?;
     let root = root();
     let series = series(&source)?;
     let index = series

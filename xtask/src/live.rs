@@ -1,0 +1,669 @@
+//! `cargo xtask eval-nginx-live`: Debian nginx's security patches applied to a running nginx
+//! under a saturating load.
+//!
+//! For each security patch of the series, at the tree state just before it: a plain Debian
+//! build of nginx (no hotsplice involved) is started — master and two workers, static files
+//! and a location proxied to a local upstream — and loaded with `wrk`. Meanwhile the patch is
+//! built with `hotsplice build`, checked, applied to every nginx process, undone, and applied
+//! again, each step followed by a check that nginx still serves correctly. The load runs the
+//! whole time; requests completed and failed are counted per second.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::nginx::{self, BUILD, TARGET};
+
+const WRK_SCRIPT: &str = r#"
+local counter = 0
+local paths = { "/index.html", "/proxy/hello" }
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", paths[(counter % 2) + 1])
+end
+buckets = {}
+bad = {}
+response = function(status, headers, body)
+  local t = os.time()
+  buckets[t] = (buckets[t] or 0) + 1
+  if status < 200 or status > 299 then bad[t] = (bad[t] or 0) + 1 end
+end
+local threads = {}
+setup = function(thread) table.insert(threads, thread) end
+done = function(summary, latency, requests)
+  local all, allbad = {}, {}
+  for _, t in ipairs(threads) do
+    for k, v in pairs(t:get("buckets")) do all[k] = (all[k] or 0) + v end
+    for k, v in pairs(t:get("bad")) do allbad[k] = (allbad[k] or 0) + v end
+  end
+  local e = summary.errors
+  io.write(string.format("SUMMARY %d %d %d %d %d %d\n", summary.requests,
+    e.connect, e.read, e.write, e.status, e.timeout))
+  for k, v in pairs(all) do io.write(string.format("SECOND %d %d %d\n", k, v, allbad[k] or 0)) end
+end
+"#;
+
+const INDEX: &str = "hotsplice live evaluation: static file\n";
+const UPSTREAM: &str = "upstream ok\n";
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    let status = reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Whether nginx answers both the static file and the proxied location correctly.
+fn serves_correctly(port: u16) -> bool {
+    matches!(http_get(port, "/index.html"), Ok((200, body)) if body == INDEX)
+        && matches!(http_get(port, "/proxy/hello"), Ok((200, body)) if body == UPSTREAM)
+}
+
+/// An nginx (master + 2 workers) running from a build tree or a stock binary.
+pub struct Nginx {
+    master: Child,
+    pub port: u16,
+}
+
+impl Nginx {
+    pub fn start(binary: &Path, modules: &Path, dir: &Path, port: u16) -> Result<Nginx> {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir.join("www"))?;
+        std::fs::write(dir.join("www/index.html"), INDEX)?;
+        let mut load = String::new();
+        for module in ["ngx_mail_module.so", "ngx_stream_module.so"] {
+            if modules.join(module).is_file() {
+                let _ = writeln!(load, "load_module {};", modules.join(module).display());
+            }
+        }
+        let d = dir.display();
+        let conf = format!(
+            "{load}worker_processes 2;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               upstream backend {{ server 127.0.0.1:{}; keepalive 32; }}\n\
+               server {{\n    listen 127.0.0.1:{port};\n    root {d}/www;\n    location / {{ }}\n\
+                 location /proxy/ {{ proxy_pass http://backend/; proxy_http_version 1.1;\n\
+                   proxy_set_header Connection \"\"; }}\n  }}\n\
+               server {{\n    listen 127.0.0.1:{};\n    location / {{ return 200 \"{}\"; }}\n  }}\n}}\n",
+            port + 1,
+            port + 1,
+            UPSTREAM.replace('\n', "\\n")
+        );
+        std::fs::write(dir.join("nginx.conf"), conf)?;
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            bail!("port {port} is already in use (a stray nginx from an earlier run?)");
+        }
+        let master = Command::new(binary)
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut nginx = Nginx { master, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = nginx.master.try_wait() {
+                bail!(
+                    "nginx exited ({status}): {}",
+                    std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+                );
+            }
+            if serves_correctly(port) && nginx.pids().len() == 3 {
+                return Ok(nginx);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "nginx did not come up: {}",
+            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        )
+    }
+
+    /// The master and its workers.
+    pub fn pids(&self) -> Vec<u32> {
+        let master = self.master.id();
+        let mut pids = vec![master];
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for e in entries.flatten() {
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let fields: Vec<&str> = stat
+                    .rsplit_once(')')
+                    .map(|(_, r)| r.split_whitespace().collect())
+                    .unwrap_or_default();
+                let ppid = fields.get(1).and_then(|p| p.parse::<u32>().ok());
+                let zombie = fields.first() == Some(&"Z");
+                if ppid == Some(master) && !zombie {
+                    pids.push(pid);
+                }
+            }
+        }
+        pids
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: nginx's fast shutdown, which also stops the workers.
+        let workers = self.pids();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.master.id().to_string())
+            .status();
+        let _ = self.master.wait();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline
+            && workers
+                .iter()
+                .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A `wrk` run in the background.
+struct Load {
+    child: Child,
+    started: f64,
+}
+
+impl Load {
+    fn start(port: u16, seconds: u64, script: &Path) -> Result<Load> {
+        let child = Command::new("wrk")
+            .args(["-t", "2", "-c", "64", "-d", &format!("{seconds}s"), "-s"])
+            .arg(script)
+            .arg(format!("http://127.0.0.1:{port}/"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting wrk (scripts/setup --eval installs it)")?;
+        Ok(Load {
+            child,
+            started: now(),
+        })
+    }
+
+    /// Waits for the end; returns (per-second (completed, non-2xx), socket errors, total).
+    fn finish(self) -> Result<(BTreeMap<i64, (u64, u64)>, u64, u64)> {
+        let out = self.child.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut seconds = BTreeMap::new();
+        let (mut socket_errors, mut total) = (0, 0);
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            match f.first() {
+                Some(&"SECOND") if f.len() == 4 => {
+                    seconds.insert(
+                        f[1].parse().unwrap_or(0),
+                        (f[2].parse().unwrap_or(0), f[3].parse().unwrap_or(0)),
+                    );
+                }
+                Some(&"SUMMARY") if f.len() == 7 => {
+                    total = f[1].parse().unwrap_or(0);
+                    // connect + read + write + timeout (status errors are counted per second)
+                    socket_errors = [2, 3, 4, 6]
+                        .iter()
+                        .map(|&i| f[i].parse::<u64>().unwrap_or(0))
+                        .sum();
+                }
+                _ => {}
+            }
+        }
+        Ok((seconds, socket_errors, total))
+    }
+}
+
+fn hs(args: &[&str]) -> (i32, Value, String) {
+    let out = Command::new(nginx::root().join("target/release/hotsplice"))
+        .args(args)
+        .output()
+        .expect("run hotsplice");
+    let value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (
+        out.status.code().unwrap_or(-1),
+        value,
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+/// One patch, one binary, under load: the phases and their timings.
+fn run_live(
+    nginx: &Nginx,
+    bundle: &Path,
+    id: &str,
+    state: &Path,
+    script: &Path,
+    control: bool,
+) -> Result<Value> {
+    const PHASE: f64 = 5.0;
+    let pids: Vec<String> = nginx.pids().iter().map(|p| p.to_string()).collect();
+    let mut pid_args: Vec<&str> = Vec::new();
+    for p in &pids {
+        pid_args.push("--pid");
+        pid_args.push(p);
+    }
+    let state = state.display().to_string();
+    let load = Load::start(nginx.port, (PHASE * 5.0) as u64 + 1, script)?;
+    let t0 = load.started;
+    let wait_until = |t: f64| {
+        let left = t0 + t - now();
+        if left > 0.0 {
+            std::thread::sleep(Duration::from_secs_f64(left));
+        }
+    };
+    let mut steps = Vec::new();
+    let mut step = |name: &str, args: Vec<&str>| -> Value {
+        let at = now() - t0;
+        let (code, v, err) = hs(&args);
+        let serving = serves_correctly(nginx.port);
+        let pause = v["processes"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .filter_map(|p| p["pause_us"].as_u64())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0);
+        let s = json!({"step": name, "at_s": at, "exit": code, "pause_us": pause,
+                       "serving": serving, "error": if code == 0 { String::new() } else { err }});
+        steps.push(s.clone());
+        s
+    };
+    let mut base = vec![bundle.to_str().unwrap()];
+    base.extend(&pid_args);
+    base.extend(["--state-dir", &state, "--json"]);
+    wait_until(PHASE);
+    let mut applied_ok = false;
+    if control {
+        // The same load and timing with no hotsplice at all, to compare against.
+        wait_until(5.0 * PHASE);
+    } else if step("check", [vec!["check"], base.clone()].concat())["exit"] == 0 {
+        let applied = step("apply", [vec!["apply"], base.clone()].concat());
+        applied_ok = applied["exit"] == 0;
+        if applied_ok {
+            wait_until(3.0 * PHASE);
+            let mut undo = vec!["undo", id];
+            undo.extend(&pid_args);
+            undo.extend(["--state-dir", &state, "--json"]);
+            step("undo", undo.clone());
+            wait_until(4.0 * PHASE);
+            step("reapply", [vec!["apply"], base.clone()].concat());
+        }
+    }
+    let (seconds, socket_errors, total) = load.finish()?;
+    // Leave nothing applied for the next patch.
+    let mut undo = vec!["undo", id];
+    undo.extend(&pid_args);
+    undo.extend(["--state-dir", &state]);
+    let _ = hs(&undo);
+
+    let start = t0.floor() as i64;
+    let series: Vec<Value> = seconds
+        .iter()
+        .map(|(s, (n, bad))| json!({"t": s - start, "completed": n, "non_2xx": bad}))
+        .collect();
+    let phase = |from: f64, to: f64| {
+        let (mut n, mut bad, mut secs) = (0u64, 0u64, 0u64);
+        for (s, (c, b)) in &seconds {
+            let rel = (s - start) as f64;
+            if rel >= from && rel < to {
+                n += c;
+                bad += b;
+                secs += 1;
+            }
+        }
+        json!({"completed": n, "non_2xx": bad, "per_second": if secs > 0 { n / secs } else { 0 }})
+    };
+    Ok(json!({
+        "applied": applied_ok,
+        "steps": steps,
+        "requests": total,
+        "socket_errors": socket_errors,
+        "phases": {
+            "before": phase(1.0, PHASE),
+            "apply": phase(PHASE, 2.0 * PHASE),
+            "after_apply": phase(2.0 * PHASE, 3.0 * PHASE),
+            "after_undo": phase(3.0 * PHASE, 4.0 * PHASE),
+            "after_reapply": phase(4.0 * PHASE, 5.0 * PHASE),
+        },
+        "series": series,
+    }))
+}
+
+/// `cargo xtask eval-nginx-live [PATCH...]`.
+pub fn eval_live(only: &[String]) -> Result<()> {
+    let source = nginx::setup(&["--eval"])?;
+    let root = nginx::root();
+    let series = nginx::series(&source)?;
+    let work = root.join("target/eval/nginx-live");
+    std::fs::create_dir_all(&work)?;
+    let script = work.join("load.lua");
+    std::fs::write(&script, WRK_SCRIPT)?;
+    let mut rows = Vec::new();
+    let mut control = None;
+    for (index, patch) in series.iter().enumerate() {
+        if !nginx::is_security(patch) || (!only.is_empty() && !only.contains(patch)) {
+            continue;
+        }
+        eprintln!("eval-nginx-live: {patch}");
+        // The running nginx: a plain Debian build of the tree, no hotsplice involved.
+        let plain = nginx::tree_before(&source, &series, index, &work.join("plain"))?;
+        let started = Instant::now();
+        let out = Command::new("sh")
+            .args(["-c", BUILD])
+            .current_dir(&plain)
+            .env("MAKEFLAGS", "-j2")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if !out.success() {
+            bail!("plain build of {patch} failed");
+        }
+        let plain_build_s = started.elapsed().as_secs_f64();
+        let tree = nginx::tree_before(&source, &series, index, &work.join("tree"))?;
+        let diff = source.join("debian/patches").join(patch);
+        let mut targets = vec![TARGET.to_string()];
+        let mut done = 0;
+        while done < targets.len() {
+            let target = targets[done].clone();
+            done += 1;
+            let name = Path::new(&target)
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let bundle = work.join(format!("{patch}.{name}.hsp"));
+            let (built, build_s, _, err) = nginx::hotsplice_build(
+                &tree,
+                &diff,
+                &target,
+                &root.join("target/eval/nginx-build/cache"),
+                &bundle,
+            )?;
+            for other in nginx::strings(&built["other_targets"]) {
+                if !targets.contains(&other) {
+                    targets.push(other);
+                }
+            }
+            let outcome = built["outcome"].as_str().unwrap_or("error").to_string();
+            let mut row = json!({
+                "patch": patch, "binary": name, "outcome": outcome,
+                "replaced": built["replaced"], "new": built["new"],
+                "refusals": built["refusals"], "build_s": build_s,
+                "plain_build_s": plain_build_s,
+                "error": if built.is_null() { err } else { String::new() },
+            });
+            if outcome == "written" {
+                let nginx_bin = plain.join(TARGET);
+                let modules = plain.join("debian/build-bin/objs");
+                let id = built["id"].as_str().unwrap_or_default().to_string();
+                if control.is_none() {
+                    let run = Nginx::start(&nginx_bin, &modules, &work.join("run"), 18080)?;
+                    control = Some(run_live(
+                        &run,
+                        &bundle,
+                        &id,
+                        &work.join("state"),
+                        &script,
+                        true,
+                    )?);
+                }
+                let run = Nginx::start(&nginx_bin, &modules, &work.join("run"), 18080)?;
+                let live = run_live(&run, &bundle, &id, &work.join("state"), &script, false)?;
+                row["live"] = live;
+                drop(run);
+            }
+            eprintln!("eval-nginx-live: {patch} [{name}]: {}", summary_of(&row));
+            rows.push(row);
+        }
+        let _ = std::fs::remove_dir_all(work.join("plain"));
+        let _ = std::fs::remove_dir_all(work.join("tree"));
+    }
+    write_results(
+        &root,
+        "nginx",
+        &nginx::version(&source),
+        &rows,
+        control.as_ref(),
+        "Debian nginx built from its source with `debian/rules build-arch` at the tree state before each patch (its own build, no hotsplice)",
+    )
+}
+
+fn summary_of(row: &Value) -> String {
+    let live = &row["live"];
+    if live.is_null() {
+        return row["outcome"].as_str().unwrap_or("").to_string();
+    }
+    format!(
+        "applied={} requests={} socket_errors={} non_2xx={}",
+        live["applied"],
+        live["requests"],
+        live["socket_errors"],
+        live["phases"]
+            .as_object()
+            .map(|p| p
+                .values()
+                .filter_map(|v| v["non_2xx"].as_u64())
+                .sum::<u64>())
+            .unwrap_or(0)
+    )
+}
+
+/// Writes `eval/results/<name>.{json,md}` and a throughput plot for the first applied patch.
+pub fn write_results(
+    root: &Path,
+    name: &str,
+    version: &str,
+    rows: &[Value],
+    control: Option<&Value>,
+    what: &str,
+) -> Result<()> {
+    let results = root.join("eval/results");
+    std::fs::create_dir_all(&results)?;
+    let doc = json!({"nginx": version, "machine": crate::machine(), "what": what,
+                     "control": control, "rows": rows});
+    let json_path = results.join(format!("{name}.json"));
+    std::fs::write(&json_path, serde_json::to_string_pretty(&doc)? + "\n")?;
+
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# Live patching Debian nginx {version} under load ({name})\n"
+    );
+    let _ = writeln!(
+        md,
+        "{what}. nginx runs with a master and 2 workers on 127.0.0.1, serving a static file and \
+         a location proxied to a local upstream, under `wrk -t2 -c64` (alternating the two). \
+         For each patch and binary: `hotsplice build`, then under load: `check`, `apply` to \
+         every nginx process (t = 5 s), `undo` (t = 15 s), `apply` again (t = 20 s), each \
+         followed by a request to both locations. Phases are 5 s windows. Reproduce: \
+         `cargo xtask eval-{name}-live` (see README).\n"
+    );
+    let applied = rows.iter().filter(|r| r["live"]["applied"] == true).count();
+    let bundles = rows.iter().filter(|r| r["outcome"] == "written").count();
+    let failed: u64 = rows
+        .iter()
+        .map(|r| {
+            r["live"]["socket_errors"].as_u64().unwrap_or(0)
+                + r["live"]["phases"]
+                    .as_object()
+                    .map(|p| {
+                        p.values()
+                            .filter_map(|v| v["non_2xx"].as_u64())
+                            .sum::<u64>()
+                    })
+                    .unwrap_or(0)
+        })
+        .sum();
+    let _ = writeln!(
+        md,
+        "{} (patch, binary) builds; {bundles} bundles; {applied} applied live; failed requests \
+         over all runs: {failed}.\n",
+        rows.len()
+    );
+    let _ = writeln!(
+        md,
+        "| patch | binary | outcome | functions | pause µs (apply / undo / reapply) | requests | failed | req/s before / apply / after / undo / reapply | serving after each step | reason |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let live = &r["live"];
+        let steps = live["steps"].as_array().cloned().unwrap_or_default();
+        let pause = |step: &str| {
+            steps
+                .iter()
+                .find(|s| s["step"] == step)
+                .map(|s| s["pause_us"].to_string())
+                .unwrap_or_else(|| "–".into())
+        };
+        let serving = steps.iter().all(|s| s["serving"] == true) && !steps.is_empty();
+        let rate = |p: &str| {
+            live["phases"][p]["per_second"]
+                .as_u64()
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "–".into())
+        };
+        let failed = live["socket_errors"].as_u64().unwrap_or(0)
+            + live["phases"]
+                .as_object()
+                .map(|p| {
+                    p.values()
+                        .filter_map(|v| v["non_2xx"].as_u64())
+                        .sum::<u64>()
+                })
+                .unwrap_or(0);
+        let reason = r["refusals"]
+            .as_array()
+            .filter(|a| !a.is_empty())
+            .map(|a| {
+                a.iter()
+                    .map(|x| {
+                        format!(
+                            "{} `{}`",
+                            x["kind"].as_str().unwrap_or(""),
+                            x["symbol"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .or_else(|| {
+                steps
+                    .iter()
+                    .find(|s| s["exit"] != 0)
+                    .map(|s| s["error"].as_str().unwrap_or("").to_string())
+            })
+            .unwrap_or_default();
+        let functions = nginx::strings(&r["replaced"]).join(", ");
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} / {} / {} | {} | {} | {} / {} / {} / {} / {} | {} | {} |",
+            r["patch"].as_str().unwrap_or(""),
+            r["binary"].as_str().unwrap_or(""),
+            if r["live"]["applied"] == true {
+                "applied"
+            } else {
+                r["outcome"].as_str().unwrap_or("")
+            },
+            functions,
+            pause("apply"),
+            pause("undo"),
+            pause("reapply"),
+            live["requests"]
+                .as_u64()
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "–".into()),
+            if live.is_null() {
+                "–".to_string()
+            } else {
+                failed.to_string()
+            },
+            rate("before"),
+            rate("apply"),
+            rate("after_apply"),
+            rate("after_undo"),
+            rate("after_reapply"),
+            if live.is_null() {
+                "–"
+            } else if serving {
+                "yes"
+            } else {
+                "NO"
+            },
+            reason.replace('|', "\\|")
+        );
+    }
+    if let Some(c) = control {
+        let rate = |p: &str| c["phases"][p]["per_second"].as_u64().unwrap_or(0);
+        let _ = writeln!(
+            md,
+            "\nControl (the same nginx, load and timing, no hotsplice): req/s {} / {} / {} / {} / {} \
+             over the same five phases; {} requests, {} socket errors.",
+            rate("before"),
+            rate("apply"),
+            rate("after_apply"),
+            rate("after_undo"),
+            rate("after_reapply"),
+            c["requests"],
+            c["socket_errors"]
+        );
+    }
+    let _ = writeln!(md, "\nMachine: {}.", crate::machine());
+    // Plot the first applied patch.
+    if let Some(r) = rows.iter().find(|r| r["live"]["applied"] == true) {
+        let png = results.join(format!("{name}-throughput.png"));
+        let status = Command::new("/usr/bin/python3")
+            .arg(root.join("eval/plot_throughput.py"))
+            .arg(&json_path)
+            .arg(r["patch"].as_str().unwrap_or(""))
+            .arg(r["binary"].as_str().unwrap_or(""))
+            .arg(&png)
+            .status();
+        if status.is_ok_and(|s| s.success()) {
+            let _ = writeln!(
+                md,
+                "\n![throughput of {} under load, apply/undo marked]({name}-throughput.png)",
+                r["patch"].as_str().unwrap_or("")
+            );
+        }
+    }
+    std::fs::write(results.join(format!("{name}.md")), md)?;
+    eprintln!("wrote eval/results/{name}.{{json,md}}");
+    Ok(())
+}
