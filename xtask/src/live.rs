@@ -196,6 +196,9 @@ impl Drop for Nginx {
     }
 }
 
+/// Per second: (requests completed, non-2xx responses).
+type PerSecond = BTreeMap<i64, (u64, u64)>;
+
 /// A `wrk` run in the background.
 struct Load {
     child: Child,
@@ -219,7 +222,7 @@ impl Load {
     }
 
     /// Waits for the end; returns (per-second (completed, non-2xx), socket errors, total).
-    fn finish(self) -> Result<(BTreeMap<i64, (u64, u64)>, u64, u64)> {
+    fn finish(self) -> Result<(PerSecond, u64, u64)> {
         let out = self.child.wait_with_output()?;
         let text = String::from_utf8_lossy(&out.stdout);
         let mut seconds = BTreeMap::new();
