@@ -351,7 +351,7 @@ fn run_live(
                 secs += 1;
             }
         }
-        json!({"completed": n, "non_2xx": bad, "per_second": if secs > 0 { n / secs } else { 0 }})
+        json!({"completed": n, "non_2xx": bad, "per_second": n.checked_div(secs).unwrap_or(0)})
     };
     Ok(json!({
         "applied": applied_ok,
