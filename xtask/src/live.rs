@@ -897,6 +897,24 @@ pub fn eval_stock(only: &[String]) -> Result<()> {
     )
 }
 
+/// `cargo xtask render-nginx NAME`: rewrites `eval/results/NAME.md` and its plot from
+/// `eval/results/NAME.json` (after a change to the report's layout; no measurement).
+pub fn render(name: &str) -> Result<()> {
+    let root = nginx::root();
+    let path = root.join("eval/results").join(format!("{name}.json"));
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    let rows = doc["rows"].as_array().cloned().unwrap_or_default();
+    let control = doc.get("control").filter(|c| !c.is_null()).cloned();
+    write_results(
+        &root,
+        name,
+        doc["nginx"].as_str().unwrap_or(""),
+        &rows,
+        control.as_ref(),
+        doc["what"].as_str().unwrap_or(""),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
