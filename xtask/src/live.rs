@@ -458,6 +458,7 @@ pub fn eval_live(only: &[String]) -> Result<()> {
         let _ = std::fs::remove_dir_all(work.join("plain"));
         let _ = std::fs::remove_dir_all(work.join("tree"));
     }
+    let (rows, control) = merge_with_previous(&root, "nginx", &series, only, rows, control);
     write_results(
         &root,
         "nginx",
@@ -486,6 +487,49 @@ fn summary_of(row: &Value) -> String {
                 .sum::<u64>())
             .unwrap_or(0)
     )
+}
+
+/// With a patch filter, the rows of an earlier full run are kept for the other patches (in
+/// series order), and a new control run only replaces the old one when there is none.
+fn merge_with_previous(
+    root: &Path,
+    name: &str,
+    series: &[String],
+    only: &[String],
+    rows: Vec<Value>,
+    control: Option<Value>,
+) -> (Vec<Value>, Option<Value>) {
+    if only.is_empty() {
+        return (rows, control);
+    }
+    let path = root.join("eval/results").join(format!("{name}.json"));
+    let Ok(previous) = std::fs::read_to_string(&path)
+        .map_err(anyhow::Error::from)
+        .and_then(|t| Ok(serde_json::from_str::<Value>(&t)?))
+    else {
+        return (rows, control);
+    };
+    let mut merged: Vec<Value> = previous["rows"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| !only.iter().any(|p| r["patch"] == p.as_str()))
+        .collect();
+    merged.extend(rows);
+    let position = |r: &Value| {
+        series
+            .iter()
+            .position(|p| r["patch"] == p.as_str())
+            .unwrap_or(usize::MAX)
+    };
+    merged.sort_by_key(position);
+    let control = previous
+        .get("control")
+        .filter(|c| !c.is_null())
+        .cloned()
+        .or(control);
+    (merged, control)
 }
 
 /// Writes `eval/results/<name>.{json,md}` and a throughput plot for the first applied patch.
@@ -887,13 +931,14 @@ pub fn eval_stock(only: &[String]) -> Result<()> {
             rows.push(row);
         }
     }
+    let (rows, control) = merge_with_previous(&root, "nginx-stock", &series, only, rows, control);
     write_results(
         &root,
         "nginx-stock",
         &version,
         &rows,
         control.as_ref(),
-        "The stock, stripped `/usr/sbin/nginx` (and mail/stream modules) from Debian's packages of this version, which already contain every fix; each patch's *reverse* is the diff (`hotsplice build --debian`), so the live patch has the same shape and functions as the fix",
+        "The stock, stripped `/usr/sbin/nginx` (and mail/stream modules) from Debian's packages of this version, which already contain every fix; each patch's *reverse* is the diff (`hotsplice build --debian`), so the live patch has the same shape and functions as the fix. A reverse that does not apply to the final tree (a later patch of the series changes the same lines: CVE-2026-42946.1 is followed by .2) is a limit of this method, reported as an error",
     )
 }
 

@@ -240,22 +240,39 @@ fn prepare<'b>(bundle: &'b Bundle, pid: i32, options: &Options) -> Result<Prepar
     };
     let mut located = Vec::new();
     let mut learned: HashMap<SymbolKey, Learned> = HashMap::new();
-    for (o, object) in bundle.objects.iter().enumerate() {
-        let relocs: Vec<Vec<PreReloc>> = object.replacements.iter().map(pre_relocs).collect();
-        let wanted: Vec<Wanted<'_>> = object
-            .replacements
-            .iter()
-            .zip(&relocs)
-            .map(|(r, relocs)| Wanted {
-                name: &r.name,
-                local: r.local,
-                source_file: object.source_file.as_deref(),
-                pre: PreCode {
-                    code: &r.pre_code,
-                    relocs,
-                },
-            })
-            .collect();
+    let relocs: Vec<Vec<Vec<PreReloc>>> = bundle
+        .objects
+        .iter()
+        .map(|object| object.replacements.iter().map(pre_relocs).collect())
+        .collect();
+    let wanted_all: Vec<Vec<Wanted<'_>>> = bundle
+        .objects
+        .iter()
+        .zip(&relocs)
+        .map(|(object, relocs)| {
+            object
+                .replacements
+                .iter()
+                .zip(relocs)
+                .map(|(r, relocs)| Wanted {
+                    name: &r.name,
+                    local: r.local,
+                    source_file: object.source_file.as_deref(),
+                    pre: PreCode {
+                        code: &r.pre_code,
+                        relocs,
+                    },
+                })
+                .collect()
+        })
+        .collect();
+    let mut found_all: Vec<Vec<Found>> = wanted_all
+        .iter()
+        .map(|wanted| locate(&module.image, module.bias, wanted, &memory))
+        .collect();
+    settle_interchangeable(bundle, &wanted_all, &mut found_all, &memory);
+    for ((o, object), found) in bundle.objects.iter().enumerate().zip(found_all) {
+        let wanted = &wanted_all[o];
         // Which names are local in this object (learnt addresses of locals are per object).
         let mut local_names: HashMap<&str, bool> = HashMap::new();
         for r in &object.replacements {
@@ -265,7 +282,6 @@ fn prepare<'b>(bundle: &'b Bundle, pid: i32, options: &Options) -> Result<Prepar
                 }
             }
         }
-        let found = locate(&module.image, module.bias, &wanted, &memory);
         for (k, outcome) in found.into_iter().enumerate() {
             let replacement = &object.replacements[k];
             // Replaced already by an earlier patch, and this bundle built on top of it? Its
@@ -405,6 +421,107 @@ fn prepare<'b>(bundle: &'b Bundle, pid: i32, options: &Options) -> Result<Prepar
         others: RefCell::new(None),
         ifuncs: RefCell::new(HashMap::new()),
     })
+}
+
+/// Whether two pieces (of the same or different objects of a bundle) are the same code or
+/// data, comparing the pieces they link to by content too.
+fn same_piece(bundle: &Bundle, a: (usize, usize), b: (usize, usize), depth: usize) -> bool {
+    use hotsplice_bundle::Link;
+    if a == b {
+        return true;
+    }
+    let (pa, pb) = (
+        &bundle.objects[a.0].pieces[a.1],
+        &bundle.objects[b.0].pieces[b.1],
+    );
+    if depth > 8
+        || pa.kind != pb.kind
+        || pa.size != pb.size
+        || pa.bytes != pb.bytes
+        || pa.relocs.len() != pb.relocs.len()
+    {
+        return false;
+    }
+    pa.relocs.iter().zip(&pb.relocs).all(|(x, y)| {
+        x.offset == y.offset
+            && x.r_type == y.r_type
+            && x.addend == y.addend
+            && match (&x.target, &y.target) {
+                (Link::Piece { index: i }, Link::Piece { index: j }) => {
+                    // A self-reference (a recursive call) is the same in both.
+                    (*i == a.1 && *j == b.1) || same_piece(bundle, (a.0, *i), (b.0, *j), depth + 1)
+                }
+                (Link::Symbol { symbol: s }, Link::Symbol { symbol: t }) => {
+                    // A local symbol names a different variable in each object.
+                    s == t && (!s.local || a.0 == b.0)
+                }
+                (t, u) => t == u,
+            }
+    })
+}
+
+/// Functions that are identical in the running program and are all replaced by identical new
+/// code (nginx's `uwsgi` and `scgi` status-line parsers): each matches every one of the same
+/// addresses, and nothing tells them apart — but nothing needs to. Assigns the addresses in
+/// order.
+fn settle_interchangeable(
+    bundle: &Bundle,
+    wanted: &[Vec<Wanted<'_>>],
+    found: &mut [Vec<Found>],
+    memory: &dyn Memory,
+) {
+    let sorted = |f: &Found| match f {
+        Found::Ambiguous { addresses } => {
+            let mut a = addresses.clone();
+            a.sort_unstable();
+            Some(a)
+        }
+        _ => None,
+    };
+    let ambiguous: Vec<(usize, usize)> = found
+        .iter()
+        .enumerate()
+        .flat_map(|(o, list)| {
+            list.iter()
+                .enumerate()
+                .filter(|(_, f)| matches!(f, Found::Ambiguous { .. }))
+                .map(move |(k, _)| (o, k))
+        })
+        .collect();
+    let mut settled: Vec<(usize, usize)> = Vec::new();
+    for &(o, k) in &ambiguous {
+        if settled.contains(&(o, k)) {
+            continue;
+        }
+        let Some(addresses) = sorted(&found[o][k]) else {
+            continue;
+        };
+        let ri = &bundle.objects[o].replacements[k];
+        let group: Vec<(usize, usize)> = ambiguous
+            .iter()
+            .copied()
+            .filter(|&(p, j)| {
+                let rj = &bundle.objects[p].replacements[j];
+                sorted(&found[p][j]).as_ref() == Some(&addresses)
+                    && rj.pre_code == ri.pre_code
+                    && rj.pre_relocs == ri.pre_relocs
+                    && same_piece(bundle, (o, ri.piece), (p, rj.piece), 0)
+            })
+            .collect();
+        if group.len() != addresses.len() {
+            continue;
+        }
+        for (&(p, j), &address) in group.iter().zip(&addresses) {
+            let window = wanted[p][j].pre.code.len() as u64 + 64;
+            if let Ok(matched) = match_function(wanted[p][j].pre, address, window, memory) {
+                found[p][j] = Found::Located {
+                    matched,
+                    via: Via::Interchangeable,
+                };
+                settled.push((p, j));
+            }
+        }
+    }
 }
 
 impl Prepared<'_> {
@@ -794,6 +911,7 @@ fn report_for(prepared: &Prepared<'_>) -> ProcessReport {
                     Via::Symbol => "symbol table",
                     Via::FunctionStart => "function start (.eh_frame)",
                     Via::Learned => "address learnt from another function",
+                    Via::Interchangeable => "identical to another replaced function",
                 }
                 .to_string(),
                 stacked_on: l.stacked_on.clone(),

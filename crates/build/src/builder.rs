@@ -445,10 +445,38 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
     }
     timings.prepare = started.elapsed();
 
+    // A diff that changes the build configuration (module lists, configure, Makefiles) is
+    // not reproduced by an incremental rebuild, and its effect (new modules, files, flags)
+    // could not be applied to a running program anyway.
+    let build_refusals: Vec<hotsplice_bundle::Refusal> = patched
+        .iter()
+        .filter(|path| unified::file_kind(path) == unified::FileKind::Build)
+        .map(|path| hotsplice_bundle::Refusal {
+            kind: "build-changed".to_string(),
+            symbol: path.display().to_string(),
+            object: String::new(),
+            detail: format!(
+                "the diff changes the build configuration ({}): a live patch cannot re-run the \
+                 build's configuration or register what it adds (modules, files, flags)",
+                path.display()
+            ),
+            functions: Vec::new(),
+        })
+        .collect();
+
     progress("post build (incremental)");
     let started = Instant::now();
     let post_log = root.join("post.jsonl");
-    let post_records = ws.run_build(request, &post_command, "post", &post_log)?;
+    let post_records = match ws.run_build(request, &post_command, "post", &post_log) {
+        Ok(records) => records,
+        // Without re-running the configuration the build may well fail: the refusal is the
+        // answer, not the build error.
+        Err(Error::BuildFailed { .. }) if !build_refusals.is_empty() => {
+            progress("post build failed; the diff changes the build configuration");
+            Vec::new()
+        }
+        Err(e) => return Err(e),
+    };
     timings.post_build = started.elapsed();
 
     let started = Instant::now();
@@ -519,24 +547,7 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
         "{diff_sha}\n{}\n{source_id}\n",
         target.sha256.clone().unwrap_or_default()
     );
-    // A diff that changes the build configuration (module lists, configure, Makefiles) is
-    // not reproduced by an incremental rebuild, and its effect (new modules, flags, files)
-    // could not be applied to a running program anyway.
-    for path in &patched {
-        if unified::file_kind(path) == unified::FileKind::Build {
-            refusals.push(hotsplice_bundle::Refusal {
-                kind: "build-changed".to_string(),
-                symbol: path.display().to_string(),
-                object: String::new(),
-                detail: format!(
-                    "the diff changes the build configuration ({}): a live patch cannot re-run \
-                     the build's configuration or register what it adds (modules, files, flags)",
-                    path.display()
-                ),
-                functions: Vec::new(),
-            });
-        }
-    }
+    refusals.extend(build_refusals);
     let bundle = Bundle {
         id: format!("hs-{}", &sha256_hex(id_seed.as_bytes())[..12]),
         target,

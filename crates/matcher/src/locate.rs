@@ -35,6 +35,9 @@ pub enum Via {
     FunctionStart,
     /// Among several matching starts, by an address learnt from another function.
     Learned,
+    /// One of several identical functions, all replaced by identical code: which goes where
+    /// does not matter (decided by the caller, who knows the replacements).
+    Interchangeable,
 }
 
 /// The outcome for one wanted function.
@@ -105,6 +108,23 @@ fn candidates(image: &Image, bias: u64, wanted: &Wanted<'_>) -> (Vec<(u64, u64)>
     (out, false)
 }
 
+/// Whether what a match learnt agrees with the variables the binary's symbol tables name: a
+/// function identical to another but for the variable it uses (nginx's per-module handlers)
+/// matches at both places, and only the variable's known address tells which is which.
+fn consistent(image: &Image, bias: u64, matched: &Matched) -> bool {
+    matched.learned.iter().all(|l| {
+        let Learned::Address(address) = l.value else {
+            return true;
+        };
+        let known: Vec<u64> = image
+            .symbols_named(&l.symbol)
+            .filter(|s| !s.function && !s.tls && !s.ifunc)
+            .map(|s| s.address.wrapping_add(bias))
+            .collect();
+        known.is_empty() || known.contains(&address)
+    })
+}
+
 /// Cheap first test: the leading bytes before the first relocation field agree (stopping
 /// short of the opcode a linker relaxation may rewrite).
 fn prefix_agrees(pre: &PreCode<'_>, address: u64, memory: &dyn Memory) -> bool {
@@ -137,7 +157,8 @@ pub fn locate(image: &Image, bias: u64, wanted: &[Wanted<'_>], memory: &dyn Memo
                 continue;
             }
             match match_function(w.pre, address, window, memory) {
-                Ok(m) => matches.push(m),
+                Ok(m) if consistent(image, bias, &m) => matches.push(m),
+                Ok(_) => {}
                 Err(e) => {
                     if first_mismatch.is_none() {
                         first_mismatch = Some(e);
