@@ -960,6 +960,145 @@ pub fn render(name: &str) -> Result<()> {
     )
 }
 
+/// `cargo xtask bench-nginx-throughput [PATCH]`: steady-state throughput of nginx with the
+/// patch applied against without, in alternating 10 s wrk runs (the order alternates too), so
+/// the machine's drift cancels out. The patch should be on the request path: the default,
+/// CVE-2026-1642, replaces `ngx_http_upstream_process_header`, which every proxied request
+/// (half of the load) runs.
+pub fn bench_throughput(patch: Option<&str>) -> Result<()> {
+    let patch = patch.unwrap_or("CVE-2026-1642.patch");
+    let source = nginx::setup(&["--eval"])?;
+    let root = nginx::root();
+    let series = nginx::series(&source)?;
+    let index = series
+        .iter()
+        .position(|p| p == patch)
+        .context("no such patch")?;
+    let work = root.join("target/bench/nginx-throughput");
+    std::fs::create_dir_all(&work)?;
+    let script = work.join("load.lua");
+    std::fs::write(&script, WRK_SCRIPT)?;
+    let plain = nginx::tree_before(&source, &series, index, &work.join("plain"))?;
+    let ok = Command::new("sh")
+        .args(["-c", BUILD])
+        .current_dir(&plain)
+        .env("MAKEFLAGS", "-j2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if !ok.success() {
+        bail!("plain build failed");
+    }
+    let tree = nginx::tree_before(&source, &series, index, &work.join("tree"))?;
+    let bundle = work.join("patch.hsp");
+    let (built, _, _, err) = nginx::hotsplice_build(
+        &tree,
+        &source.join("debian/patches").join(patch),
+        TARGET,
+        &root.join("target/eval/nginx-build/cache"),
+        &bundle,
+    )?;
+    let id = built["id"]
+        .as_str()
+        .with_context(|| format!("no bundle: {err}"))?
+        .to_string();
+    let run = Nginx::start(
+        &plain.join(TARGET),
+        &plain.join("debian/build-bin/objs"),
+        &work.join("run"),
+        18100,
+    )?;
+    let pids: Vec<String> = run.pids().iter().map(|p| p.to_string()).collect();
+    let state = work.join("state").display().to_string();
+    let args = |verb: &str, what: &str| {
+        let mut a = vec![verb.to_string(), what.to_string()];
+        for p in &pids {
+            a.push("--pid".into());
+            a.push(p.clone());
+        }
+        a.extend(["--state-dir".into(), state.clone()]);
+        a
+    };
+    let measure = || -> Result<f64> {
+        let load = Load::start(run.port, 10, &script)?;
+        let (seconds, errors, total) = load.finish()?;
+        let bad: u64 = seconds.values().map(|(_, b)| b).sum();
+        if errors + bad > 0 {
+            bail!("{errors} socket errors, {bad} non-2xx during a throughput run");
+        }
+        Ok(total as f64 / 10.0)
+    };
+    let (mut patched, mut unpatched) = (Vec::new(), Vec::new());
+    for round in 0..6 {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for with_patch in order {
+            if with_patch {
+                let a = args("apply", bundle.to_str().unwrap());
+                let (code, _, e) = hs(&a.iter().map(String::as_str).collect::<Vec<_>>());
+                if code != 0 {
+                    bail!("apply failed: {e}");
+                }
+                patched.push(measure()?);
+                let u = args("undo", &id);
+                let (code, _, e) = hs(&u.iter().map(String::as_str).collect::<Vec<_>>());
+                if code != 0 {
+                    bail!("undo failed: {e}");
+                }
+            } else {
+                unpatched.push(measure()?);
+            }
+            eprintln!("bench-nginx-throughput: round {round} patched={with_patch}");
+        }
+    }
+    drop(run);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let ratios: Vec<f64> = patched.iter().zip(&unpatched).map(|(p, u)| p / u).collect();
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# nginx throughput with a live patch applied vs without\n"
+    );
+    let _ = writeln!(
+        md,
+        "Patch `{patch}` ({}), Debian nginx {} built with `debian/rules build-arch`, master + 2 \
+         workers, `wrk -t2 -c64` for 10 s per run over a static file and a keepalive-proxied \
+         location (every proxied request runs the replaced function). Six rounds, each one run \
+         with the patch applied and one without, in alternating order. Reproduce: \
+         `cargo xtask bench-nginx-throughput {patch}`.\n",
+        nginx::strings(&built["replaced"]).join(", "),
+        nginx::version(&source)
+    );
+    let _ = writeln!(
+        md,
+        "| round | without (req/s) | with (req/s) | with / without |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|");
+    for (i, ((p, u), r)) in patched.iter().zip(&unpatched).zip(&ratios).enumerate() {
+        let _ = writeln!(md, "| {} | {u:.0} | {p:.0} | {:.1} % |", i + 1, r * 100.0);
+    }
+    let mut sorted = ratios.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let median = (sorted[(sorted.len() - 1) / 2] + sorted[sorted.len() / 2]) / 2.0;
+    let _ = writeln!(
+        md,
+        "| mean | {:.0} | {:.0} | {:.1} % |\n| median of the rounds | | | {:.1} % |\n\n\
+         No failed requests in any run. Machine: {}.",
+        mean(&unpatched),
+        mean(&patched),
+        mean(&patched) / mean(&unpatched) * 100.0,
+        median * 100.0,
+        crate::machine()
+    );
+    std::fs::create_dir_all(root.join("eval/results"))?;
+    std::fs::write(root.join("eval/results/nginx-throughput.md"), &md)?;
+    print!("{md}");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

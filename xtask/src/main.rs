@@ -21,6 +21,7 @@ tasks:
   eval-nginx-build [PATCH...]   hotsplice build for each nginx security patch (default: all)
   eval-nginx-live [PATCH...]    each nginx security patch applied to a running nginx under load
   eval-nginx-stock [PATCH...]   the reverse of each patch applied to the stock Debian binary under load
+  bench-nginx-throughput [PATCH] nginx req/s with the patch applied vs not (default CVE-2026-1642)
   render-nginx [NAME]           rewrite eval/results/NAME.md (nginx, nginx-stock) from its JSON
   bench-build [PATCH]           cold/warm build vs a plain Debian build (default CVE-2025-23419)
   bench-pause [CYCLES]          apply/undo pause on 1, 8, 64 busy threads (default 100 cycles)";
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
         Some("eval-nginx-build") => nginx::eval_build(&args[1..]),
         Some("eval-nginx-live") => live::eval_live(&args[1..]),
         Some("eval-nginx-stock") => live::eval_stock(&args[1..]),
+        Some("bench-nginx-throughput") => live::bench_throughput(args.get(1).map(String::as_str)),
         Some("render-nginx") => live::render(args.get(1).map_or("nginx", String::as_str)),
         Some("bench-build") => nginx::bench_build(args.get(1).map(String::as_str)),
         Some("bench-pause") => {
