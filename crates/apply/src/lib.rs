@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use hotsplice_bundle::Bundle;
 
-pub use session::pids_of_exe;
+pub use session::{Recovered, pids_of_exe};
 pub use state::AppliedPatch;
 
 /// How to go about it.
@@ -294,6 +294,22 @@ pub enum Error {
         /// Size needed.
         size: u64,
     },
+    /// An earlier apply or undo on this process was interrupted.
+    #[error(
+        "process {pid}: an earlier hotsplice operation on {id} was interrupted; run `hotsplice recover --pid {pid}` first"
+    )]
+    Interrupted {
+        /// Process.
+        pid: i32,
+        /// The patch it was applying or undoing.
+        id: String,
+    },
+    /// `recover` for a process with nothing interrupted.
+    #[error("process {pid}: no interrupted operation to recover")]
+    NotInterrupted {
+        /// Process.
+        pid: i32,
+    },
     /// The state record could not be read or written.
     #[error("state record {}", path.display())]
     State {
@@ -312,7 +328,9 @@ impl Error {
     /// The kind of failure, for exit codes.
     pub fn class(&self) -> ErrorClass {
         match self {
-            Error::NoModule { .. } | Error::NotApplied { .. } => ErrorClass::BadInput,
+            Error::NoModule { .. } | Error::NotApplied { .. } | Error::NotInterrupted { .. } => {
+                ErrorClass::BadInput
+            }
             Error::NoPlacement { .. } | Error::State { .. } | Error::Process(_) => {
                 ErrorClass::Environment
             }
@@ -378,5 +396,24 @@ pub fn list(pids: &[i32], options: &Options) -> Vec<(i32, Result<Vec<AppliedPatc
     };
     pids.into_iter()
         .map(|pid| (pid, session::list_one(pid, options)))
+        .collect()
+}
+
+/// The outcome of recovering one process: the interrupted operation and what became of it.
+pub type RecoveryOutcome = Result<(state::Journal, Recovered), Error>;
+
+/// Finishes or rolls back interrupted operations (every journal in the state directory when
+/// `pids` is empty), so each process ends either untouched or fully patched.
+pub fn recover(pids: &[i32], options: &Options) -> Vec<(i32, RecoveryOutcome)> {
+    let pids: Vec<i32> = if pids.is_empty() {
+        state::all_journals(&options.state_dir)
+            .into_iter()
+            .map(|j| j.pid)
+            .collect()
+    } else {
+        pids.to_vec()
+    };
+    pids.into_iter()
+        .map(|pid| (pid, session::recover_one(pid, options)))
         .collect()
 }

@@ -183,6 +183,15 @@ fn find_module(process: &Process, bundle: &Bundle) -> Result<Module, Error> {
     })
 }
 
+/// Test-only fault injection: with `HOTSPLICE_FAULT=<point>` in the environment, hotsplice
+/// kills itself with `SIGKILL` when it reaches that point, so the crash-consistency tests can
+/// stop it between any two steps of an apply or undo.
+fn fault(point: &str) {
+    if std::env::var_os("HOTSPLICE_FAULT").is_some_and(|v| v == point) {
+        hotsplice_ptrace::die_now();
+    }
+}
+
 /// Original bytes of the sites of active patches (bottom layer wins).
 fn overlay(state: &ProcessState) -> Vec<(u64, Vec<u8>)> {
     let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
@@ -196,6 +205,19 @@ fn overlay(state: &ProcessState) -> Vec<(u64, Vec<u8>)> {
         }
     }
     out
+}
+
+/// An earlier operation on this process was interrupted: it must be recovered first.
+fn refuse_if_interrupted(dir: &std::path::Path, pid: i32, start_time: u64) -> Result<(), Error> {
+    match state::read_journal(dir, pid) {
+        Some(j) if j.start_time == start_time => Err(Error::Interrupted {
+            pid,
+            id: j.patch.id,
+        }),
+        // A journal of an earlier process with the same pid: stale.
+        Some(_) => state::remove_journal(dir, pid),
+        None => Ok(()),
+    }
 }
 
 fn pre_relocs(replacement: &hotsplice_bundle::Replacement) -> Vec<PreReloc> {
@@ -226,6 +248,7 @@ fn prepare<'b>(bundle: &'b Bundle, pid: i32, options: &Options) -> Result<Prepar
     }
     let process = Process::new(pid)?;
     let start_time = process.start_time()?;
+    refuse_if_interrupted(&options.state_dir, pid, start_time)?;
     let state = state::load(&options.state_dir, pid, start_time)?;
     if state.patches.iter().any(|p| p.id == bundle.id) {
         return Err(Error::AlreadyApplied {
@@ -948,6 +971,7 @@ pub fn apply_one(
         let rt = Realtime::raise();
         realtime = rt.active();
         let mut stopped = Stopped::stop(process, options.stop_timeout)?;
+        fault("attached");
         let code = map_near(
             &mut stopped,
             &prepared.module,
@@ -992,6 +1016,41 @@ pub fn apply_one(
                 return Err(e);
             }
         }
+        // Recorded before the threads go: if hotsplice dies from here on, `recover` unmaps
+        // this memory (or finishes the job).
+        let mut regions = vec![Region {
+            address: code,
+            size: layout.code_size,
+        }];
+        if layout.data_size > 0 {
+            regions.push(Region {
+                address: data,
+                size: layout.data_size,
+            });
+        }
+        let journal = state::Journal {
+            pid: prepared.process.pid(),
+            start_time: prepared.state.start_time,
+            operation: state::Operation::Apply,
+            phase: state::Phase::Mapped,
+            patch: AppliedPatch {
+                id: bundle.id.clone(),
+                bundle_sha256: bundle_sha.to_string(),
+                target: bundle.target.path.clone(),
+                module: prepared.module.path.clone(),
+                applied_unix: now_unix(),
+                pause_us: 0,
+                regions,
+                functions: Vec::new(),
+            },
+        };
+        if let Err(e) = state::write_journal(&options.state_dir, &journal) {
+            for r in &journal.patch.regions {
+                let _ = stopped.syscall(SYS_MUNMAP, [r.address, r.size, 0, 0, 0, 0]);
+            }
+            return Err(e);
+        }
+        fault("mapped");
         let pause = stopped.release();
         (code, data, pause.longest)
     };
@@ -1018,6 +1077,7 @@ pub fn apply_one(
         }
         Err(e) => {
             unmap(process, &regions, options);
+            let _ = state::remove_journal(&options.state_dir, process.pid());
             Err(e)
         }
     }
@@ -1043,6 +1103,7 @@ fn write_and_redirect(
     for w in &writes {
         process.write(w.address, &w.bytes)?;
     }
+    fault("loaded");
     let mut report = report_for(prepared);
     let mut redirects = Vec::new();
     for (i, l) in prepared.located.iter().enumerate() {
@@ -1105,6 +1166,19 @@ fn write_and_redirect(
         code_base,
         &state::header(&applied, link::HEADER_SIZE as usize),
     )?;
+    // The jumps about to be written, with the bytes they replace: what `recover` needs to
+    // finish or roll back if hotsplice dies while writing them. (Written before the stop, so
+    // the pause does no file IO.)
+    state::write_journal(
+        &options.state_dir,
+        &state::Journal {
+            pid,
+            start_time: prepared.state.start_time,
+            operation: state::Operation::Apply,
+            phase: state::Phase::Switching,
+            patch: applied.clone(),
+        },
+    )?;
 
     // Stop 2 (retried while busy): safety check, then the jumps.
     let ranges = ranges(prepared);
@@ -1123,6 +1197,7 @@ fn write_and_redirect(
             }
             continue;
         }
+        fault("checked");
         // The sites must still hold what was matched.
         for (r, before) in redirects.iter().zip(&expected) {
             let mut now = [0u8; 5];
@@ -1146,7 +1221,11 @@ fn write_and_redirect(
                 break;
             }
             written.push((r.site, *before));
+            if written.len() == 1 && redirects.len() > 1 {
+                fault("between-jumps");
+            }
         }
+        fault("jumped");
         if let Some(site) = failure {
             for (site, before) in written {
                 let _ = stopped.write(site, &before);
@@ -1156,10 +1235,12 @@ fn write_and_redirect(
         }
         let pause = stopped.release();
         drop(_rt);
+        fault("released");
         applied.pause_us = pause.longest.as_micros() as u64;
         let mut state = prepared.state.clone();
         state.patches.push(applied.clone());
         state::save(&options.state_dir, &state)?;
+        state::remove_journal(&options.state_dir, pid)?;
         let _ = process.write(
             code_base,
             &state::header(&applied, link::HEADER_SIZE as usize),
@@ -1202,6 +1283,7 @@ fn busy_error(pid: i32, history: &[safety::Busy], attempts: u32) -> Error {
 pub fn undo_one(id: &str, pid: i32, options: &Options) -> Result<ProcessReport, Error> {
     let process = Process::new(pid)?;
     let start_time = process.start_time()?;
+    refuse_if_interrupted(&options.state_dir, pid, start_time)?;
     let mut state = state::load(&options.state_dir, pid, start_time)?;
     let Some(index) = state.patches.iter().position(|p| p.id == id) else {
         return Err(Error::NotApplied {
@@ -1232,6 +1314,14 @@ pub fn undo_one(id: &str, pid: i32, options: &Options) -> Result<ProcessReport, 
         .collect();
     let mut history = Vec::new();
     let cfi = Cfi::load(&process);
+    let mut journal = state::Journal {
+        pid,
+        start_time,
+        operation: state::Operation::Undo,
+        phase: state::Phase::Switching,
+        patch: patch.clone(),
+    };
+    state::write_journal(&options.state_dir, &journal)?;
     for attempt in 1..=options.retries + 1 {
         let maps = process.maps()?;
         let rt = Realtime::raise();
@@ -1246,6 +1336,7 @@ pub fn undo_one(id: &str, pid: i32, options: &Options) -> Result<ProcessReport, 
             }
             continue;
         }
+        fault("undo-checked");
         for f in &patch.functions {
             let mut now = [0u8; 5];
             stopped.read(f.site, &mut now)?;
@@ -1256,7 +1347,7 @@ pub fn undo_one(id: &str, pid: i32, options: &Options) -> Result<ProcessReport, 
                 });
             }
         }
-        for f in &patch.functions {
+        for (k, f) in patch.functions.iter().enumerate() {
             let original = hex::decode(&f.replaced).unwrap_or_default();
             stopped.write(f.site, &original)?;
             let mut back = vec![0u8; original.len()];
@@ -1267,10 +1358,17 @@ pub fn undo_one(id: &str, pid: i32, options: &Options) -> Result<ProcessReport, 
                     address: f.site,
                 });
             }
+            if k == 0 && patch.functions.len() > 1 {
+                fault("undo-between");
+            }
         }
+        fault("undo-restored");
         let first = stopped.release();
         state.patches.remove(index);
         state::save(&options.state_dir, &state)?;
+        journal.phase = state::Phase::Restored;
+        state::write_journal(&options.state_dir, &journal)?;
+        fault("undo-unmap");
         // No jump leads into the patch memory any more and no thread was in it: unmap it in
         // a second, short stop (keeping each pause small).
         let mut stopped = Stopped::stop(&process, options.stop_timeout)?;
@@ -1279,6 +1377,7 @@ pub fn undo_one(id: &str, pid: i32, options: &Options) -> Result<ProcessReport, 
         }
         let second = stopped.release();
         drop(rt);
+        state::remove_journal(&options.state_dir, pid)?;
         let pause = hotsplice_ptrace::Pause {
             longest: first.longest.max(second.longest),
             threads: first.threads.max(second.threads),
@@ -1305,6 +1404,7 @@ pub fn undo_one(id: &str, pid: i32, options: &Options) -> Result<ProcessReport, 
             busy: None,
         });
     }
+    state::remove_journal(&options.state_dir, pid)?;
     Err(busy_error(pid, &history, options.retries + 1))
 }
 
@@ -1343,4 +1443,139 @@ pub fn pids_of_exe(path: &std::path::Path) -> Vec<i32> {
         .collect();
     pids.sort_unstable();
     pids
+}
+
+/// What `recover` did for one interrupted operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovered {
+    /// The process is gone (or is another process with the same pid): the record was dropped.
+    ProcessGone,
+    /// The operation was rolled back: the process is as before it.
+    RolledBack,
+    /// The operation was completed.
+    Completed,
+}
+
+/// Finishes or rolls back the interrupted operation recorded for `pid`, so that the process
+/// ends either untouched or fully patched (for an undo: fully unpatched or still patched).
+pub fn recover_one(pid: i32, options: &Options) -> Result<(state::Journal, Recovered), Error> {
+    let dir = &options.state_dir;
+    let Some(journal) = state::read_journal(dir, pid) else {
+        return Err(Error::NotInterrupted { pid });
+    };
+    let Ok(process) = Process::new(pid) else {
+        state::remove_journal(dir, pid)?;
+        return Ok((journal, Recovered::ProcessGone));
+    };
+    if process.start_time().ok() != Some(journal.start_time) {
+        state::remove_journal(dir, pid)?;
+        return Ok((journal, Recovered::ProcessGone));
+    }
+    let patch = &journal.patch;
+    let mut state = state::load(dir, pid, journal.start_time)?;
+    let code: Vec<Range> = patch
+        .regions
+        .iter()
+        .map(|r| Range {
+            start: r.address,
+            end: r.address + r.size,
+            name: format!("the code of {}", patch.id),
+        })
+        .collect();
+    let decode = |h: &str| hex::decode(h).unwrap_or_default();
+    let cfi = Cfi::load(&process);
+    for _attempt in 0..=options.retries {
+        let maps = process.maps()?;
+        let _rt = Realtime::raise();
+        let mut stopped = Stopped::stop(&process, options.stop_timeout)?;
+        // Which sites hold the jump, which the original bytes.
+        let mut jumped = Vec::new();
+        for f in &patch.functions {
+            let mut now = vec![0u8; 5];
+            stopped.read(f.site, &mut now)?;
+            if now == decode(&f.jump) {
+                jumped.push(true);
+            } else if now == decode(&f.replaced) {
+                jumped.push(false);
+            } else {
+                return Err(Error::Tampered {
+                    pid,
+                    address: f.site,
+                });
+            }
+        }
+        let all = jumped.iter().all(|&j| j);
+        let none = jumped.iter().all(|&j| !j);
+        let views = thread_views(&process, &mut stopped, &cfi, &maps)?;
+        let old_code: Vec<Range> = patch
+            .functions
+            .iter()
+            .zip(&jumped)
+            .filter(|&(_, &j)| !j)
+            .map(|(f, _)| Range {
+                start: f.entry,
+                end: f.entry + f.len.max(5),
+                name: f.name.clone(),
+            })
+            .collect();
+        let write_all = |stopped: &mut Stopped, jumps: bool| -> Result<(), Error> {
+            for f in &patch.functions {
+                let bytes = decode(if jumps { &f.jump } else { &f.replaced });
+                stopped.write(f.site, &bytes)?;
+                let mut back = vec![0u8; bytes.len()];
+                stopped.read(f.site, &mut back)?;
+                if back != bytes {
+                    return Err(Error::WriteFailed {
+                        pid,
+                        address: f.site,
+                    });
+                }
+            }
+            Ok(())
+        };
+        // Prefer the original code when that is safe (no jump leads into the patch memory, or
+        // no thread is in it): that rolls back an apply and completes an undo. Otherwise write
+        // every jump when no thread is in the old code still reachable.
+        let originals_safe = none || safety::check(&views, &code).is_none();
+        let jumps_safe = all || safety::check(&views, &old_code).is_none();
+        let patched = if originals_safe {
+            write_all(&mut stopped, false)?;
+            false
+        } else if jumps_safe {
+            write_all(&mut stopped, true)?;
+            true
+        } else {
+            stopped.release();
+            std::thread::sleep(options.retry_delay);
+            continue;
+        };
+        // For an undo, "before" is the patched state: `patched` says where we are now.
+        let outcome = match (journal.operation, patched) {
+            (state::Operation::Apply, true) | (state::Operation::Undo, false) => {
+                Recovered::Completed
+            }
+            _ => Recovered::RolledBack,
+        };
+        if !patched {
+            for r in &patch.regions {
+                let _ = stopped.syscall(SYS_MUNMAP, [r.address, r.size, 0, 0, 0, 0]);
+            }
+        }
+        stopped.release();
+        state.patches.retain(|p| p.id != patch.id);
+        if patched {
+            state.patches.push(patch.clone());
+        }
+        state::save(dir, &state)?;
+        state::remove_journal(dir, pid)?;
+        return Ok((journal, outcome));
+    }
+    Err(Error::Busy {
+        pid,
+        detail: format!(
+            "threads keep running in both the old and the new code of {}; the journal is kept, run recover again",
+            patch.id
+        ),
+        attempts: options.retries + 1,
+    })
 }

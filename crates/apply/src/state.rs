@@ -150,7 +150,10 @@ pub fn all(dir: &Path) -> Vec<ProcessState> {
     };
     let mut out: Vec<ProcessState> = entries
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.ends_with(".json") && !name.ends_with(".journal.json")
+        })
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
         .filter_map(|t| serde_json::from_str(&t).ok())
         .collect();
@@ -177,4 +180,106 @@ pub fn parse_header(bytes: &[u8]) -> Option<AppliedPatch> {
     let rest = bytes.strip_prefix(HEADER_MAGIC)?;
     let end = rest.iter().position(|&b| b == 0)?;
     serde_json::from_slice(&rest[..end]).ok()
+}
+
+/// What an interrupted apply or undo was doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Operation {
+    /// Applying the patch.
+    Apply,
+    /// Undoing it.
+    Undo,
+}
+
+/// How far it got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Patch memory is mapped (and maybe loaded); no jump written.
+    Mapped,
+    /// Jumps are being written (apply) or originals restored (undo).
+    Switching,
+    /// The undo restored every original; the memory may still be mapped.
+    Restored,
+}
+
+/// The write-ahead record of an apply or undo in progress: if hotsplice dies, `recover`
+/// finishes or rolls back the operation from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    /// Process id.
+    pub pid: i32,
+    /// Its start time.
+    pub start_time: u64,
+    /// Apply or undo.
+    pub operation: Operation,
+    /// How far it got.
+    pub phase: Phase,
+    /// The patch (regions, functions, sites, original and jump bytes).
+    pub patch: AppliedPatch,
+}
+
+fn journal_path(dir: &Path, pid: i32) -> PathBuf {
+    dir.join(format!("{pid}.journal.json"))
+}
+
+/// Writes the journal of a process durably (atomic rename, fsync).
+pub fn write_journal(dir: &Path, journal: &Journal) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(dir))?;
+    let file = journal_path(dir, journal.pid);
+    let tmp = dir.join(format!(".{}.journal.tmp", journal.pid));
+    let text = serde_json::to_string_pretty(journal).expect("journal serialises");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        f.write_all(text.as_bytes()).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+    }
+    std::fs::rename(&tmp, &file).map_err(io(&file))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Removes the journal of a process (the operation is complete).
+pub fn remove_journal(dir: &Path, pid: i32) -> Result<(), Error> {
+    let file = journal_path(dir, pid);
+    match std::fs::remove_file(&file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&file)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// The journal of a process, if an operation on it was interrupted.
+pub fn read_journal(dir: &Path, pid: i32) -> Option<Journal> {
+    let text = std::fs::read_to_string(journal_path(dir, pid)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Every journal in the state directory.
+pub fn all_journals(dir: &Path) -> Vec<Journal> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Journal> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".journal.json"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|t| serde_json::from_str(&t).ok())
+        .collect();
+    out.sort_by_key(|j| j.pid);
+    out
 }

@@ -233,6 +233,76 @@ fn print_reports(verb: &str, id: &str, reports: &[ProcessReport], json_out: bool
     }
 }
 
+/// Finish or roll back an apply or undo that was interrupted (hotsplice killed, machine
+/// trouble), so each process ends either untouched or fully patched — never a mix.
+///
+/// Reads the journal an interrupted operation left in the state directory, looks at the code
+/// of the process, and writes the original bytes back where that is safe (no thread in the
+/// patch's code), otherwise every jump (no thread in the old code). `apply` and `undo` refuse
+/// to touch a process with an interrupted operation until it is recovered.
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// Only these processes (default: every interrupted operation recorded).
+    #[arg(long = "pid", value_name = "PID")]
+    pids: Vec<i32>,
+    #[command(flatten)]
+    options: LiveOptions,
+}
+
+/// `hotsplice recover`.
+pub fn recover(args: &RecoverArgs) -> Result<ExitCode, Exit> {
+    let results = hotsplice_apply::recover(&args.pids, &args.options.options());
+    let mut out = std::io::stdout().lock();
+    let mut worst = EXIT_OK;
+    let mut json_rows = Vec::new();
+    for (pid, result) in &results {
+        match result {
+            Ok((journal, outcome)) => {
+                let what = match outcome {
+                    hotsplice_apply::Recovered::ProcessGone => "process gone; record dropped",
+                    hotsplice_apply::Recovered::RolledBack => "rolled back",
+                    hotsplice_apply::Recovered::Completed => "completed",
+                };
+                let operation = match journal.operation {
+                    hotsplice_apply::state::Operation::Apply => "apply",
+                    hotsplice_apply::state::Operation::Undo => "undo",
+                };
+                if args.options.json {
+                    json_rows.push(json!({"pid": pid, "patch": journal.patch.id, "operation": operation, "outcome": what}));
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "pid {pid}: interrupted {operation} of {}: {what}",
+                        journal.patch.id
+                    );
+                }
+            }
+            Err(e) => {
+                worst = worst.max(match e.class() {
+                    ErrorClass::Refused => EXIT_REFUSED,
+                    ErrorClass::BadInput => EXIT_BAD_INPUT,
+                    ErrorClass::Environment => EXIT_ENVIRONMENT,
+                });
+                if args.options.json {
+                    json_rows.push(json!({"pid": pid, "error": e.to_string()}));
+                } else {
+                    let _ = writeln!(out, "pid {pid}: {e}");
+                }
+            }
+        }
+    }
+    if args.options.json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&json!({"recovered": json_rows})).unwrap_or_default()
+        );
+    } else if results.is_empty() {
+        let _ = writeln!(out, "nothing to recover");
+    }
+    Ok(ExitCode::from(worst))
+}
+
 /// `hotsplice check`.
 pub fn check(args: &CheckArgs) -> Result<ExitCode, Exit> {
     let (bundle, _) = read_bundle(&args.bundle)?;

@@ -46,6 +46,7 @@ enum Command {
     Apply(live::ApplyArgs),
     Undo(live::UndoArgs),
     List(live::ListArgs),
+    Recover(live::RecoverArgs),
     Diff(diff::DiffArgs),
 }
 
@@ -77,6 +78,7 @@ fn run() -> Result<ExitCode, Exit> {
         Command::Apply(args) => live::apply(&args),
         Command::Undo(args) => live::undo(&args),
         Command::List(args) => live::list(&args),
+        Command::Recover(args) => live::recover(&args),
         Command::Diff(args) => diff::run(&args),
     }
 }

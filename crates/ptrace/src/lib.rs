@@ -29,6 +29,13 @@ pub use process::{Mapping, Process, parse_maps};
 pub use realtime::Realtime;
 pub use stop::{Pause, Stopped, Thread};
 
+/// Kills the calling process with `SIGKILL`, for fault-injection tests of crash consistency:
+/// nothing of hotsplice runs after it, exactly as when an operator or the OOM killer kills it.
+pub fn die_now() -> ! {
+    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    std::process::abort()
+}
+
 /// `mmap` system call number (x86-64).
 pub const SYS_MMAP: i64 = libc::SYS_mmap;
 /// `munmap` system call number (x86-64).

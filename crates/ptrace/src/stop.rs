@@ -87,6 +87,28 @@ fn ptrace_error(tid: i32, operation: &'static str) -> impl Fn(Errno) -> Error {
     }
 }
 
+/// Moves a thread from the `SIGTRAP` stop a single step (or a breakpoint) left it in back to a
+/// plain interrupt stop, discarding the `SIGTRAP`. Without this, if hotsplice died before
+/// releasing the thread, the kernel would deliver that `SIGTRAP` and kill the target.
+fn settle(tid: i32) -> Result<(), Error> {
+    let pid = Pid::from_raw(tid);
+    ptrace::interrupt(pid).map_err(ptrace_error(tid, "PTRACE_INTERRUPT"))?;
+    ptrace::cont(pid, None).map_err(ptrace_error(tid, "PTRACE_CONT"))?;
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::PtraceEvent(_, _, PTRACE_EVENT_STOP)) => return Ok(()),
+            Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => {
+                return Err(Error::ThreadGone { tid });
+            }
+            Ok(WaitStatus::Stopped(_, Signal::SIGTRAP)) => {
+                ptrace::cont(pid, None).map_err(ptrace_error(tid, "PTRACE_CONT"))?;
+            }
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(ptrace_error(tid, "waitpid")(e)),
+        }
+    }
+}
+
 /// Whether a thread (or its process) has signals pending: then an `EINTR` it got is real.
 fn signals_pending(pid: i32, tid: i32) -> bool {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else {
@@ -416,6 +438,7 @@ impl Stopped {
             self.write(at, &original)?;
         }
         ptrace::setregs(Pid::from_raw(tid), saved).map_err(ptrace_error(tid, "PTRACE_SETREGS"))?;
+        settle(tid)?;
         result
     }
 
@@ -554,6 +577,7 @@ impl Stopped {
             Ok(after.rax)
         })();
         ptrace::setregs(pid, saved).map_err(ptrace_error(tid, "PTRACE_SETREGS"))?;
+        settle(tid)?;
         result
     }
 

@@ -25,14 +25,14 @@ fn hotsplice(args: &[&str]) -> Output {
 
 /// Builds the app with `make MAKEARGS` in a copy, as a user would, and the bundle for `patch`
 /// with the same build command.
-struct Setup {
-    dir: PathBuf,
-    app: PathBuf,
-    state: String,
+pub struct Setup {
+    pub dir: PathBuf,
+    pub app: PathBuf,
+    pub state: String,
 }
 
 impl Setup {
-    fn new(name: &str, make_args: &str) -> Setup {
+    pub fn new(name: &str, make_args: &str) -> Setup {
         let dir = scratch(name);
         let tree = dir.join("run");
         let status = Command::new("cp")
@@ -57,7 +57,7 @@ impl Setup {
         }
     }
 
-    fn bundle(&self, patch: &str, make_args: &str) -> (PathBuf, String) {
+    pub fn bundle(&self, patch: &str, make_args: &str) -> (PathBuf, String) {
         let out = self.dir.join(format!("{patch}.hsp"));
         let build = format!("make {make_args}");
         let result = Command::new(env!("CARGO_BIN_EXE_hotsplice"))
@@ -83,7 +83,7 @@ impl Setup {
         (out, id)
     }
 
-    fn live(&self, verb: &str, what: &str, pid: u32) -> Output {
+    pub fn live(&self, verb: &str, what: &str, pid: u32) -> Output {
         hotsplice(&[
             verb,
             what,
@@ -139,7 +139,7 @@ fn build_fixture(dir: &Path, fixture: &str, patch: &str, target: &str) -> (PathB
     (tree, bundle)
 }
 
-struct App {
+pub struct App {
     child: Child,
     lines: Receiver<String>,
 }
@@ -164,7 +164,7 @@ impl App {
         App { child, lines }
     }
 
-    fn start(path: &Path, threads: u32) -> App {
+    pub fn start(path: &Path, threads: u32) -> App {
         let mut command = Command::new(path);
         command.arg(threads.to_string());
         let app = App::spawn(command);
@@ -172,12 +172,12 @@ impl App {
         app
     }
 
-    fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Waits (up to 3 s) for a line equal to `want`; panics with the last line otherwise.
-    fn expect(&self, want: &str) {
+    pub fn expect(&self, want: &str) {
         let deadline = Instant::now() + Duration::from_secs(3);
         let mut last = String::new();
         while Instant::now() < deadline {
@@ -191,7 +191,7 @@ impl App {
     }
 
     /// The bytes at `address` in the running program.
-    fn bytes(&self, address: u64, len: usize) -> Vec<u8> {
+    pub fn bytes(&self, address: u64, len: usize) -> Vec<u8> {
         use std::os::unix::fs::FileExt;
         let mem = std::fs::File::open(format!("/proc/{}/mem", self.pid())).unwrap();
         let mut buf = vec![0u8; len];
@@ -207,7 +207,7 @@ impl Drop for App {
     }
 }
 
-fn ok(out: &Output) -> Value {
+pub fn ok(out: &Output) -> Value {
     assert_eq!(
         out.status.code(),
         Some(0),

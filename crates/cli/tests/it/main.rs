@@ -8,6 +8,8 @@ use serde_json::Value;
 
 /// `hotsplice build` and `info` on the bundled fixture project.
 mod build;
+/// Crash consistency: hotsplice killed at each step, then `recover`.
+mod crash;
 /// `hotsplice diff`.
 mod diff;
 /// `hotsplice check | apply | undo | list` on real processes.
