@@ -252,7 +252,7 @@ impl Load {
 }
 
 fn hs(args: &[&str]) -> (i32, Value, String) {
-    let out = Command::new(nginx::root().join("target/release/hotsplice"))
+    let out = nginx::hotsplice()
         .args(args)
         .output()
         .expect("run hotsplice");
@@ -866,7 +866,7 @@ pub fn eval_stock(only: &[String]) -> Result<()> {
                 .into_owned();
             let bundle = work.join(format!("{patch}.{name}.hsp"));
             let started = Instant::now();
-            let out = Command::new(root.join("target/release/hotsplice"))
+            let out = nginx::hotsplice()
                 .args([
                     "build",
                     "--debian",

@@ -19,6 +19,32 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The release hotsplice binary, set up as a machine that trusts the evaluation's own key:
+/// bundles are signed at build (`target/eval/keys/eval.key`, made on first use) and
+/// `check`/`apply` accept that key only; the audit log goes to `target/eval/audit.log`.
+pub fn hotsplice() -> Command {
+    let keys = root().join("target/eval/keys");
+    let trusted = keys.join("trusted");
+    let secret = keys.join("eval.key");
+    if !secret.exists() {
+        let _ = std::fs::create_dir_all(&trusted);
+        let _ = std::fs::remove_file(trusted.join("eval.pub"));
+        let _ = std::fs::remove_file(trusted.join("eval.key"));
+        let generated = Command::new(root().join("target/release/hotsplice"))
+            .args(["key", "generate", "--out"])
+            .arg(trusted.join("eval"))
+            .output();
+        if generated.is_ok_and(|o| o.status.success()) {
+            let _ = std::fs::rename(trusted.join("eval.key"), &secret);
+        }
+    }
+    let mut cmd = Command::new(root().join("target/release/hotsplice"));
+    cmd.env("HOTSPLICE_SIGNING_KEY", &secret)
+        .env("HOTSPLICE_TRUST_DIR", &trusted)
+        .env("HOTSPLICE_AUDIT_LOG", root().join("target/eval/audit.log"));
+    cmd
+}
+
 fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
@@ -93,7 +119,7 @@ pub fn hotsplice_build(
     output: &Path,
 ) -> Result<(Value, f64, i32, String)> {
     let started = Instant::now();
-    let out = Command::new(root().join("target/release/hotsplice"))
+    let out = hotsplice()
         .arg("build")
         .arg("--source")
         .arg(tree)

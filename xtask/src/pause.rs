@@ -70,9 +70,7 @@ impl Drop for Target {
 }
 
 fn run_json(args: &[&str]) -> Result<Value> {
-    let out = Command::new(root().join("target/release/hotsplice"))
-        .args(args)
-        .output()?;
+    let out = crate::nginx::hotsplice().args(args).output()?;
     if !out.status.success() {
         bail!(
             "hotsplice {} failed: {}",

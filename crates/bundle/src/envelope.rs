@@ -5,8 +5,8 @@
 //! {"content_sha256":"…","content_length":N,"signatures":[]}\n
 //! <N bytes: the Bundle as JSON>
 //! ```
-//! The hash covers the exact content bytes, so no canonical JSON is needed; signatures (added
-//! later) sign that hash.
+//! The hash covers the exact content bytes, so no canonical JSON is needed; signatures sign
+//! that hash, so they can be added to a bundle without touching its content.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -18,7 +18,7 @@ pub const FORMAT_VERSION: u32 = 1;
 
 const MAGIC: &str = "hotsplice-bundle";
 
-/// A signature over the content hash (reserved; none are written yet).
+/// A signature over the content hash (see [`crate::signature`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Signature {
@@ -56,14 +56,26 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(&Sha256::digest(bytes))
 }
 
-/// Serialises a bundle into the file format.
+/// Serialises a bundle into the file format, unsigned.
 pub fn write(bundle: &Bundle) -> Result<Vec<u8>, Error> {
+    write_signed(bundle, None)
+}
+
+/// Serialises a bundle into the file format, signed by `key` when given.
+pub fn write_signed(
+    bundle: &Bundle,
+    key: Option<&crate::signature::SecretKey>,
+) -> Result<Vec<u8>, Error> {
     validate::check(bundle)?;
     let content = serde_json::to_vec(bundle).map_err(|e| Error::Malformed(e.to_string()))?;
+    let content_sha256 = sha256_hex(&content);
+    let signatures = key
+        .map(|k| vec![crate::signature::sign(&content_sha256, k)])
+        .unwrap_or_default();
     let envelope = Envelope {
-        content_sha256: sha256_hex(&content),
+        content_sha256,
         content_length: content.len() as u64,
-        signatures: Vec::new(),
+        signatures,
     };
     let mut out = format!("{MAGIC} {FORMAT_VERSION}\n").into_bytes();
     out.extend(serde_json::to_vec(&envelope).map_err(|e| Error::Malformed(e.to_string()))?);
@@ -110,4 +122,21 @@ pub fn read(bytes: &[u8]) -> Result<Sealed, Error> {
         serde_json::from_slice(content).map_err(|e| Error::Malformed(format!("content: {e}")))?;
     validate::check(&bundle)?;
     Ok(Sealed { envelope, bundle })
+}
+
+/// Adds a signature by `key` to a bundle file, keeping its content byte for byte.
+pub fn add_signature(bytes: &[u8], key: &crate::signature::SecretKey) -> Result<Vec<u8>, Error> {
+    let sealed = read(bytes)?;
+    let (magic, rest) = line(bytes).ok_or(Error::NotABundle)?;
+    let (_, content) = line(rest).ok_or(Error::Truncated("no envelope line".into()))?;
+    let mut envelope = sealed.envelope;
+    let signature = crate::signature::sign(&envelope.content_sha256, key);
+    envelope.signatures.retain(|s| s.key_id != signature.key_id);
+    envelope.signatures.push(signature);
+    let mut out = magic.to_vec();
+    out.push(b'\n');
+    out.extend(serde_json::to_vec(&envelope).map_err(|e| Error::Malformed(e.to_string()))?);
+    out.push(b'\n');
+    out.extend(content);
+    Ok(out)
 }

@@ -22,9 +22,13 @@ pub mod convert;
 mod envelope;
 pub mod hex;
 mod model;
+pub mod signature;
 mod validate;
 
-pub use envelope::{Envelope, FORMAT_VERSION, Sealed, Signature, read, sha256_hex, write};
+pub use envelope::{
+    Envelope, FORMAT_VERSION, Sealed, Signature, add_signature, read, sha256_hex, write,
+    write_signed,
+};
 pub use model::*;
 
 /// Why a bundle cannot be read or written.
@@ -55,6 +59,9 @@ pub enum Error {
     /// The JSON does not parse into the format.
     #[error("malformed bundle: {0}")]
     Malformed(String),
+    /// A key file is malformed.
+    #[error("key: {0}")]
+    Key(String),
     /// Parsed, but an invariant does not hold (an index or offset out of range).
     #[error("invalid bundle: {0}")]
     Invalid(String),

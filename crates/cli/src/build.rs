@@ -65,6 +65,10 @@ pub struct BuildArgs {
     /// Where to write the bundle.
     #[arg(short = 'o', long, value_name = "FIX.hsp")]
     output: PathBuf,
+    /// Sign the bundle with this secret key (from `hotsplice key generate`); machines that
+    /// trust its public key will apply the bundle. Also: `HOTSPLICE_SIGNING_KEY`.
+    #[arg(long, value_name = "KEY", env = "HOTSPLICE_SIGNING_KEY")]
+    sign: Option<PathBuf>,
     /// Print a JSON summary on stdout (progress still goes to stderr).
     #[arg(long)]
     json: bool,
@@ -99,6 +103,12 @@ fn exit_for(error: BuildError) -> Exit {
 
 /// `hotsplice build`.
 pub fn run(args: &BuildArgs) -> Result<ExitCode, Exit> {
+    // Read the key before a build that takes minutes, so a bad key fails at once.
+    let key = args
+        .sign
+        .as_deref()
+        .map(crate::trust::read_secret)
+        .transpose()?;
     let shim_program = std::env::current_exe()
         .context("locating the hotsplice executable for the compiler shims")
         .map_err(|error| Exit {
@@ -172,7 +182,7 @@ pub fn run(args: &BuildArgs) -> Result<ExitCode, Exit> {
         ("written", EXIT_OK)
     };
     if verdict == "written" {
-        let bytes = hotsplice_bundle::write(bundle)
+        let bytes = hotsplice_bundle::write_signed(bundle, key.as_ref())
             .context("sealing the bundle")
             .map_err(|error| Exit {
                 code: EXIT_ENVIRONMENT,
@@ -192,6 +202,7 @@ pub fn run(args: &BuildArgs) -> Result<ExitCode, Exit> {
         let summary = json!({
             "outcome": verdict,
             "bundle": (verdict == "written").then(|| args.output.display().to_string()),
+            "signed_by": key.as_ref().filter(|_| verdict == "written").map(|k| k.public().id()),
             "id": bundle.id,
             "target": bundle.target.path,
             "replaced": changed,
@@ -235,9 +246,12 @@ pub fn run(args: &BuildArgs) -> Result<ExitCode, Exit> {
         let _ = match verdict {
             "written" => writeln!(
                 out,
-                "wrote {} ({}): replaces {}{}",
+                "wrote {} ({}{}): replaces {}{}",
                 args.output.display(),
                 bundle.id,
+                key.as_ref()
+                    .map(|k| format!(", signed by {}", k.public().id()))
+                    .unwrap_or_else(|| ", unsigned".to_string()),
                 changed.join(", "),
                 if new.is_empty() {
                     String::new()

@@ -24,7 +24,11 @@ pub struct InfoArgs {
     json: bool,
 }
 
-fn describe(out: &mut impl Write, bundle: &Bundle, hash: &str) -> std::io::Result<()> {
+fn describe(
+    out: &mut impl Write,
+    bundle: &Bundle,
+    envelope: &hotsplice_bundle::Envelope,
+) -> std::io::Result<()> {
     let t = &bundle.target;
     writeln!(out, "patch     {}", bundle.id)?;
     writeln!(
@@ -54,7 +58,17 @@ fn describe(out: &mut impl Write, bundle: &Bundle, hash: &str) -> std::io::Resul
     )?;
     writeln!(out, "compiler  {}", p.compiler)?;
     writeln!(out, "build     {}", p.build_command)?;
-    writeln!(out, "content   sha256 {hash}")?;
+    writeln!(out, "content   sha256 {}", envelope.content_sha256)?;
+    if envelope.signatures.is_empty() {
+        writeln!(out, "signed    no")?;
+    }
+    for s in &envelope.signatures {
+        writeln!(
+            out,
+            "signed    by key {} ({}; check and apply verify it against the trusted keys)",
+            s.key_id, s.algorithm
+        )?;
+    }
     for o in &bundle.objects {
         writeln!(
             out,
@@ -139,7 +153,7 @@ pub fn run(args: &InfoArgs) -> Result<ExitCode, Exit> {
             .unwrap_or_default()
         )
     } else {
-        describe(&mut out, &sealed.bundle, &sealed.envelope.content_sha256)
+        describe(&mut out, &sealed.bundle, &sealed.envelope)
     };
     Ok(ExitCode::from(EXIT_OK))
 }

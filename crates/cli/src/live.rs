@@ -1,7 +1,7 @@
 //! `hotsplice check | apply | undo | list`: live patches on running processes.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -40,6 +40,18 @@ pub struct LiveOptions {
     state_dir: PathBuf,
 }
 
+/// Which bundles are trusted.
+#[derive(Debug, Args)]
+pub struct TrustOptions {
+    /// Directory of trusted public keys (`*.pub`); it and its keys must belong to root and be
+    /// writable by no one else.
+    #[arg(long, value_name = "DIR", default_value = crate::trust::DEFAULT_TRUST_DIR, env = "HOTSPLICE_TRUST_DIR")]
+    trust_dir: PathBuf,
+    /// Accept a bundle that is unsigned or signed by no trusted key (recorded in the audit log).
+    #[arg(long)]
+    allow_unsigned: bool,
+}
+
 impl LiveOptions {
     fn options(&self) -> Options {
         Options {
@@ -68,6 +80,8 @@ pub struct CheckArgs {
     #[command(flatten)]
     targets: Targets,
     #[command(flatten)]
+    trust: TrustOptions,
+    #[command(flatten)]
     options: LiveOptions,
 }
 
@@ -85,6 +99,8 @@ pub struct ApplyArgs {
     bundle: PathBuf,
     #[command(flatten)]
     targets: Targets,
+    #[command(flatten)]
+    trust: TrustOptions,
     #[command(flatten)]
     options: LiveOptions,
 }
@@ -125,14 +141,73 @@ fn pids(targets: &Targets) -> Result<Vec<i32>, Exit> {
     Ok(targets.pids.clone())
 }
 
-fn read_bundle(path: &PathBuf) -> Result<(hotsplice_bundle::Bundle, String), Exit> {
+/// A bundle read from disk and accepted by the trust policy.
+struct Accepted {
+    bundle: hotsplice_bundle::Bundle,
+    sha256: String,
+    signer: String,
+}
+
+fn read_bundle(path: &Path, trust: &TrustOptions, action: &str) -> Result<Accepted, Exit> {
     let bytes = std::fs::read(path)
         .with_context(|| format!("cannot read {}", path.display()))
         .map_err(Exit::bad_input)?;
     let sealed = hotsplice_bundle::read(&bytes)
         .with_context(|| path.display().to_string())
         .map_err(Exit::bad_input)?;
-    Ok((sealed.bundle, sealed.envelope.content_sha256))
+    let sha256 = sealed.envelope.content_sha256.clone();
+    match crate::trust::accept(&sealed, &trust.trust_dir, trust.allow_unsigned) {
+        Ok(signer) => Ok(Accepted {
+            bundle: sealed.bundle,
+            sha256,
+            signer,
+        }),
+        Err(exit) => {
+            crate::trust::audit(json!({
+                "action": action,
+                "outcome": "refused",
+                "reason": format!("{:#}", exit.error),
+                "bundle": path.display().to_string(),
+                "bundle_sha256": sha256,
+                "patch": sealed.bundle.id,
+            }));
+            Err(exit)
+        }
+    }
+}
+
+fn audit_outcome(
+    action: &str,
+    patch: &str,
+    accepted: Option<&Accepted>,
+    pids: &[i32],
+    result: Result<&[ProcessReport], &hotsplice_apply::Error>,
+) {
+    let mut record = json!({"action": action, "patch": patch, "pids": pids});
+    if let Some(a) = accepted {
+        record["bundle_sha256"] = json!(a.sha256);
+        record["signer"] = json!(a.signer);
+    }
+    match result {
+        Ok(reports) => {
+            record["outcome"] = json!("done");
+            record["pause_us"] = json!(
+                reports
+                    .iter()
+                    .map(|r| json!({"pid": r.pid, "pause_us": r.pause.as_micros() as u64}))
+                    .collect::<Vec<_>>()
+            );
+        }
+        Err(e) => {
+            record["outcome"] = json!(match e.class() {
+                ErrorClass::Refused => "refused",
+                ErrorClass::BadInput => "bad-input",
+                ErrorClass::Environment => "failed",
+            });
+            record["reason"] = json!(e.to_string());
+        }
+    }
+    crate::trust::audit(record);
 }
 
 fn fail(error: hotsplice_apply::Error, json_out: bool) -> Exit {
@@ -267,6 +342,13 @@ pub fn recover(args: &RecoverArgs) -> Result<ExitCode, Exit> {
                     hotsplice_apply::state::Operation::Apply => "apply",
                     hotsplice_apply::state::Operation::Undo => "undo",
                 };
+                crate::trust::audit(json!({
+                    "action": "recover",
+                    "patch": journal.patch.id,
+                    "pids": [pid],
+                    "interrupted": operation,
+                    "outcome": what,
+                }));
                 if args.options.json {
                     json_rows.push(json!({"pid": pid, "patch": journal.patch.id, "operation": operation, "outcome": what}));
                 } else {
@@ -278,6 +360,12 @@ pub fn recover(args: &RecoverArgs) -> Result<ExitCode, Exit> {
                 }
             }
             Err(e) => {
+                crate::trust::audit(json!({
+                    "action": "recover",
+                    "pids": [pid],
+                    "outcome": "failed",
+                    "reason": e.to_string(),
+                }));
                 worst = worst.max(match e.class() {
                     ErrorClass::Refused => EXIT_REFUSED,
                     ErrorClass::BadInput => EXIT_BAD_INPUT,
@@ -305,29 +393,37 @@ pub fn recover(args: &RecoverArgs) -> Result<ExitCode, Exit> {
 
 /// `hotsplice check`.
 pub fn check(args: &CheckArgs) -> Result<ExitCode, Exit> {
-    let (bundle, _) = read_bundle(&args.bundle)?;
+    let accepted = read_bundle(&args.bundle, &args.trust, "check")?;
     let pids = pids(&args.targets)?;
-    let reports = hotsplice_apply::check(&bundle, &pids, &args.options.options())
+    let reports = hotsplice_apply::check(&accepted.bundle, &pids, &args.options.options())
         .map_err(|e| fail(e, args.options.json))?;
-    print_reports("checked", &bundle.id, &reports, args.options.json);
+    print_reports("checked", &accepted.bundle.id, &reports, args.options.json);
     Ok(ExitCode::from(EXIT_OK))
 }
 
 /// `hotsplice apply`.
 pub fn apply(args: &ApplyArgs) -> Result<ExitCode, Exit> {
-    let (bundle, sha) = read_bundle(&args.bundle)?;
+    let accepted = read_bundle(&args.bundle, &args.trust, "apply")?;
     let pids = pids(&args.targets)?;
-    let reports = hotsplice_apply::apply(&bundle, &sha, &pids, &args.options.options())
-        .map_err(|e| fail(e, args.options.json))?;
-    print_reports("applied", &bundle.id, &reports, args.options.json);
+    let result = hotsplice_apply::apply(
+        &accepted.bundle,
+        &accepted.sha256,
+        &pids,
+        &args.options.options(),
+    );
+    let id = &accepted.bundle.id;
+    audit_outcome("apply", id, Some(&accepted), &pids, result.as_deref());
+    let reports = result.map_err(|e| fail(e, args.options.json))?;
+    print_reports("applied", id, &reports, args.options.json);
     Ok(ExitCode::from(EXIT_OK))
 }
 
 /// `hotsplice undo`.
 pub fn undo(args: &UndoArgs) -> Result<ExitCode, Exit> {
     let pids = pids(&args.targets)?;
-    let reports = hotsplice_apply::undo(&args.patch, &pids, &args.options.options())
-        .map_err(|e| fail(e, args.options.json))?;
+    let result = hotsplice_apply::undo(&args.patch, &pids, &args.options.options());
+    audit_outcome("undo", &args.patch, None, &pids, result.as_deref());
+    let reports = result.map_err(|e| fail(e, args.options.json))?;
     print_reports("undid", &args.patch, &reports, args.options.json);
     Ok(ExitCode::from(EXIT_OK))
 }

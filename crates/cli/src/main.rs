@@ -7,6 +7,7 @@ mod build;
 mod diff;
 mod info;
 mod live;
+mod trust;
 
 use std::process::ExitCode;
 
@@ -48,6 +49,8 @@ enum Command {
     List(live::ListArgs),
     Recover(live::RecoverArgs),
     Diff(diff::DiffArgs),
+    Key(trust::KeyArgs),
+    Sign(trust::SignArgs),
 }
 
 /// An error carrying the exit status it should produce.
@@ -80,6 +83,8 @@ fn run() -> Result<ExitCode, Exit> {
         Command::List(args) => live::list(&args),
         Command::Recover(args) => live::recover(&args),
         Command::Diff(args) => diff::run(&args),
+        Command::Key(args) => trust::key(&args),
+        Command::Sign(args) => trust::sign(&args),
     }
 }
 

@@ -14,7 +14,7 @@ fn fixtures() -> PathBuf {
 
 fn build(cache: &Path, patch: &str, out: &Path) -> Output {
     let fixtures = fixtures();
-    Command::new(env!("CARGO_BIN_EXE_hotsplice"))
+    crate::hs()
         .arg("build")
         .arg("--source")
         .arg(fixtures.join("server"))
@@ -74,7 +74,7 @@ fn builds_a_bundle_and_keeps_line_numbers_below_the_hunk() {
         "the source tree is untouched"
     );
 
-    let info = Command::new(env!("CARGO_BIN_EXE_hotsplice"))
+    let info = crate::hs()
         .arg("info")
         .arg(dir.join("fix.hsp"))
         .output()
@@ -84,7 +84,7 @@ fn builds_a_bundle_and_keeps_line_numbers_below_the_hunk() {
     assert!(text.contains("replace  clamp"), "{text}");
     assert!(text.contains("target    server (executable"), "{text}");
 
-    let info = Command::new(env!("CARGO_BIN_EXE_hotsplice"))
+    let info = crate::hs()
         .args(["info", "--json"])
         .arg(dir.join("fix.hsp"))
         .output()
@@ -135,7 +135,7 @@ fn without_line_directives_the_assert_below_the_hunk_changes() {
             .unwrap();
         assert!(status.success());
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_hotsplice"))
+    let out = crate::hs()
         .args(["diff", "--json"])
         .arg(dir.join("pre.o"))
         .arg(dir.join("post.o"))
@@ -199,7 +199,7 @@ fn comment_only_change_is_nothing_to_patch() {
 fn relative_paths_work() {
     // Regression: `patch` ran in the build tree with the diff's relative path.
     let dir = scratch("build-relative");
-    let out = Command::new(env!("CARGO_BIN_EXE_hotsplice"))
+    let out = crate::hs()
         .current_dir(fixtures())
         .args([
             "build",
@@ -257,7 +257,7 @@ fn a_diff_touching_two_files_makes_one_bundle() {
 }
 
 fn hotsplice_bundle_objects(path: &Path) -> Vec<String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_hotsplice"))
+    let out = crate::hs()
         .args(["info", "--json"])
         .arg(path)
         .output()
@@ -282,7 +282,7 @@ fn info_rejects_a_modified_bundle() {
     let at = bytes.len() - 30;
     bytes[at] = if bytes[at] == b'1' { b'2' } else { b'1' };
     std::fs::write(dir.join("bad.hsp"), &bytes).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_hotsplice"))
+    let out = crate::hs()
         .arg("info")
         .arg(dir.join("bad.hsp"))
         .output()

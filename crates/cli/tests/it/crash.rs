@@ -2,8 +2,6 @@
 //! target must keep running, and after `hotsplice recover` its code must be either the
 //! original or the fully patched bytes, with matching behaviour and records.
 
-use std::process::Command;
-
 use serde_json::Value;
 
 use crate::live::{App, Setup, ok};
@@ -25,7 +23,7 @@ const UNDO_POINTS: &[&str] = &[
 ];
 
 fn hotsplice_with_fault(fault: &str, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_hotsplice"))
+    crate::hs()
         .args(args)
         .env("HOTSPLICE_FAULT", fault)
         .output()
@@ -56,7 +54,7 @@ fn check_consistent(
     originals: &[(u64, Vec<u8>)],
     what: &str,
 ) -> bool {
-    let recovered = Command::new(env!("CARGO_BIN_EXE_hotsplice"))
+    let recovered = crate::hs()
         .args(["recover", "--state-dir", &setup.state, "--json"])
         .output()
         .unwrap();
@@ -91,7 +89,7 @@ fn check_consistent(
         "value 14 hello"
     });
     let pid = app.pid().to_string();
-    let listed = ok(&Command::new(env!("CARGO_BIN_EXE_hotsplice"))
+    let listed = ok(&crate::hs()
         .args(["list", "--pid", &pid, "--state-dir", &setup.state, "--json"])
         .output()
         .unwrap());
@@ -105,7 +103,7 @@ fn check_consistent(
         "{what}: the record says {ids:?}, the code patched={patched}"
     );
     // No journal left, and no patch memory left mapped when unpatched.
-    let again = Command::new(env!("CARGO_BIN_EXE_hotsplice"))
+    let again = crate::hs()
         .args(["recover", "--state-dir", &setup.state])
         .output()
         .unwrap();
@@ -115,7 +113,7 @@ fn check_consistent(
     );
     if !patched {
         let fresh = format!("{}-empty", setup.state);
-        let from_memory: Value = ok(&Command::new(env!("CARGO_BIN_EXE_hotsplice"))
+        let from_memory: Value = ok(&crate::hs()
             .args(["list", "--pid", &pid, "--state-dir", &fresh, "--json"])
             .output()
             .unwrap());
@@ -227,7 +225,7 @@ fn an_interrupted_operation_must_be_recovered_first() {
         String::from_utf8_lossy(&again.stdout).contains("recover"),
         "{again:?}"
     );
-    let recovered = Command::new(env!("CARGO_BIN_EXE_hotsplice"))
+    let recovered = crate::hs()
         .args(["recover", "--pid", &pid, "--state-dir", &setup.state])
         .output()
         .unwrap();

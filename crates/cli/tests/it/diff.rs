@@ -24,14 +24,11 @@ fn compile(dir: &Path, name: &str, source: &str, extra: &[&str]) -> PathBuf {
 }
 
 fn hotsplice(args: &[&Path]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hotsplice"))
-        .args(args)
-        .output()
-        .expect("run hotsplice")
+    crate::hs().args(args).output().expect("run hotsplice")
 }
 
 fn diff(args: &[&str], paths: &[&Path]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hotsplice"));
+    let mut cmd = crate::hs();
     cmd.arg("diff").args(args).args(paths);
     cmd.output().expect("run hotsplice")
 }
@@ -194,10 +191,7 @@ fn missing_debug_info_is_a_warning() {
 
 #[test]
 fn help_teaches_the_exit_codes() {
-    let out = Command::new(env!("CARGO_BIN_EXE_hotsplice"))
-        .args(["diff", "--help"])
-        .output()
-        .unwrap();
+    let out = crate::hs().args(["diff", "--help"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("-ffunction-sections"), "{text}");

@@ -17,10 +17,7 @@ fn fixtures() -> PathBuf {
 }
 
 fn hotsplice(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hotsplice"))
-        .args(args)
-        .output()
-        .expect("run hotsplice")
+    crate::hs().args(args).output().expect("run hotsplice")
 }
 
 /// Builds the app with `make MAKEARGS` in a copy, as a user would, and the bundle for `patch`
@@ -60,7 +57,7 @@ impl Setup {
     pub fn bundle(&self, patch: &str, make_args: &str) -> (PathBuf, String) {
         let out = self.dir.join(format!("{patch}.hsp"));
         let build = format!("make {make_args}");
-        let result = Command::new(env!("CARGO_BIN_EXE_hotsplice"))
+        let result = crate::hs()
             .arg("build")
             .arg("--source")
             .arg(fixtures().join("app"))
@@ -118,7 +115,7 @@ fn build_fixture(dir: &Path, fixture: &str, patch: &str, target: &str) -> (PathB
             .success()
     );
     let bundle = dir.join(format!("{fixture}.hsp"));
-    let out = Command::new(env!("CARGO_BIN_EXE_hotsplice"))
+    let out = crate::hs()
         .arg("build")
         .arg("--source")
         .arg(fixtures().join(fixture))
@@ -567,7 +564,7 @@ fn stacking_on_the_same_function() {
         .unwrap();
     assert!(status.success());
     let on_top = setup.dir.join("on-top.hsp");
-    let out = Command::new(env!("CARGO_BIN_EXE_hotsplice"))
+    let out = crate::hs()
         .arg("build")
         .arg("--source")
         .arg(&fixed)

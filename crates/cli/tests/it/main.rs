@@ -2,7 +2,8 @@
 //! user would, exit codes and output checked.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 use serde_json::Value;
 
@@ -14,6 +15,8 @@ mod crash;
 mod diff;
 /// `hotsplice check | apply | undo | list` on real processes.
 mod live;
+/// Signed bundles, trusted keys and the audit log.
+mod trust;
 
 /// A fresh scratch directory for one test.
 pub fn scratch(name: &str) -> PathBuf {
@@ -34,4 +37,38 @@ pub fn json(output: &Output) -> Value {
             String::from_utf8_lossy(&output.stderr)
         )
     })
+}
+
+/// Where the test key pair lives: (secret key, trusted-keys directory, audit log).
+fn test_keys() -> &'static (PathBuf, PathBuf, PathBuf) {
+    static KEYS: OnceLock<(PathBuf, PathBuf, PathBuf)> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let dir = scratch("test-keys");
+        let trusted = dir.join("trusted");
+        std::fs::create_dir(&trusted).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_hotsplice"))
+            .args(["key", "generate", "--out"])
+            .arg(trusted.join("tests"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let secret = dir.join("tests.key");
+        std::fs::rename(trusted.join("tests.key"), &secret).unwrap();
+        (secret, trusted, dir.join("audit.log"))
+    })
+}
+
+/// The hotsplice binary, configured as a machine that trusts the tests' key: `build` signs
+/// with it, `check`/`apply` trust it, and the audit log goes to a file under the target dir.
+pub fn hs() -> Command {
+    let (secret, trusted, audit) = test_keys();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hotsplice"));
+    cmd.env("HOTSPLICE_SIGNING_KEY", secret)
+        .env("HOTSPLICE_TRUST_DIR", trusted)
+        .env("HOTSPLICE_AUDIT_LOG", audit);
+    cmd
 }

@@ -1,0 +1,258 @@
+//! Keys, signing, trusted keys and the audit log.
+//!
+//! `hotsplice key generate` makes an ed25519 key pair; `hotsplice build --sign KEY` and
+//! `hotsplice sign` sign bundles. `check` and `apply` accept a bundle only when it is signed by
+//! a key in the trusted-keys directory (`/etc/hotsplice/trusted-keys`, `*.pub`), which must
+//! belong to root (or to the user running hotsplice) and be writable by no one else;
+//! `--allow-unsigned` overrides that, explicitly, and the audit log says so. Every apply, undo,
+//! refusal and recovery is recorded in the audit log: syslog (`/dev/log`) when present, else a
+//! root-only file (`/var/log/hotsplice/audit.log`).
+
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, anyhow};
+use clap::{Args, Subcommand};
+use hotsplice_bundle::signature::{PublicKey, SecretKey, verify};
+use serde_json::{Value, json};
+
+use crate::{EXIT_ENVIRONMENT, EXIT_OK, EXIT_REFUSED, Exit};
+
+/// The default directory of trusted public keys.
+pub const DEFAULT_TRUST_DIR: &str = "/etc/hotsplice/trusted-keys";
+
+/// Manage signing keys.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    #[command(subcommand)]
+    command: KeyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Generate an ed25519 key pair: PATH.key (secret, mode 0600) and PATH.pub. Install the
+    /// .pub file in the trusted-keys directory of the machines that may apply its bundles.
+    Generate {
+        /// Path of the key pair, without extension.
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+    },
+}
+
+/// Sign a bundle (adds a signature; the content is unchanged).
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// The bundle, signed in place unless -o is given.
+    bundle: PathBuf,
+    /// The secret key (from `hotsplice key generate`).
+    #[arg(long, value_name = "KEY")]
+    key: PathBuf,
+    /// Where to write the signed bundle.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+/// Reads a secret key file.
+pub fn read_secret(path: &Path) -> Result<SecretKey, Exit> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read key {}", path.display()))
+        .map_err(Exit::bad_input)?;
+    SecretKey::from_text(&text)
+        .with_context(|| path.display().to_string())
+        .map_err(Exit::bad_input)
+}
+
+/// `hotsplice key`.
+pub fn key(args: &KeyArgs) -> Result<ExitCode, Exit> {
+    let KeyCommand::Generate { out } = &args.command;
+    let secret = SecretKey::generate()
+        .context("generating a key")
+        .map_err(|error| Exit {
+            code: EXIT_ENVIRONMENT,
+            error,
+        })?;
+    let secret_path = out.with_extension("key");
+    let public_path = out.with_extension("pub");
+    let write = |path: &Path, text: &str, mode: u32| -> anyhow::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(mode)
+            .open(path)
+            .with_context(|| format!("creating {} (it must not exist)", path.display()))?;
+        f.write_all(text.as_bytes())?;
+        Ok(())
+    };
+    write(&secret_path, &secret.to_text(), 0o600)
+        .and_then(|()| write(&public_path, &secret.public().to_text(), 0o644))
+        .map_err(Exit::bad_input)?;
+    println!(
+        "key {}: secret {} (keep it private), public {} (install in {DEFAULT_TRUST_DIR}/)",
+        secret.public().id(),
+        secret_path.display(),
+        public_path.display()
+    );
+    Ok(ExitCode::from(EXIT_OK))
+}
+
+/// `hotsplice sign`.
+pub fn sign(args: &SignArgs) -> Result<ExitCode, Exit> {
+    let key = read_secret(&args.key)?;
+    let bytes = std::fs::read(&args.bundle)
+        .with_context(|| format!("cannot read {}", args.bundle.display()))
+        .map_err(Exit::bad_input)?;
+    let signed = hotsplice_bundle::add_signature(&bytes, &key)
+        .with_context(|| args.bundle.display().to_string())
+        .map_err(Exit::bad_input)?;
+    let out = args.output.as_ref().unwrap_or(&args.bundle);
+    std::fs::write(out, signed)
+        .with_context(|| format!("writing {}", out.display()))
+        .map_err(|error| Exit {
+            code: EXIT_ENVIRONMENT,
+            error,
+        })?;
+    println!("signed {} with key {}", out.display(), key.public().id());
+    Ok(ExitCode::from(EXIT_OK))
+}
+
+/// Whether a path may hold trusted keys: owned by root (or by us), writable by no one else.
+fn check_owner(path: &Path) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(anyhow!(
+            "{} belongs to uid {}, not root: refusing to trust keys from it",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    let mode = meta.permissions().mode();
+    // A sticky directory (like /tmp) lets no one rename or remove entries of others.
+    let sticky_dir = meta.is_dir() && mode & 0o1000 != 0;
+    if mode & 0o022 != 0 && !sticky_dir {
+        return Err(anyhow!(
+            "{} is writable by group or others (mode {:o}): refusing to trust keys from it",
+            path.display(),
+            mode & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a trusted-keys directory and every directory above it, as sshd's StrictModes does:
+/// a writable parent would let someone swap the directory.
+fn check_dir(dir: &Path) -> anyhow::Result<()> {
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("trusted-keys directory {}", dir.display()))?;
+    for ancestor in dir.ancestors() {
+        check_owner(ancestor)?;
+    }
+    Ok(())
+}
+
+/// The trusted public keys of a directory (`*.pub`), after checking its permissions.
+pub fn trusted_keys(dir: &Path) -> anyhow::Result<Vec<PublicKey>> {
+    check_dir(dir)?;
+    let mut keys = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("{}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "pub") {
+            check_owner(&path)?;
+            let text = std::fs::read_to_string(&path)?;
+            keys.push(PublicKey::from_text(&text).with_context(|| path.display().to_string())?);
+        }
+    }
+    Ok(keys)
+}
+
+/// Who vouches for a bundle: the id of the trusted key that signed it, or "unsigned".
+pub fn accept(
+    sealed: &hotsplice_bundle::Sealed,
+    trust_dir: &Path,
+    allow_unsigned: bool,
+) -> Result<String, Exit> {
+    let keys = match trusted_keys(trust_dir) {
+        Ok(keys) => keys,
+        // With --allow-unsigned an unusable directory only means nothing can be verified.
+        Err(_) if allow_unsigned => Vec::new(),
+        Err(e) => {
+            return Err(Exit {
+                code: EXIT_REFUSED,
+                error: e.context(format!(
+                    "cannot use the trusted keys (create {} with root-owned *.pub files, or pass --allow-unsigned)",
+                    trust_dir.display()
+                )),
+            });
+        }
+    };
+    match verify(sealed, &keys) {
+        Ok(id) => Ok(id),
+        Err(why) if allow_unsigned => Ok(format!("unverified ({why}; --allow-unsigned)")),
+        Err(why) => Err(Exit {
+            code: EXIT_REFUSED,
+            error: anyhow!(
+                "{why}; trusted keys: {} — refusing to apply (sign it with `hotsplice sign`, trust the key, or pass --allow-unsigned)",
+                trust_dir.display()
+            ),
+        }),
+    }
+}
+
+/// Appends a record to the audit log: syslog (`/dev/log`) when present, else a root-only file
+/// (`$HOTSPLICE_AUDIT_LOG`, default `/var/log/hotsplice/audit.log`). Failures to log are
+/// reported on stderr, never fatal.
+pub fn audit(record: Value) {
+    let mut record = record;
+    record["time_unix"] = json!(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    );
+    record["hotsplice_pid"] = json!(std::process::id());
+    let line = record.to_string();
+    if let Some(path) = std::env::var_os("HOTSPLICE_AUDIT_LOG") {
+        if let Err(e) = append(Path::new(&path), &line) {
+            eprintln!(
+                "hotsplice: warning: audit log {}: {e}",
+                Path::new(&path).display()
+            );
+        }
+        return;
+    }
+    if syslog(&line).is_ok() {
+        return;
+    }
+    let path = Path::new("/var/log/hotsplice/audit.log");
+    if let Err(e) = append(path, &line) {
+        eprintln!("hotsplice: warning: audit log {}: {e}", path.display());
+    }
+}
+
+fn append(path: &Path, line: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(format!("{line}\n").as_bytes())
+}
+
+/// Sends a message to the local syslog daemon or journal (`/dev/log`), facility auth,
+/// severity notice.
+fn syslog(message: &str) -> std::io::Result<()> {
+    let socket = std::os::unix::net::UnixDatagram::unbound()?;
+    let packet = format!("<37>hotsplice[{}]: {message}", std::process::id());
+    socket.send_to(packet.as_bytes(), "/dev/log")?;
+    Ok(())
+}
