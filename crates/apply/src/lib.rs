@@ -328,9 +328,13 @@ impl Error {
     /// The kind of failure, for exit codes.
     pub fn class(&self) -> ErrorClass {
         match self {
-            Error::NoModule { .. } | Error::NotApplied { .. } | Error::NotInterrupted { .. } => {
-                ErrorClass::BadInput
-            }
+            Error::NoModule { .. }
+            | Error::NotApplied { .. }
+            | Error::NotInterrupted { .. }
+            | Error::Process(
+                hotsplice_ptrace::Error::InvalidPid { .. }
+                | hotsplice_ptrace::Error::KernelThread { .. },
+            ) => ErrorClass::BadInput,
             Error::NoPlacement { .. } | Error::State { .. } | Error::Process(_) => {
                 ErrorClass::Environment
             }

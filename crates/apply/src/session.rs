@@ -118,6 +118,7 @@ fn find_module(process: &Process, bundle: &Bundle) -> Result<Module, Error> {
     paths.sort();
     paths.dedup();
     let mut candidates: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut exe_problem = None;
     for path in &paths {
         let is_exe = *path == exe;
         let name_matches = std::path::Path::new(path)
@@ -134,8 +135,14 @@ fn find_module(process: &Process, bundle: &Bundle) -> Result<Module, Error> {
             Ok(bytes) => bytes,
             Err(_) => continue,
         };
-        let Ok(image) = Image::parse(&bytes) else {
-            continue;
+        let image = match Image::parse(&bytes) {
+            Ok(image) => image,
+            Err(e) => {
+                if is_exe {
+                    exe_problem = Some(format!("{path}: {e}"));
+                }
+                continue;
+            }
         };
         let id_matches = match (&want_build_id, &image.build_id) {
             (Some(want), Some(have)) => *want == hex::encode(have),
@@ -152,7 +159,10 @@ fn find_module(process: &Process, bundle: &Bundle) -> Result<Module, Error> {
     let Some((path, bytes)) = candidates.into_iter().next() else {
         return Err(Error::NoModule {
             pid,
-            target: bundle.target.path.clone(),
+            target: match exe_problem {
+                Some(problem) => format!("{} (its executable is {problem})", bundle.target.path),
+                None => bundle.target.path.clone(),
+            },
         });
     };
     let image = Image::parse(&bytes).map_err(|e| Error::NoModule {

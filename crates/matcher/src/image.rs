@@ -86,6 +86,12 @@ impl Image {
     /// Parses an x86-64 ELF executable or shared library. Never panics on malformed input.
     pub fn parse(data: &[u8]) -> Result<Image, Error> {
         let endian = LittleEndian;
+        if data.len() >= 5 && data[..4] == [0x7f, b'E', b'L', b'F'] && data[4] == elf::ELFCLASS32.0
+        {
+            return Err(Error::Image(
+                "a 32-bit ELF program; hotsplice patches x86-64 programs only".into(),
+            ));
+        }
         let header = elf::FileHeader64::<LittleEndian>::parse(data)
             .map_err(|e| Error::Image(format!("ELF header: {e}")))?;
         if header.e_machine(endian).0 != elf::EM_X86_64.0 {

@@ -62,6 +62,12 @@ pub enum Error {
         /// The pid.
         pid: i32,
     },
+    /// Not a process id at all (zero or negative).
+    #[error("{pid} is not a process id")]
+    InvalidPid {
+        /// The number given.
+        pid: i32,
+    },
     /// A zombie: it has exited and cannot run code.
     #[error("process {pid} is a zombie (it has exited; its parent has not reaped it)")]
     Zombie {
@@ -75,7 +81,9 @@ pub enum Error {
         pid: i32,
     },
     /// Not allowed.
-    #[error("not permitted to {what} of process {pid}")]
+    #[error(
+        "not permitted to {what} of process {pid} (hotsplice needs root, or the process's user with CAP_SYS_PTRACE, and a kernel.yama.ptrace_scope that allows it)"
+    )]
     PermissionDenied {
         /// The pid (or tid).
         pid: i32,

@@ -65,7 +65,7 @@ impl Process {
     /// zombie, a kernel thread.
     pub fn new(pid: i32) -> Result<Process, Error> {
         if pid <= 0 {
-            return Err(Error::NoSuchProcess { pid });
+            return Err(Error::InvalidPid { pid });
         }
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .map_err(|_| Error::NoSuchProcess { pid })?;
@@ -82,7 +82,7 @@ impl Process {
             if e.kind() == std::io::ErrorKind::PermissionDenied {
                 Error::PermissionDenied {
                     pid,
-                    what: "read its memory map".into(),
+                    what: "read the memory map".into(),
                 }
             } else {
                 Error::NoSuchProcess { pid }
@@ -156,7 +156,7 @@ impl Process {
             .open(format!("/proc/{}/mem", self.pid))
             .map_err(|_| Error::PermissionDenied {
                 pid: self.pid,
-                what: "write its memory".into(),
+                what: "write the memory".into(),
             })?;
         file.write_all_at(data, address)
             .map_err(|source| Error::Memory {
@@ -186,7 +186,7 @@ impl Process {
             if e.kind() == std::io::ErrorKind::PermissionDenied {
                 Error::PermissionDenied {
                     pid: self.pid,
-                    what: "read its memory".into(),
+                    what: "read the memory".into(),
                 }
             } else {
                 Error::NoSuchProcess { pid: self.pid }

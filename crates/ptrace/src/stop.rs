@@ -74,9 +74,7 @@ fn ptrace_error(tid: i32, operation: &'static str) -> impl Fn(Errno) -> Error {
     move |errno| match errno {
         Errno::EPERM => Error::PermissionDenied {
             pid: tid,
-            what: format!(
-                "{operation} (needs CAP_SYS_PTRACE or the same user; no Yama restrictions)"
-            ),
+            what: operation.to_string(),
         },
         Errno::ESRCH => Error::ThreadGone { tid },
         other => Error::Ptrace {
@@ -285,7 +283,7 @@ impl Stopped {
                 .open(format!("/proc/{}/mem", self.pid))
                 .map_err(|_| Error::PermissionDenied {
                     pid: self.pid,
-                    what: "open its memory for writing".into(),
+                    what: "open the memory for writing".into(),
                 })?;
             self.mem = Some(file);
         }

@@ -125,7 +125,7 @@ fn stop_inject_write_release_keeps_blocking_calls_intact() {
 
 #[test]
 fn refuses_what_cannot_be_patched() {
-    assert!(matches!(Process::new(0), Err(Error::NoSuchProcess { .. })));
+    assert!(matches!(Process::new(0), Err(Error::InvalidPid { pid: 0 })));
     assert!(matches!(
         Process::new(i32::MAX),
         Err(Error::NoSuchProcess { .. })

@@ -7,6 +7,8 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
+/// Bad inputs and their outcomes (writes eval/results/bad-input.md).
+mod bad_input;
 /// `hotsplice build` and `info` on the bundled fixture project.
 mod build;
 /// Crash consistency: hotsplice killed at each step, then `recover`.
