@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use hotsplice_bundle::Bundle;
 
-pub use session::{Recovered, pids_of_exe};
+pub use session::{Observed, Recovered, pids_of_exe};
 pub use state::AppliedPatch;
 
 /// How to go about it.
@@ -389,7 +389,7 @@ pub fn undo(id: &str, pids: &[i32], options: &Options) -> Result<Vec<ProcessRepo
 }
 
 /// Patches applied to the given processes (every recorded process when `pids` is empty).
-pub fn list(pids: &[i32], options: &Options) -> Vec<(i32, Result<Vec<AppliedPatch>, Error>)> {
+pub fn list(pids: &[i32], options: &Options) -> Vec<(i32, Result<Observed, Error>)> {
     let pids: Vec<i32> = if pids.is_empty() {
         state::all(&options.state_dir)
             .into_iter()

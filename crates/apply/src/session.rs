@@ -196,9 +196,24 @@ fn find_module(process: &Process, bundle: &Bundle) -> Result<Module, Error> {
 /// Test-only fault injection: with `HOTSPLICE_FAULT=<point>` in the environment, hotsplice
 /// kills itself with `SIGKILL` when it reaches that point, so the crash-consistency tests can
 /// stop it between any two steps of an apply or undo.
+///
+/// With `HOTSPLICE_HOLD=<point>:<dir>`, it instead creates `<dir>/reached` there and waits (at
+/// most a minute) for `<dir>/release`, so a test can act on the target — kill it, make it
+/// exec, fork or take a signal — at exactly that step.
 fn fault(point: &str) {
     if std::env::var_os("HOTSPLICE_FAULT").is_some_and(|v| v == point) {
         hotsplice_ptrace::die_now();
+    }
+    if let Some(hold) = std::env::var_os("HOTSPLICE_HOLD")
+        && let Some((at, dir)) = hold.to_string_lossy().split_once(':')
+        && at == point
+    {
+        let dir = std::path::Path::new(dir);
+        let _ = std::fs::write(dir.join("reached"), point);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !dir.join("release").exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 }
 
@@ -259,7 +274,7 @@ fn prepare<'b>(bundle: &'b Bundle, pid: i32, options: &Options) -> Result<Prepar
     let process = Process::new(pid)?;
     let start_time = process.start_time()?;
     refuse_if_interrupted(&options.state_dir, pid, start_time)?;
-    let state = state::load(&options.state_dir, pid, start_time)?;
+    let state = observe(&process, start_time, options)?.state;
     if state.patches.iter().any(|p| p.id == bundle.id) {
         return Err(Error::AlreadyApplied {
             pid,
@@ -1294,7 +1309,7 @@ pub fn undo_one(id: &str, pid: i32, options: &Options) -> Result<ProcessReport, 
     let process = Process::new(pid)?;
     let start_time = process.start_time()?;
     refuse_if_interrupted(&options.state_dir, pid, start_time)?;
-    let mut state = state::load(&options.state_dir, pid, start_time)?;
+    let mut state = observe(&process, start_time, options)?.state;
     let Some(index) = state.patches.iter().position(|p| p.id == id) else {
         return Err(Error::NotApplied {
             pid,
@@ -1418,27 +1433,98 @@ pub fn undo_one(id: &str, pid: i32, options: &Options) -> Result<ProcessReport, 
     Err(busy_error(pid, &history, options.retries + 1))
 }
 
-/// The patches applied to a process: from the state record, or, when it is missing, from the
-/// headers of patch memory found in the process.
-pub fn list_one(pid: i32, options: &Options) -> Result<Vec<AppliedPatch>, Error> {
+/// The patches applied to a process: see [`observe`].
+pub fn list_one(pid: i32, options: &Options) -> Result<Observed, Error> {
     let process = Process::new(pid)?;
     let start_time = process.start_time()?;
-    let state = state::load(&options.state_dir, pid, start_time)?;
-    if !state.patches.is_empty() {
-        return Ok(state.patches);
-    }
-    let mut found = Vec::new();
+    observe(&process, start_time, options)
+}
+
+/// What is applied to a process, as its code shows it.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// The record, holding only patches whose jumps are in the code.
+    pub state: ProcessState,
+    /// Recorded patches whose jumps are not in the code (the program exec'd, or something
+    /// else rewrote its code): dropped from the record.
+    pub stale: Vec<AppliedPatch>,
+    /// Patch memory found in the process that no live jump uses (a child forked while a
+    /// patch was being applied to its parent): harmless, never executed.
+    pub unused: Vec<AppliedPatch>,
+}
+
+/// The patches live in a process: those of its state record, and those described by the
+/// headers of patch memory found in it (a child forked from a patched process inherits its
+/// patches but has no record) — each kept only if the process's code holds its jumps. A
+/// record found stale is rewritten.
+fn observe(process: &Process, start_time: u64, options: &Options) -> Result<Observed, Error> {
+    let pid = process.pid();
+    let recorded = state::load(&options.state_dir, pid, start_time)?;
+    let mut in_memory = Vec::new();
     for m in process.maps()? {
         if m.exec && m.inode == 0 && m.path.is_none() {
             let mut head = vec![0u8; link::HEADER_SIZE as usize];
             if process.read(m.start, &mut head).is_ok()
                 && let Some(patch) = state::parse_header(&head)
+                && !recorded.patches.iter().any(|p| p.id == patch.id)
             {
-                found.push(patch);
+                in_memory.push(patch);
             }
         }
     }
-    Ok(found)
+    in_memory.sort_by_key(|p| p.applied_unix);
+    let from_memory: Vec<String> = in_memory.iter().map(|p| p.id.clone()).collect();
+    let mut all = in_memory;
+    all.extend(recorded.patches.iter().cloned());
+    all.sort_by_key(|p| p.applied_unix);
+
+    // The jump each site must hold: the latest patch's.
+    let mut top: HashMap<u64, (usize, &str)> = HashMap::new();
+    for (i, p) in all.iter().enumerate() {
+        for f in &p.functions {
+            top.insert(f.site, (i, f.jump.as_str()));
+        }
+    }
+    let mut live = vec![true; all.len()];
+    for (i, p) in all.iter().enumerate() {
+        if p.functions.is_empty() {
+            live[i] = false;
+        }
+    }
+    for (&site, &(i, jump)) in &top {
+        let mut now = [0u8; 5];
+        if process.read(site, &mut now).is_err() || hex::encode(&now) != jump {
+            live[i] = false;
+        }
+    }
+    // A patch whose every site a later patch took over lives while those do.
+    for (i, p) in all.iter().enumerate() {
+        if p.functions.iter().any(|f| !live[top[&f.site].0]) {
+            live[i] = false;
+        }
+    }
+    let mut observed = Observed {
+        state: ProcessState {
+            pid,
+            start_time,
+            patches: Vec::new(),
+        },
+        ..Observed::default()
+    };
+    for (p, live) in all.into_iter().zip(live) {
+        match (live, from_memory.contains(&p.id)) {
+            (true, _) => observed.state.patches.push(p),
+            (false, true) => observed.unused.push(p),
+            (false, false) => observed.stale.push(p),
+        }
+    }
+    if !observed.stale.is_empty() {
+        let mut kept = recorded.clone();
+        kept.patches
+            .retain(|p| !observed.stale.iter().any(|s| s.id == p.id));
+        state::save(&options.state_dir, &kept)?;
+    }
+    Ok(observed)
 }
 
 /// Every process running the executable at `path`.

@@ -433,10 +433,18 @@ pub fn list(args: &ListArgs) -> Result<ExitCode, Exit> {
     let listing = hotsplice_apply::list(&args.pids, &args.options.options());
     let mut out = std::io::stdout().lock();
     if args.options.json {
+        let ids = |patches: &[hotsplice_apply::AppliedPatch]| -> Vec<String> {
+            patches.iter().map(|p| p.id.clone()).collect()
+        };
         let processes: Vec<Value> = listing
             .iter()
-            .map(|(pid, patches)| match patches {
-                Ok(patches) => json!({"pid": pid, "patches": patches}),
+            .map(|(pid, observed)| match observed {
+                Ok(o) => json!({
+                    "pid": pid,
+                    "patches": o.state.patches,
+                    "stale_records_dropped": ids(&o.stale),
+                    "unused_patch_memory": ids(&o.unused),
+                }),
                 Err(e) => json!({"pid": pid, "error": e.to_string()}),
             })
             .collect();
@@ -450,27 +458,41 @@ pub fn list(args: &ListArgs) -> Result<ExitCode, Exit> {
     if listing.is_empty() {
         let _ = writeln!(out, "no live patches recorded");
     }
-    for (pid, patches) in &listing {
-        match patches {
-            Ok(patches) if patches.is_empty() => {
-                let _ = writeln!(out, "pid {pid}: no patches");
-            }
-            Ok(patches) => {
-                for p in patches {
-                    let names: Vec<&str> = p.functions.iter().map(|f| f.name.as_str()).collect();
-                    let _ = writeln!(
-                        out,
-                        "pid {pid}: {} on {} ({}), paused {} µs",
-                        p.id,
-                        p.module,
-                        names.join(", "),
-                        p.pause_us
-                    );
-                }
-            }
+    for (pid, observed) in &listing {
+        let o = match observed {
+            Ok(o) => o,
             Err(e) => {
                 let _ = writeln!(out, "pid {pid}: {e}");
+                continue;
             }
+        };
+        if o.state.patches.is_empty() {
+            let _ = writeln!(out, "pid {pid}: no patches");
+        }
+        for p in &o.state.patches {
+            let names: Vec<&str> = p.functions.iter().map(|f| f.name.as_str()).collect();
+            let _ = writeln!(
+                out,
+                "pid {pid}: {} on {} ({}), paused {} µs",
+                p.id,
+                p.module,
+                names.join(", "),
+                p.pause_us
+            );
+        }
+        for p in &o.stale {
+            let _ = writeln!(
+                out,
+                "pid {pid}: {} was recorded, but its jumps are not in the code (the program exec'd?): record dropped",
+                p.id
+            );
+        }
+        for p in &o.unused {
+            let _ = writeln!(
+                out,
+                "pid {pid}: memory of {} is mapped but not in use (forked during an apply?); harmless",
+                p.id
+            );
         }
     }
     Ok(ExitCode::from(EXIT_OK))

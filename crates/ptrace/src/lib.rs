@@ -68,6 +68,14 @@ pub enum Error {
         /// The number given.
         pid: i32,
     },
+    /// The process `exec`ed another program while hotsplice was working on it.
+    #[error(
+        "process {pid} replaced its program (exec) while hotsplice worked on it; nothing was written to the new program"
+    )]
+    Replaced {
+        /// The pid.
+        pid: i32,
+    },
     /// A zombie: it has exited and cannot run code.
     #[error("process {pid} is a zombie (it has exited; its parent has not reaped it)")]
     Zombie {

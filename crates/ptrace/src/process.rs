@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::Error;
 
@@ -54,10 +55,15 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
         .collect()
 }
 
-/// A running process, identified by its pid.
+/// A running process, identified by its pid, and pinned to its address space: `/proc/PID/mem`
+/// is opened once, when the process is opened, and every read and write goes through that
+/// handle. A handle refers to the address space it was opened on, so after the program
+/// `exec`s (or exits) every access fails — hotsplice can never write into a program other than
+/// the one it matched. [`Process::check_same`] tells which happened.
 #[derive(Debug, Clone)]
 pub struct Process {
     pid: i32,
+    mem: Arc<File>,
 }
 
 impl Process {
@@ -91,7 +97,25 @@ impl Process {
         if maps.trim().is_empty() {
             return Err(Error::KernelThread { pid });
         }
-        Ok(Process { pid })
+        let mem = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{pid}/mem"))
+            .or_else(|_| File::open(format!("/proc/{pid}/mem")))
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    Error::PermissionDenied {
+                        pid,
+                        what: "open the memory".into(),
+                    }
+                } else {
+                    Error::NoSuchProcess { pid }
+                }
+            })?;
+        Ok(Process {
+            pid,
+            mem: Arc::new(mem),
+        })
     }
 
     /// The pid.
@@ -147,24 +171,60 @@ impl Process {
         })
     }
 
-    /// Writes process memory through `/proc/PID/mem` while it runs — only for memory the
-    /// program does not use yet (fresh patch memory); live code is changed through
+    /// Writes process memory while it runs — only for memory the program does not use yet
+    /// (fresh patch memory); live code is changed through
     /// [`Stopped::write`](crate::Stopped::write).
     pub fn write(&self, address: u64, data: &[u8]) -> Result<(), Error> {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(format!("/proc/{}/mem", self.pid))
-            .map_err(|_| Error::PermissionDenied {
-                pid: self.pid,
-                what: "write the memory".into(),
-            })?;
-        file.write_all_at(data, address)
-            .map_err(|source| Error::Memory {
+        self.mem
+            .write_all_at(data, address)
+            .map_err(|source| self.memory_error(address, data.len(), source))
+    }
+
+    /// The pinned memory handle (shared with [`Stopped`](crate::Stopped)).
+    pub(crate) fn mem(&self) -> &Arc<File> {
+        &self.mem
+    }
+
+    /// Whether the address space this process was opened on is still its address space:
+    /// `Replaced` after an `exec`, `NoSuchProcess` after an exit.
+    pub fn check_same(&self) -> Result<(), Error> {
+        // Address 0 is never mapped: a live address space answers EIO; one that is gone (the
+        // handle keeps only a dead reference) reads as end-of-file.
+        let mut byte = [0u8; 1];
+        match self.mem.read_at(&mut byte, 0) {
+            Ok(0) => {
+                if std::fs::metadata(format!("/proc/{}/task", self.pid)).is_ok()
+                    && Process::status_is_alive(self.pid)
+                {
+                    Err(Error::Replaced { pid: self.pid })
+                } else {
+                    Err(Error::NoSuchProcess { pid: self.pid })
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn status_is_alive(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("State:"))
+                .is_some_and(|st| !st.trim().starts_with('Z') && !st.trim().starts_with('X'))
+        })
+    }
+
+    /// The error for a failed access at `address`: the process exec'd or exited, or the
+    /// memory is not there.
+    pub(crate) fn memory_error(&self, address: u64, len: usize, source: std::io::Error) -> Error {
+        match self.check_same() {
+            Err(gone) => gone,
+            Ok(()) => Error::Memory {
                 pid: self.pid,
                 address,
-                len: data.len(),
+                len,
                 source,
-            })
+            },
+        }
     }
 
     /// The process start time (clock ticks after boot, `/proc/PID/stat` field 22): with the
@@ -180,25 +240,11 @@ impl Process {
             .ok_or(Error::NoSuchProcess { pid: self.pid })
     }
 
-    /// Reads process memory through `/proc/PID/mem`.
+    /// Reads process memory.
     pub fn read(&self, address: u64, buf: &mut [u8]) -> Result<(), Error> {
-        let file = File::open(format!("/proc/{}/mem", self.pid)).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::PermissionDenied {
-                Error::PermissionDenied {
-                    pid: self.pid,
-                    what: "read the memory".into(),
-                }
-            } else {
-                Error::NoSuchProcess { pid: self.pid }
-            }
-        })?;
-        file.read_exact_at(buf, address)
-            .map_err(|source| Error::Memory {
-                pid: self.pid,
-                address,
-                len: buf.len(),
-                source,
-            })
+        self.mem
+            .read_exact_at(buf, address)
+            .map_err(|source| self.memory_error(address, buf.len(), source))
     }
 }
 

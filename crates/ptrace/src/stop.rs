@@ -8,8 +8,9 @@
 //! being stopped is delivered when it resumes. [`Stopped`] always detaches on drop, so no path
 //! leaves the target stopped.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libc::user_regs_struct;
@@ -65,7 +66,8 @@ pub struct Pause {
 pub struct Stopped {
     pid: i32,
     threads: Vec<Thread>,
-    mem: Option<File>,
+    mem: Arc<File>,
+    process: Process,
     first_interrupt: Instant,
     released: bool,
 }
@@ -189,7 +191,8 @@ impl Stopped {
         let mut stopped = Stopped {
             pid,
             threads: Vec::new(),
-            mem: None,
+            mem: process.mem().clone(),
+            process: process.clone(),
             first_interrupt: Instant::now(),
             released: false,
         };
@@ -262,6 +265,9 @@ impl Stopped {
         if stopped.threads.is_empty() {
             return Err(Error::NoSuchProcess { pid });
         }
+        // Every thread is stopped, so the program cannot exec from here until release; it must
+        // not have exec'd before either.
+        process.check_same()?;
         Ok(stopped)
     }
 
@@ -275,32 +281,11 @@ impl Stopped {
         self.pid
     }
 
-    fn mem(&mut self) -> Result<&File, Error> {
-        if self.mem.is_none() {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(format!("/proc/{}/mem", self.pid))
-                .map_err(|_| Error::PermissionDenied {
-                    pid: self.pid,
-                    what: "open the memory for writing".into(),
-                })?;
-            self.mem = Some(file);
-        }
-        Ok(self.mem.as_ref().expect("just opened"))
-    }
-
     /// Reads memory of the stopped process.
     pub fn read(&mut self, address: u64, buf: &mut [u8]) -> Result<(), Error> {
-        let pid = self.pid;
-        self.mem()?
+        self.mem
             .read_exact_at(buf, address)
-            .map_err(|source| Error::Memory {
-                pid,
-                address,
-                len: buf.len(),
-                source,
-            })
+            .map_err(|source| self.process.memory_error(address, buf.len(), source))
     }
 
     /// Reads several ranges in as few system calls as possible (`process_vm_readv`, falling
@@ -352,15 +337,11 @@ impl Stopped {
     /// Writes memory of the stopped process, read-only text included: through
     /// `/proc/PID/mem`, or word by word with `PTRACE_POKEDATA` where the kernel forbids that.
     pub fn write(&mut self, address: u64, data: &[u8]) -> Result<(), Error> {
-        let pid = self.pid;
-        match self.mem()?.write_all_at(data, address) {
+        match self.mem.write_all_at(data, address) {
             Ok(()) => Ok(()),
-            Err(first) => self.poke(address, data).map_err(|_| Error::Memory {
-                pid,
-                address,
-                len: data.len(),
-                source: first,
-            }),
+            Err(first) => self
+                .poke(address, data)
+                .map_err(|_| self.process.memory_error(address, data.len(), first)),
         }
     }
 
