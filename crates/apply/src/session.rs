@@ -1069,7 +1069,16 @@ pub fn apply_one(
                 functions: Vec::new(),
             },
         };
-        if let Err(e) = state::write_journal(&options.state_dir, &journal) {
+        // A header naming the patch (no functions yet): memory a forked child inherits from
+        // here on is attributable, and never taken for a live patch.
+        let written = stopped
+            .write(
+                code,
+                &state::header(&journal.patch, link::HEADER_SIZE as usize),
+            )
+            .map_err(Error::from)
+            .and_then(|()| state::write_journal(&options.state_dir, &journal));
+        if let Err(e) = written {
             for r in &journal.patch.regions {
                 let _ = stopped.syscall(SYS_MUNMAP, [r.address, r.size, 0, 0, 0, 0]);
             }

@@ -114,7 +114,7 @@ pub enum Error {
     },
     /// Every thread is unusable for running a system call.
     #[error(
-        "no thread of process {pid} can run a system call for hotsplice (all are stopped by job control or receiving signals)"
+        "no thread of process {pid} can run a system call for hotsplice (every thread is receiving a signal); try again"
     )]
     NoUsableThread {
         /// The pid.

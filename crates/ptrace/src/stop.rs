@@ -109,6 +109,22 @@ fn settle(tid: i32) -> Result<(), Error> {
     }
 }
 
+/// Whether a thread is gone or exiting (a zombie thread, or `PF_EXITING`).
+fn thread_exiting(pid: i32, tid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else {
+        return true;
+    };
+    let state = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next());
+    // Field 9 (flags): PF_EXITING = 0x4.
+    let flags: u64 = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse().ok())
+        .unwrap_or(0);
+    matches!(state, Some('Z' | 'X' | 'x')) || flags & 0x4 != 0
+}
+
 /// Whether a thread (or its process) has signals pending: then an `EINTR` it got is real.
 fn signals_pending(pid: i32, tid: i32) -> bool {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else {
@@ -211,6 +227,8 @@ impl Stopped {
                 match ptrace::seize(Pid::from_raw(tid), ptrace::Options::empty()) {
                     Ok(()) => seized.push(tid),
                     Err(Errno::ESRCH) => {} // exited meanwhile
+                    // An exiting thread cannot be attached (EPERM): it runs no more user code.
+                    Err(Errno::EPERM) if thread_exiting(pid, tid) => {}
                     Err(e) => return Err(ptrace_error(tid, "PTRACE_SEIZE")(e)),
                 }
             }
@@ -375,17 +393,24 @@ impl Stopped {
     pub fn syscall(&mut self, number: i64, args: [u64; 6]) -> Result<i64, Error> {
         // Prefer a thread stopped in a system call: the `syscall` instruction it just executed
         // is at rip - 2, so no byte of the target needs changing.
+        // A thread stopped by job control is used only when every thread is: running it for
+        // the call does not end the job-control stop, which holds again once we detach.
         let mut choice = None;
-        for (i, t) in self.threads.iter().enumerate() {
-            if t.pending_signal.is_some() || t.job_stopped {
-                continue;
+        for job_stopped in [false, true] {
+            for (i, t) in self.threads.iter().enumerate() {
+                if t.pending_signal.is_some() || t.job_stopped != job_stopped {
+                    continue;
+                }
+                if t.in_syscall() && t.regs.rip >= 2 {
+                    choice = Some((i, true));
+                    break;
+                }
+                if choice.is_none() {
+                    choice = Some((i, false));
+                }
             }
-            if t.in_syscall() && t.regs.rip >= 2 {
-                choice = Some((i, true));
+            if choice.is_some() {
                 break;
-            }
-            if choice.is_none() {
-                choice = Some((i, false));
             }
         }
         let Some((index, in_syscall)) = choice else {
@@ -449,6 +474,11 @@ impl Stopped {
                     return Err(Error::ThreadWontStop { tid });
                 }
                 Ok(WaitStatus::Stopped(_, Signal::SIGTRAP)) => break,
+                Ok(WaitStatus::PtraceEvent(_, _, PTRACE_EVENT_STOP)) => {
+                    // A thread taken from a job-control stop traps once more on resume
+                    // (the stop seen when seizing it, and our interrupt): step again.
+                    ptrace::step(pid, None).map_err(ptrace_error(tid, "PTRACE_SINGLESTEP"))?;
+                }
                 Ok(WaitStatus::Stopped(_, signal)) => {
                     // Another signal came first: keep it for release and step again.
                     if let Some(t) = self.threads.iter_mut().find(|t| t.tid == tid) {
@@ -493,11 +523,12 @@ impl Stopped {
     /// that take no locks (an `STT_GNU_IFUNC` resolver). The thread's registers are restored
     /// exactly.
     pub fn call(&mut self, function: u64, trap: u64) -> Result<u64, Error> {
-        let Some(index) = self
-            .threads
-            .iter()
-            .position(|t| t.pending_signal.is_none() && !t.job_stopped)
-        else {
+        let usable = |job_stopped: bool| {
+            self.threads
+                .iter()
+                .position(|t| t.pending_signal.is_none() && t.job_stopped == job_stopped)
+        };
+        let Some(index) = usable(false).or_else(|| usable(true)) else {
             return Err(Error::NoUsableThread { pid: self.pid });
         };
         let saved = self.threads[index].regs;
@@ -520,6 +551,9 @@ impl Stopped {
             loop {
                 match waitpid(pid, Some(WaitPidFlag::__WALL)) {
                     Ok(WaitStatus::Stopped(_, Signal::SIGTRAP)) => break,
+                    Ok(WaitStatus::PtraceEvent(_, _, PTRACE_EVENT_STOP)) => {
+                        ptrace::cont(pid, None).map_err(ptrace_error(tid, "PTRACE_CONT"))?;
+                    }
                     Ok(WaitStatus::Stopped(_, signal)) => {
                         if let Some(t) = self.threads.iter_mut().find(|t| t.tid == tid) {
                             t.pending_signal.get_or_insert(signal);

@@ -143,7 +143,7 @@ pub struct App {
 
 impl App {
     /// Starts a program whose stdout lines are collected in the background.
-    fn spawn(mut command: Command) -> App {
+    pub fn spawn(mut command: Command) -> App {
         let mut child = command
             .stdout(Stdio::piped())
             .stdin(Stdio::null())

@@ -15,6 +15,8 @@ mod build;
 mod crash;
 /// `hotsplice diff`.
 mod diff;
+/// The target exits, execs, forks, takes signals or is job-stopped during an apply.
+mod lifecycle;
 /// `hotsplice check | apply | undo | list` on real processes.
 mod live;
 /// Signed bundles, trusted keys and the audit log.
