@@ -8,10 +8,13 @@
 //!   the same tree (`eval/results/build-bench.md`).
 //! - `bench-pause`: how long apply and undo stop targets with 1, 8 and 64 busy threads
 //!   (`eval/results/pause.{md,json}`).
+//! - `soak`: apply/undo cycles on a 64-thread busy target, checked after every step
+//!   (`eval/results/soak.{md,json}`).
 
 mod live;
 mod nginx;
 mod pause;
+mod soak;
 
 use std::process::ExitCode;
 
@@ -24,7 +27,8 @@ tasks:
   bench-nginx-throughput [PATCH] nginx req/s with the patch applied vs not (default CVE-2026-1642)
   render-nginx [NAME]           rewrite eval/results/NAME.md (nginx, nginx-stock) from its JSON
   bench-build [PATCH]           cold/warm build vs a plain Debian build (default CVE-2025-23419)
-  bench-pause [CYCLES]          apply/undo pause on 1, 8, 64 busy threads (default 100 cycles)";
+  bench-pause [CYCLES]          apply/undo pause on 1, 8, 64 busy threads (default 100 cycles)
+  soak [CYCLES] [THREADS]       apply/undo cycles on a busy target, checked each step (default 10000, 64)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -38,6 +42,10 @@ fn main() -> ExitCode {
         Some("bench-pause") => {
             pause::bench_pause(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(100))
         }
+        Some("soak") => soak::soak(
+            args.get(1).and_then(|n| n.parse().ok()).unwrap_or(10_000),
+            args.get(2).and_then(|n| n.parse().ok()).unwrap_or(64),
+        ),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
