@@ -561,6 +561,8 @@ fn refuse_sections(
             || section.sh_type == SHT_X86_64_UNWIND
             || section.name == ".eh_frame"
             || section.name.starts_with(".note")
+            || crate::table::is_table_section(&section.name)
+            || crate::table::is_discarded(&section.name)
         {
             continue;
         }

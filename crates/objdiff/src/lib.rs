@@ -41,6 +41,7 @@ pub mod patchset;
 mod reference;
 pub mod reloc_type;
 mod report;
+pub mod table;
 
 pub use diff::{diff_objects, patch_objects};
 pub use error::{Error, Side};

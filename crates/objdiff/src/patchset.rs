@@ -17,6 +17,7 @@ use crate::elf::{self, SymbolKind};
 use crate::name::CloneKind;
 use crate::reference::{Reference, Resolved, Target};
 use crate::report::{ObjectDiff, Status};
+use crate::table;
 
 /// What kind of memory a piece needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -96,6 +97,9 @@ pub struct Piece {
     pub bytes: Vec<u8>,
     /// Relocations to resolve after placement.
     pub relocs: Vec<PieceReloc>,
+    /// For the entries of a table (a kernel special section such as `__ex_table`, see
+    /// [`crate::table`]): the section they must be emitted as. `None` for code and data.
+    pub table: Option<String>,
 }
 
 /// Where a relocation of pre-build code points, for run-pre matching.
@@ -228,6 +232,7 @@ impl<'x, 'a> Extractor<'x, 'a> {
             size: end.saturating_sub(start),
             bytes,
             relocs: Vec::new(),
+            table: None,
         });
         self.index.insert(Key::Range(section, start), index);
         self.queue.push((index, section, start, end));
@@ -274,6 +279,7 @@ impl<'x, 'a> Extractor<'x, 'a> {
             size: data.len() as u64,
             bytes: data,
             relocs: Vec::new(),
+            table: None,
         });
         self.index.insert(key, index);
         index
@@ -327,6 +333,103 @@ impl<'x, 'a> Extractor<'x, 'a> {
                         Link::Piece(self.piece_for_symbol(symbol))
                     }
                 }
+            }
+        }
+    }
+
+    /// The piece holding the carried function a table entry's owner field points into, if
+    /// the patch carries it.
+    fn owner_piece(&self, reference: &Reference<'a>) -> Option<usize> {
+        let Target::Symbol(symbol) = reference.target else {
+            return None;
+        };
+        if !self.carried.contains_key(&symbol) {
+            return None;
+        }
+        let sym = &self.post.elf.symbols[symbol];
+        self.index
+            .get(&Key::Range(sym.section()?, sym.value))
+            .copied()
+    }
+
+    /// Adds, for each table of the post object, a piece with the entries owned by carried
+    /// functions (and their parallel entries), relocated like any other piece.
+    fn tables(&mut self) {
+        let post = self.post;
+        for section in &post.elf.sections {
+            let Some(kind) = table::table_of(&section.name) else {
+                continue;
+            };
+            if !section.is_alloc() || kind.entry == 0 {
+                continue;
+            }
+            let references: Vec<Reference<'a>> = post.references[section.index].clone();
+            let mut bytes = Vec::new();
+            let mut relocs = Vec::new();
+            let mut kept = Vec::new();
+            let count = section.size / kind.entry;
+            for i in 0..count {
+                let start = i * kind.entry;
+                let end = start + kind.entry;
+                let owner = references
+                    .iter()
+                    .find(|r| r.offset == start + kind.owner)
+                    .and_then(|r| self.owner_piece(r));
+                if owner.is_none() {
+                    continue;
+                }
+                let Some(entry) = section.bytes(start, end) else {
+                    continue;
+                };
+                let base = bytes.len() as u64;
+                bytes.extend_from_slice(entry);
+                for r in references
+                    .iter()
+                    .filter(|r| r.offset >= start && r.offset < end)
+                {
+                    let target = self.link(r);
+                    relocs.push(PieceReloc {
+                        offset: base + (r.offset - start),
+                        r_type: r.r_type,
+                        target,
+                        addend: r.addend,
+                    });
+                }
+                kept.push(i);
+            }
+            if kept.is_empty() {
+                continue;
+            }
+            let kind_of = piece_kind(section);
+            self.set.pieces.push(Piece {
+                name: section.name.clone(),
+                symbol: None,
+                kind: kind_of,
+                align: section.align.max(1),
+                size: bytes.len() as u64,
+                bytes,
+                relocs,
+                table: Some(section.name.clone()),
+            });
+            if let Some((parallel, size)) = kind.parallel
+                && let Some(p) = post.elf.section_by_name(parallel)
+            {
+                let mut bytes = Vec::with_capacity(kept.len() * size as usize);
+                for &i in &kept {
+                    if let Some(entry) = p.bytes(i * size, (i + 1) * size) {
+                        bytes.extend_from_slice(entry);
+                    }
+                }
+                self.set.pieces.push(Piece {
+                    name: parallel.to_string(),
+                    symbol: None,
+                    kind: piece_kind(p),
+                    align: p.align.max(1),
+                    size: bytes.len() as u64,
+                    bytes,
+                    relocs: Vec::new(),
+                    table: Some(parallel.to_string()),
+                });
             }
         }
     }
@@ -432,6 +535,8 @@ pub fn extract(
             pre_relocs,
         });
     }
+    x.drain();
+    x.tables();
     x.drain();
     x.set
 }

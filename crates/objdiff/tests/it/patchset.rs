@@ -187,3 +187,40 @@ fn cold_part_is_carried_but_not_redirected() {
     let (_, deref) = piece_named(&set, "deref");
     assert!(deref.relocs.iter().any(|r| r.target == Link::Piece(cold)));
 }
+
+/// Kernel-style tables (`__ex_table`, `.orc_unwind_ip` + `.orc_unwind`) written with inline
+/// assembly: entries follow their owning function; a patch carries only the changed one's.
+const TABLES: &str = r#"
+#define ENTRY(tag) asm volatile("1: nop\n" \
+    ".pushsection __ex_table,\"a\"\n .long 1b - .\n .long 1b - .\n .long " #tag "\n .popsection\n" \
+    ".pushsection .orc_unwind_ip,\"a\"\n .long 1b - .\n .popsection\n" \
+    ".pushsection .orc_unwind,\"a\"\n .byte " #tag ",0,0,0,0,0\n .popsection\n")
+int kept(int x) { ENTRY(7); return x + 1; }
+int patched(int x) { ENTRY(9); return x * BODY; }
+"#;
+
+#[test]
+fn tables_carry_the_entries_of_carried_functions_only() {
+    let pre = TABLES.replace("BODY", "2");
+    let post = TABLES.replace("BODY", "3");
+    let set = build("kernel-tables", &pre, &post, &["-O2"]);
+    assert_eq!(set.replacements.len(), 1, "{:#?}", set.replacements);
+    let (code, _) = piece_named(&set, "patched");
+    let table = |name: &str| {
+        set.pieces
+            .iter()
+            .find(|p| p.table.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} piece: {:#?}", set.pieces))
+    };
+    let ex = table("__ex_table");
+    assert_eq!(ex.bytes.len(), 12, "one entry of 12 bytes");
+    assert_eq!(ex.bytes[8], 9, "the entry of `patched`, not of `kept`");
+    assert_eq!(ex.relocs.len(), 2);
+    assert!(ex.relocs.iter().all(|r| r.target == Link::Piece(code)));
+    let ip = table(".orc_unwind_ip");
+    assert_eq!(ip.bytes.len(), 4);
+    assert_eq!(ip.relocs[0].target, Link::Piece(code));
+    let orc = table(".orc_unwind");
+    assert_eq!(orc.bytes, vec![9, 0, 0, 0, 0, 0], "the parallel entry");
+    assert!(orc.relocs.is_empty());
+}
