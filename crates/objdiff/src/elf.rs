@@ -160,9 +160,11 @@ impl Section<'_> {
         self.flags & SHF_EXECINSTR != 0
     }
 
-    /// Whether the section is a merge section of strings (`.rodata.str1.1`).
+    /// Whether the section is a merge section of strings (`.rodata.str1.1`) of characters
+    /// 1, 2 or 4 bytes wide (any other width is malformed: the section is then plain data).
     pub fn is_merge_strings(&self) -> bool {
         self.flags & (SHF_MERGE | SHF_STRINGS) == SHF_MERGE | SHF_STRINGS
+            && matches!(self.entsize, 0 | 1 | 2 | 4)
     }
 
     /// Whether the section is a merge section of fixed-size constants (`.rodata.cst8`).

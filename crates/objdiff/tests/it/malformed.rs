@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use hotsplice_objdiff::{Error, Side, diff_objects};
+use hotsplice_objdiff::{Error, Side, diff_objects, patch_objects};
 
 const SOURCE: &str = "struct s { int a; long b; };\n\
     static int n; int f(struct s *p, int x) { static int c; c += x; return c + n + p->a; }\n\
@@ -130,4 +130,21 @@ fn object_in_one_build_only() {
             .all(|f| f.status == hotsplice_objdiff::Status::Removed)
     );
     assert!(!removed.functions.is_empty());
+}
+
+/// Inputs the fuzzer (`scripts/fuzz`) found crashing, kept as regressions: each must give a
+/// report or an error, on either side of a diff.
+#[test]
+fn fuzzer_findings_never_panic() {
+    let reference = valid_object();
+    for name in ["fuzz-string-width.o"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(name);
+        let data = std::fs::read(&path).unwrap();
+        let _ = patch_objects("f.o", Some(&data), Some(&data));
+        let _ = patch_objects("f.o", Some(&reference), Some(&data));
+        let _ = patch_objects("f.o", Some(&data), Some(&reference));
+        let _ = patch_objects("f.o", Some(&data), None);
+    }
 }
