@@ -11,6 +11,7 @@
 //! - `soak`: apply/undo cycles on a 64-thread busy target, checked after every step
 //!   (`eval/results/soak.{md,json}`).
 
+mod kernel;
 mod live;
 mod nginx;
 mod pause;
@@ -28,7 +29,8 @@ tasks:
   render-nginx [NAME]           rewrite eval/results/NAME.md (nginx, nginx-stock) from its JSON
   bench-build [PATCH]           cold/warm build vs a plain Debian build (default CVE-2025-23419)
   bench-pause [CYCLES]          apply/undo pause on 1, 8, 64 busy threads (default 100 cycles)
-  soak [CYCLES] [THREADS]       apply/undo cycles on a busy target, checked each step (default 10000, 64)";
+  soak [CYCLES] [THREADS]       apply/undo cycles on a busy target, checked each step (default 10000, 64)
+  kernel-test [CASE...]         kernel live patches built and applied in the stock Debian kernel under QEMU";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
             args.get(1).and_then(|n| n.parse().ok()).unwrap_or(10_000),
             args.get(2).and_then(|n| n.parse().ok()).unwrap_or(64),
         ),
+        Some("kernel-test") => kernel::kernel_test(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);

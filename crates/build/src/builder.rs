@@ -203,7 +203,7 @@ fn tree_relative(root: &Path, directory: &str, path: &str) -> Option<String> {
 
 /// Applies the diff in `tree`: finds the strip level with a dry run, applies it, and adds
 /// `#line` directives to the patched C files. Returns the patched files (tree-relative).
-fn apply_diff(tree_dir: &Path, diff: &Path, text: &str) -> Result<Vec<PathBuf>, Error> {
+pub fn apply_diff(tree_dir: &Path, diff: &Path, text: &str) -> Result<Vec<PathBuf>, Error> {
     let files = unified::parse(text).map_err(|message| Error::DiffParse {
         path: diff.to_path_buf(),
         message,

@@ -41,7 +41,7 @@ pub mod unified;
 
 use std::path::PathBuf;
 
-pub use builder::{Outcome, Request, Timings, build};
+pub use builder::{Outcome, Request, Timings, apply_diff, build};
 pub use identity::identify;
 
 /// Why a build failed. Each variant names the file, command or object involved.

@@ -27,13 +27,30 @@ use crate::{EXIT_ENVIRONMENT, EXIT_OK, EXIT_REFUSED, Exit};
 /// 3 environment (the build itself failed, I/O errors).
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  hotsplice build --source ~/src/app --diff CVE-2024-1234.patch --target app -o cve.hsp\n  hotsplice build --source nginx-1.22.1 --build './configure && make' --target objs/nginx --diff fix.patch -o fix.hsp\n  hotsplice build --debian nginx --diff fix.patch --target usr/sbin/nginx -o fix.hsp"
+    after_help = "Examples:\n  hotsplice build --source ~/src/app --diff CVE-2024-1234.patch --target app -o cve.hsp\n  hotsplice build --source nginx-1.22.1 --build './configure && make' --target objs/nginx --diff fix.patch -o fix.hsp\n  hotsplice build --debian nginx --diff fix.patch --target usr/sbin/nginx -o fix.hsp\n  hotsplice build --kernel --source /usr/src/linux-source-6.1 --config /boot/config-$(uname -r) --diff fix.patch -o fix.ko"
 )]
 #[command(group(clap::ArgGroup::new("origin").required(true).args(["source", "debian"])))]
 pub struct BuildArgs {
+    /// Build a livepatch module for the Linux kernel instead of a bundle: --source is the
+    /// kernel source the running kernel was built from (Debian: linux-source-6.1), --config
+    /// its configuration; only the translation units the diff touches are compiled, in a
+    /// prepared tree cached between builds. Load the module with `hotsplice kernel apply`.
+    #[arg(long, requires = "config", conflicts_with_all = ["debian", "target", "build_command", "post_build_command", "mirrors"])]
+    pub(crate) kernel: bool,
+    /// The kernel's configuration (`/boot/config-$(uname -r)`). With --kernel.
+    #[arg(long, value_name = "CONFIG", requires = "kernel")]
+    pub(crate) config: Option<PathBuf>,
+    /// The target kernel's headers: a kbuild tree with its Module.symvers. With --kernel.
+    /// [default: /lib/modules/$(uname -r)/build]
+    #[arg(long, value_name = "DIR", requires = "kernel")]
+    pub(crate) headers: Option<PathBuf>,
+    /// The target kernel's symbols (a copy of its /proc/kallsyms, read as root). With
+    /// --kernel. [default: /proc/kallsyms]
+    #[arg(long, value_name = "KALLSYMS", requires = "kernel")]
+    pub(crate) symbols: Option<PathBuf>,
     /// The program's source tree (as the running binary was built from).
     #[arg(long, value_name = "DIR")]
-    source: Option<PathBuf>,
+    pub(crate) source: Option<PathBuf>,
     /// Build a Debian package instead: fetch the source of the installed version of PACKAGE
     /// (or of VERSION) with `apt-get source`, with its patch series applied, and build it
     /// through `debian/rules` as Debian does. --target may then be the installed path
@@ -42,10 +59,10 @@ pub struct BuildArgs {
     debian: Option<String>,
     /// The fix, as a unified diff (`diff -u`, `git diff`, a Debian patch).
     #[arg(long, value_name = "FIX.patch")]
-    diff: PathBuf,
+    pub(crate) diff: PathBuf,
     /// The patched binary, relative to the build tree (`objs/nginx`, `src/redis-server`).
-    #[arg(long, value_name = "REL/PATH")]
-    target: String,
+    #[arg(long, value_name = "REL/PATH", required_unless_present = "kernel")]
+    target: Option<String>,
     /// The build command, run with `sh -c` in the tree.
     #[arg(long = "build", value_name = "CMD", default_value = "make")]
     build_command: String,
@@ -58,23 +75,23 @@ pub struct BuildArgs {
     mirrors: Vec<String>,
     /// Where pre builds are cached [default: $HOTSPLICE_CACHE, else ~/.cache/hotsplice].
     #[arg(long, value_name = "DIR")]
-    cache: Option<PathBuf>,
+    pub(crate) cache: Option<PathBuf>,
     /// Parallel build jobs.
     #[arg(short = 'j', long, value_name = "N", default_value_t = 2)]
     jobs: usize,
     /// Where to write the bundle.
     #[arg(short = 'o', long, value_name = "FIX.hsp")]
-    output: PathBuf,
+    pub(crate) output: PathBuf,
     /// Sign the bundle with this secret key (from `hotsplice key generate`); machines that
     /// trust its public key will apply the bundle. Also: `HOTSPLICE_SIGNING_KEY`.
     #[arg(long, value_name = "KEY", env = "HOTSPLICE_SIGNING_KEY")]
     sign: Option<PathBuf>,
     /// Print a JSON summary on stdout (progress still goes to stderr).
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
-fn default_cache() -> PathBuf {
+pub(crate) fn default_cache() -> PathBuf {
     if let Some(dir) = std::env::var_os("HOTSPLICE_CACHE") {
         return PathBuf::from(dir);
     }
@@ -103,6 +120,10 @@ fn exit_for(error: BuildError) -> Exit {
 
 /// `hotsplice build`.
 pub fn run(args: &BuildArgs) -> Result<ExitCode, Exit> {
+    if args.kernel {
+        return crate::kernel::build(args);
+    }
+    let target = args.target.clone().unwrap_or_default();
     // Read the key before a build that takes minutes, so a bad key fails at once.
     let key = args
         .sign
@@ -126,7 +147,7 @@ pub fn run(args: &BuildArgs) -> Result<ExitCode, Exit> {
     let mut request = Request {
         source: PathBuf::new(),
         diff: args.diff.clone(),
-        target: args.target.clone(),
+        target,
         build_command: args.build_command.clone(),
         post_build_command: args.post_build_command.clone(),
         mirrors: args.mirrors.clone(),

@@ -6,6 +6,7 @@
 mod build;
 mod diff;
 mod info;
+mod kernel;
 mod live;
 mod trust;
 
@@ -51,6 +52,7 @@ enum Command {
     Diff(diff::DiffArgs),
     Key(trust::KeyArgs),
     Sign(trust::SignArgs),
+    Kernel(kernel::KernelArgs),
 }
 
 /// An error carrying the exit status it should produce.
@@ -85,6 +87,7 @@ fn run() -> Result<ExitCode, Exit> {
         Command::Diff(args) => diff::run(&args),
         Command::Key(args) => trust::key(&args),
         Command::Sign(args) => trust::sign(&args),
+        Command::Kernel(args) => kernel::run(&args),
     }
 }
 

@@ -17,6 +17,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod livepatch;
 mod process;
 mod realtime;
 mod stop;

@@ -1,0 +1,438 @@
+//! `hotsplice build --kernel` and `hotsplice kernel apply | undo | list`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use clap::{Args, Subcommand};
+use hotsplice_kernel::build::{self, Outcome, Request};
+use hotsplice_ptrace::livepatch;
+use serde_json::json;
+
+use crate::build::BuildArgs;
+use crate::{EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_OK, EXIT_REFUSED, Exit};
+
+fn env_error(error: anyhow::Error) -> Exit {
+    Exit {
+        code: EXIT_ENVIRONMENT,
+        error,
+    }
+}
+
+/// `hotsplice build --kernel`.
+pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
+    let started = Instant::now();
+    let Some(source) = args.source.clone() else {
+        return Err(Exit::bad_input(anyhow!(
+            "--kernel needs --source (the kernel source tree)"
+        )));
+    };
+    let config = args.config.clone().unwrap_or_default();
+    let release = livepatch::kernel_release();
+    let headers = args
+        .headers
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("/lib/modules/{release}/build")));
+    if !headers.join("Module.symvers").exists() {
+        return Err(Exit::bad_input(anyhow!(
+            "{}: not a kernel headers tree with Module.symvers (install linux-headers-<version> of the target kernel, or pass --headers)",
+            headers.display()
+        )));
+    }
+    let symbols = args
+        .symbols
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/proc/kallsyms"));
+    let kallsyms = std::fs::read_to_string(&symbols)
+        .with_context(|| format!("reading the kernel's symbols from {}", symbols.display()))
+        .map_err(Exit::bad_input)?;
+    if !hotsplice_kernel::kallsyms::Kallsyms::parse(&kallsyms).has_addresses() {
+        return Err(Exit::bad_input(anyhow!(
+            "{}: the addresses are hidden (read it as root, or lower kernel.kptr_restrict)",
+            symbols.display()
+        )));
+    }
+    let name = build::module_name(&args.output);
+    let request = Request {
+        source,
+        config,
+        diff: args.diff.clone(),
+        headers,
+        kallsyms,
+        cache: args
+            .cache
+            .clone()
+            .unwrap_or_else(crate::build::default_cache),
+        name: name.clone(),
+    };
+    let mut progress = |step: &str| {
+        eprintln!(
+            "hotsplice build [{:6.1}s] {step}",
+            started.elapsed().as_secs_f64()
+        );
+    };
+    let outcome = build::build(&request, &mut progress).map_err(|e| {
+        let code = match e {
+            hotsplice_kernel::Error::Command { .. } | hotsplice_kernel::Error::Io { .. } => {
+                EXIT_ENVIRONMENT
+            }
+            hotsplice_kernel::Error::MissingSymbol { .. }
+            | hotsplice_kernel::Error::Ambiguous { .. }
+            | hotsplice_kernel::Error::Unsupported(_) => EXIT_REFUSED,
+            _ => EXIT_BAD_INPUT,
+        };
+        Exit {
+            code,
+            error: anyhow::Error::new(e),
+        }
+    })?;
+    let mut out = std::io::stdout().lock();
+    let total = started.elapsed().as_secs_f64();
+    match outcome {
+        Outcome::Module {
+            bytes,
+            functions,
+            diffs,
+            warnings,
+            klp_relocations,
+            timings,
+            fresh_tree,
+        } => {
+            std::fs::write(&args.output, &bytes)
+                .with_context(|| format!("writing {}", args.output.display()))
+                .map_err(env_error)?;
+            let replaced: Vec<String> = functions.iter().map(|f| f.old_name.clone()).collect();
+            if args.json {
+                let summary = json!({
+                    "outcome": "written",
+                    "module": args.output.display().to_string(),
+                    "name": name,
+                    "replaced": functions.iter().map(|f| json!({
+                        "function": f.old_name, "sympos": f.sympos, "object": f.object,
+                    })).collect::<Vec<_>>(),
+                    "objects": diffs.iter().map(|d| d.object.clone()).collect::<Vec<_>>(),
+                    "klp_relocations": klp_relocations,
+                    "warnings": warnings,
+                    "fresh_tree": fresh_tree,
+                    "seconds": {
+                        "prepare": timings.prepare, "pre": timings.pre, "post": timings.post,
+                        "module": timings.module, "total": total,
+                    },
+                });
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&summary).unwrap_or_default()
+                );
+            } else {
+                for w in &warnings {
+                    let _ = writeln!(out, "warning: {w}");
+                }
+                let _ = writeln!(
+                    out,
+                    "wrote {} (livepatch module {name}): replaces {} ({} livepatch relocations) in {total:.1} s",
+                    args.output.display(),
+                    replaced.join(", "),
+                    klp_relocations
+                );
+            }
+            Ok(ExitCode::from(EXIT_OK))
+        }
+        Outcome::Refused { refusals, diffs } => {
+            if args.json {
+                let summary = json!({
+                    "outcome": "refused",
+                    "refusals": refusals.iter().map(|r| json!({
+                        "kind": r.kind, "symbol": r.symbol, "detail": r.detail,
+                    })).collect::<Vec<_>>(),
+                    "objects": diffs.iter().map(|d| d.object.clone()).collect::<Vec<_>>(),
+                });
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&summary).unwrap_or_default()
+                );
+            } else {
+                for r in &refusals {
+                    let _ = writeln!(out, "  REFUSED   {} {}: {}", r.kind, r.symbol, r.detail);
+                }
+                let _ = writeln!(
+                    out,
+                    "refused: the fix cannot be applied to the running kernel live (no module written)"
+                );
+            }
+            Ok(ExitCode::from(EXIT_REFUSED))
+        }
+        Outcome::NothingToPatch { diffs } => {
+            let objects: Vec<String> = diffs.iter().map(|d| d.object.clone()).collect();
+            if args.json {
+                let summary = json!({ "outcome": "nothing-to-patch", "objects": objects });
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&summary).unwrap_or_default()
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "nothing to patch: the diff changes no function code in {} (no module written)",
+                    objects.join(", ")
+                );
+            }
+            Ok(ExitCode::from(EXIT_REFUSED))
+        }
+    }
+}
+
+/// Apply, undo and list live patches of the running kernel (livepatch modules made by
+/// `hotsplice build --kernel`).
+///
+/// The kernel's livepatch core does the switching: each task moves to the new code when it
+/// is not running any patched function (checked with reliable stack traces), so `apply`
+/// waits for that transition and names the tasks that hold it up.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  hotsplice kernel apply fix.ko\n  hotsplice kernel list\n  hotsplice kernel undo fix\n\nNeeds root. An unsigned module taints the kernel (flags O, E, K) and cannot load under Secure Boot lockdown or module.sig_enforce=1."
+)]
+pub struct KernelArgs {
+    #[command(subcommand)]
+    command: KernelCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum KernelCommand {
+    /// Load a livepatch module and wait until every task runs the new code.
+    Apply {
+        /// The module (`hotsplice build --kernel -o FIX.ko`).
+        module: PathBuf,
+        /// Give up waiting for the transition after this many seconds (the patch stays
+        /// loaded and livepatch keeps trying; `undo` reverts it).
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        timeout: u64,
+        /// Print a JSON summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable a live patch, wait until no task runs its code, and unload it.
+    Undo {
+        /// The patch's name (as `kernel list` shows it).
+        name: String,
+        /// Give up waiting for the transition after this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        timeout: u64,
+        /// Print a JSON summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the live patches of the running kernel (/sys/kernel/livepatch).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `hotsplice kernel`.
+pub fn run(args: &KernelArgs) -> Result<ExitCode, Exit> {
+    match &args.command {
+        KernelCommand::Apply {
+            module,
+            timeout,
+            json,
+        } => apply(module, Duration::from_secs(*timeout), *json),
+        KernelCommand::Undo {
+            name,
+            timeout,
+            json,
+        } => undo(name, Duration::from_secs(*timeout), *json),
+        KernelCommand::List { json } => list(*json),
+    }
+}
+
+fn apply(module: &Path, timeout: Duration, json: bool) -> Result<ExitCode, Exit> {
+    let bytes = std::fs::read(module)
+        .with_context(|| format!("reading {}", module.display()))
+        .map_err(Exit::bad_input)?;
+    let info = hotsplice_kernel::klp::modinfo(&bytes)
+        .with_context(|| module.display().to_string())
+        .map_err(Exit::bad_input)?;
+    let get = |k: &str| {
+        info.iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    if get("livepatch").as_deref() != Some("Y") {
+        return Err(Exit::bad_input(anyhow!(
+            "{} is not a livepatch module (no livepatch=Y in its .modinfo)",
+            module.display()
+        )));
+    }
+    let name = get("name").unwrap_or_default();
+    let release = livepatch::kernel_release();
+    if let Some(vermagic) = get("vermagic")
+        && !vermagic.starts_with(&format!("{release} "))
+    {
+        return Err(Exit {
+            code: EXIT_REFUSED,
+            error: anyhow!(
+                "{} was built for kernel {} but this kernel is {release}",
+                module.display(),
+                vermagic.split(' ').next().unwrap_or("?")
+            ),
+        });
+    }
+    let sha = hotsplice_bundle::sha256_hex(&bytes);
+    let started = Instant::now();
+    if let Err(e) = livepatch::load(module) {
+        crate::trust::audit(json!({
+            "action": "kernel-apply", "module": module.display().to_string(), "name": name,
+            "sha256": sha, "outcome": "failed", "reason": e.to_string(),
+        }));
+        return Err(env_error(anyhow::Error::new(e)));
+    }
+    let loaded = started.elapsed();
+    let stalled = livepatch::wait(&name, false, timeout).map_err(|e| env_error(e.into()))?;
+    let total = started.elapsed();
+    let outcome = if stalled.is_empty() {
+        "applied"
+    } else {
+        "transition-pending"
+    };
+    crate::trust::audit(json!({
+        "action": "kernel-apply", "module": module.display().to_string(), "name": name,
+        "sha256": sha, "outcome": outcome,
+        "transition_seconds": total.as_secs_f64(),
+        "stalled": stalled.iter().map(|t| json!({"pid": t.pid, "tid": t.tid, "comm": t.comm})).collect::<Vec<_>>(),
+    }));
+    let mut out = std::io::stdout().lock();
+    if json {
+        let summary = json!({
+            "outcome": outcome, "name": name,
+            "load_seconds": loaded.as_secs_f64(), "transition_seconds": total.as_secs_f64(),
+            "stalled": stalled.iter().map(|t| json!({"pid": t.pid, "tid": t.tid, "comm": t.comm})).collect::<Vec<_>>(),
+        });
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&summary).unwrap_or_default()
+        );
+    } else if stalled.is_empty() {
+        let _ = writeln!(
+            out,
+            "applied {name}: every task runs the new code ({:.3} s from load to transition complete)",
+            total.as_secs_f64()
+        );
+    } else {
+        let names: Vec<String> = stalled
+            .iter()
+            .take(20)
+            .map(|t| format!("{} (pid {}, tid {})", t.comm, t.pid, t.tid))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{name} is loaded but the transition is not complete after {:.0} s: {} task(s) still run old code: {}{}\nlivepatch keeps retrying; `hotsplice kernel undo {name}` reverts it",
+            timeout.as_secs_f64(),
+            stalled.len(),
+            names.join(", "),
+            if stalled.len() > 20 { ", ..." } else { "" }
+        );
+    }
+    Ok(ExitCode::from(if stalled.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_ENVIRONMENT
+    }))
+}
+
+fn undo(name: &str, timeout: Duration, json: bool) -> Result<ExitCode, Exit> {
+    let Some(patch) = livepatch::get(name).map_err(|e| env_error(e.into()))? else {
+        return Err(Exit::bad_input(anyhow!(
+            "no live patch named {name} (see `hotsplice kernel list`)"
+        )));
+    };
+    let started = Instant::now();
+    if patch.enabled {
+        livepatch::disable(name).map_err(|e| env_error(e.into()))?;
+    }
+    let stalled = livepatch::wait(name, true, timeout).map_err(|e| env_error(e.into()))?;
+    let transition = started.elapsed();
+    let result = if stalled.is_empty() {
+        livepatch::unload(name).map_err(|e| env_error(e.into()))
+    } else {
+        Ok(())
+    };
+    let outcome = match (&result, stalled.is_empty()) {
+        (Ok(()), true) => "undone",
+        (Ok(()), false) => "transition-pending",
+        (Err(_), _) => "unload-failed",
+    };
+    crate::trust::audit(json!({
+        "action": "kernel-undo", "name": name, "outcome": outcome,
+        "transition_seconds": transition.as_secs_f64(),
+    }));
+    result?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let summary = json!({
+            "outcome": outcome, "name": name, "transition_seconds": transition.as_secs_f64(),
+            "stalled": stalled.iter().map(|t| json!({"pid": t.pid, "tid": t.tid, "comm": t.comm})).collect::<Vec<_>>(),
+        });
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&summary).unwrap_or_default()
+        );
+    } else if stalled.is_empty() {
+        let _ = writeln!(
+            out,
+            "undone {name}: disabled, every task back on the original code, module unloaded ({:.3} s)",
+            transition.as_secs_f64()
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "{name} is being disabled but {} task(s) still run its code after {:.0} s; livepatch keeps retrying, run undo again later to unload it",
+            stalled.len(),
+            timeout.as_secs_f64()
+        );
+    }
+    Ok(ExitCode::from(if stalled.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_ENVIRONMENT
+    }))
+}
+
+fn list(json: bool) -> Result<ExitCode, Exit> {
+    let patches = livepatch::list().map_err(|e| env_error(e.into()))?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let list: Vec<_> = patches
+            .iter()
+            .map(|p| {
+                json!({"name": p.name, "enabled": p.enabled, "transition": p.transition, "functions": p.functions})
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        );
+    } else if patches.is_empty() {
+        let _ = writeln!(out, "no live patches loaded");
+    } else {
+        for p in &patches {
+            let _ = writeln!(
+                out,
+                "{}  {}{}  {}",
+                p.name,
+                if p.enabled { "enabled" } else { "disabled" },
+                if p.transition { " (in transition)" } else { "" },
+                p.functions.join(" ")
+            );
+        }
+    }
+    Ok(ExitCode::from(EXIT_OK))
+}

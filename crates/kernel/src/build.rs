@@ -1,0 +1,356 @@
+//! `hotsplice build --kernel`: from a kernel source tree, its configuration and a unified
+//! diff to a livepatch module.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use hotsplice_build::unified::{self, FileKind};
+use hotsplice_objdiff::patchset::{PreTarget, SymbolRef};
+use hotsplice_objdiff::{ObjectDiff, PatchSet, Status, patch_objects};
+
+use crate::kallsyms::Kallsyms;
+use crate::module::{self, KlpFunction, Resolution};
+use crate::{Error, kbuild, klp};
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The kernel source (as the running kernel was built from).
+    pub source: PathBuf,
+    /// The kernel's configuration (`/boot/config-*`).
+    pub config: PathBuf,
+    /// The fix.
+    pub diff: PathBuf,
+    /// The target kernel's headers (a kbuild tree with `Module.symvers`).
+    pub headers: PathBuf,
+    /// The target kernel's symbols (`/proc/kallsyms` text).
+    pub kallsyms: String,
+    /// Where prepared trees are cached.
+    pub cache: PathBuf,
+    /// The module's name (a C identifier).
+    pub name: String,
+}
+
+/// Why the fix is refused, per thing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// A short kind (`header`, `assembly`, `build-changed`, `init`, `notrace`,
+    /// or an object-diff refusal kind).
+    pub kind: String,
+    /// The function, variable, type or file concerned.
+    pub symbol: String,
+    /// Why.
+    pub detail: String,
+}
+
+/// Seconds spent per step.
+#[derive(Debug, Clone, Default)]
+pub struct Timings {
+    /// Preparing (or finding) the tree.
+    pub prepare: f64,
+    /// Compiling the changed units before the diff.
+    pub pre: f64,
+    /// Compiling them after.
+    pub post: f64,
+    /// Diffing, linking and converting the module.
+    pub module: f64,
+}
+
+/// The result of a build.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A module was made.
+    Module {
+        /// The `.ko`.
+        bytes: Vec<u8>,
+        /// The replaced functions.
+        functions: Vec<KlpFunction>,
+        /// Per object diff.
+        diffs: Vec<ObjectDiff>,
+        /// modpost's warnings, besides the expected ones.
+        warnings: Vec<String>,
+        /// Relocations turned into livepatch relocations.
+        klp_relocations: usize,
+        /// Timings.
+        timings: Timings,
+        /// Whether the tree was prepared by this build.
+        fresh_tree: bool,
+    },
+    /// The fix cannot be applied live.
+    Refused {
+        /// Why.
+        refusals: Vec<Refusal>,
+        /// Per object diff (empty when refused before compiling).
+        diffs: Vec<ObjectDiff>,
+    },
+    /// The fix changes no code of the kernel.
+    NothingToPatch {
+        /// Per object diff.
+        diffs: Vec<ObjectDiff>,
+    },
+}
+
+/// The objects a diff changes, or the refusals for files the kernel backend cannot patch.
+fn changed_objects(files: &[PathBuf]) -> Result<Vec<String>, Vec<Refusal>> {
+    let mut objects = Vec::new();
+    let mut refusals = Vec::new();
+    for file in files {
+        let name = file.to_string_lossy().into_owned();
+        let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("");
+        match (unified::file_kind(file), ext) {
+            (FileKind::Documentation, _) => {}
+            (_, "c") => objects.push(format!("{}.o", &name[..name.len() - 2])),
+            (_, "h") => refusals.push(Refusal {
+                kind: "header".into(),
+                symbol: name.clone(),
+                detail: format!(
+                    "{name} is a header: the translation units that include it are not known \
+                     without a full kernel build; patch the .c files instead"
+                ),
+            }),
+            (_, "S" | "s") => refusals.push(Refusal {
+                kind: "assembly".into(),
+                symbol: name.clone(),
+                detail: format!(
+                    "{name} is assembly: it has no ftrace entry and no ORC data from the compiler, so livepatch cannot switch its functions"
+                ),
+            }),
+            _ => refusals.push(Refusal {
+                kind: "build-changed".into(),
+                symbol: name.clone(),
+                detail: format!("{name} is part of the build configuration, not code"),
+            }),
+        }
+    }
+    if refusals.is_empty() {
+        Ok(objects)
+    } else {
+        Err(refusals)
+    }
+}
+
+/// Kernel-specific refusals of a diffed object: changed `__init`/`__exit` code, functions
+/// livepatch cannot hook (no `__fentry__` call at their entry: `notrace`).
+fn kernel_refusals(post: &[u8], diff: &ObjectDiff, set: &PatchSet) -> Vec<Refusal> {
+    let mut refusals = Vec::new();
+    let Ok(elf) = hotsplice_objdiff::elf::ElfObject::parse(post) else {
+        return refusals;
+    };
+    for f in diff
+        .functions
+        .iter()
+        .filter(|f| matches!(f.status, Status::Changed | Status::New))
+    {
+        let section = f
+            .post_symbol
+            .and_then(|j| elf.symbols.get(j))
+            .and_then(|s| s.section())
+            .and_then(|s| elf.sections.get(s));
+        if let Some(section) = section
+            && (section.name.starts_with(".init.") || section.name.starts_with(".exit."))
+        {
+            refusals.push(Refusal {
+                kind: "init".into(),
+                symbol: f.name.clone(),
+                detail: format!(
+                    "{} is {} code ({}): it ran at boot or module load, or is discarded, so a change to it cannot take effect",
+                    f.name,
+                    if section.name.starts_with(".init.") { "__init" } else { "__exit" },
+                    section.name
+                ),
+            });
+        }
+    }
+    for r in &set.replacements {
+        let hooked = r.pre_relocs.iter().any(|p| {
+            p.offset <= 5 && matches!(&p.target, PreTarget::Symbol(s) if s.name == "__fentry__")
+        });
+        if !hooked {
+            refusals.push(Refusal {
+                kind: "notrace".into(),
+                symbol: r.name.clone(),
+                detail: format!(
+                    "{} has no __fentry__ call at its entry (notrace, or not traceable): livepatch redirects functions through ftrace",
+                    r.name
+                ),
+            });
+        }
+    }
+    refusals
+}
+
+/// Builds the module.
+pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcome, Error> {
+    let text = std::fs::read_to_string(&request.diff).map_err(|source| Error::Io {
+        path: request.diff.clone(),
+        source,
+    })?;
+    let files = unified::parse(&text)
+        .map_err(|m| Error::Malformed(format!("{}: {m}", request.diff.display())))?;
+    let kallsyms = Kallsyms::parse(&request.kallsyms);
+    if kallsyms.vmlinux.is_empty() {
+        return Err(Error::Malformed(
+            "the kernel symbol list is empty or unreadable".into(),
+        ));
+    }
+    let exports = kbuild::vmlinux_exports(&request.headers)?;
+    let mut timings = Timings::default();
+
+    let started = Instant::now();
+    let tree = kbuild::prepare(&request.source, &request.config, &request.cache, progress)?;
+    timings.prepare = started.elapsed().as_secs_f64();
+
+    // Which objects: the diff's paths, before the strip level is known, tried at 1, 0, 2.
+    let paths: Vec<PathBuf> = files
+        .iter()
+        .filter(|f| !f.deletes())
+        .map(|f| PathBuf::from(&f.new_path))
+        .collect();
+    let strip = [1usize, 0, 2]
+        .into_iter()
+        .find(|&level| {
+            paths.iter().all(|p| {
+                let rel: PathBuf = p.components().skip(level).collect();
+                tree.dir.join(rel).exists()
+            })
+        })
+        .unwrap_or(1);
+    let relative: Vec<PathBuf> = paths
+        .iter()
+        .map(|p| p.components().skip(strip).collect())
+        .collect();
+    let objects = match changed_objects(&relative) {
+        Ok(objects) => objects,
+        Err(refusals) => {
+            return Ok(Outcome::Refused {
+                refusals,
+                diffs: Vec::new(),
+            });
+        }
+    };
+
+    let started = Instant::now();
+    progress(&format!("compiling {} before the fix", objects.join(" ")));
+    kbuild::restore(&tree, &relative, &objects)?;
+    let pre = kbuild::compile(&tree, &objects)?;
+    timings.pre = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    progress("applying the fix and compiling again");
+    let post = (|| {
+        let patched = hotsplice_build::apply_diff(&tree.dir, &request.diff, &text)
+            .map_err(|e| Error::Malformed(e.to_string()))?;
+        let _ = patched;
+        kbuild::compile(&tree, &objects)
+    })();
+    kbuild::restore(&tree, &relative, &objects)?;
+    let post = post?;
+    timings.post = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let mut diffs = Vec::new();
+    let mut sets = Vec::new();
+    let mut refusals = Vec::new();
+    for ((object, pre), post) in objects.iter().zip(&pre).zip(&post) {
+        let (diff, set) = patch_objects(object, Some(pre), Some(post))
+            .map_err(|e| Error::Malformed(format!("{object}: {e}")))?;
+        refusals.extend(diff.refusals.iter().map(|r| Refusal {
+            kind: r.kind.to_string(),
+            symbol: r.symbol.clone(),
+            detail: r.detail.clone(),
+        }));
+        refusals.extend(kernel_refusals(post, &diff, &set));
+        diffs.push(diff);
+        sets.push(set);
+    }
+    if !refusals.is_empty() {
+        return Ok(Outcome::Refused { refusals, diffs });
+    }
+    if sets.iter().all(|s| s.replacements.is_empty()) {
+        return Ok(Outcome::NothingToPatch { diffs });
+    }
+
+    progress("linking the livepatch module");
+    let mut resolver = |object: &str, s: &SymbolRef| resolve(&kallsyms, &exports, object, s);
+    let no_exports = HashSet::new();
+    let mut sympos = |object: &str, name: &str| match resolve(
+        &kallsyms,
+        &no_exports,
+        object,
+        &SymbolRef {
+            name: name.to_string(),
+            class: hotsplice_objdiff::patchset::SymbolClass::Function,
+            local: true,
+        },
+    )? {
+        Resolution::Klp { sympos, .. } => Ok(sympos),
+        Resolution::Exported(_) => Ok(0),
+    };
+    let patch = module::patch_object(&sets, &mut resolver, &mut sympos)?;
+    let registration = module::registration_source(&patch.functions, &request.name);
+    let work = request.cache.join("kernel-module").join(&request.name);
+    let (ko, warnings) = kbuild::link_module(
+        &request.headers,
+        &work,
+        &request.name,
+        &patch.bytes,
+        &registration,
+    )?;
+    let converted = klp::convert(&ko)?;
+    timings.module = started.elapsed().as_secs_f64();
+    Ok(Outcome::Module {
+        bytes: converted.bytes,
+        functions: patch.functions,
+        diffs,
+        warnings,
+        klp_relocations: converted.relocations,
+        timings,
+        fresh_tree: tree.fresh,
+    })
+}
+
+/// How the module reaches `symbol`: by export, else through livepatch with its position.
+fn resolve(
+    kallsyms: &Kallsyms,
+    exports: &HashSet<String>,
+    object: &str,
+    symbol: &SymbolRef,
+) -> Result<Resolution, Error> {
+    if !symbol.local && exports.contains(&symbol.name) {
+        return Ok(Resolution::Exported(symbol.name.clone()));
+    }
+    let all: Vec<_> = kallsyms.named(&symbol.name).collect();
+    match all.len() {
+        0 => Err(Error::MissingSymbol {
+            name: symbol.name.clone(),
+            object: object.to_string(),
+        }),
+        1 => Ok(Resolution::Klp {
+            name: symbol.name.clone(),
+            sympos: 0,
+        }),
+        count => Err(Error::Ambiguous {
+            name: symbol.name.clone(),
+            object: object.to_string(),
+            count,
+        }),
+    }
+}
+
+/// A module name from an output path: its stem, with what is not `[A-Za-z0-9_]` as `_`.
+pub fn module_name(output: &Path) -> String {
+    let stem = output
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut name: String = stem
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+        name.insert_str(0, "hsp_");
+    }
+    name.truncate(55);
+    name
+}

@@ -1,0 +1,244 @@
+//! Driving kbuild: a prepared kernel tree (cached), the changed translation units compiled
+//! before and after the diff, and the livepatch module linked against the target's headers.
+//!
+//! This module runs commands and touches files; everything else in the crate is pure.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::Error;
+
+/// The compiler Debian builds its kernel with (`CONFIG_CC_VERSION_TEXT` must match).
+pub const CC: &str = "gcc-12";
+/// Flags that give every function and variable its own section.
+pub const KCFLAGS: &str = "-ffunction-sections -fdata-sections";
+
+/// A kernel tree configured and `make prepare`d, ready to compile single objects.
+#[derive(Debug, Clone)]
+pub struct Tree {
+    /// The tree.
+    pub dir: PathBuf,
+    /// The pristine source it mirrors (hard links).
+    pub source: PathBuf,
+    /// Whether this call prepared it (false: reused from the cache).
+    pub fresh: bool,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Runs a command; its output is returned on failure as part of the error.
+fn run(what: &str, command: &mut Command) -> Result<String, Error> {
+    let out = command.output().map_err(|e| Error::Command {
+        what: what.to_string(),
+        output: format!("cannot run {:?}: {e}", command.get_program()),
+    })?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        let tail: Vec<&str> = text.lines().rev().take(25).collect();
+        return Err(Error::Command {
+            what: what.to_string(),
+            output: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+        });
+    }
+    Ok(text)
+}
+
+/// A short, stable hash of some strings (FNV-1a), for cache keys.
+fn key(parts: &[&[u8]]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in part.iter().chain(std::iter::once(&0xffu8)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// Prepares (or reuses) the tree for `source` + `config` under `cache`. The tree mirrors the
+/// source with hard links (the diff is applied by `patch`, which writes new files, and undone
+/// by relinking), so preparing costs a `make prepare`, not a copy of 1.5 GB.
+pub fn prepare(
+    source: &Path,
+    config: &Path,
+    cache: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Tree, Error> {
+    let source = source.canonicalize().map_err(io(source))?;
+    let makefile = std::fs::read(source.join("Makefile")).map_err(io(&source))?;
+    let config_bytes = std::fs::read(config).map_err(io(config))?;
+    let compiler = run("gcc-12 --version", Command::new(CC).arg("--version"))?;
+    let dir = cache.join("kernel-tree").join(key(&[
+        source.as_os_str().as_encoded_bytes(),
+        &makefile,
+        &config_bytes,
+        compiler.as_bytes(),
+    ]));
+    let tree = dir.join("linux");
+    let marker = dir.join("prepared");
+    if marker.exists() {
+        return Ok(Tree {
+            dir: tree,
+            source,
+            fresh: false,
+        });
+    }
+    progress("preparing the kernel tree (hard-linked copy, olddefconfig, make prepare)");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let linked = Command::new("cp")
+        .arg("-al")
+        .arg(&source)
+        .arg(&tree)
+        .status()
+        .map_err(io(&tree))?;
+    if !linked.success() {
+        // Another file system: a real copy.
+        let _ = std::fs::remove_dir_all(&tree);
+        run(
+            "copying the kernel source",
+            Command::new("cp").arg("-a").arg(&source).arg(&tree),
+        )?;
+    }
+    let dot_config = tree.join(".config");
+    std::fs::copy(config, &dot_config).map_err(io(&dot_config))?;
+    // Debian signs modules outside the build; without these a build would try to.
+    run(
+        "scripts/config",
+        Command::new("scripts/config")
+            .args(["--disable", "MODULE_SIG_ALL"])
+            .args(["--set-str", "MODULE_SIG_KEY", ""])
+            .args(["--set-str", "SYSTEM_TRUSTED_KEYS", ""])
+            .current_dir(&tree),
+    )?;
+    run("make olddefconfig", make(&tree).arg("olddefconfig"))?;
+    run("make prepare", make(&tree).arg("-j2").arg("prepare"))?;
+    std::fs::write(&marker, b"").map_err(io(&marker))?;
+    Ok(Tree {
+        dir: tree,
+        source,
+        fresh: true,
+    })
+}
+
+fn make(tree: &Path) -> Command {
+    let mut c = Command::new("make");
+    c.current_dir(tree)
+        .arg("-s")
+        .arg(format!("CC={CC}"))
+        .arg(format!("KCFLAGS={KCFLAGS}"));
+    c
+}
+
+/// Compiles `objects` (tree-relative `.o` paths) and returns their bytes.
+pub fn compile(tree: &Tree, objects: &[String]) -> Result<Vec<Vec<u8>>, Error> {
+    if objects.is_empty() {
+        return Ok(Vec::new());
+    }
+    run(
+        "compiling the changed translation units",
+        make(&tree.dir).arg("-j2").args(objects),
+    )?;
+    objects
+        .iter()
+        .map(|o| {
+            let path = tree.dir.join(o);
+            std::fs::read(&path).map_err(io(&path))
+        })
+        .collect()
+}
+
+/// Puts `files` (tree-relative) back as in the pristine source and removes the objects built
+/// from them, so the next build starts from the pre state.
+pub fn restore(tree: &Tree, files: &[PathBuf], objects: &[String]) -> Result<(), Error> {
+    for file in files {
+        let path = tree.dir.join(file);
+        let original = tree.source.join(file);
+        let _ = std::fs::remove_file(&path);
+        for suffix in [".orig", ".rej"] {
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(PathBuf::from(p));
+        }
+        if original.exists() {
+            std::fs::hard_link(&original, &path)
+                .or_else(|_| std::fs::copy(&original, &path).map(|_| ()))
+                .map_err(io(&path))?;
+        }
+    }
+    for object in objects {
+        let _ = std::fs::remove_file(tree.dir.join(object));
+    }
+    Ok(())
+}
+
+/// Links the livepatch module `name` from the patch object and registration source against
+/// the kernel headers in `headers`, in `work`. Returns the linked `.ko` bytes and modpost's
+/// warnings other than the expected undefined `.klp.sym.*` ones.
+pub fn link_module(
+    headers: &Path,
+    work: &Path,
+    name: &str,
+    patch_object: &[u8],
+    registration: &str,
+) -> Result<(Vec<u8>, Vec<String>), Error> {
+    let _ = std::fs::remove_dir_all(work);
+    std::fs::create_dir_all(work).map_err(io(work))?;
+    let write = |file: &str, bytes: &[u8]| {
+        let path = work.join(file);
+        std::fs::write(&path, bytes).map_err(io(&path))
+    };
+    write(
+        "Kbuild",
+        format!("obj-m := {name}.o\n{name}-y := hsp_register.o hsp_patch.o\n").as_bytes(),
+    )?;
+    write("hsp_patch.o_shipped", patch_object)?;
+    // modpost reads each object's .cmd file for its sources (for srcversion); kbuild's copy
+    // of a shipped object writes none.
+    write(
+        ".hsp_patch.o.cmd",
+        b"cmd_hsp_patch.o := cp hsp_patch.o_shipped hsp_patch.o (made by hotsplice)\n",
+    )?;
+    write("hsp_register.c", registration.as_bytes())?;
+    let out = run(
+        "building the livepatch module (kbuild)",
+        Command::new("make")
+            .arg("-C")
+            .arg(headers)
+            .arg(format!("M={}", work.display()))
+            .arg(format!("CC={CC}"))
+            .arg("KBUILD_MODPOST_WARN=1")
+            .arg("modules"),
+    )?;
+    let warnings = out
+        .lines()
+        .filter(|l| l.contains("WARNING") && !l.contains(".klp.sym."))
+        .map(str::to_string)
+        .collect();
+    let ko = work.join(format!("{name}.ko"));
+    let bytes = std::fs::read(&ko).map_err(io(&ko))?;
+    Ok((bytes, warnings))
+}
+
+/// Symbols vmlinux exports, from the headers' `Module.symvers`.
+pub fn vmlinux_exports(headers: &Path) -> Result<std::collections::HashSet<String>, Error> {
+    let path = headers.join("Module.symvers");
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let (_crc, symbol, module) = (f.next()?, f.next()?, f.next()?);
+            (module == "vmlinux").then(|| symbol.to_string())
+        })
+        .collect())
+}

@@ -1,0 +1,129 @@
+//! Livepatch's ELF format for references to non-exported kernel symbols.
+//!
+//! kbuild links and modposts the module with such references as ordinary undefined
+//! symbols named `.klp.sym.vmlinux.NAME,POS`. [`convert`] then rewrites the linked `.ko`
+//! the way `Documentation/livepatch/module-elf-format.rst` specifies: those symbols get
+//! `st_shndx = SHN_LIVEPATCH` (the module loader leaves them alone), and the relocations
+//! that use them move from `.rela.X` into `.klp.rela.vmlinux.X` sections flagged
+//! `SHF_RELA_LIVEPATCH` (and `SHF_ALLOC`, so their contents outlive the load), which
+//! livepatch applies itself when the patch is enabled.
+//!
+//! Pure: bytes in, bytes out.
+
+use std::collections::HashSet;
+
+use object::build::Id;
+use object::build::elf::{Builder, SectionData};
+use object::elf;
+
+use crate::Error;
+
+/// `SHN_LIVEPATCH`: section index of livepatch symbols.
+pub const SHN_LIVEPATCH: u16 = 0xff20;
+/// `SHF_RELA_LIVEPATCH`: flag of livepatch relocation sections.
+pub const SHF_RELA_LIVEPATCH: u64 = 0x0010_0000;
+/// The prefix of livepatch symbol names.
+pub const SYMBOL_PREFIX: &str = ".klp.sym.";
+
+/// What [`convert`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Converted {
+    /// The rewritten module.
+    pub bytes: Vec<u8>,
+    /// Livepatch symbols marked.
+    pub symbols: usize,
+    /// Relocations moved into `.klp.rela.*` sections.
+    pub relocations: usize,
+}
+
+/// Rewrites a linked livepatch module's `.klp.sym.*` references into livepatch's format.
+pub fn convert(ko: &[u8]) -> Result<Converted, Error> {
+    let mut builder =
+        Builder::read(ko).map_err(|e| Error::Malformed(format!("reading the module: {e}")))?;
+    let mut klp = HashSet::new();
+    for sym in builder.symbols.iter_mut() {
+        if sym.name.starts_with(SYMBOL_PREFIX.as_bytes()) {
+            if sym.section.is_some() {
+                return Err(Error::Malformed(format!(
+                    "livepatch symbol {} is defined in the module",
+                    String::from_utf8_lossy(&sym.name)
+                )));
+            }
+            sym.st_shndx = elf::SymbolSection(SHN_LIVEPATCH);
+            klp.insert(sym.id().index());
+        }
+    }
+    let symtab = builder
+        .sections
+        .iter()
+        .find(|s| matches!(s.data, SectionData::Symbol))
+        .map(|s| s.id());
+    let mut moved = 0;
+    let mut new_sections = Vec::new();
+    for section in builder.sections.iter_mut() {
+        let SectionData::Relocation(relocs) = &mut section.data else {
+            continue;
+        };
+        if section.sh_type != elf::SHT_RELA {
+            continue;
+        }
+        let (ours, rest): (Vec<_>, Vec<_>) = std::mem::take(relocs)
+            .into_iter()
+            .partition(|r| r.symbol.is_some_and(|s| klp.contains(&s.index())));
+        *relocs = rest;
+        if ours.is_empty() {
+            continue;
+        }
+        let target_name = section
+            .name
+            .strip_prefix(b".rela")
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
+        moved += ours.len();
+        new_sections.push((target_name, section.sh_info_section, ours));
+    }
+    for (target, info, relocs) in new_sections {
+        let mut name = b".klp.rela.vmlinux".to_vec();
+        name.extend_from_slice(&target);
+        let s = builder.sections.add();
+        s.name = name.into();
+        s.sh_type = elf::SHT_RELA;
+        s.sh_flags =
+            elf::SectionFlags(elf::SHF_ALLOC.0 | elf::SHF_INFO_LINK.0 | SHF_RELA_LIVEPATCH);
+        s.sh_link_section = symtab;
+        s.sh_info_section = info;
+        s.sh_addralign = 8;
+        s.sh_entsize = 24;
+        s.data = SectionData::Relocation(relocs);
+    }
+    let mut bytes = Vec::new();
+    builder
+        .write(&mut bytes)
+        .map_err(|e| Error::Malformed(format!("writing the module: {e}")))?;
+    Ok(Converted {
+        bytes,
+        symbols: klp.len(),
+        relocations: moved,
+    })
+}
+
+/// The `.modinfo` of a module: `key=value` strings (`name`, `vermagic`, `livepatch`...).
+pub fn modinfo(ko: &[u8]) -> Result<Vec<(String, String)>, Error> {
+    use object::{Object, ObjectSection};
+    let file = object::File::parse(ko)
+        .map_err(|e| Error::Malformed(format!("not a kernel module: {e}")))?;
+    let section = file
+        .section_by_name(".modinfo")
+        .ok_or_else(|| Error::Malformed("not a kernel module: no .modinfo section".into()))?;
+    let data = section
+        .data()
+        .map_err(|e| Error::Malformed(format!("reading .modinfo: {e}")))?;
+    Ok(data
+        .split(|&b| b == 0)
+        .filter_map(|entry| {
+            let text = std::str::from_utf8(entry).ok()?;
+            let (k, v) = text.split_once('=')?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect())
+}

@@ -1,0 +1,66 @@
+//! The kernel backend of hotsplice: a live patch for the running Linux kernel, as a standard
+//! livepatch module built from the same object diff as user-space patches.
+//!
+//! - [`kallsyms`] reads the kernel's symbols and computes livepatch's `sympos`.
+//! - [`module`] writes the patch object (the changed functions, what they carry, the kernel
+//!   tables they own) and the C file that registers it with livepatch.
+//! - [`kbuild`] prepares a kernel tree, compiles translation units and links the module.
+//! - [`klp`] rewrites the linked module's references to non-exported symbols into
+//!   livepatch's relocation format.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod build;
+pub mod kallsyms;
+pub mod kbuild;
+pub mod klp;
+pub mod module;
+pub mod qemu;
+
+/// Why a kernel live patch cannot be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An input or output object is malformed.
+    #[error("{0}")]
+    Malformed(String),
+    /// The patch needs something the kernel backend does not do.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// A symbol the patch references is not in the target kernel.
+    #[error("symbol {name} (referenced from {object}) is not in the target kernel's symbols")]
+    MissingSymbol {
+        /// The symbol.
+        name: String,
+        /// The translation unit referencing it.
+        object: String,
+    },
+    /// Several kernel symbols have the name and nothing says which one is meant.
+    #[error(
+        "symbol {name} (referenced from {object}) is ambiguous: {count} kernel symbols have that name and run-pre matching did not learn which one the code uses"
+    )]
+    Ambiguous {
+        /// The symbol.
+        name: String,
+        /// The translation unit referencing it.
+        object: String,
+        /// How many kernel symbols share the name.
+        count: usize,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A build command failed.
+    #[error("{what} failed:\n{output}")]
+    Command {
+        /// What was being done.
+        what: String,
+        /// The end of its output.
+        output: String,
+    },
+}

@@ -1,0 +1,271 @@
+//! The patch object of a livepatch module, and the C file that registers it.
+//!
+//! [`patch_object`] turns the [`PatchSet`]s of the changed translation units into one
+//! relocatable ELF object: a section per piece (code, data, and the kernel tables the pieces
+//! own, under their own names so the module loader finds them), a global `__hsp_new_N`
+//! symbol at each replacement's entry, and relocations to symbols of the running kernel — by
+//! plain name when vmlinux exports them (the module loader resolves those), else to a
+//! `.klp.sym.vmlinux.NAME,POS` symbol that [`crate::klp::convert`] turns into livepatch's
+//! own relocation format once kbuild has linked the module.
+//!
+//! Pure: bytes in, bytes out.
+
+use object::write::{Object, Relocation, SectionId, Symbol, SymbolId, SymbolSection};
+use object::{
+    Architecture, BinaryFormat, Endianness, RelocationFlags, SectionFlags, SectionKind,
+    SymbolFlags, SymbolKind, SymbolScope, elf,
+};
+
+use hotsplice_objdiff::PatchSet;
+use hotsplice_objdiff::patchset::{Link, PieceKind, SymbolRef};
+
+use crate::Error;
+
+/// How the module reaches a symbol of the running kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// vmlinux exports it: an ordinary undefined symbol the module loader resolves.
+    Exported(String),
+    /// Not exported (or static): a livepatch symbol, found by name and position at enable.
+    Klp {
+        /// The kallsyms name.
+        name: String,
+        /// Its `sympos` (0: unique).
+        sympos: u64,
+    },
+}
+
+impl Resolution {
+    /// The undefined symbol name written into the patch object.
+    pub fn symbol_name(&self) -> String {
+        match self {
+            Resolution::Exported(name) => name.clone(),
+            Resolution::Klp { name, sympos } => format!(".klp.sym.vmlinux.{name},{sympos}"),
+        }
+    }
+}
+
+/// A function the module replaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KlpFunction {
+    /// The old function's name in the running kernel.
+    pub old_name: String,
+    /// Its `sympos`.
+    pub sympos: u64,
+    /// The global symbol of the new version in the patch object.
+    pub new_symbol: String,
+    /// The object (translation unit) it comes from.
+    pub object: String,
+}
+
+/// The patch object and what it replaces.
+#[derive(Debug, Clone)]
+pub struct PatchObject {
+    /// The relocatable object's bytes.
+    pub bytes: Vec<u8>,
+    /// The functions to register with livepatch, in order.
+    pub functions: Vec<KlpFunction>,
+}
+
+/// Builds the patch object. `resolve` says how to reach a symbol of the running kernel
+/// referenced from object `object` (the first argument); `sympos` gives the position of a
+/// replaced function.
+pub fn patch_object(
+    sets: &[PatchSet],
+    resolve: &mut dyn FnMut(&str, &SymbolRef) -> Result<Resolution, Error>,
+    sympos: &mut dyn FnMut(&str, &str) -> Result<u64, Error>,
+) -> Result<PatchObject, Error> {
+    let mut obj = Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+    let mut functions = Vec::new();
+    let mut undefined: std::collections::HashMap<String, SymbolId> =
+        std::collections::HashMap::new();
+    for (o, set) in sets.iter().enumerate() {
+        // One section per piece.
+        let mut sections: Vec<SectionId> = Vec::with_capacity(set.pieces.len());
+        for (i, piece) in set.pieces.iter().enumerate() {
+            let (name, kind, flags) = match (&piece.table, piece.kind) {
+                (Some(table), kind) => (table.clone(), section_kind(kind), sh_flags(kind)),
+                (None, PieceKind::Code) => (
+                    format!(".text.hsp.{o}.{i}"),
+                    SectionKind::Text,
+                    sh_flags(PieceKind::Code),
+                ),
+                (None, kind) => (
+                    format!("{}.hsp.{o}.{i}", prefix(kind)),
+                    section_kind(kind),
+                    sh_flags(kind),
+                ),
+            };
+            let id = obj.add_section(Vec::new(), name.into_bytes(), kind);
+            obj.section_mut(id).flags = SectionFlags::Elf {
+                sh_type: if piece.kind == PieceKind::Bss {
+                    elf::SHT_NOBITS
+                } else {
+                    elf::SHT_PROGBITS
+                },
+                sh_flags: flags,
+            };
+            if piece.kind == PieceKind::Bss {
+                obj.append_section_bss(id, piece.size, piece.align);
+            } else {
+                obj.set_section_data(id, piece.bytes.clone(), piece.align);
+            }
+            if let Some(symbol) = &piece.symbol {
+                obj.add_symbol(Symbol {
+                    name: symbol.clone().into_bytes(),
+                    value: 0,
+                    size: piece.size,
+                    kind: if piece.kind == PieceKind::Code {
+                        SymbolKind::Text
+                    } else {
+                        SymbolKind::Data
+                    },
+                    scope: SymbolScope::Compilation,
+                    weak: false,
+                    section: SymbolSection::Section(id),
+                    flags: SymbolFlags::None,
+                });
+            }
+            sections.push(id);
+        }
+        for r in &set.replacements {
+            let Some(&section) = sections.get(r.piece) else {
+                return Err(Error::Malformed(format!(
+                    "replacement {} points at piece {} of {}",
+                    r.name,
+                    r.piece,
+                    set.pieces.len()
+                )));
+            };
+            let new_symbol = format!("__hsp_new_{}", functions.len());
+            obj.add_symbol(Symbol {
+                name: new_symbol.clone().into_bytes(),
+                value: 0,
+                size: set.pieces[r.piece].size,
+                kind: SymbolKind::Text,
+                scope: SymbolScope::Linkage,
+                weak: false,
+                section: SymbolSection::Section(section),
+                flags: SymbolFlags::None,
+            });
+            functions.push(KlpFunction {
+                old_name: r.name.clone(),
+                sympos: sympos(&set.object, &r.name)?,
+                new_symbol,
+                object: set.object.clone(),
+            });
+        }
+        for (i, piece) in set.pieces.iter().enumerate() {
+            for reloc in &piece.relocs {
+                let (symbol, addend) = match &reloc.target {
+                    Link::Piece(j) => {
+                        let Some(&target) = sections.get(*j) else {
+                            return Err(Error::Malformed(format!(
+                                "piece {} relocates against piece {j} of {}",
+                                piece.name,
+                                set.pieces.len()
+                            )));
+                        };
+                        (obj.section_symbol(target), reloc.addend)
+                    }
+                    Link::Symbol(s) => {
+                        let name = resolve(&set.object, s)?.symbol_name();
+                        let id = *undefined.entry(name.clone()).or_insert_with(|| {
+                            obj.add_symbol(Symbol {
+                                name: name.into_bytes(),
+                                value: 0,
+                                size: 0,
+                                kind: SymbolKind::Unknown,
+                                scope: SymbolScope::Linkage,
+                                weak: false,
+                                section: SymbolSection::Undefined,
+                                flags: SymbolFlags::None,
+                            })
+                        });
+                        (id, reloc.addend)
+                    }
+                    Link::Nothing => {
+                        return Err(Error::Unsupported(format!(
+                            "{}: a relocation with no symbol at {}+{:#x}",
+                            set.object, piece.name, reloc.offset
+                        )));
+                    }
+                };
+                obj.add_relocation(
+                    sections[i],
+                    Relocation {
+                        offset: reloc.offset,
+                        symbol,
+                        addend,
+                        flags: RelocationFlags::Elf {
+                            r_type: elf::RelocationType(reloc.r_type),
+                        },
+                    },
+                )
+                .map_err(|e| Error::Malformed(format!("{}: {e}", piece.name)))?;
+            }
+        }
+    }
+    let bytes = obj
+        .write()
+        .map_err(|e| Error::Malformed(format!("writing the patch object: {e}")))?;
+    Ok(PatchObject { bytes, functions })
+}
+
+fn prefix(kind: PieceKind) -> &'static str {
+    match kind {
+        PieceKind::Code => ".text",
+        PieceKind::ReadOnly => ".rodata",
+        PieceKind::Data => ".data",
+        PieceKind::Bss => ".bss",
+    }
+}
+
+fn section_kind(kind: PieceKind) -> SectionKind {
+    match kind {
+        PieceKind::Code => SectionKind::Text,
+        PieceKind::ReadOnly => SectionKind::ReadOnlyData,
+        PieceKind::Data => SectionKind::Data,
+        PieceKind::Bss => SectionKind::UninitializedData,
+    }
+}
+
+fn sh_flags(kind: PieceKind) -> elf::SectionFlags {
+    match kind {
+        PieceKind::Code => elf::SHF_ALLOC | elf::SHF_EXECINSTR,
+        PieceKind::ReadOnly => elf::SHF_ALLOC,
+        PieceKind::Data | PieceKind::Bss => elf::SHF_ALLOC | elf::SHF_WRITE,
+    }
+}
+
+/// The C file that registers the patch with livepatch (compiled by kbuild with the module).
+pub fn registration_source(functions: &[KlpFunction], module: &str) -> String {
+    let mut c = String::new();
+    c.push_str(&format!(
+        "// Generated by hotsplice: registers the live patch {module} with livepatch.\n\
+         #include <linux/kernel.h>\n#include <linux/module.h>\n#include <linux/livepatch.h>\n\n"
+    ));
+    for f in functions {
+        c.push_str(&format!("extern char {}[];\n", f.new_symbol));
+    }
+    c.push_str("\nstatic struct klp_func hsp_funcs[] = {\n");
+    for f in functions {
+        c.push_str(&format!(
+            "\t{{ .old_name = \"{}\", .new_func = {}, .old_sympos = {} }},\n",
+            f.old_name, f.new_symbol, f.sympos
+        ));
+    }
+    c.push_str(
+        "\t{ }\n};\n\n\
+         static struct klp_object hsp_objs[] = {\n\t{ .name = NULL, .funcs = hsp_funcs },\n\t{ }\n};\n\n\
+         static struct klp_patch hsp_patch = {\n\t.mod = THIS_MODULE,\n\t.objs = hsp_objs,\n};\n\n\
+         static int __init hsp_init(void)\n{\n\treturn klp_enable_patch(&hsp_patch);\n}\n\n\
+         static void __exit hsp_exit(void)\n{\n}\n\n\
+         module_init(hsp_init);\nmodule_exit(hsp_exit);\n\
+         MODULE_LICENSE(\"GPL\");\nMODULE_INFO(livepatch, \"Y\");\n",
+    );
+    c.push_str(&format!(
+        "MODULE_DESCRIPTION(\"hotsplice live patch {module}\");\n"
+    ));
+    c
+}
