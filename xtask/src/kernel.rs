@@ -91,6 +91,8 @@ pub struct Case {
     pub diff: String,
     pub script: String,
     pub expect: Vec<String>,
+    /// The build must refuse, naming this symbol (no VM boot then).
+    pub refused: Option<&'static str>,
 }
 
 pub struct Built {
@@ -197,6 +199,62 @@ pub fn meminfo_case() -> Case {
             "UNDO-RC 0".into(),
             "REVERTED 0".into(),
         ],
+        refused: None,
+    }
+}
+
+/// Acceptance case 2: new code calls a static function of its file (`__get_fs_type`) and
+/// reads a static variable (`file_systems`).
+pub fn statics_case() -> Case {
+    Case {
+        name: "statics",
+        diff: "--- a/fs/filesystems.c\n+++ b/fs/filesystems.c\n@@ -240,2 +240,4 @@\n #ifdef CONFIG_PROC_FS\n+static struct file_system_type *__get_fs_type(const char *name, int len);\n+\n static int filesystems_proc_show(struct seq_file *m, void *v)\n@@ -251,5 +253,7 @@ static int filesystems_proc_show(struct seq_file *m, void *v)\n \t\ttmp = tmp->next;\n \t}\n \tread_unlock(&file_systems_lock);\n+\tseq_printf(m, \"hotsplice\\t%s %d\\n\", __get_fs_type(\"proc\", 4) ? \"proc\" : \"none\",\n+\t\t   file_systems != NULL);\n \treturn 0;\n }\n \n".into(),
+        script: "echo BEFORE $(grep -c hotsplice /proc/filesystems)\n\
+                 hotsplice kernel apply /statics.ko; echo APPLY-RC $?\n\
+                 echo AFTER $(grep hotsplice /proc/filesystems)\n\
+                 hotsplice kernel undo statics; echo UNDO-RC $?\n\
+                 echo REVERTED $(grep -c hotsplice /proc/filesystems)\n".into(),
+        expect: vec![
+            "BEFORE 0".into(),
+            "applied statics".into(),
+            "AFTER hotsplice proc 1".into(),
+            "undone statics".into(),
+            "REVERTED 0".into(),
+        ],
+        refused: None,
+    }
+}
+
+/// Acceptance case 3: a `static inline` helper changed; both functions it is inlined into
+/// (`/proc/PID/status` and `/proc/PID/stat`) are patched.
+pub fn inline_case() -> Case {
+    Case {
+        name: "inline",
+        diff: "--- a/fs/proc/array.c\n+++ b/fs/proc/array.c\n@@ -141,5 +141,7 @@\n static inline const char *get_task_state(struct task_struct *tsk)\n {\n \tBUILD_BUG_ON(1 + ilog2(TASK_REPORT_MAX) != ARRAY_SIZE(task_state_array));\n+\tif (task_state_index(tsk) == 0)\n+\t\treturn \"H (hotspliced)\";\n \treturn task_state_array[task_state_index(tsk)];\n }\n \n".into(),
+        script: "echo BEFORE $(grep State /proc/self/status) $(cut -d' ' -f3 /proc/self/stat)\n\
+                 hotsplice kernel apply /inline.ko; echo APPLY-RC $?\n\
+                 echo AFTER $(grep State /proc/self/status) $(cut -d' ' -f3 /proc/self/stat)\n\
+                 hotsplice kernel undo inline; echo UNDO-RC $?\n\
+                 echo REVERTED $(grep State /proc/self/status) $(cut -d' ' -f3 /proc/self/stat)\n".into(),
+        expect: vec![
+            "BEFORE State: R (running) R".into(),
+            "applied inline".into(),
+            "AFTER State: H (hotspliced) H".into(),
+            "undone inline".into(),
+            "REVERTED State: R (running) R".into(),
+        ],
+        refused: None,
+    }
+}
+
+/// Acceptance case 4: an existing global's initialiser changes: refused, naming it.
+pub fn initialiser_case() -> Case {
+    Case {
+        name: "initialiser",
+        diff: "--- a/mm/util.c\n+++ b/mm/util.c\n@@ -862,3 +862,3 @@\n int sysctl_overcommit_memory __read_mostly = OVERCOMMIT_GUESS;\n-int sysctl_overcommit_ratio __read_mostly = 50;\n+int sysctl_overcommit_ratio __read_mostly = 60;\n unsigned long sysctl_overcommit_kbytes __read_mostly;\n".into(),
+        script: String::new(),
+        expect: Vec::new(),
+        refused: Some("sysctl_overcommit_ratio"),
     }
 }
 
@@ -225,7 +283,12 @@ pub fn run_cases(names: &[String], release: bool) -> anyhow::Result<()> {
             bail!("building hotsplice failed");
         }
     }
-    let cases = [meminfo_case()];
+    let cases = [
+        meminfo_case(),
+        statics_case(),
+        inline_case(),
+        initialiser_case(),
+    ];
     let mut failed = 0;
     for case in cases
         .iter()
@@ -234,6 +297,24 @@ pub fn run_cases(names: &[String], release: bool) -> anyhow::Result<()> {
         let work = root.join("target/kernel").join(case.name);
         let built = build(&a, &hotsplice, case, &work)?;
         eprintln!("kernel: {}: build {}", case.name, built.json);
+        if let Some(symbol) = case.refused {
+            let refused = built.json["outcome"] == "refused"
+                && built.json["refusals"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|r| r["symbol"] == symbol));
+            if refused {
+                eprintln!("kernel: {}: PASS (refused, naming {symbol})", case.name);
+            } else {
+                failed += 1;
+                eprintln!("kernel: {}: FAIL: not refused naming {symbol}", case.name);
+            }
+            continue;
+        }
+        if built.json["outcome"] != "written" {
+            failed += 1;
+            eprintln!("kernel: {}: FAIL: no module", case.name);
+            continue;
+        }
         let boot = run_guest(
             &a,
             &hotsplice,

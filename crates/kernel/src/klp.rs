@@ -83,7 +83,7 @@ pub fn convert(ko: &[u8]) -> Result<Converted, Error> {
         new_sections.push((target_name, section.sh_info_section, ours));
     }
     for (target, info, relocs) in new_sections {
-        let mut name = b".klp.rela.vmlinux".to_vec();
+        let mut name = b".klp.rela.vmlinux.".to_vec();
         name.extend_from_slice(&target);
         let s = builder.sections.add();
         s.name = name.into();
