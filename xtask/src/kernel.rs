@@ -9,8 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use hotsplice_kernel::qemu::{self, File};
 
-/// The Debian kernel the harness uses (`scripts/setup --kernel` fetches it).
-pub const ABI: &str = "6.1.0-56-amd64";
+/// The Debian kernel the harness uses (`scripts/setup --kernel` fetches it; keep in sync).
+pub const ABI: &str = "6.1.0-53-amd64";
+/// Its Debian version (of linux-source-6.1 and the linux source package).
+pub const VERSION: &str = "6.1.187-1";
 
 /// Where the kernel assets are.
 pub struct Assets {
@@ -33,12 +35,16 @@ pub fn assets(root: &Path) -> anyhow::Result<Assets> {
     let k = root.join(".cache/kernel");
     Ok(Assets {
         root: root.to_path_buf(),
-        vmlinuz: k.join(format!("image/boot/vmlinuz-{ABI}")),
-        config: k.join(format!("image/boot/config-{ABI}")),
-        source: k.join("linux-source-6.1"),
+        vmlinuz: k.join(format!("image-{}/boot/vmlinuz-{ABI}", short_abi())),
+        config: k.join(format!("image-{}/boot/config-{ABI}", short_abi())),
+        source: k.join(format!("linux-source-{VERSION}")),
         headers: PathBuf::from(format!("/usr/src/linux-headers-{ABI}")),
         busybox: PathBuf::from("/bin/busybox"),
     })
+}
+
+fn short_abi() -> &'static str {
+    ABI.trim_end_matches("-amd64")
 }
 
 fn base_files(a: &Assets) -> anyhow::Result<Vec<File>> {
@@ -352,7 +358,10 @@ mod tests {
         let required = std::env::var_os("HOTSPLICE_REQUIRE_KERNEL").is_some();
         if !required
             && !root
-                .join(".cache/kernel/linux-source-6.1/Makefile")
+                .join(format!(
+                    ".cache/kernel/linux-source-{}/Makefile",
+                    super::VERSION
+                ))
                 .exists()
         {
             eprintln!("skipped: no kernel assets (scripts/setup --kernel)");
