@@ -264,6 +264,94 @@ pub fn initialiser_case() -> Case {
     }
 }
 
+/// A unified diff with its direction reversed (what `patch -R` applies).
+pub fn reverse_diff(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let reversed = if line.starts_with("--- ") || line.starts_with("+++ ") {
+            line.to_string()
+        } else if let Some(rest) = line.strip_prefix("@@ -") {
+            // @@ -a,b +c,d @@ tail  →  @@ -c,d +a,b @@ tail
+            match rest
+                .split_once(" +")
+                .and_then(|(old, r)| r.split_once(" @@").map(|(new, tail)| (old, new, tail)))
+            {
+                Some((old, new, tail)) => format!("@@ -{new} +{old} @@{tail}"),
+                None => line.to_string(),
+            }
+        } else if let Some(rest) = line.strip_prefix('+') {
+            format!("-{rest}")
+        } else if let Some(rest) = line.strip_prefix('-') {
+            format!("+{rest}")
+        } else {
+            line.to_string()
+        };
+        out.push_str(&reversed);
+        out.push('\n');
+    }
+    out
+}
+
+/// A workload for the Debian-fix cases: a loop that forks and execs, reads /proc and moves
+/// itself between two cpuset cgroups; `progress` checks it advanced.
+const WORKLOAD: &str = "mkdir -p /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup\n\
+    echo +cpuset > /sys/fs/cgroup/cgroup.subtree_control\n\
+    mkdir -p /sys/fs/cgroup/a /sys/fs/cgroup/b\n\
+    echo 0 > /tmp/work\n\
+    (i=0; while :; do i=$((i+1)); echo $i > /tmp/work; sh -c 'cat /proc/meminfo > /dev/null'; \
+      echo $$ > /sys/fs/cgroup/a/cgroup.procs; echo $$ > /sys/fs/cgroup/b/cgroup.procs; done) &\n\
+    progress() { a=$(cat /tmp/work); sleep 1; b=$(cat /tmp/work); \
+      if [ \"$b\" -gt \"$a\" ]; then echo \"PROGRESS-$1 ok\"; else echo \"PROGRESS-$1 stalled $a $b\"; fi; }\n";
+
+/// Acceptance case 5: one of Debian's own kernel bug fixes (`debian/patches/bugfix/`),
+/// reversed, applied live while the workload runs.
+pub fn debian_case(root: &Path, name: &'static str, patch: &str) -> anyhow::Result<Case> {
+    let path = root
+        .join(".cache/kernel")
+        .join(format!("debian-{VERSION}/debian/patches/bugfix"))
+        .join(patch);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Case {
+        name,
+        diff: reverse_diff(&text),
+        script: format!(
+            "{WORKLOAD}progress before\n\
+             hotsplice kernel apply /{name}.ko; echo APPLY-RC $?\n\
+             hotsplice kernel list\n\
+             progress patched\n\
+             hotsplice kernel undo {name}; echo UNDO-RC $?\n\
+             progress after\n\
+             kill %1\n"
+        ),
+        expect: vec![
+            "PROGRESS-before ok".into(),
+            format!("applied {name}"),
+            "APPLY-RC 0".into(),
+            format!("{name}  enabled"),
+            "PROGRESS-patched ok".into(),
+            format!("undone {name}"),
+            "UNDO-RC 0".into(),
+            "PROGRESS-after ok".into(),
+        ],
+        refused: None,
+    })
+}
+
+/// The Debian fixes the evaluation reverses (vmlinux code; the others of
+/// `debian/patches/bugfix/{all,x86}` touch modules, tools or build files, or no longer
+/// reverse-apply to the final tree).
+pub const DEBIAN_FIXES: &[(&str, &str)] = &[
+    (
+        "debian_cpuset",
+        "all/cgroup-cpuset-fix-misplaced-call-to-reset_migrate_dl.patch",
+    ),
+    (
+        "debian_modversion",
+        "all/module-disable-matching-missing-version-crc.patch",
+    ),
+];
+
 /// `cargo xtask kernel-test [CASE...]`.
 pub fn kernel_test(names: &[String]) -> anyhow::Result<()> {
     run_cases(names, true)
@@ -289,12 +377,15 @@ pub fn run_cases(names: &[String], release: bool) -> anyhow::Result<()> {
             bail!("building hotsplice failed");
         }
     }
-    let cases = [
+    let mut cases = vec![
         meminfo_case(),
         statics_case(),
         inline_case(),
         initialiser_case(),
     ];
+    for (name, patch) in DEBIAN_FIXES {
+        cases.push(debian_case(&root, name, patch)?);
+    }
     let mut failed = 0;
     for case in cases
         .iter()
