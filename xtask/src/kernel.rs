@@ -99,6 +99,9 @@ pub struct Case {
     pub expect: Vec<String>,
     /// The build must refuse, naming this symbol (no VM boot then).
     pub refused: Option<&'static str>,
+    /// Build from a copy of the source with this edit (file, from, to): a source that is not
+    /// the running kernel's.
+    pub source_edit: Option<(&'static str, &'static str, &'static str)>,
 }
 
 pub struct Built {
@@ -108,6 +111,28 @@ pub struct Built {
 
 pub fn build(a: &Assets, hotsplice: &Path, case: &Case, work: &Path) -> anyhow::Result<Built> {
     std::fs::create_dir_all(work)?;
+    let mut source = a.source.clone();
+    if let Some((file, from, to)) = case.source_edit {
+        // A hard-linked copy of the source with one file replaced (never written through).
+        source = a.root.join("target/kernel/edited-source");
+        if !source.join("Makefile").exists() {
+            let status = Command::new("cp")
+                .arg("-al")
+                .arg(&a.source)
+                .arg(&source)
+                .status()?;
+            if !status.success() {
+                bail!("copying the kernel source");
+            }
+        }
+        let path = source.join(file);
+        let text = std::fs::read_to_string(a.source.join(file))?;
+        if !text.contains(from) {
+            bail!("{file} has no {from:?}");
+        }
+        std::fs::remove_file(&path)?;
+        std::fs::write(&path, text.replacen(from, to, 1))?;
+    }
     let diff = work.join(format!("{}.patch", case.name));
     std::fs::write(&diff, &case.diff)?;
     let module = work.join(format!("{}.ko", case.name));
@@ -115,13 +140,15 @@ pub fn build(a: &Assets, hotsplice: &Path, case: &Case, work: &Path) -> anyhow::
     let out = Command::new(hotsplice)
         .args(["build", "--kernel", "--json"])
         .arg("--source")
-        .arg(&a.source)
+        .arg(&source)
         .arg("--config")
         .arg(&a.config)
         .arg("--headers")
         .arg(&a.headers)
         .arg("--symbols")
         .arg(&symbols)
+        .arg("--vmlinux")
+        .arg(&a.vmlinuz)
         .arg("--diff")
         .arg(&diff)
         .arg("--cache")
@@ -206,6 +233,7 @@ pub fn meminfo_case() -> Case {
             "REVERTED 0".into(),
         ],
         refused: None,
+        source_edit: None,
     }
 }
 
@@ -228,6 +256,7 @@ pub fn statics_case() -> Case {
             "REVERTED 0".into(),
         ],
         refused: None,
+        source_edit: None,
     }
 }
 
@@ -250,6 +279,7 @@ pub fn inline_case() -> Case {
             "REVERTED State: R (running) R".into(),
         ],
         refused: None,
+        source_edit: None,
     }
 }
 
@@ -261,6 +291,18 @@ pub fn initialiser_case() -> Case {
         script: String::new(),
         expect: Vec::new(),
         refused: Some("sysctl_overcommit_ratio"),
+        source_edit: None,
+    }
+}
+
+/// Run-pre matching: the meminfo fix built from a source whose `meminfo_proc_show` is not the
+/// running kernel's (one expression differs) must be refused, naming the function.
+pub fn wrong_source_case() -> Case {
+    Case {
+        name: "wrong_source",
+        refused: Some("meminfo_proc_show"),
+        source_edit: Some(("fs/proc/meminfo.c", "i.bufferram);", "i.bufferram + 1);")),
+        ..meminfo_case()
     }
 }
 
@@ -335,6 +377,7 @@ pub fn debian_case(root: &Path, name: &'static str, patch: &str) -> anyhow::Resu
             "PROGRESS-after ok".into(),
         ],
         refused: None,
+        source_edit: None,
     })
 }
 
@@ -382,6 +425,7 @@ pub fn run_cases(names: &[String], release: bool) -> anyhow::Result<()> {
         statics_case(),
         inline_case(),
         initialiser_case(),
+        wrong_source_case(),
     ];
     for (name, patch) in DEBIAN_FIXES {
         cases.push(debian_case(&root, name, patch)?);

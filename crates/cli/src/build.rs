@@ -48,6 +48,11 @@ pub struct BuildArgs {
     /// --kernel. [default: /proc/kallsyms]
     #[arg(long, value_name = "KALLSYMS", requires = "kernel")]
     pub(crate) symbols: Option<PathBuf>,
+    /// The target kernel's image, for run-pre matching: a vmlinux, or the vmlinuz it boots
+    /// (extracted with the source's scripts/extract-vmlinux). With --kernel.
+    /// [default: /boot/vmlinuz-$(uname -r)]
+    #[arg(long, value_name = "VMLINUX", requires = "kernel")]
+    pub(crate) vmlinux: Option<PathBuf>,
     /// The program's source tree (as the running binary was built from).
     #[arg(long, value_name = "DIR")]
     pub(crate) source: Option<PathBuf>,

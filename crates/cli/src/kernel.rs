@@ -54,8 +54,19 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
             symbols.display()
         )));
     }
+    let vmlinux = args
+        .vmlinux
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("/boot/vmlinuz-{release}")));
+    if !vmlinux.exists() {
+        return Err(Exit::bad_input(anyhow!(
+            "{}: no such kernel image; pass the target kernel's vmlinux or vmlinuz with --vmlinux",
+            vmlinux.display()
+        )));
+    }
     let name = build::module_name(&args.output);
     let request = Request {
+        vmlinux,
         source,
         config,
         diff: args.diff.clone(),
@@ -99,6 +110,7 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
             klp_relocations,
             timings,
             fresh_tree,
+            proven,
         } => {
             std::fs::write(&args.output, &bytes)
                 .with_context(|| format!("writing {}", args.output.display()))
@@ -114,6 +126,10 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
                     })).collect::<Vec<_>>(),
                     "objects": diffs.iter().map(|d| d.object.clone()).collect::<Vec<_>>(),
                     "klp_relocations": klp_relocations,
+                    "run_pre": proven.iter().map(|p| json!({
+                        "function": p.name, "address": format!("{:#x}", p.address),
+                        "sympos": p.sympos, "bytes_matched": p.bytes,
+                    })).collect::<Vec<_>>(),
                     "warnings": warnings,
                     "fresh_tree": fresh_tree,
                     "seconds": {
@@ -129,6 +145,13 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
             } else {
                 for w in &warnings {
                     let _ = writeln!(out, "warning: {w}");
+                }
+                for p in &proven {
+                    let _ = writeln!(
+                        out,
+                        "  run-pre   {} at {:#x}: {} bytes equal to the pre build",
+                        p.name, p.address, p.bytes
+                    );
                 }
                 let _ = writeln!(
                     out,

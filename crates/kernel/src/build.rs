@@ -11,6 +11,7 @@ use hotsplice_objdiff::{ObjectDiff, PatchSet, Status, patch_objects};
 
 use crate::kallsyms::Kallsyms;
 use crate::module::{self, KlpFunction, Resolution};
+use crate::runpre::{self, Proven, RunPre, Vmlinux};
 use crate::{Error, kbuild, klp};
 
 /// What to build.
@@ -26,6 +27,8 @@ pub struct Request {
     pub headers: PathBuf,
     /// The target kernel's symbols (`/proc/kallsyms` text).
     pub kallsyms: String,
+    /// The target kernel's image: a vmlinux, or a vmlinuz to extract it from.
+    pub vmlinux: PathBuf,
     /// Where prepared trees are cached.
     pub cache: PathBuf,
     /// The module's name (a C identifier).
@@ -76,6 +79,8 @@ pub enum Outcome {
         timings: Timings,
         /// Whether the tree was prepared by this build.
         fresh_tree: bool,
+        /// The replaced functions, proven equal to the pre build in the target vmlinux.
+        proven: Vec<Proven>,
     },
     /// The fix cannot be applied live.
     Refused {
@@ -271,21 +276,34 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
         return Ok(Outcome::NothingToPatch { diffs });
     }
 
+    progress("run-pre matching the replaced functions against the target vmlinux");
+    let image = kbuild::vmlinux(&tree, &request.vmlinux)?;
+    let vmlinux = Vmlinux::parse(&image)?;
+    let run_pre = runpre::match_kernel(&sets, &vmlinux, &kallsyms);
+    if !run_pre.mismatches.is_empty() {
+        return Ok(Outcome::Refused {
+            refusals: run_pre
+                .mismatches
+                .iter()
+                .map(|(name, detail)| Refusal {
+                    kind: "run-pre".into(),
+                    symbol: name.clone(),
+                    detail: detail.clone(),
+                })
+                .collect(),
+            diffs,
+        });
+    }
+
     progress("linking the livepatch module");
-    let mut resolver = |object: &str, s: &SymbolRef| resolve(&kallsyms, &exports, object, s);
-    let no_exports = HashSet::new();
-    let mut sympos = |object: &str, name: &str| match resolve(
-        &kallsyms,
-        &no_exports,
-        object,
-        &SymbolRef {
-            name: name.to_string(),
-            class: hotsplice_objdiff::patchset::SymbolClass::Function,
-            local: true,
-        },
-    )? {
-        Resolution::Klp { sympos, .. } => Ok(sympos),
-        Resolution::Exported(_) => Ok(0),
+    let mut resolver =
+        |object: &str, s: &SymbolRef| resolve(&kallsyms, &exports, &run_pre, object, s);
+    let mut sympos = |_object: &str, name: &str| {
+        Ok(run_pre
+            .proven
+            .iter()
+            .find(|p| p.name == name)
+            .map_or(0, |p| p.sympos))
     };
     let patch = module::patch_object(&sets, &mut resolver, &mut sympos)?;
     let registration = module::registration_source(&patch.functions, &request.name);
@@ -307,13 +325,16 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
         klp_relocations: converted.relocations,
         timings,
         fresh_tree: tree.fresh,
+        proven: run_pre.proven,
     })
 }
 
-/// How the module reaches `symbol`: by export, else through livepatch with its position.
+/// How the module reaches `symbol`: by export, else through livepatch with its position
+/// (for a name several kernel symbols share, the one run-pre matching saw the code use).
 fn resolve(
     kallsyms: &Kallsyms,
     exports: &HashSet<String>,
+    run_pre: &RunPre,
     object: &str,
     symbol: &SymbolRef,
 ) -> Result<Resolution, Error> {
@@ -330,11 +351,25 @@ fn resolve(
             name: symbol.name.clone(),
             sympos: 0,
         }),
-        count => Err(Error::Ambiguous {
-            name: symbol.name.clone(),
-            object: object.to_string(),
-            count,
-        }),
+        count => {
+            let learned = run_pre.learned.get(&symbol.name);
+            let positions: Vec<u64> = learned
+                .into_iter()
+                .flatten()
+                .filter_map(|&a| kallsyms.sympos(&symbol.name, a))
+                .collect();
+            match positions.as_slice() {
+                [sympos] => Ok(Resolution::Klp {
+                    name: symbol.name.clone(),
+                    sympos: *sympos,
+                }),
+                _ => Err(Error::Ambiguous {
+                    name: symbol.name.clone(),
+                    object: object.to_string(),
+                    count,
+                }),
+            }
+        }
     }
 }
 

@@ -244,3 +244,23 @@ pub fn vmlinux_exports(headers: &Path) -> Result<std::collections::HashSet<Strin
         })
         .collect())
 }
+
+/// The target's vmlinux as an ELF image: `path` itself when it is one, else extracted from
+/// a compressed kernel (`vmlinuz`) with the kernel tree's own `scripts/extract-vmlinux`.
+pub fn vmlinux(tree: &Tree, path: &Path) -> Result<Vec<u8>, Error> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    if bytes.starts_with(b"\x7fELF") {
+        return Ok(bytes);
+    }
+    let out = Command::new(tree.dir.join("scripts/extract-vmlinux"))
+        .arg(path)
+        .output()
+        .map_err(io(path))?;
+    if !out.status.success() || !out.stdout.starts_with(b"\x7fELF") {
+        return Err(Error::Command {
+            what: format!("extracting vmlinux from {}", path.display()),
+            output: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(out.stdout)
+}

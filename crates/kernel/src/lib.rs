@@ -16,6 +16,7 @@ pub mod kbuild;
 pub mod klp;
 pub mod module;
 pub mod qemu;
+pub mod runpre;
 
 /// Why a kernel live patch cannot be made.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,166 @@
+//! Run-pre matching against the target kernel: every function the module replaces must be,
+//! instruction for instruction, the function the pre build compiled — in the target's
+//! vmlinux, at the address its kallsyms gives. Relocation fields are wildcards, and what they
+//! hold teaches the addresses of the symbols they name, which tells same-named static
+//! symbols apart (livepatch's `sympos`). A mismatch means the source, configuration or
+//! compiler is not the running kernel's: the build is refused.
+//!
+//! Pure: reads the vmlinux bytes it is given.
+
+use std::collections::HashMap;
+
+use hotsplice_matcher::{Learned, Memory, PreCode, PreReloc, match_function};
+use hotsplice_objdiff::PatchSet;
+use hotsplice_objdiff::patchset::PreTarget;
+use object::{Object, ObjectSegment};
+
+use crate::Error;
+use crate::kallsyms::Kallsyms;
+
+/// A vmlinux image, read by link address.
+pub struct Vmlinux<'a> {
+    file: object::File<'a>,
+    /// The link address of `_text` (the first executable segment).
+    pub text: u64,
+}
+
+impl<'a> Vmlinux<'a> {
+    /// Parses an (uncompressed, ELF) vmlinux.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, Error> {
+        let file = object::File::parse(bytes)
+            .map_err(|e| Error::Malformed(format!("vmlinux is not an ELF image: {e}")))?;
+        let text = file
+            .segments()
+            .filter(|s| s.address() != 0)
+            .map(|s| s.address())
+            .min()
+            .ok_or_else(|| Error::Malformed("vmlinux has no loadable segment".into()))?;
+        Ok(Vmlinux { file, text })
+    }
+}
+
+impl Memory for Vmlinux<'_> {
+    fn read(&self, address: u64, buf: &mut [u8]) -> bool {
+        for segment in self.file.segments() {
+            if let Ok(Some(data)) = segment.data_range(address, buf.len() as u64)
+                && data.len() == buf.len()
+            {
+                buf.copy_from_slice(data);
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// A replaced function proven equal to the pre build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proven {
+    /// Its name.
+    pub name: String,
+    /// Its run-time address (kallsyms).
+    pub address: u64,
+    /// Its `sympos`.
+    pub sympos: u64,
+    /// Instructions compared (bytes).
+    pub bytes: u64,
+}
+
+/// What run-pre matching found.
+#[derive(Debug, Clone, Default)]
+pub struct RunPre {
+    /// Every replaced function, proven.
+    pub proven: Vec<Proven>,
+    /// Addresses (run-time) the code's relocation fields taught, by symbol name.
+    pub learned: HashMap<String, Vec<u64>>,
+    /// Why a function does not match (then the build is refused).
+    pub mismatches: Vec<(String, String)>,
+}
+
+/// Matches the replaced functions of `sets` against `vmlinux`, at the addresses `kallsyms`
+/// gives (run-time addresses; the slide is taken from `_text`).
+pub fn match_kernel(sets: &[PatchSet], vmlinux: &Vmlinux<'_>, kallsyms: &Kallsyms) -> RunPre {
+    let slide = kallsyms.slide(vmlinux.text).unwrap_or(0);
+    let mut result = RunPre::default();
+    for set in sets {
+        for r in &set.replacements {
+            let relocs: Vec<PreReloc> = r
+                .pre_relocs
+                .iter()
+                .map(|p| PreReloc {
+                    offset: p.offset,
+                    r_type: p.r_type,
+                    symbol: match &p.target {
+                        PreTarget::Symbol(s) => Some(s.name.clone()),
+                        PreTarget::Anonymous(_) => None,
+                    },
+                    addend: p.addend,
+                })
+                .collect();
+            let pre = PreCode {
+                code: &r.pre_code,
+                relocs: &relocs,
+            };
+            let candidates: Vec<u64> = kallsyms.named(&r.name).map(|s| s.address).collect();
+            if candidates.is_empty() {
+                result.mismatches.push((
+                    r.name.clone(),
+                    format!(
+                        "{} is not in the target kernel's symbols (inlined or renamed there? another source or configuration?)",
+                        r.name
+                    ),
+                ));
+                continue;
+            }
+            let mut matched = Vec::new();
+            let mut first_mismatch = None;
+            for (i, &address) in candidates.iter().enumerate() {
+                let link = address.wrapping_sub(slide);
+                let window = r.pre_code.len() as u64 + 16;
+                match match_function(pre, link, window, vmlinux) {
+                    Ok(m) => matched.push((i, address, m)),
+                    Err(e) => {
+                        first_mismatch.get_or_insert_with(|| e.to_string());
+                    }
+                }
+            }
+            match matched.len() {
+                1 => {
+                    let (i, address, m) = matched.remove(0);
+                    for l in &m.learned {
+                        if let Learned::Address(a) = l.value {
+                            let list = result.learned.entry(l.symbol.clone()).or_default();
+                            for candidate in [a.wrapping_add(slide), a] {
+                                if !list.contains(&candidate) {
+                                    list.push(candidate);
+                                }
+                            }
+                        }
+                    }
+                    result.proven.push(Proven {
+                        name: r.name.clone(),
+                        address,
+                        sympos: if candidates.len() == 1 { 0 } else { i as u64 + 1 },
+                        bytes: m.len,
+                    });
+                }
+                0 => result.mismatches.push((
+                    r.name.clone(),
+                    format!(
+                        "the target kernel's {} is not the pre build's code ({}): the source, configuration or compiler is not the running kernel's",
+                        r.name,
+                        first_mismatch.unwrap_or_default()
+                    ),
+                )),
+                n => result.mismatches.push((
+                    r.name.clone(),
+                    format!(
+                        "{n} of the target kernel's {} functions of that name match the pre build: which one the diff changes is ambiguous",
+                        candidates.len()
+                    ),
+                )),
+            }
+        }
+    }
+    result
+}
