@@ -42,7 +42,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    Build(build::BuildArgs),
+    Build(Box<build::BuildArgs>),
     Info(info::InfoArgs),
     Check(live::CheckArgs),
     Apply(live::ApplyArgs),
