@@ -295,6 +295,50 @@ pub fn initialiser_case() -> Case {
     }
 }
 
+/// A build-only case that must be refused, naming `symbol`.
+fn refusal(name: &'static str, symbol: &'static str, diff: &str) -> Case {
+    Case {
+        name,
+        diff: diff.to_string(),
+        script: String::new(),
+        expect: Vec::new(),
+        refused: Some(symbol),
+        source_edit: None,
+    }
+}
+
+/// Refusals named by kind: `notrace` code, `__init` code, a header, assembly, a module, a
+/// file kbuild does not build on its own.
+pub fn refusal_cases() -> Vec<Case> {
+    vec![
+        refusal(
+            "refuse_notrace",
+            "core_kernel_text",
+            "--- a/kernel/extable.c\n+++ b/kernel/extable.c\n@@ -66,5 +66,7 @@\n int notrace core_kernel_text(unsigned long addr)\n {\n+\tif (!addr)\n+\t\treturn 0;\n \tif (is_kernel_text(addr))\n \t\treturn 1;\n \n",
+        ),
+        refusal(
+            "refuse_init",
+            "proc_meminfo_init",
+            "--- a/fs/proc/meminfo.c\n+++ b/fs/proc/meminfo.c\n@@ -167,5 +167,5 @@ static int __init proc_meminfo_init(void)\n \tstruct proc_dir_entry *pde;\n \n-\tpde = proc_create_single(\"meminfo\", 0, NULL, meminfo_proc_show);\n+\tpde = proc_create_single(\"meminfo\", 0444, NULL, meminfo_proc_show);\n \tpde_make_permanent(pde);\n \treturn 0;\n",
+        ),
+        refusal(
+            "refuse_header",
+            "include/linux/seq_file.h",
+            "--- a/include/linux/seq_file.h\n+++ b/include/linux/seq_file.h\n@@ -1,3 +1,4 @@\n /* SPDX-License-Identifier: GPL-2.0 */\n+/* hotsplice */\n #ifndef _LINUX_SEQ_FILE_H\n #define _LINUX_SEQ_FILE_H\n",
+        ),
+        refusal(
+            "refuse_module",
+            "net/ipv4/ah4.o",
+            "--- a/net/ipv4/ah4.c\n+++ b/net/ipv4/ah4.c\n@@ -1,2 +1,3 @@\n // SPDX-License-Identifier: GPL-2.0-only\n+/* hotsplice */\n #define pr_fmt(fmt) \"IPsec: \" fmt\n",
+        ),
+        refusal(
+            "refuse_not_built",
+            "kernel/sched/clock.o",
+            "--- a/kernel/sched/clock.c\n+++ b/kernel/sched/clock.c\n@@ -106,4 +106,5 @@\n notrace int sched_clock_stable(void)\n {\n+\tbarrier();\n \treturn static_branch_likely(&__sched_clock_stable);\n }\n",
+        ),
+    ]
+}
+
 /// Run-pre matching: the meminfo fix built from a source whose `meminfo_proc_show` is not the
 /// running kernel's (one expression differs) must be refused, naming the function.
 pub fn wrong_source_case() -> Case {
@@ -427,6 +471,7 @@ pub fn run_cases(names: &[String], release: bool) -> anyhow::Result<()> {
         initialiser_case(),
         wrong_source_case(),
     ];
+    cases.extend(refusal_cases());
     for (name, patch) in DEBIAN_FIXES {
         cases.push(debian_case(&root, name, patch)?);
     }

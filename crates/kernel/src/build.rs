@@ -238,7 +238,39 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
     let started = Instant::now();
     progress(&format!("compiling {} before the fix", objects.join(" ")));
     kbuild::restore(&tree, &relative, &objects)?;
-    let pre = kbuild::compile(&tree, &objects)?;
+    let pre = match kbuild::compile(&tree, &objects) {
+        Err(Error::NotBuilt(object)) => {
+            return Ok(Outcome::Refused {
+                refusals: vec![Refusal {
+                    kind: "not-built".into(),
+                    symbol: object.clone(),
+                    detail: format!(
+                        "kbuild does not build {object} on its own with this configuration: its source is #included by another file (as kernel/sched/*.c are), or the configuration leaves it out"
+                    ),
+                }],
+                diffs: Vec::new(),
+            });
+        }
+        other => other?,
+    };
+    let in_modules: Vec<Refusal> = objects
+        .iter()
+        .filter_map(|o| {
+            kbuild::module_of(&tree, o).map(|module| Refusal {
+                kind: "module".into(),
+                symbol: o.clone(),
+                detail: format!(
+                    "{o} is part of the module {module}, not vmlinux: livepatching a module's code is not supported yet"
+                ),
+            })
+        })
+        .collect();
+    if !in_modules.is_empty() {
+        return Ok(Outcome::Refused {
+            refusals: in_modules,
+            diffs: Vec::new(),
+        });
+    }
     timings.pre = started.elapsed().as_secs_f64();
 
     let started = Instant::now();

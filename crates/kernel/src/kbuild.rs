@@ -144,6 +144,24 @@ pub fn compile(tree: &Tree, objects: &[String]) -> Result<Vec<Vec<u8>>, Error> {
     if objects.is_empty() {
         return Ok(Vec::new());
     }
+    for object in objects {
+        // kbuild builds what its directory's Makefile (or Kbuild) names; a .c #included by
+        // another (kernel/sched/*.c) is named nowhere.
+        let path = Path::new(object);
+        let file = path.file_name().map(|f| f.to_string_lossy().into_owned());
+        let dir = tree.dir.join(path.parent().unwrap_or(Path::new("")));
+        let named = ["Makefile", "Kbuild"].iter().any(|m| {
+            std::fs::read_to_string(dir.join(m)).is_ok_and(|text| {
+                file.as_deref().is_some_and(|f| {
+                    text.split(|c: char| c.is_whitespace() || c == '=' || c == ':' || c == '+')
+                        .any(|token| token == f)
+                })
+            })
+        });
+        if !named {
+            return Err(Error::NotBuilt(object.clone()));
+        }
+    }
     run(
         "compiling the changed translation units",
         make(&tree.dir).arg("-j2").args(objects),
@@ -155,6 +173,25 @@ pub fn compile(tree: &Tree, objects: &[String]) -> Result<Vec<Vec<u8>>, Error> {
             std::fs::read(&path).map_err(io(&path))
         })
         .collect()
+}
+
+/// The module a compiled object belongs to (`-DMODULE` in its kbuild command), if any.
+pub fn module_of(tree: &Tree, object: &str) -> Option<String> {
+    let path = Path::new(object);
+    let cmd = tree
+        .dir
+        .join(path.parent()?)
+        .join(format!(".{}.cmd", path.file_name()?.to_string_lossy()));
+    let text = std::fs::read_to_string(cmd).ok()?;
+    if !text.contains("-DMODULE") {
+        return None;
+    }
+    let name = text
+        .split("-DKBUILD_MODNAME='\"")
+        .nth(1)?
+        .split('"')
+        .next()?;
+    Some(name.to_string())
 }
 
 /// Puts `files` (tree-relative) back as in the pristine source and removes the objects built

@@ -56,6 +56,9 @@ pub enum Error {
         /// The error.
         source: std::io::Error,
     },
+    /// The object is not built on its own by this configuration.
+    #[error("{0} is not built on its own with this configuration")]
+    NotBuilt(String),
     /// A build command failed.
     #[error("{what} failed:\n{output}")]
     Command {
