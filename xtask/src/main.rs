@@ -8,6 +8,7 @@
 //!   the same tree (`eval/results/build-bench.md`).
 //! - `bench-pause`: how long apply and undo stop targets with 1, 8 and 64 busy threads
 //!   (`eval/results/pause.{md,json}`).
+//! - `kernel-test`, `bench-kernel`: the kernel backend in QEMU (`eval/results/kernel*.md`).
 //! - `soak`: apply/undo cycles on a 64-thread busy target, checked after every step
 //!   (`eval/results/soak.{md,json}`).
 
@@ -30,7 +31,8 @@ tasks:
   bench-build [PATCH]           cold/warm build vs a plain Debian build (default CVE-2025-23419)
   bench-pause [CYCLES]          apply/undo pause on 1, 8, 64 busy threads (default 100 cycles)
   soak [CYCLES] [THREADS]       apply/undo cycles on a busy target, checked each step (default 10000, 64)
-  kernel-test [CASE...]         kernel live patches built and applied in the stock Debian kernel under QEMU";
+  kernel-test [CASE...]         kernel live patches built and applied in the stock Debian kernel under QEMU
+  bench-kernel [BOOTS]          kernel build times (cold/warm tree) and apply/undo transition times";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -49,6 +51,9 @@ fn main() -> ExitCode {
             args.get(2).and_then(|n| n.parse().ok()).unwrap_or(64),
         ),
         Some("kernel-test") => kernel::kernel_test(&args[1..]),
+        Some("bench-kernel") => {
+            kernel::bench_kernel(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(5))
+        }
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
