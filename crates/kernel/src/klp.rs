@@ -127,3 +127,88 @@ pub fn modinfo(ko: &[u8]) -> Result<Vec<(String, String)>, Error> {
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use object::read::elf::{ElfFile64, FileHeader, SectionHeader, Sym};
+    use object::{Endianness, Object, ObjectSection};
+
+    use super::*;
+
+    /// A relocatable object with a call to `.klp.sym.vmlinux.helper,2` and one to `printk`.
+    fn object() -> Vec<u8> {
+        use object::write::{Object as W, Relocation, Symbol, SymbolSection};
+        use object::{
+            Architecture, BinaryFormat, RelocationFlags, SectionKind, SymbolFlags, SymbolKind,
+            SymbolScope,
+        };
+        let mut o = W::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+        let text = o.add_section(Vec::new(), b".text.f".to_vec(), SectionKind::Text);
+        o.set_section_data(text, vec![0xe8, 0, 0, 0, 0, 0xe8, 0, 0, 0, 0], 16);
+        let mut undefined = |name: &str| {
+            o.add_symbol(Symbol {
+                name: name.as_bytes().to_vec(),
+                value: 0,
+                size: 0,
+                kind: SymbolKind::Unknown,
+                scope: SymbolScope::Linkage,
+                weak: false,
+                section: SymbolSection::Undefined,
+                flags: SymbolFlags::None,
+            })
+        };
+        let klp = undefined(".klp.sym.vmlinux.helper,2");
+        let printk = undefined("printk");
+        for (offset, symbol) in [(1, klp), (6, printk)] {
+            o.add_relocation(
+                text,
+                Relocation {
+                    offset,
+                    symbol,
+                    addend: -4,
+                    flags: RelocationFlags::Elf {
+                        r_type: elf::RelocationType(4),
+                    },
+                },
+            )
+            .unwrap();
+        }
+        o.write().unwrap()
+    }
+
+    #[test]
+    fn klp_references_move_to_livepatch_sections() {
+        let converted = convert(&object()).unwrap();
+        assert_eq!((converted.symbols, converted.relocations), (1, 1));
+        let file = ElfFile64::<Endianness>::parse(&*converted.bytes).unwrap();
+        let klp = file
+            .section_by_name(".klp.rela.vmlinux..text.f")
+            .expect("klp section");
+        let header = klp.elf_section_header();
+        let flags = header.sh_flags(Endianness::Little).0;
+        assert_ne!(flags & SHF_RELA_LIVEPATCH, 0);
+        assert_ne!(flags & elf::SHF_ALLOC.0, 0);
+        assert_eq!(klp.size(), 24, "one relocation");
+        let rest = file.section_by_name(".rela.text.f");
+        assert_eq!(
+            rest.map_or(0, |s| s.size()),
+            24,
+            "printk's stays an ordinary relocation"
+        );
+        let symbols = file.elf_symbol_table();
+        let strings = symbols.strings();
+        let marked = symbols
+            .symbols()
+            .iter()
+            .find(|s| s.name(Endianness::Little, strings) == Ok(b".klp.sym.vmlinux.helper,2"))
+            .unwrap();
+        assert_eq!(marked.st_shndx(Endianness::Little).0, SHN_LIVEPATCH);
+        let _ = file.elf_header().e_shnum(Endianness::Little);
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(convert(b"not a module").is_err());
+        assert!(modinfo(b"not a module").is_err());
+    }
+}

@@ -169,7 +169,23 @@ pub fn patch_object(
                         (obj.section_symbol(target), reloc.addend)
                     }
                     Link::Symbol(s) => {
-                        let name = resolve(&set.object, s)?.symbol_name();
+                        let resolution = resolve(&set.object, s)?;
+                        // The module loader reads a jump label's or static call's key when
+                        // the module loads, before livepatch applies its own relocations.
+                        if let (Some(table), Resolution::Klp { .. }) = (
+                            piece
+                                .table
+                                .as_deref()
+                                .and_then(hotsplice_objdiff::table::table_of),
+                            &resolution,
+                        ) && table.key_at_load == Some(reloc.offset % table.entry)
+                        {
+                            return Err(Error::Unsupported(format!(
+                                "{}: the new code uses the static key or static call {} ({}), which vmlinux does not export: the module loader would read it before livepatch resolves it",
+                                set.object, s.name, table.name
+                            )));
+                        }
+                        let name = resolution.symbol_name();
                         let id = *undefined.entry(name.clone()).or_insert_with(|| {
                             obj.add_symbol(Symbol {
                                 name: name.into_bytes(),
@@ -268,4 +284,103 @@ pub fn registration_source(functions: &[KlpFunction], module: &str) -> String {
         "MODULE_DESCRIPTION(\"hotsplice live patch {module}\");\n"
     ));
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use hotsplice_objdiff::patchset::{Piece, PieceReloc, Replacement, SymbolClass};
+    use object::{Object, ObjectSymbol};
+
+    use super::*;
+
+    /// One replaced function whose code has a jump label on `key`.
+    fn set() -> PatchSet {
+        let key = SymbolRef {
+            name: "some_key".into(),
+            class: SymbolClass::Data,
+            local: false,
+        };
+        PatchSet {
+            object: "x.o".into(),
+            source_file: None,
+            pieces: vec![
+                Piece {
+                    name: "f".into(),
+                    symbol: Some("f".into()),
+                    kind: PieceKind::Code,
+                    align: 16,
+                    size: 8,
+                    bytes: vec![0x90; 8],
+                    relocs: Vec::new(),
+                    table: None,
+                },
+                Piece {
+                    name: "__jump_table".into(),
+                    symbol: None,
+                    kind: PieceKind::Data,
+                    align: 8,
+                    size: 16,
+                    bytes: vec![0; 16],
+                    relocs: vec![
+                        PieceReloc {
+                            offset: 0,
+                            r_type: 2,
+                            target: Link::Piece(0),
+                            addend: 0,
+                        },
+                        PieceReloc {
+                            offset: 8,
+                            r_type: 24,
+                            target: Link::Symbol(key),
+                            addend: 0,
+                        },
+                    ],
+                    table: Some("__jump_table".into()),
+                },
+            ],
+            replacements: vec![Replacement {
+                name: "f".into(),
+                post_name: "f".into(),
+                local: false,
+                piece: 0,
+                pre_code: Vec::new(),
+                pre_relocs: Vec::new(),
+            }],
+        }
+    }
+
+    #[test]
+    fn jump_label_on_an_unexported_key_is_refused() {
+        let mut resolve = |_: &str, s: &SymbolRef| {
+            Ok(Resolution::Klp {
+                name: s.name.clone(),
+                sympos: 0,
+            })
+        };
+        let err = patch_object(&[set()], &mut resolve, &mut |_, _| Ok(0)).unwrap_err();
+        assert!(err.to_string().contains("some_key"), "{err}");
+    }
+
+    #[test]
+    fn exported_and_klp_symbols_are_named_as_livepatch_expects() {
+        let mut resolve = |_: &str, s: &SymbolRef| Ok(Resolution::Exported(s.name.clone()));
+        let patch = patch_object(&[set()], &mut resolve, &mut |_, _| Ok(3)).unwrap();
+        assert_eq!(patch.functions.len(), 1);
+        assert_eq!(patch.functions[0].sympos, 3);
+        let file = object::File::parse(&*patch.bytes).unwrap();
+        let names: Vec<&str> = file.symbols().filter_map(|s| s.name().ok()).collect();
+        assert!(names.contains(&"some_key"), "{names:?}");
+        assert!(names.contains(&"__hsp_new_0"), "{names:?}");
+        assert_eq!(
+            Resolution::Klp {
+                name: "file_systems".into(),
+                sympos: 2
+            }
+            .symbol_name(),
+            ".klp.sym.vmlinux.file_systems,2"
+        );
+        let c = registration_source(&patch.functions, "fix");
+        assert!(c.contains(".old_name = \"f\", .new_func = __hsp_new_0, .old_sympos = 3"));
+        assert!(c.contains("MODULE_INFO(livepatch, \"Y\")"));
+    }
 }
