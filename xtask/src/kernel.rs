@@ -43,6 +43,15 @@ pub fn assets(root: &Path) -> anyhow::Result<Assets> {
     })
 }
 
+impl Assets {
+    /// The stock kernel's modules directory.
+    pub fn modules(&self) -> PathBuf {
+        self.root
+            .join(".cache/kernel")
+            .join(format!("image-{}/lib/modules/{ABI}", short_abi()))
+    }
+}
+
 fn short_abi() -> &'static str {
     ABI.trim_end_matches("-amd64")
 }
@@ -102,6 +111,9 @@ pub struct Case {
     /// Build from a copy of the source with this edit (file, from, to): a source that is not
     /// the running kernel's.
     pub source_edit: Option<(&'static str, &'static str, &'static str)>,
+    /// Stock modules (paths under the modules directory) copied into the guest as /NAME.ko
+    /// and loaded, in order, before the script.
+    pub load: Vec<&'static str>,
 }
 
 pub struct Built {
@@ -149,6 +161,8 @@ pub fn build(a: &Assets, hotsplice: &Path, case: &Case, work: &Path) -> anyhow::
         .arg(&symbols)
         .arg("--vmlinux")
         .arg(&a.vmlinuz)
+        .arg("--modules")
+        .arg(a.modules())
         .arg("--diff")
         .arg(&diff)
         .arg("--cache")
@@ -173,6 +187,7 @@ pub fn run_guest(
     a: &Assets,
     hotsplice: &Path,
     modules: &[(&str, &Path)],
+    load: &[&str],
     script: &str,
     work: &Path,
 ) -> anyhow::Result<qemu::Boot> {
@@ -181,6 +196,20 @@ pub fn run_guest(
     for (name, path) in modules {
         files.push(File::from_host(&format!("/{name}"), path, 0o644)?);
     }
+    let mut loading = String::new();
+    for rel in load {
+        let name = Path::new(rel)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        files.push(File::from_host(
+            &format!("/stock/{name}"),
+            &a.modules().join(rel),
+            0o644,
+        )?);
+        loading.push_str(&format!("insmod /stock/{name} && echo LOADED {name}\n"));
+    }
+    let script = format!("{loading}{script}");
     files.push(File {
         path: "/init".into(),
         bytes: qemu::init_script(&format!(
@@ -234,6 +263,7 @@ pub fn meminfo_case() -> Case {
         ],
         refused: None,
         source_edit: None,
+        load: Vec::new(),
     }
 }
 
@@ -257,6 +287,7 @@ pub fn statics_case() -> Case {
         ],
         refused: None,
         source_edit: None,
+        load: Vec::new(),
     }
 }
 
@@ -280,6 +311,7 @@ pub fn inline_case() -> Case {
         ],
         refused: None,
         source_edit: None,
+        load: Vec::new(),
     }
 }
 
@@ -292,6 +324,7 @@ pub fn initialiser_case() -> Case {
         expect: Vec::new(),
         refused: Some("sysctl_overcommit_ratio"),
         source_edit: None,
+        load: Vec::new(),
     }
 }
 
@@ -304,6 +337,7 @@ fn refusal(name: &'static str, symbol: &'static str, diff: &str) -> Case {
         expect: Vec::new(),
         refused: Some(symbol),
         source_edit: None,
+        load: Vec::new(),
     }
 }
 
@@ -325,11 +359,6 @@ pub fn refusal_cases() -> Vec<Case> {
             "refuse_header",
             "include/linux/seq_file.h",
             "--- a/include/linux/seq_file.h\n+++ b/include/linux/seq_file.h\n@@ -1,3 +1,4 @@\n /* SPDX-License-Identifier: GPL-2.0 */\n+/* hotsplice */\n #ifndef _LINUX_SEQ_FILE_H\n #define _LINUX_SEQ_FILE_H\n",
-        ),
-        refusal(
-            "refuse_module",
-            "net/ipv4/ah4.o",
-            "--- a/net/ipv4/ah4.c\n+++ b/net/ipv4/ah4.c\n@@ -1,2 +1,3 @@\n // SPDX-License-Identifier: GPL-2.0-only\n+/* hotsplice */\n #define pr_fmt(fmt) \"IPsec: \" fmt\n",
         ),
         refusal(
             "refuse_not_built",
@@ -391,7 +420,12 @@ const WORKLOAD: &str = "mkdir -p /sys/fs/cgroup && mount -t cgroup2 none /sys/fs
 
 /// Acceptance case 5: one of Debian's own kernel bug fixes (`debian/patches/bugfix/`),
 /// reversed, applied live while the workload runs.
-pub fn debian_case(root: &Path, name: &'static str, patch: &str) -> anyhow::Result<Case> {
+pub fn debian_case(
+    root: &Path,
+    name: &'static str,
+    patch: &str,
+    load: &[&'static str],
+) -> anyhow::Result<Case> {
     let path = root
         .join(".cache/kernel")
         .join(format!("debian-{VERSION}/debian/patches/bugfix"))
@@ -410,32 +444,45 @@ pub fn debian_case(root: &Path, name: &'static str, patch: &str) -> anyhow::Resu
              progress after\n\
              kill %1\n"
         ),
-        expect: vec![
-            "PROGRESS-before ok".into(),
-            format!("applied {name}"),
-            "APPLY-RC 0".into(),
-            format!("{name}  enabled"),
-            "PROGRESS-patched ok".into(),
-            format!("undone {name}"),
-            "UNDO-RC 0".into(),
-            "PROGRESS-after ok".into(),
-        ],
+        expect: load
+            .iter()
+            .map(|l| format!("LOADED {}", l.rsplit('/').next().unwrap_or(l)))
+            .chain([
+                "PROGRESS-before ok".into(),
+                format!("applied {name}"),
+                "APPLY-RC 0".into(),
+                format!("{name}  enabled"),
+                "PROGRESS-patched ok".into(),
+                format!("undone {name}"),
+                "UNDO-RC 0".into(),
+                "PROGRESS-after ok".into(),
+            ])
+            .collect(),
         refused: None,
         source_edit: None,
+        load: load.to_vec(),
     })
 }
 
 /// The Debian fixes the evaluation reverses (vmlinux code; the others of
 /// `debian/patches/bugfix/{all,x86}` touch modules, tools or build files, or no longer
 /// reverse-apply to the final tree).
-pub const DEBIAN_FIXES: &[(&str, &str)] = &[
+#[allow(clippy::type_complexity)]
+pub const DEBIAN_FIXES: &[(&str, &str, &[&str])] = &[
     (
         "debian_cpuset",
         "all/cgroup-cpuset-fix-misplaced-call-to-reset_migrate_dl.patch",
+        &[],
     ),
     (
         "debian_modversion",
         "all/module-disable-matching-missing-version-crc.patch",
+        &[],
+    ),
+    (
+        "debian_ah4",
+        "all/revert-net-ipv4-stop-checking-crypto_ahash_alignmask.patch",
+        &["kernel/net/xfrm/xfrm_algo.ko", "kernel/net/ipv4/ah4.ko"],
     ),
 ];
 
@@ -544,8 +591,8 @@ pub fn run_cases(names: &[String], release: bool) -> anyhow::Result<Vec<CaseResu
         wrong_source_case(),
     ];
     cases.extend(refusal_cases());
-    for (name, patch) in DEBIAN_FIXES {
-        cases.push(debian_case(&root, name, patch)?);
+    for (name, patch, load) in DEBIAN_FIXES {
+        cases.push(debian_case(&root, name, patch, load)?);
     }
     let mut results = Vec::new();
     for case in cases
@@ -612,6 +659,7 @@ pub fn run_cases(names: &[String], release: bool) -> anyhow::Result<Vec<CaseResu
             &a,
             &hotsplice,
             &[(&format!("{}.ko", case.name), &built.module)],
+            &case.load,
             &case.script,
             &work,
         )?;
@@ -670,6 +718,8 @@ pub fn bench_kernel(boots: usize) -> anyhow::Result<()> {
             .arg(root.join(".cache/kernel/kallsyms-nokaslr.txt"))
             .arg("--vmlinux")
             .arg(&a.vmlinuz)
+            .arg("--modules")
+            .arg(a.modules())
             .arg("--diff")
             .arg(&diff)
             .arg("--cache")
@@ -699,6 +749,7 @@ pub fn bench_kernel(boots: usize) -> anyhow::Result<()> {
             &a,
             &hotsplice,
             &[("meminfo.ko", &module)],
+            &[],
             &meminfo.script,
             &root.join("target/kernel/bench/boot"),
         )?;

@@ -53,6 +53,11 @@ pub struct BuildArgs {
     /// [default: /boot/vmlinuz-$(uname -r)]
     #[arg(long, value_name = "VMLINUX", requires = "kernel")]
     pub(crate) vmlinux: Option<PathBuf>,
+    /// The target kernel's modules, for fixes to code built as a module (its .ko is what
+    /// run-pre matching proves the code against). With --kernel.
+    /// [default: /lib/modules/$(uname -r)]
+    #[arg(long, value_name = "DIR", requires = "kernel")]
+    pub(crate) modules: Option<PathBuf>,
     /// The program's source tree (as the running binary was built from).
     #[arg(long, value_name = "DIR")]
     pub(crate) source: Option<PathBuf>,

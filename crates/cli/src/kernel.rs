@@ -67,6 +67,10 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
     let name = build::module_name(&args.output);
     let request = Request {
         vmlinux,
+        modules: args
+            .modules
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("/lib/modules/{release}"))),
         source,
         config,
         diff: args.diff.clone(),
@@ -123,6 +127,7 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
                     "name": name,
                     "replaced": functions.iter().map(|f| json!({
                         "function": f.old_name, "sympos": f.sympos, "object": f.object,
+                        "module": f.module,
                     })).collect::<Vec<_>>(),
                     "objects": diffs.iter().map(|d| d.object.clone()).collect::<Vec<_>>(),
                     "klp_relocations": klp_relocations,

@@ -11,7 +11,7 @@ use hotsplice_objdiff::{ObjectDiff, PatchSet, Status, patch_objects};
 
 use crate::kallsyms::Kallsyms;
 use crate::module::{self, KlpFunction, Resolution};
-use crate::runpre::{self, Proven, RunPre, Vmlinux};
+use crate::runpre::{self, ModuleImage, Proven, RunPre, Vmlinux};
 use crate::{Error, kbuild, klp};
 
 /// What to build.
@@ -29,6 +29,8 @@ pub struct Request {
     pub kallsyms: String,
     /// The target kernel's image: a vmlinux, or a vmlinuz to extract it from.
     pub vmlinux: PathBuf,
+    /// The target kernel's modules (`/lib/modules/RELEASE`), for fixes to module code.
+    pub modules: PathBuf,
     /// Where prepared trees are cached.
     pub cache: PathBuf,
     /// The module's name (a C identifier).
@@ -253,21 +255,39 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
         }
         other => other?,
     };
-    let in_modules: Vec<Refusal> = objects
-        .iter()
-        .filter_map(|o| {
-            kbuild::module_of(&tree, o).map(|module| Refusal {
-                kind: "module".into(),
-                symbol: o.clone(),
-                detail: format!(
-                    "{o} is part of the module {module}, not vmlinux: livepatching a module's code is not supported yet"
-                ),
-            })
-        })
-        .collect();
-    if !in_modules.is_empty() {
+    // Objects built into a module are patched in that module (its .ko, from the target's
+    // modules directory, stands in for vmlinux).
+    let mut modules: Vec<Option<String>> = Vec::new();
+    let mut module_files: std::collections::HashMap<String, Vec<u8>> = Default::default();
+    let mut missing = Vec::new();
+    for o in &objects {
+        let module = kbuild::module_of(&tree, o);
+        if let Some(m) = &module
+            && !module_files.contains_key(m)
+        {
+            match find_module(&request.modules, m) {
+                Some(path) => {
+                    let bytes = std::fs::read(&path).map_err(|source| Error::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    module_files.insert(m.clone(), bytes);
+                }
+                None => missing.push(Refusal {
+                    kind: "module".into(),
+                    symbol: o.clone(),
+                    detail: format!(
+                        "{o} is part of the module {m}, and no {m}.ko is under {} to prove its code against",
+                        request.modules.display()
+                    ),
+                }),
+            }
+        }
+        modules.push(module);
+    }
+    if !missing.is_empty() {
         return Ok(Outcome::Refused {
-            refusals: in_modules,
+            refusals: missing,
             diffs: Vec::new(),
         });
     }
@@ -311,7 +331,24 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
     progress("run-pre matching the replaced functions against the target vmlinux");
     let image = kbuild::vmlinux(&tree, &request.vmlinux)?;
     let vmlinux = Vmlinux::parse(&image)?;
-    let run_pre = runpre::match_kernel(&sets, &vmlinux, &kallsyms);
+    let in_vmlinux: Vec<&PatchSet> = sets
+        .iter()
+        .zip(&modules)
+        .filter(|(_, m)| m.is_none())
+        .map(|(s, _)| s)
+        .collect();
+    let mut run_pre = runpre::match_kernel(&in_vmlinux, &vmlinux, &kallsyms);
+    let mut images = std::collections::HashMap::new();
+    for (m, bytes) in &module_files {
+        images.insert(m.clone(), ModuleImage::parse(bytes)?);
+    }
+    for (set, module) in sets.iter().zip(&modules) {
+        if let Some(m) = module
+            && let Some(image) = images.get(m)
+        {
+            runpre::match_module(set, m, image, &mut run_pre);
+        }
+    }
     if !run_pre.mismatches.is_empty() {
         return Ok(Outcome::Refused {
             refusals: run_pre
@@ -328,8 +365,36 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
     }
 
     progress("linking the livepatch module");
-    let mut resolver =
-        |object: &str, s: &SymbolRef| resolve(&kallsyms, &exports, &run_pre, object, s);
+    let module_of_object: std::collections::HashMap<&str, &str> = sets
+        .iter()
+        .zip(&modules)
+        .filter_map(|(s, m)| Some((s.object.as_str(), m.as_deref()?)))
+        .collect();
+    let mut resolver = |object: &str, s: &SymbolRef| {
+        // A symbol of the module the object is part of: through livepatch, in that module.
+        if let Some(m) = module_of_object.get(object)
+            && let Some(image) = images.get(*m)
+        {
+            match image.count(&s.name) {
+                0 => {}
+                1 => {
+                    return Ok(Resolution::Klp {
+                        object: m.to_string(),
+                        name: s.name.clone(),
+                        sympos: 0,
+                    });
+                }
+                count => {
+                    return Err(Error::Ambiguous {
+                        name: s.name.clone(),
+                        object: object.to_string(),
+                        count,
+                    });
+                }
+            }
+        }
+        resolve(&kallsyms, &exports, &run_pre, object, s)
+    };
     let mut sympos = |_object: &str, name: &str| {
         Ok(run_pre
             .proven
@@ -337,7 +402,7 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
             .find(|p| p.name == name)
             .map_or(0, |p| p.sympos))
     };
-    let patch = module::patch_object(&sets, &mut resolver, &mut sympos)?;
+    let patch = module::patch_object(&sets, &modules, &mut resolver, &mut sympos)?;
     let registration = module::registration_source(&patch.functions, &request.name);
     let work = request.cache.join("kernel-module").join(&request.name);
     let (ko, warnings) = kbuild::link_module(
@@ -380,6 +445,7 @@ fn resolve(
             object: object.to_string(),
         }),
         1 => Ok(Resolution::Klp {
+            object: "vmlinux".into(),
             name: symbol.name.clone(),
             sympos: 0,
         }),
@@ -392,6 +458,7 @@ fn resolve(
                 .collect();
             match positions.as_slice() {
                 [sympos] => Ok(Resolution::Klp {
+                    object: "vmlinux".into(),
                     name: symbol.name.clone(),
                     sympos: *sympos,
                 }),
@@ -403,6 +470,26 @@ fn resolve(
             }
         }
     }
+}
+
+/// The `.ko` of module `name` under `dir` (kbuild names use `_` where files may use `-`).
+fn find_module(dir: &Path, name: &str) -> Option<PathBuf> {
+    let wanted = format!("{}.ko", name.replace('-', "_"));
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if entry.file_name().to_string_lossy().replace('-', "_") == wanted {
+                return Some(path);
+            }
+        }
+    }
+    None
 }
 
 /// A module name from an output path: its stem, with what is not `[A-Za-z0-9_]` as `_`.

@@ -10,8 +10,6 @@
 //!
 //! Pure: bytes in, bytes out.
 
-use std::collections::HashSet;
-
 use object::build::Id;
 use object::build::elf::{Builder, SectionData};
 use object::elf;
@@ -40,7 +38,8 @@ pub struct Converted {
 pub fn convert(ko: &[u8]) -> Result<Converted, Error> {
     let mut builder =
         Builder::read(ko).map_err(|e| Error::Malformed(format!("reading the module: {e}")))?;
-    let mut klp = HashSet::new();
+    // Symbol index → the object (`vmlinux`, a module) it is in: `.klp.sym.OBJ.NAME,POS`.
+    let mut klp = std::collections::HashMap::new();
     for sym in builder.symbols.iter_mut() {
         if sym.name.starts_with(SYMBOL_PREFIX.as_bytes()) {
             if sym.section.is_some() {
@@ -50,7 +49,12 @@ pub fn convert(ko: &[u8]) -> Result<Converted, Error> {
                 )));
             }
             sym.st_shndx = elf::SymbolSection(SHN_LIVEPATCH);
-            klp.insert(sym.id().index());
+            let object = sym.name[SYMBOL_PREFIX.len()..]
+                .split(|&b| b == b'.')
+                .next()
+                .unwrap_or_default()
+                .to_vec();
+            klp.insert(sym.id().index(), object);
         }
     }
     let symtab = builder
@@ -67,23 +71,29 @@ pub fn convert(ko: &[u8]) -> Result<Converted, Error> {
         if section.sh_type != elf::SHT_RELA {
             continue;
         }
-        let (ours, rest): (Vec<_>, Vec<_>) = std::mem::take(relocs)
-            .into_iter()
-            .partition(|r| r.symbol.is_some_and(|s| klp.contains(&s.index())));
-        *relocs = rest;
-        if ours.is_empty() {
-            continue;
-        }
         let target_name = section
             .name
             .strip_prefix(b".rela")
             .map(<[u8]>::to_vec)
             .unwrap_or_default();
-        moved += ours.len();
-        new_sections.push((target_name, section.sh_info_section, ours));
+        let mut by_object: std::collections::BTreeMap<Vec<u8>, Vec<_>> = Default::default();
+        let mut rest = Vec::new();
+        for r in std::mem::take(relocs) {
+            match r.symbol.and_then(|s| klp.get(&s.index())) {
+                Some(object) => by_object.entry(object.clone()).or_default().push(r),
+                None => rest.push(r),
+            }
+        }
+        *relocs = rest;
+        for (object, ours) in by_object {
+            moved += ours.len();
+            new_sections.push((object, target_name.clone(), section.sh_info_section, ours));
+        }
     }
-    for (target, info, relocs) in new_sections {
-        let mut name = b".klp.rela.vmlinux.".to_vec();
+    for (object, target, info, relocs) in new_sections {
+        let mut name = b".klp.rela.".to_vec();
+        name.extend_from_slice(&object);
+        name.push(b'.');
         name.extend_from_slice(&target);
         let s = builder.sections.add();
         s.name = name.into();

@@ -28,6 +28,8 @@ pub enum Resolution {
     Exported(String),
     /// Not exported (or static): a livepatch symbol, found by name and position at enable.
     Klp {
+        /// The object it is in: `vmlinux` or a module's name.
+        object: String,
         /// The kallsyms name.
         name: String,
         /// Its `sympos` (0: unique).
@@ -40,7 +42,11 @@ impl Resolution {
     pub fn symbol_name(&self) -> String {
         match self {
             Resolution::Exported(name) => name.clone(),
-            Resolution::Klp { name, sympos } => format!(".klp.sym.vmlinux.{name},{sympos}"),
+            Resolution::Klp {
+                object,
+                name,
+                sympos,
+            } => format!(".klp.sym.{object}.{name},{sympos}"),
         }
     }
 }
@@ -56,6 +62,8 @@ pub struct KlpFunction {
     pub new_symbol: String,
     /// The object (translation unit) it comes from.
     pub object: String,
+    /// The module it is in, `None` for vmlinux.
+    pub module: Option<String>,
 }
 
 /// The patch object and what it replaces.
@@ -69,9 +77,10 @@ pub struct PatchObject {
 
 /// Builds the patch object. `resolve` says how to reach a symbol of the running kernel
 /// referenced from object `object` (the first argument); `sympos` gives the position of a
-/// replaced function.
+/// replaced function; `modules[i]` is the module `sets[i]` is part of (`None`: vmlinux).
 pub fn patch_object(
     sets: &[PatchSet],
+    modules: &[Option<String>],
     resolve: &mut dyn FnMut(&str, &SymbolRef) -> Result<Resolution, Error>,
     sympos: &mut dyn FnMut(&str, &str) -> Result<u64, Error>,
 ) -> Result<PatchObject, Error> {
@@ -153,6 +162,7 @@ pub fn patch_object(
                 sympos: sympos(&set.object, &r.name)?,
                 new_symbol,
                 object: set.object.clone(),
+                module: modules.get(o).cloned().flatten(),
             });
         }
         for (i, piece) in set.pieces.iter().enumerate() {
@@ -264,16 +274,33 @@ pub fn registration_source(functions: &[KlpFunction], module: &str) -> String {
     for f in functions {
         c.push_str(&format!("extern char {}[];\n", f.new_symbol));
     }
-    c.push_str("\nstatic struct klp_func hsp_funcs[] = {\n");
+    let mut objects: Vec<Option<String>> = Vec::new();
     for f in functions {
+        if !objects.contains(&f.module) {
+            objects.push(f.module.clone());
+        }
+    }
+    for (i, object) in objects.iter().enumerate() {
+        c.push_str(&format!("\nstatic struct klp_func hsp_funcs_{i}[] = {{\n"));
+        for f in functions.iter().filter(|f| &f.module == object) {
+            c.push_str(&format!(
+                "\t{{ .old_name = \"{}\", .new_func = {}, .old_sympos = {} }},\n",
+                f.old_name, f.new_symbol, f.sympos
+            ));
+        }
+        c.push_str("\t{ }\n};\n");
+    }
+    c.push_str("\nstatic struct klp_object hsp_objs[] = {\n");
+    for (i, object) in objects.iter().enumerate() {
+        let name = object
+            .as_ref()
+            .map_or("NULL".to_string(), |m| format!("\"{m}\""));
         c.push_str(&format!(
-            "\t{{ .old_name = \"{}\", .new_func = {}, .old_sympos = {} }},\n",
-            f.old_name, f.new_symbol, f.sympos
+            "\t{{ .name = {name}, .funcs = hsp_funcs_{i} }},\n"
         ));
     }
     c.push_str(
         "\t{ }\n};\n\n\
-         static struct klp_object hsp_objs[] = {\n\t{ .name = NULL, .funcs = hsp_funcs },\n\t{ }\n};\n\n\
          static struct klp_patch hsp_patch = {\n\t.mod = THIS_MODULE,\n\t.objs = hsp_objs,\n};\n\n\
          static int __init hsp_init(void)\n{\n\treturn klp_enable_patch(&hsp_patch);\n}\n\n\
          static void __exit hsp_exit(void)\n{\n}\n\n\
@@ -353,18 +380,19 @@ mod tests {
     fn jump_label_on_an_unexported_key_is_refused() {
         let mut resolve = |_: &str, s: &SymbolRef| {
             Ok(Resolution::Klp {
+                object: "vmlinux".into(),
                 name: s.name.clone(),
                 sympos: 0,
             })
         };
-        let err = patch_object(&[set()], &mut resolve, &mut |_, _| Ok(0)).unwrap_err();
+        let err = patch_object(&[set()], &[None], &mut resolve, &mut |_, _| Ok(0)).unwrap_err();
         assert!(err.to_string().contains("some_key"), "{err}");
     }
 
     #[test]
     fn exported_and_klp_symbols_are_named_as_livepatch_expects() {
         let mut resolve = |_: &str, s: &SymbolRef| Ok(Resolution::Exported(s.name.clone()));
-        let patch = patch_object(&[set()], &mut resolve, &mut |_, _| Ok(3)).unwrap();
+        let patch = patch_object(&[set()], &[None], &mut resolve, &mut |_, _| Ok(3)).unwrap();
         assert_eq!(patch.functions.len(), 1);
         assert_eq!(patch.functions[0].sympos, 3);
         let file = object::File::parse(&*patch.bytes).unwrap();
@@ -373,6 +401,7 @@ mod tests {
         assert!(names.contains(&"__hsp_new_0"), "{names:?}");
         assert_eq!(
             Resolution::Klp {
+                object: "vmlinux".into(),
                 name: "file_systems".into(),
                 sympos: 2
             }
@@ -381,6 +410,7 @@ mod tests {
         );
         let c = registration_source(&patch.functions, "fix");
         assert!(c.contains(".old_name = \"f\", .new_func = __hsp_new_0, .old_sympos = 3"));
+        assert!(c.contains("{ .name = NULL, .funcs = hsp_funcs_0 }"), "{c}");
         assert!(c.contains("MODULE_INFO(livepatch, \"Y\")"));
     }
 }

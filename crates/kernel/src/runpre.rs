@@ -53,6 +53,150 @@ impl Memory for Vmlinux<'_> {
     }
 }
 
+/// A module's `.ko` (relocatable), each allocated section at its own synthetic address, so
+/// functions can be read by address like vmlinux's.
+pub struct ModuleImage<'a> {
+    sections: Vec<(u64, &'a [u8])>,
+    /// Defined symbols in symbol-table order: (name, address). Livepatch counts `sympos` in
+    /// this order.
+    pub symbols: Vec<(String, u64)>,
+}
+
+/// Where section `i` of a module image is placed.
+fn section_base(i: usize) -> u64 {
+    0x1000_0000_0000 + (i as u64) * 0x1_0000_0000
+}
+
+impl<'a> ModuleImage<'a> {
+    /// Parses a module.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, Error> {
+        use object::{ObjectSection, ObjectSymbol, SymbolSection};
+        let file = object::File::parse(bytes)
+            .map_err(|e| Error::Malformed(format!("not a kernel module: {e}")))?;
+        let mut sections = Vec::new();
+        for section in file.sections() {
+            if let Ok(data) = section.data() {
+                sections.push((section_base(section.index().0), data));
+            }
+        }
+        let symbols = file
+            .symbols()
+            .filter_map(|s| match s.section() {
+                SymbolSection::Section(i) => {
+                    Some((s.name().ok()?.to_string(), section_base(i.0) + s.address()))
+                }
+                _ => None,
+            })
+            .collect();
+        Ok(ModuleImage { sections, symbols })
+    }
+
+    /// The `sympos` of `name` (0 when unique) and its address, if the module defines it.
+    pub fn find(&self, name: &str, index: usize) -> Option<(u64, u64)> {
+        let all: Vec<u64> = self
+            .symbols
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+            .collect();
+        let address = *all.get(index)?;
+        Some((if all.len() == 1 { 0 } else { index as u64 + 1 }, address))
+    }
+
+    /// How many symbols the module defines under `name`.
+    pub fn count(&self, name: &str) -> usize {
+        self.symbols.iter().filter(|(n, _)| n == name).count()
+    }
+}
+
+impl Memory for ModuleImage<'_> {
+    fn read(&self, address: u64, buf: &mut [u8]) -> bool {
+        for (base, data) in &self.sections {
+            let Some(offset) = address.checked_sub(*base) else {
+                continue;
+            };
+            let Ok(start) = usize::try_from(offset) else {
+                continue;
+            };
+            if let Some(src) = data.get(start..start.saturating_add(buf.len()))
+                && src.len() == buf.len()
+            {
+                buf.copy_from_slice(src);
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Matches the replaced functions of `set` (an object of module `module`) against the
+/// module's own code, as shipped in its `.ko`.
+pub fn match_module(set: &PatchSet, module: &str, image: &ModuleImage<'_>, into: &mut RunPre) {
+    for r in &set.replacements {
+        let relocs = pre_relocs(r);
+        let pre = PreCode {
+            code: &r.pre_code,
+            relocs: &relocs,
+        };
+        let count = image.count(&r.name);
+        if count == 0 {
+            into.mismatches.push((
+                r.name.clone(),
+                format!("{} is not in module {module} (inlined or renamed there? another source or configuration?)", r.name),
+            ));
+            continue;
+        }
+        let mut matched = Vec::new();
+        let mut first_mismatch = None;
+        for i in 0..count {
+            let Some((sympos, address)) = image.find(&r.name, i) else {
+                continue;
+            };
+            match match_function(pre, address, r.pre_code.len() as u64 + 16, image) {
+                Ok(m) => matched.push((sympos, address, m.len)),
+                Err(e) => {
+                    first_mismatch.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
+        match matched.as_slice() {
+            [(sympos, address, len)] => into.proven.push(Proven {
+                name: r.name.clone(),
+                address: *address,
+                sympos: *sympos,
+                bytes: *len,
+            }),
+            [] => into.mismatches.push((
+                r.name.clone(),
+                format!(
+                    "module {module}'s {} is not the pre build's code ({}): the source, configuration or compiler is not the running kernel's",
+                    r.name,
+                    first_mismatch.unwrap_or_default()
+                ),
+            )),
+            _ => into.mismatches.push((
+                r.name.clone(),
+                format!("several of module {module}'s {} functions match the pre build: ambiguous", r.name),
+            )),
+        }
+    }
+}
+
+fn pre_relocs(r: &hotsplice_objdiff::patchset::Replacement) -> Vec<PreReloc> {
+    r.pre_relocs
+        .iter()
+        .map(|p| PreReloc {
+            offset: p.offset,
+            r_type: p.r_type,
+            symbol: match &p.target {
+                PreTarget::Symbol(s) => Some(s.name.clone()),
+                PreTarget::Anonymous(_) => None,
+            },
+            addend: p.addend,
+        })
+        .collect()
+}
+
 /// A replaced function proven equal to the pre build.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Proven {
@@ -79,24 +223,12 @@ pub struct RunPre {
 
 /// Matches the replaced functions of `sets` against `vmlinux`, at the addresses `kallsyms`
 /// gives (run-time addresses; the slide is taken from `_text`).
-pub fn match_kernel(sets: &[PatchSet], vmlinux: &Vmlinux<'_>, kallsyms: &Kallsyms) -> RunPre {
+pub fn match_kernel(sets: &[&PatchSet], vmlinux: &Vmlinux<'_>, kallsyms: &Kallsyms) -> RunPre {
     let slide = kallsyms.slide(vmlinux.text).unwrap_or(0);
     let mut result = RunPre::default();
     for set in sets {
         for r in &set.replacements {
-            let relocs: Vec<PreReloc> = r
-                .pre_relocs
-                .iter()
-                .map(|p| PreReloc {
-                    offset: p.offset,
-                    r_type: p.r_type,
-                    symbol: match &p.target {
-                        PreTarget::Symbol(s) => Some(s.name.clone()),
-                        PreTarget::Anonymous(_) => None,
-                    },
-                    addend: p.addend,
-                })
-                .collect();
+            let relocs = pre_relocs(r);
             let pre = PreCode {
                 code: &r.pre_code,
                 relocs: &relocs,
