@@ -413,7 +413,7 @@ const WORKLOAD: &str = "mkdir -p /sys/fs/cgroup && mount -t cgroup2 none /sys/fs
     echo +cpuset > /sys/fs/cgroup/cgroup.subtree_control\n\
     mkdir -p /sys/fs/cgroup/a /sys/fs/cgroup/b\n\
     echo 0 > /tmp/work\n\
-    (i=0; while :; do i=$((i+1)); echo $i > /tmp/work; sh -c 'cat /proc/meminfo > /dev/null'; \
+    (i=0; while :; do i=$((i+1)); echo $i > /tmp/work.new; mv /tmp/work.new /tmp/work; sh -c 'cat /proc/meminfo > /dev/null'; \
       echo $$ > /sys/fs/cgroup/a/cgroup.procs; echo $$ > /sys/fs/cgroup/b/cgroup.procs; done) &\n\
     progress() { a=$(cat /tmp/work); sleep 1; b=$(cat /tmp/work); \
       if [ \"$b\" -gt \"$a\" ]; then echo \"PROGRESS-$1 ok\"; else echo \"PROGRESS-$1 stalled $a $b\"; fi; }\n";
