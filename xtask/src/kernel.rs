@@ -341,8 +341,8 @@ fn refusal(name: &'static str, symbol: &'static str, diff: &str) -> Case {
     }
 }
 
-/// Refusals named by kind: `notrace` code, `__init` code, a header, assembly, a module, a
-/// file kbuild does not build on its own.
+/// Refusals named by kind: `notrace` code, `__init` code, a header, assembly, a file kbuild
+/// does not build on its own.
 pub fn refusal_cases() -> Vec<Case> {
     vec![
         refusal(
@@ -359,6 +359,11 @@ pub fn refusal_cases() -> Vec<Case> {
             "refuse_header",
             "include/linux/seq_file.h",
             "--- a/include/linux/seq_file.h\n+++ b/include/linux/seq_file.h\n@@ -1,3 +1,4 @@\n /* SPDX-License-Identifier: GPL-2.0 */\n+/* hotsplice */\n #ifndef _LINUX_SEQ_FILE_H\n #define _LINUX_SEQ_FILE_H\n",
+        ),
+        refusal(
+            "refuse_asm",
+            "arch/x86/lib/memcpy_64.S",
+            "--- a/arch/x86/lib/memcpy_64.S\n+++ b/arch/x86/lib/memcpy_64.S\n@@ -1,3 +1,4 @@\n /* SPDX-License-Identifier: GPL-2.0-only */\n /* Copyright 2002 Andi Kleen */\n+/* hotsplice */\n \n",
         ),
         refusal(
             "refuse_not_built",
