@@ -397,6 +397,15 @@ fn write(root: &Path, r: &Value) -> Result<()> {
     for (what, value) in rows {
         let _ = writeln!(md, "| {what} | {value} |");
     }
+    if let Some(failed) = r["failed_invocations"].as_array().filter(|f| !f.is_empty()) {
+        let _ = writeln!(
+            md,
+            "\nFailed invocations (a refusal leaves the target as it was; the next cycles go on):\n"
+        );
+        for f in failed {
+            let _ = writeln!(md, "- {}", f.as_str().unwrap_or_default());
+        }
+    }
     let _ = writeln!(
         md,
         "\nPauses in µs. *hotsplice*: from the first thread's interrupt to the last thread's \
