@@ -121,6 +121,38 @@ pub struct Built {
     pub json: serde_json::Value,
 }
 
+/// `hotsplice build --kernel --json` for the stock kernel's assets.
+fn build_command(
+    a: &Assets,
+    hotsplice: &Path,
+    source: &Path,
+    symbols: &Path,
+    diff: &Path,
+    cache: &Path,
+    output: &Path,
+) -> Command {
+    let mut c = Command::new(hotsplice);
+    c.args(["build", "--kernel", "--json", "--source"])
+        .arg(source)
+        .arg("--config")
+        .arg(&a.config)
+        .arg("--headers")
+        .arg(&a.headers)
+        .arg("--symbols")
+        .arg(symbols)
+        .arg("--vmlinux")
+        .arg(&a.vmlinuz)
+        .arg("--modules")
+        .arg(a.modules())
+        .arg("--diff")
+        .arg(diff)
+        .arg("--cache")
+        .arg(cache)
+        .arg("-o")
+        .arg(output);
+    c
+}
+
 pub fn build(a: &Assets, hotsplice: &Path, case: &Case, work: &Path) -> anyhow::Result<Built> {
     std::fs::create_dir_all(work)?;
     let mut source = a.source.clone();
@@ -149,27 +181,16 @@ pub fn build(a: &Assets, hotsplice: &Path, case: &Case, work: &Path) -> anyhow::
     std::fs::write(&diff, &case.diff)?;
     let module = work.join(format!("{}.ko", case.name));
     let symbols = kallsyms(a)?;
-    let out = Command::new(hotsplice)
-        .args(["build", "--kernel", "--json"])
-        .arg("--source")
-        .arg(&source)
-        .arg("--config")
-        .arg(&a.config)
-        .arg("--headers")
-        .arg(&a.headers)
-        .arg("--symbols")
-        .arg(&symbols)
-        .arg("--vmlinux")
-        .arg(&a.vmlinuz)
-        .arg("--modules")
-        .arg(a.modules())
-        .arg("--diff")
-        .arg(&diff)
-        .arg("--cache")
-        .arg(a.root.join("target/kernel/cache"))
-        .arg("-o")
-        .arg(&module)
-        .output()?;
+    let out = build_command(
+        a,
+        hotsplice,
+        &source,
+        &symbols,
+        &diff,
+        &a.root.join("target/kernel/cache"),
+        &module,
+    )
+    .output()?;
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     if !out.status.success() && json.is_null() {
         bail!(
@@ -703,7 +724,7 @@ pub fn bench_kernel(boots: usize) -> anyhow::Result<()> {
         bail!("building hotsplice failed");
     }
     let hotsplice = root.join("target/release/hotsplice");
-    kallsyms(&a)?;
+    let symbols = kallsyms(&a)?;
     let cache = root.join("target/kernel/bench-cache");
     let _ = std::fs::remove_dir_all(&cache);
     let mut rows = Vec::new();
@@ -712,26 +733,16 @@ pub fn bench_kernel(boots: usize) -> anyhow::Result<()> {
         std::fs::create_dir_all(&work)?;
         let diff = work.join("fix.patch");
         std::fs::write(&diff, &case.diff)?;
-        let out = Command::new(&hotsplice)
-            .args(["build", "--kernel", "--json", "--source"])
-            .arg(&a.source)
-            .arg("--config")
-            .arg(&a.config)
-            .arg("--headers")
-            .arg(&a.headers)
-            .arg("--symbols")
-            .arg(root.join(".cache/kernel/kallsyms-nokaslr.txt"))
-            .arg("--vmlinux")
-            .arg(&a.vmlinuz)
-            .arg("--modules")
-            .arg(a.modules())
-            .arg("--diff")
-            .arg(&diff)
-            .arg("--cache")
-            .arg(&cache)
-            .arg("-o")
-            .arg(work.join(format!("{}.ko", case.name)))
-            .output()?;
+        let out = build_command(
+            &a,
+            &hotsplice,
+            &a.source,
+            &symbols,
+            &diff,
+            &cache,
+            &work.join(format!("{}.ko", case.name)),
+        )
+        .output()?;
         let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
         if json["outcome"] != "written" {
             bail!("{label}: no module: {json}");

@@ -279,6 +279,14 @@ pub fn run(args: &KernelArgs) -> Result<ExitCode, Exit> {
     }
 }
 
+/// The tasks holding up a transition, for the audit log and `--json`.
+fn stalled_json(stalled: &[livepatch::StalledTask]) -> serde_json::Value {
+    stalled
+        .iter()
+        .map(|t| json!({"pid": t.pid, "tid": t.tid, "comm": t.comm}))
+        .collect()
+}
+
 fn apply(module: &Path, timeout: Duration, json: bool) -> Result<ExitCode, Exit> {
     let bytes = std::fs::read(module)
         .with_context(|| format!("reading {}", module.display()))
@@ -332,14 +340,14 @@ fn apply(module: &Path, timeout: Duration, json: bool) -> Result<ExitCode, Exit>
         "action": "kernel-apply", "module": module.display().to_string(), "name": name,
         "sha256": sha, "outcome": outcome,
         "transition_seconds": total.as_secs_f64(),
-        "stalled": stalled.iter().map(|t| json!({"pid": t.pid, "tid": t.tid, "comm": t.comm})).collect::<Vec<_>>(),
+        "stalled": stalled_json(&stalled),
     }));
     let mut out = std::io::stdout().lock();
     if json {
         let summary = json!({
             "outcome": outcome, "name": name,
             "load_seconds": loaded.as_secs_f64(), "transition_seconds": total.as_secs_f64(),
-            "stalled": stalled.iter().map(|t| json!({"pid": t.pid, "tid": t.tid, "comm": t.comm})).collect::<Vec<_>>(),
+            "stalled": stalled_json(&stalled),
         });
         let _ = writeln!(
             out,
@@ -405,7 +413,7 @@ fn undo(name: &str, timeout: Duration, json: bool) -> Result<ExitCode, Exit> {
     if json {
         let summary = json!({
             "outcome": outcome, "name": name, "transition_seconds": transition.as_secs_f64(),
-            "stalled": stalled.iter().map(|t| json!({"pid": t.pid, "tid": t.tid, "comm": t.comm})).collect::<Vec<_>>(),
+            "stalled": stalled_json(&stalled),
         });
         let _ = writeln!(
             out,
