@@ -132,53 +132,76 @@ impl Memory for ModuleImage<'_> {
 /// Matches the replaced functions of `set` (an object of module `module`) against the
 /// module's own code, as shipped in its `.ko`.
 pub fn match_module(set: &PatchSet, module: &str, image: &ModuleImage<'_>, into: &mut RunPre) {
+    let place = format!("module {module}");
     for r in &set.replacements {
-        let relocs = pre_relocs(r);
-        let pre = PreCode {
-            code: &r.pre_code,
-            relocs: &relocs,
-        };
-        let count = image.count(&r.name);
-        if count == 0 {
-            into.mismatches.push((
-                r.name.clone(),
-                format!("{} is not in module {module} (inlined or renamed there? another source or configuration?)", r.name),
-            ));
-            continue;
+        let candidates: Vec<(u64, u64)> = (0..image.count(&r.name))
+            .filter_map(|i| image.find(&r.name, i))
+            .map(|(_, address)| (address, address))
+            .collect();
+        match prove(r, &candidates, image, &place) {
+            Ok((sympos, address, m)) => into.proven.push(Proven {
+                name: r.name.clone(),
+                address,
+                sympos,
+                bytes: m.len,
+            }),
+            Err(why) => into.mismatches.push((r.name.clone(), why)),
         }
-        let mut matched = Vec::new();
-        let mut first_mismatch = None;
-        for i in 0..count {
-            let Some((sympos, address)) = image.find(&r.name, i) else {
-                continue;
-            };
-            match match_function(pre, address, r.pre_code.len() as u64 + 16, image) {
-                Ok(m) => matched.push((sympos, address, m.len)),
-                Err(e) => {
-                    first_mismatch.get_or_insert_with(|| e.to_string());
-                }
+    }
+}
+
+/// Tries the pre code of `r` at each candidate — (run-time address, address to read it at)
+/// in symbol order — and returns the one that matches: its `sympos` (0 when the name is
+/// unique), run-time address and match; or why none, or more than one, does. `place` names
+/// where the candidates are, for the message.
+fn prove(
+    r: &hotsplice_objdiff::patchset::Replacement,
+    candidates: &[(u64, u64)],
+    memory: &dyn Memory,
+    place: &str,
+) -> Result<(u64, u64, hotsplice_matcher::Matched), String> {
+    if candidates.is_empty() {
+        return Err(format!(
+            "{} is not in {place}'s symbols (inlined or renamed there? another source or configuration?)",
+            r.name
+        ));
+    }
+    let relocs = pre_relocs(r);
+    let pre = PreCode {
+        code: &r.pre_code,
+        relocs: &relocs,
+    };
+    let window = r.pre_code.len() as u64 + 16;
+    let mut matched = Vec::new();
+    let mut first_mismatch = None;
+    for (i, &(address, read_at)) in candidates.iter().enumerate() {
+        match match_function(pre, read_at, window, memory) {
+            Ok(m) => matched.push((i, address, m)),
+            Err(e) => {
+                first_mismatch.get_or_insert_with(|| e.to_string());
             }
         }
-        match matched.as_slice() {
-            [(sympos, address, len)] => into.proven.push(Proven {
-                name: r.name.clone(),
-                address: *address,
-                sympos: *sympos,
-                bytes: *len,
-            }),
-            [] => into.mismatches.push((
-                r.name.clone(),
-                format!(
-                    "module {module}'s {} is not the pre build's code ({}): the source, configuration or compiler is not the running kernel's",
-                    r.name,
-                    first_mismatch.unwrap_or_default()
-                ),
-            )),
-            _ => into.mismatches.push((
-                r.name.clone(),
-                format!("several of module {module}'s {} functions match the pre build: ambiguous", r.name),
-            )),
+    }
+    match matched.len() {
+        1 => {
+            let (i, address, m) = matched.remove(0);
+            let sympos = if candidates.len() == 1 {
+                0
+            } else {
+                i as u64 + 1
+            };
+            Ok((sympos, address, m))
         }
+        0 => Err(format!(
+            "{place}'s {} is not the pre build's code ({}): the source, configuration or compiler is not the running kernel's",
+            r.name,
+            first_mismatch.unwrap_or_default()
+        )),
+        n => Err(format!(
+            "{n} of {place}'s {} functions named {} match the pre build: which one the diff changes is ambiguous",
+            candidates.len(),
+            r.name
+        )),
     }
 }
 
@@ -226,72 +249,31 @@ pub struct RunPre {
 pub fn match_kernel(sets: &[&PatchSet], vmlinux: &Vmlinux<'_>, kallsyms: &Kallsyms) -> RunPre {
     let slide = kallsyms.slide(vmlinux.text).unwrap_or(0);
     let mut result = RunPre::default();
-    for set in sets {
-        for r in &set.replacements {
-            let relocs = pre_relocs(r);
-            let pre = PreCode {
-                code: &r.pre_code,
-                relocs: &relocs,
-            };
-            let candidates: Vec<u64> = kallsyms.named(&r.name).map(|s| s.address).collect();
-            if candidates.is_empty() {
-                result.mismatches.push((
-                    r.name.clone(),
-                    format!(
-                        "{} is not in the target kernel's symbols (inlined or renamed there? another source or configuration?)",
-                        r.name
-                    ),
-                ));
-                continue;
-            }
-            let mut matched = Vec::new();
-            let mut first_mismatch = None;
-            for (i, &address) in candidates.iter().enumerate() {
-                let link = address.wrapping_sub(slide);
-                let window = r.pre_code.len() as u64 + 16;
-                match match_function(pre, link, window, vmlinux) {
-                    Ok(m) => matched.push((i, address, m)),
-                    Err(e) => {
-                        first_mismatch.get_or_insert_with(|| e.to_string());
-                    }
-                }
-            }
-            match matched.len() {
-                1 => {
-                    let (i, address, m) = matched.remove(0);
-                    for l in &m.learned {
-                        if let Learned::Address(a) = l.value {
-                            let list = result.learned.entry(l.symbol.clone()).or_default();
-                            for candidate in [a.wrapping_add(slide), a] {
-                                if !list.contains(&candidate) {
-                                    list.push(candidate);
-                                }
+    for r in sets.iter().flat_map(|set| &set.replacements) {
+        let candidates: Vec<(u64, u64)> = kallsyms
+            .named(&r.name)
+            .map(|s| (s.address, s.address.wrapping_sub(slide)))
+            .collect();
+        match prove(r, &candidates, vmlinux, "the target kernel") {
+            Ok((sympos, address, m)) => {
+                for l in &m.learned {
+                    if let Learned::Address(a) = l.value {
+                        let list = result.learned.entry(l.symbol.clone()).or_default();
+                        for candidate in [a.wrapping_add(slide), a] {
+                            if !list.contains(&candidate) {
+                                list.push(candidate);
                             }
                         }
                     }
-                    result.proven.push(Proven {
-                        name: r.name.clone(),
-                        address,
-                        sympos: if candidates.len() == 1 { 0 } else { i as u64 + 1 },
-                        bytes: m.len,
-                    });
                 }
-                0 => result.mismatches.push((
-                    r.name.clone(),
-                    format!(
-                        "the target kernel's {} is not the pre build's code ({}): the source, configuration or compiler is not the running kernel's",
-                        r.name,
-                        first_mismatch.unwrap_or_default()
-                    ),
-                )),
-                n => result.mismatches.push((
-                    r.name.clone(),
-                    format!(
-                        "{n} of the target kernel's {} functions of that name match the pre build: which one the diff changes is ambiguous",
-                        candidates.len()
-                    ),
-                )),
+                result.proven.push(Proven {
+                    name: r.name.clone(),
+                    address,
+                    sympos,
+                    bytes: m.len,
+                });
             }
+            Err(why) => result.mismatches.push((r.name.clone(), why)),
         }
     }
     result
