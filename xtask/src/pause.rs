@@ -26,20 +26,30 @@ struct Target {
     output: BufReader<ChildStdout>,
 }
 
+/// Starts a busy target (`fixtures/bench/spin`) with `threads` threads and waits for its
+/// `ready` line; returns it with its request and answer pipes.
+pub(crate) fn spawn_ready(
+    exe: &Path,
+    threads: u32,
+) -> Result<(Child, ChildStdin, BufReader<ChildStdout>)> {
+    let mut child = Command::new(exe)
+        .arg(threads.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let input = child.stdin.take().context("stdin")?;
+    let mut output = BufReader::new(child.stdout.take().context("stdout")?);
+    let mut line = String::new();
+    output.read_line(&mut line)?;
+    if !line.starts_with("ready") {
+        bail!("target said {line:?}");
+    }
+    Ok((child, input, output))
+}
+
 impl Target {
     fn start(exe: &Path, threads: u32) -> Result<Target> {
-        let mut child = Command::new(exe)
-            .arg(threads.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let input = child.stdin.take().context("stdin")?;
-        let mut output = BufReader::new(child.stdout.take().context("stdout")?);
-        let mut line = String::new();
-        output.read_line(&mut line)?;
-        if !line.starts_with("ready") {
-            bail!("target said {line:?}");
-        }
+        let (child, input, output) = spawn_ready(exe, threads)?;
         let mut target = Target {
             child,
             input,

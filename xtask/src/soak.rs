@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -38,18 +38,7 @@ struct Report {
 
 impl Spin {
     fn start(exe: &Path, threads: u32) -> Result<Spin> {
-        let mut child = Command::new(exe)
-            .arg(threads.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let input = child.stdin.take().context("stdin")?;
-        let mut output = BufReader::new(child.stdout.take().context("stdout")?);
-        let mut line = String::new();
-        output.read_line(&mut line)?;
-        if !line.starts_with("ready") {
-            bail!("target said {line:?}");
-        }
+        let (child, input, output) = crate::pause::spawn_ready(exe, threads)?;
         std::thread::sleep(Duration::from_millis(300));
         let mut spin = Spin {
             child,
