@@ -1,40 +1,61 @@
 //! hotsplice's user-space backend: apply a bundle to running processes, Ksplice-style.
 //!
-//! For each process ([`apply`]):
-//! 1. find the patched file among its mappings (the executable, or a shared library by
+//! For each process ([`apply`]) — more exactly, each *address space*: a process and any other
+//! process sharing its memory (`clone(CLONE_VM)`, a `vfork` child), which are stopped and
+//! checked like its threads:
+//! 1. take the target's lock (one hotsplice at a time per process, [`state::StateDir::lock`]);
+//! 2. find the patched file among its mappings (the executable, or a shared library by
 //!    build-id or name) and its load bias;
-//! 2. **run-pre matching**: locate every function to replace in the *process's memory* and
+//! 3. **run-pre matching**: locate every function to replace in the *process's memory* and
 //!    prove it equals the bundle's pre-build code, learning the addresses of the symbols it
 //!    references (`hotsplice-matcher`) — any mismatch refuses before anything is written;
-//! 3. resolve every symbol the new code needs (learnt addresses, the file's symbol tables, the
+//! 4. resolve every symbol the new code needs (learnt addresses, the file's symbol tables, the
 //!    other loaded libraries);
-//! 4. stop all threads briefly to map patch memory near the file (an injected `mmap`), and
-//!    release them; link and load the new code into that memory while the program runs;
-//! 5. stop all threads again: **safety check** (no thread executing, or due to return into, a
-//!    replaced function — retried with a back-off), write a 5-byte `jmp` at each old entry,
-//!    verify, release. The longest time any thread was stopped is reported.
+//! 5. map patch memory near the file with an injected `mmap` (after evaluating the target's
+//!    seccomp filters) from *one* thread while the others run, and load the new code into it;
+//! 6. [`switch`](switch::switch): stop every thread once — at real-time priority — and, if no
+//!    thread is executing (or due to return into) a replaced function, write a 5-byte `jmp` at
+//!    each old entry, verify, release. A thread merely preempted inside such a function is let
+//!    run alone until it leaves; one blocked there makes the stop wait and retry.
 //!
-//! Several processes ([`apply`] with several pids) are checked first and patched all or none.
-//! [`undo`] puts every original byte back (verified) and unmaps the patch memory once no
-//! thread can be in it. What is applied where is recorded in a state directory and in a
-//! header at the start of the patch memory ([`list`]).
+//! A single-threaded target is stopped only once in all: the `mmap` and the load happen inside
+//! the switch. Every stop is accounted per thread ([`switch::PauseLog`]): the report's pause
+//! is the longest total time any one thread was stopped, all stops of the invocation summed.
+//! Several address spaces are patched all or none. [`undo`] puts every original byte back
+//! (checked against the process's own file, never taken from a record on trust) and unmaps
+//! the patch memory once no thread can be in it; [`recover`] finishes or rolls back an
+//! operation whose hotsplice died. What is applied where is recorded in a state directory and
+//! in a header at the start of the patch memory ([`list`]).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod apply;
+mod check;
+mod faults;
 mod link;
+mod mapped;
+mod observe;
+mod prepare;
+mod recover;
 mod redirect;
+mod resolve;
 mod safety;
-mod session;
 pub mod state;
+pub mod switch;
+mod target;
+mod undo;
 mod unwind;
+mod verify;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use hotsplice_bundle::Bundle;
 
-pub use session::{Observed, Recovered, pids_of_exe};
+pub use observe::Observed;
+pub use recover::Recovered;
 pub use state::AppliedPatch;
+pub use switch::PauseLog;
 
 /// How to go about it.
 #[derive(Debug, Clone)]
@@ -43,8 +64,13 @@ pub struct Options {
     pub retries: u32,
     /// How long to wait between retries.
     pub retry_delay: Duration,
+    /// How long a runnable thread found in a replaced function may be let run alone (the
+    /// others stopped) to leave it, per attempt.
+    pub let_run: Duration,
     /// How long to wait for a thread to stop.
     pub stop_timeout: Duration,
+    /// How long to wait for another hotsplice working on the same process.
+    pub lock_timeout: Duration,
     /// Where applied patches are recorded (`/run/hotsplice`).
     pub state_dir: PathBuf,
 }
@@ -54,7 +80,9 @@ impl Default for Options {
         Options {
             retries: 5,
             retry_delay: Duration::from_millis(200),
+            let_run: Duration::from_millis(1),
             stop_timeout: Duration::from_secs(2),
+            lock_timeout: Duration::from_secs(60),
             state_dir: PathBuf::from(state::DEFAULT_DIR),
         }
     }
@@ -75,27 +103,44 @@ pub struct FunctionReport {
     pub stacked_on: Option<String>,
 }
 
-/// What happened in one process.
+/// What happened in one process (one address space).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessReport {
     /// Process id.
     pub pid: i32,
+    /// Other processes sharing its address space (patched with it).
+    pub sharers: Vec<i32>,
     /// The patched file.
     pub module: String,
     /// The patch id.
     pub patch: String,
     /// The functions.
     pub functions: Vec<FunctionReport>,
-    /// The longest time any thread was stopped.
+    /// The longest total time any one thread was stopped (every stop summed).
     pub pause: Duration,
-    /// Attempts needed (retries when busy).
+    /// How many times threads were stopped.
+    pub stops: u32,
+    /// Attempts of the switch (more than one when a thread was busy).
     pub attempts: u32,
     /// Threads stopped.
     pub threads: usize,
-    /// Whether the stop window ran at real-time priority.
+    /// Whether the stops ran at real-time priority.
     pub realtime: bool,
-    /// For `check`: the thread that is busy right now, if any (apply would retry).
-    pub busy: Option<String>,
+    /// Whether the process runs the very build the bundle was made from (same build-id), or
+    /// another build whose code was proven to match (`None` when the bundle has no build-id).
+    pub same_build: Option<bool>,
+    /// For `check`: what apply would do now (wait for a thread, retry, refuse), if not simply
+    /// apply.
+    pub prediction: Option<Prediction>,
+}
+
+/// What `check` predicts `apply` would do with a thread found in a replaced function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prediction {
+    /// `wait`, `retry` or `refuse`.
+    pub action: &'static str,
+    /// The thread and function, and why.
+    pub detail: String,
 }
 
 /// What kind of failure an [`Error`] is, for exit codes.
@@ -107,6 +152,20 @@ pub enum ErrorClass {
     BadInput,
     /// The environment (permissions, the process exited, I/O).
     Environment,
+    /// hotsplice was asked to stop (SIGINT, SIGTERM...) and rolled back.
+    Interrupted,
+}
+
+impl ErrorClass {
+    /// Its name in JSON output and the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Refused => "refused",
+            ErrorClass::BadInput => "bad-input",
+            ErrorClass::Environment => "environment",
+            ErrorClass::Interrupted => "interrupted",
+        }
+    }
 }
 
 /// Why a check, apply or undo did not happen. Every variant names the process and the
@@ -140,6 +199,23 @@ pub enum Error {
         /// The first difference.
         detail: String,
     },
+    /// A function the new code calls (or takes the address of) is not provably the one the
+    /// bundle was built against.
+    #[error(
+        "process {pid}: the new code uses {function}, but this process runs another build of the program (build-id {running}, the bundle's is {built}) and {detail}; rebuild the bundle from this build's source. Nothing was changed"
+    )]
+    Unproven {
+        /// Process.
+        pid: i32,
+        /// Function.
+        function: String,
+        /// The running build-id.
+        running: String,
+        /// The bundle's build-id.
+        built: String,
+        /// Why it is not proven.
+        detail: String,
+    },
     /// Several places match a function and nothing tells them apart.
     #[error("process {pid}: {function} matches at several addresses ({}); nothing was changed", addresses.iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>().join(", "))]
     Ambiguous {
@@ -164,9 +240,11 @@ pub enum Error {
     },
     /// A symbol the new code needs is nowhere in the process.
     #[error(
-        "cannot find {symbol} in the process (not in the patched file's symbols, not learnt from its code, not in a loaded library); nothing was changed"
+        "process {pid}: cannot find {symbol} (not in the patched file's symbols, not learnt from its code, not in a loaded library); nothing was changed"
     )]
     Unresolved {
+        /// Process.
+        pid: i32,
         /// Symbol.
         symbol: String,
     },
@@ -206,19 +284,31 @@ pub enum Error {
         /// The branch target.
         offset: u64,
     },
+    /// A bundle replaces the same function twice.
+    #[error(
+        "the bundle replaces {function} twice (in {first} and {second}); it cannot be applied or undone consistently"
+    )]
+    Duplicate {
+        /// Function.
+        function: String,
+        /// The first object.
+        first: String,
+        /// The second object.
+        second: String,
+    },
     /// A thread stayed busy in a replaced function through every retry.
     #[error("process {pid}: {detail} ({attempts} attempts); nothing was changed")]
     Busy {
         /// Process.
         pid: i32,
-        /// Thread and function.
+        /// Thread and function, and why.
         detail: String,
         /// Attempts made.
         attempts: u32,
     },
-    /// The same thread was in the same function at every attempt.
+    /// The same thread was in the same function, its main loop, at every attempt.
     #[error(
-        "process {pid}: thread {tid} was in {function} at every one of {attempts} attempts: it may never return (an event loop, main), so it cannot be replaced safely; nothing was changed"
+        "process {pid}: thread {tid} was in {function} at every one of {attempts} attempts, and {function} is the thread's main loop (it calls everything else and never returns), so it cannot be replaced safely; nothing was changed"
     )]
     AlwaysBusy {
         /// Process.
@@ -278,6 +368,18 @@ pub enum Error {
         /// Address.
         address: u64,
     },
+    /// A record asks for bytes or memory that do not check out against the process.
+    #[error(
+        "process {pid}: the record of {patch} does not match the process ({detail}): it is corrupt or forged; nothing was written"
+    )]
+    Forged {
+        /// Process.
+        pid: i32,
+        /// Patch.
+        patch: String,
+        /// What did not match.
+        detail: String,
+    },
     /// A write did not read back (the previous bytes were put back).
     #[error("process {pid}: writing at {address:#x} did not take; the process was left as it was")]
     WriteFailed {
@@ -304,14 +406,47 @@ pub enum Error {
         /// The patch it was applying or undoing.
         id: String,
     },
+    /// hotsplice itself was asked to stop.
+    #[error("{signal} received: stopped before changing anything (what was done is rolled back)")]
+    Stopped {
+        /// The signal.
+        signal: &'static str,
+    },
+    /// Another hotsplice is working on the process.
+    #[error("process {pid}: another hotsplice{} is working on it; try again when it is done", holder.map(|h| format!(" (pid {h})")).unwrap_or_default())]
+    Locked {
+        /// Process.
+        pid: i32,
+        /// The other hotsplice.
+        holder: Option<u32>,
+    },
     /// `recover` for a process with nothing interrupted.
     #[error("process {pid}: no interrupted operation to recover")]
     NotInterrupted {
         /// Process.
         pid: i32,
     },
+    /// The state directory is unsafe to use.
+    #[error(
+        "state directory {}: {why}; refusing to keep records where others could change them",
+        path.display()
+    )]
+    InsecureState {
+        /// The path at fault.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// A state file does not parse.
+    #[error("state file {} is corrupt ({detail}); move it away after checking `hotsplice list`", path.display())]
+    CorruptState {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        detail: String,
+    },
     /// The state record could not be read or written.
-    #[error("state record {}", path.display())]
+    #[error("state file {}", path.display())]
     State {
         /// The file.
         path: PathBuf,
@@ -319,7 +454,7 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The operating system refused (permissions, process gone).
+    /// The operating system refused (permissions, process gone, seccomp, another tracer).
     #[error(transparent)]
     Process(#[from] hotsplice_ptrace::Error),
 }
@@ -327,97 +462,94 @@ pub enum Error {
 impl Error {
     /// The kind of failure, for exit codes.
     pub fn class(&self) -> ErrorClass {
+        use hotsplice_ptrace::Error as P;
         match self {
             Error::NoModule { .. }
             | Error::NotApplied { .. }
             | Error::NotInterrupted { .. }
+            | Error::Duplicate { .. }
             | Error::Process(
-                hotsplice_ptrace::Error::InvalidPid { .. }
-                | hotsplice_ptrace::Error::KernelThread { .. },
+                P::InvalidPid { .. } | P::KernelThread { .. } | P::NotAProcess { .. },
             ) => ErrorClass::BadInput,
-            Error::NoPlacement { .. } | Error::State { .. } | Error::Process(_) => {
-                ErrorClass::Environment
-            }
+            Error::Stopped { .. } => ErrorClass::Interrupted,
+            Error::Process(P::Seccomp { .. } | P::SeccompUnreadable { .. }) => ErrorClass::Refused,
+            Error::NoPlacement { .. }
+            | Error::State { .. }
+            | Error::InsecureState { .. }
+            | Error::CorruptState { .. }
+            | Error::Locked { .. }
+            | Error::Process(_) => ErrorClass::Environment,
             _ => ErrorClass::Refused,
         }
     }
 }
 
 /// Checks a bundle against processes: everything apply does up to, not including, the first
-/// change (matching, symbol resolution, and a safety check of the current moment).
+/// change (matching, symbol resolution), and one look at the threads: what apply would do
+/// with them now.
 pub fn check(
     bundle: &Bundle,
     pids: &[i32],
     options: &Options,
+    pauses: &mut PauseLog,
 ) -> Result<Vec<ProcessReport>, Error> {
-    pids.iter()
-        .map(|&pid| session::check_one(bundle, pid, options))
-        .collect()
+    check::check(bundle, pids, options, pauses)
 }
 
-/// Applies a bundle to every process, all or none: each is checked first; if applying to one
-/// fails, those already patched are restored.
+/// Applies a bundle to every process, all or none: each is prepared first (nothing written);
+/// if applying to one fails, those already patched are restored.
 pub fn apply(
     bundle: &Bundle,
     bundle_sha: &str,
     pids: &[i32],
     options: &Options,
+    pauses: &mut PauseLog,
 ) -> Result<Vec<ProcessReport>, Error> {
-    for &pid in pids {
-        session::check_one(bundle, pid, options)?;
-    }
-    let mut done: Vec<ProcessReport> = Vec::new();
-    for &pid in pids {
-        match session::apply_one(bundle, bundle_sha, pid, options) {
-            Ok(report) => done.push(report),
-            Err(e) => {
-                for report in done.iter().rev() {
-                    let _ = session::undo_one(&bundle.id, report.pid, options);
-                }
-                return Err(e);
-            }
-        }
-    }
-    Ok(done)
+    apply::apply(bundle, bundle_sha, pids, options, pauses)
 }
 
 /// Undoes patch `id` in every process, restoring every original byte.
-pub fn undo(id: &str, pids: &[i32], options: &Options) -> Result<Vec<ProcessReport>, Error> {
-    pids.iter()
-        .map(|&pid| session::undo_one(id, pid, options))
-        .collect()
+pub fn undo(
+    id: &str,
+    pids: &[i32],
+    options: &Options,
+    pauses: &mut PauseLog,
+) -> Result<Vec<ProcessReport>, Error> {
+    undo::undo(id, pids, options, pauses)
 }
 
 /// Patches applied to the given processes (every recorded process when `pids` is empty).
-pub fn list(pids: &[i32], options: &Options) -> Vec<(i32, Result<Observed, Error>)> {
-    let pids: Vec<i32> = if pids.is_empty() {
-        state::all(&options.state_dir)
-            .into_iter()
-            .map(|s| s.pid)
-            .collect()
-    } else {
-        pids.to_vec()
-    };
-    pids.into_iter()
-        .map(|pid| (pid, session::list_one(pid, options)))
-        .collect()
+pub fn list(pids: &[i32], options: &Options) -> Result<Vec<Listed>, Error> {
+    observe::list(pids, options)
 }
+
+/// One process of `list`: its pid and what is applied to it.
+pub type Listed = (i32, Result<Observed, Error>);
 
 /// The outcome of recovering one process: the interrupted operation and what became of it.
 pub type RecoveryOutcome = Result<(state::Journal, Recovered), Error>;
 
 /// Finishes or rolls back interrupted operations (every journal in the state directory when
 /// `pids` is empty), so each process ends either untouched or fully patched.
-pub fn recover(pids: &[i32], options: &Options) -> Vec<(i32, RecoveryOutcome)> {
-    let pids: Vec<i32> = if pids.is_empty() {
-        state::all_journals(&options.state_dir)
-            .into_iter()
-            .map(|j| j.pid)
-            .collect()
-    } else {
-        pids.to_vec()
+pub fn recover(pids: &[i32], options: &Options) -> Result<Vec<(i32, RecoveryOutcome)>, Error> {
+    recover::recover(pids, options)
+}
+
+/// Every process running the executable at `path` (also after the file was replaced or
+/// deleted on disk, as by a package upgrade).
+pub fn pids_of_exe(path: &std::path::Path) -> Vec<i32> {
+    let want: PathBuf = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
     };
-    pids.into_iter()
-        .map(|pid| (pid, session::recover_one(pid, options)))
-        .collect()
+    let deleted = format!("{} (deleted)", want.display());
+    let mut pids: Vec<i32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|exe| exe == want || exe.to_string_lossy() == deleted)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
 }

@@ -63,7 +63,8 @@ fn is_call_like(r_type: u32) -> bool {
 /// per called symbol that `far` says may be out of rel32 range.
 pub fn plan(objects: &[ObjectPatch], far: &dyn Fn(usize, &SymbolRef) -> bool) -> Layout {
     let mut code = HEADER_SIZE;
-    let mut data = 0u64;
+    // The data region starts with a tag naming the patch (see `state::data_tag`).
+    let mut data = crate::state::DATA_TAG_SIZE;
     let mut pieces = Vec::new();
     for object in objects {
         let mut placed = Vec::new();
@@ -105,7 +106,11 @@ pub fn plan(objects: &[ObjectPatch], far: &dyn Fn(usize, &SymbolRef) -> bool) ->
     }
     Layout {
         code_size: align(code, 4096),
-        data_size: align(data, 4096),
+        data_size: if data == crate::state::DATA_TAG_SIZE {
+            0
+        } else {
+            align(data, 4096)
+        },
         pieces,
         slots,
         stubs,
@@ -124,6 +129,7 @@ pub struct Write {
 /// Computes every byte to write into patch memory at `code_base` / `data_base`, given how
 /// symbols resolve. Fails naming the symbol when one does not resolve or is out of range.
 pub fn link(
+    pid: i32,
     objects: &[ObjectPatch],
     layout: &Layout,
     code_base: u64,
@@ -147,6 +153,7 @@ pub fn link(
             (Some(Resolved::TpOffset(t)), true) => t as u64,
             _ => {
                 return Err(Error::Unresolved {
+                    pid,
                     symbol: name.clone(),
                 });
             }
@@ -160,6 +167,7 @@ pub fn link(
         let symbol = find_symbol(objects, *object, name);
         let Some(Resolved::Address(target)) = resolve(object.unwrap_or(0), &symbol) else {
             return Err(Error::Unresolved {
+                pid,
                 symbol: name.clone(),
             });
         };
@@ -196,6 +204,7 @@ pub fn link(
                                 }
                                 _ => {
                                     return Err(Error::Unresolved {
+                                        pid,
                                         symbol: symbol.name.clone(),
                                     });
                                 }

@@ -20,14 +20,36 @@ pub struct Range {
 pub struct ThreadView {
     /// Thread id.
     pub tid: i32,
+    /// Stopped inside a system call (blocked, or about to restart one): it will not leave a
+    /// function by being let run for a moment.
+    pub blocked: bool,
     /// Instruction pointer.
     pub rip: u64,
-    /// Return addresses found by unwinding.
+    /// Return addresses found by unwinding, innermost first.
     pub return_addresses: Vec<u64>,
+    /// Unwinding reached the outermost frame (no conservative scan was needed).
+    pub complete: bool,
     /// The part of its stack unwinding could not account for, scanned word by word.
     pub stack: Vec<u8>,
     /// Address of `stack[0]`.
     pub stack_start: u64,
+}
+
+/// How a thread is in a range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    /// Its instruction pointer is in it.
+    Executing,
+    /// A return address found by unwinding points into it; `outer` frames lie beyond that one
+    /// (a small number on a complete walk means the range is the thread's main function).
+    Returning {
+        /// Frames outside it.
+        outer: usize,
+        /// Whether the walk reached the outermost frame.
+        complete: bool,
+    },
+    /// A stack word at this address (scanned conservatively) points into it.
+    StackWord(u64),
 }
 
 /// Why the check failed.
@@ -37,30 +59,74 @@ pub struct Busy {
     pub tid: i32,
     /// The function (or region).
     pub function: String,
-    /// `None`: the thread is executing it; `Some(0)`: a return address found by unwinding
-    /// points into it; `Some(a)`: a stack word at `a` (scanned conservatively) does.
-    pub stack_word_at: Option<u64>,
+    /// How.
+    pub how: How,
+    /// The thread is blocked in a system call.
+    pub blocked: bool,
+}
+
+impl Busy {
+    /// Whether the range looks like the thread's main function (an event loop, `main`): it
+    /// returns into it from one of its outermost frames.
+    pub fn main_loop(&self) -> bool {
+        matches!(
+            self.how,
+            How::Returning {
+                outer,
+                complete: true
+            } if outer <= 3
+        )
+    }
+}
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (tid, function) = (self.tid, &self.function);
+        match self.how {
+            How::Executing => write!(f, "thread {tid} is executing {function}"),
+            How::Returning { .. } if self.blocked => write!(
+                f,
+                "thread {tid} is blocked in a system call called from {function}"
+            ),
+            How::Returning { .. } => write!(f, "thread {tid} will return into {function}"),
+            How::StackWord(at) => write!(
+                f,
+                "thread {tid} may return into {function} (stack word at {at:#x})"
+            ),
+        }
+    }
 }
 
 /// The first thread found busy in one of `ranges`, if any.
 pub fn check(threads: &[ThreadView], ranges: &[Range]) -> Option<Busy> {
     let inside = |a: u64| ranges.iter().find(|r| a >= r.start && a < r.end);
+    let busy = |t: &ThreadView, r: &Range, how| Busy {
+        tid: t.tid,
+        function: r.name.clone(),
+        how,
+        blocked: t.blocked,
+    };
     for t in threads {
         if let Some(r) = inside(t.rip) {
-            return Some(Busy {
-                tid: t.tid,
-                function: r.name.clone(),
-                stack_word_at: None,
-            });
+            return Some(busy(t, r, How::Executing));
         }
     }
     for t in threads {
-        if let Some(r) = t.return_addresses.iter().find_map(|&a| inside(a)) {
-            return Some(Busy {
-                tid: t.tid,
-                function: r.name.clone(),
-                stack_word_at: Some(0),
-            });
+        let n = t.return_addresses.len();
+        if let Some((i, r)) = t
+            .return_addresses
+            .iter()
+            .enumerate()
+            .find_map(|(i, &a)| inside(a).map(|r| (i, r)))
+        {
+            return Some(busy(
+                t,
+                r,
+                How::Returning {
+                    outer: n - 1 - i,
+                    complete: t.complete,
+                },
+            ));
         }
     }
     for t in threads {
@@ -74,11 +140,8 @@ pub fn check(threads: &[ThreadView], ranges: &[Range]) -> Option<Busy> {
         {
             let value = u64::from_le_bytes(word.try_into().expect("8 bytes"));
             if let Some(r) = inside(value) {
-                return Some(Busy {
-                    tid: t.tid,
-                    function: r.name.clone(),
-                    stack_word_at: Some(t.stack_start + skip as u64 + 8 * i as u64),
-                });
+                let at = t.stack_start + skip as u64 + 8 * i as u64;
+                return Some(busy(t, r, How::StackWord(at)));
             }
         }
     }
@@ -98,8 +161,10 @@ mod tests {
         }];
         let idle = ThreadView {
             tid: 1,
+            blocked: false,
             rip: 0x2000,
             return_addresses: vec![0x2100],
+            complete: false,
             stack: 0x3000u64.to_le_bytes().to_vec(),
             stack_start: 0x7000,
         };
@@ -108,21 +173,30 @@ mod tests {
             rip: 0x1050,
             ..idle.clone()
         };
-        assert_eq!(check(&[running], &ranges).unwrap().stack_word_at, None);
+        assert_eq!(check(&[running], &ranges).unwrap().how, How::Executing);
         let mut stack = 0u64.to_le_bytes().to_vec();
         stack.extend(0x10ffu64.to_le_bytes());
         let returning = ThreadView { stack, ..idle };
         assert_eq!(
             check(std::slice::from_ref(&returning), &ranges)
                 .unwrap()
-                .stack_word_at,
-            Some(0x7008)
+                .how,
+            How::StackWord(0x7008)
         );
         let unwound = ThreadView {
-            return_addresses: vec![0x1010],
+            return_addresses: vec![0x1010, 0x2000, 0x2100],
+            complete: true,
             stack: Vec::new(),
             ..returning
         };
-        assert!(check(&[unwound], &ranges).is_some());
+        let busy = check(&[unwound], &ranges).unwrap();
+        assert_eq!(
+            busy.how,
+            How::Returning {
+                outer: 2,
+                complete: true
+            }
+        );
+        assert!(busy.main_loop());
     }
 }

@@ -30,7 +30,7 @@ pub struct DiffArgs {
     post: PathBuf,
     /// Print one JSON object instead of the human report.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Also list unchanged functions and variables in the human report.
     #[arg(long)]
     all: bool,

@@ -21,7 +21,7 @@ pub struct InfoArgs {
     bundle: PathBuf,
     /// Print the bundle's envelope and content as JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 fn describe(

@@ -262,6 +262,17 @@ enum KernelCommand {
     },
 }
 
+impl KernelArgs {
+    /// Whether JSON output was asked for.
+    pub fn json(&self) -> bool {
+        match &self.command {
+            KernelCommand::Apply { json, .. }
+            | KernelCommand::Undo { json, .. }
+            | KernelCommand::List { json } => *json,
+        }
+    }
+}
+
 /// `hotsplice kernel`.
 pub fn run(args: &KernelArgs) -> Result<ExitCode, Exit> {
     match &args.command {

@@ -1,24 +1,29 @@
-//! `hotsplice check | apply | undo | list`: live patches on running processes.
+//! `hotsplice check | apply | undo | list | recover`: live patches on running processes.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use clap::Args;
-use hotsplice_apply::{ErrorClass, Options, ProcessReport};
+use hotsplice_apply::{ErrorClass, Options, PauseLog, ProcessReport};
 use serde_json::{Value, json};
 
 use crate::{EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_OK, EXIT_REFUSED, Exit};
 
+/// The largest bundle `check`/`apply` read (a bundle of a large program is a few MiB).
+const MAX_BUNDLE: u64 = 256 << 20;
+
 /// Which processes.
 #[derive(Debug, Args)]
 pub struct Targets {
-    /// A process to patch (repeatable).
+    /// A process to patch (repeatable). Processes sharing its memory (`clone(CLONE_VM)`, a
+    /// `vfork` child) are stopped, checked and patched with it.
     #[arg(long = "pid", value_name = "PID", required_unless_present = "exe")]
     pids: Vec<i32>,
-    /// Every process running this executable.
+    /// Every process running this executable (also after the file was replaced or deleted
+    /// on disk by a package upgrade).
     #[arg(long, value_name = "PATH", conflicts_with = "pids")]
     exe: Option<PathBuf>,
 }
@@ -26,18 +31,57 @@ pub struct Targets {
 /// Shared options.
 #[derive(Debug, Args)]
 pub struct LiveOptions {
-    /// Print one JSON object on stdout.
+    /// Print one JSON object on stdout (also for errors: {"ok": false, "class", "error"}).
     #[arg(long)]
     json: bool,
-    /// Retries while a thread is busy in a function being replaced.
+    /// Stops to retry while a thread is blocked in a function being replaced.
     #[arg(long, value_name = "N", default_value_t = 5)]
     retries: u32,
-    /// Milliseconds between retries.
+    /// Milliseconds between retries (the target runs meanwhile).
     #[arg(long, value_name = "MS", default_value_t = 200)]
     retry_delay: u64,
-    /// Where applied patches are recorded.
+    /// Microseconds a runnable thread found in a function being replaced may run alone, the
+    /// others stopped, to leave it (per stop).
+    #[arg(long, value_name = "US", default_value_t = 1000)]
+    let_run: u64,
+    /// Seconds to wait for another hotsplice working on the same process.
+    #[arg(long, value_name = "S", default_value_t = 60)]
+    lock_timeout: u64,
+    /// Where applied patches are recorded; it must belong to root and be writable by no one
+    /// else, like every directory above it.
     #[arg(long, value_name = "DIR", default_value = hotsplice_apply::state::DEFAULT_DIR, env = "HOTSPLICE_STATE_DIR")]
     state_dir: PathBuf,
+}
+
+impl CheckArgs {
+    /// Whether JSON output was asked for.
+    pub fn json(&self) -> bool {
+        self.options.json
+    }
+}
+impl ApplyArgs {
+    /// Whether JSON output was asked for.
+    pub fn json(&self) -> bool {
+        self.options.json
+    }
+}
+impl UndoArgs {
+    /// Whether JSON output was asked for.
+    pub fn json(&self) -> bool {
+        self.options.json
+    }
+}
+impl ListArgs {
+    /// Whether JSON output was asked for.
+    pub fn json(&self) -> bool {
+        self.options.json
+    }
+}
+impl RecoverArgs {
+    /// Whether JSON output was asked for.
+    pub fn json(&self) -> bool {
+        self.options.json
+    }
 }
 
 /// Which bundles are trusted.
@@ -46,10 +90,10 @@ pub struct TrustOptions {
     /// Directory of trusted public keys (`*.pub`); it and its keys must belong to root and be
     /// writable by no one else.
     #[arg(long, value_name = "DIR", default_value = crate::trust::DEFAULT_TRUST_DIR, env = "HOTSPLICE_TRUST_DIR")]
-    trust_dir: PathBuf,
+    pub trust_dir: PathBuf,
     /// Accept a bundle that is unsigned or signed by no trusted key (recorded in the audit log).
     #[arg(long)]
-    allow_unsigned: bool,
+    pub allow_unsigned: bool,
 }
 
 impl LiveOptions {
@@ -57,21 +101,33 @@ impl LiveOptions {
         Options {
             retries: self.retries,
             retry_delay: Duration::from_millis(self.retry_delay),
+            let_run: Duration::from_micros(self.let_run),
+            lock_timeout: Duration::from_secs(self.lock_timeout),
             state_dir: self.state_dir.clone(),
             ..Options::default()
         }
     }
 }
 
-const LIVE_HELP: &str = "Exit status: 0 done; 1 refused (the code does not match the bundle's pre build, a thread is \
-busy in a replaced function, ...) with the target untouched; 2 bad input; 3 environment (permissions, \
-the process exited).";
+const LIVE_HELP: &str = "\
+What \"pause\" means: for each thread, the total time hotsplice kept it stopped (every stop of
+the command summed, retries and refused attempts included); the report gives the longest such
+total and the number of stops. Time a thread waits for a CPU after it is released is not
+counted.
+
+Exit status: 0 done; 1 refused (the code does not match the bundle's pre build, a thread stays \
+busy in a replaced function, a seccomp filter forbids what hotsplice must do, ...) with the \
+target untouched; 2 bad input; 3 environment (permissions, the process exited, another tracer, \
+another hotsplice still at work). SIGINT, SIGTERM or SIGHUP during an operation make hotsplice \
+roll back (or, past the point of no return, finish) and then end as the signal asks; job-control \
+stops (Ctrl-Z) take effect only once the target is released.";
 
 /// Dry run: prove a bundle applies to running processes, without changing them.
 ///
 /// Locates every function to replace in each process's memory and proves its code is the
 /// bundle's pre-build code (run-pre matching), resolves every symbol the new code needs, and
-/// stops the process for a moment to see whether any thread is in a function to replace.
+/// stops the process for a moment to see what apply would do now: apply at once, let a
+/// thread leave a replaced function first, retry, or refuse (exit status 1).
 #[derive(Debug, Args)]
 #[command(after_help = LIVE_HELP)]
 pub struct CheckArgs {
@@ -87,11 +143,11 @@ pub struct CheckArgs {
 
 /// Apply a bundle to running processes, with no restart.
 ///
-/// Proves the running code is the bundle's pre build, maps the new code near the program,
-/// then stops every thread for well under a millisecond to check none is in a function being
-/// replaced and to write a jump at each old entry. With several processes (`--exe`, or
-/// several `--pid`), all are checked first and patched all or none. Needs root (or the
-/// same user and CAP_SYS_PTRACE).
+/// Proves the running code is the bundle's pre build, maps the new code near the program
+/// (one thread runs the mmap while the others keep running), then stops every thread once —
+/// well under a millisecond — to check none is in a function being replaced and to write a
+/// jump at each old entry. With several processes (`--exe`, or several `--pid`), all are
+/// prepared first and patched all or none. Needs root (or the same user and CAP_SYS_PTRACE).
 #[derive(Debug, Args)]
 #[command(after_help = LIVE_HELP)]
 pub struct ApplyArgs {
@@ -106,6 +162,9 @@ pub struct ApplyArgs {
 }
 
 /// Undo an applied patch: restore every original byte and unmap its memory.
+///
+/// The bytes put back are checked against the program's own file as the process maps it, so
+/// a damaged or forged state record can never make hotsplice write other code.
 #[derive(Debug, Args)]
 #[command(after_help = LIVE_HELP)]
 pub struct UndoArgs {
@@ -118,6 +177,8 @@ pub struct UndoArgs {
 }
 
 /// List the patches applied to processes.
+///
+/// Exit status: 0 listed; 3 when a process could not be read (the others are still listed).
 #[derive(Debug, Args)]
 pub struct ListArgs {
     /// Only these processes (default: every process hotsplice has patched).
@@ -125,6 +186,32 @@ pub struct ListArgs {
     pids: Vec<i32>,
     #[command(flatten)]
     options: LiveOptions,
+}
+
+/// Finish or roll back an apply or undo that was interrupted (hotsplice killed, machine
+/// trouble), so each process ends either untouched or fully patched — never a mix.
+///
+/// Reads the journal an interrupted operation left in the state directory, looks at the code
+/// of the process, and writes the original bytes back where that is safe (no thread in the
+/// patch's code), otherwise every jump (no thread in the old code). `apply` and `undo` refuse
+/// to touch a process with an interrupted operation until it is recovered. An operation that
+/// another hotsplice is still running is left alone.
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// Only these processes (default: every interrupted operation recorded).
+    #[arg(long = "pid", value_name = "PID")]
+    pids: Vec<i32>,
+    #[command(flatten)]
+    options: LiveOptions,
+}
+
+/// The exit status for a failure class.
+pub fn exit_code(class: ErrorClass) -> u8 {
+    match class {
+        ErrorClass::Refused => EXIT_REFUSED,
+        ErrorClass::BadInput => EXIT_BAD_INPUT,
+        ErrorClass::Environment | ErrorClass::Interrupted => EXIT_ENVIRONMENT,
+    }
 }
 
 fn pids(targets: &Targets) -> Result<Vec<i32>, Exit> {
@@ -148,10 +235,39 @@ struct Accepted {
     signer: String,
 }
 
+/// Reads a regular file of at most `cap` bytes, without blocking on a FIFO or device.
+pub fn read_regular(path: &Path, cap: u64) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if !meta.is_file() {
+        return Err(anyhow!("{} is not a regular file", path.display()));
+    }
+    if meta.len() > cap {
+        return Err(anyhow!(
+            "{} is {} bytes, more than the {} MiB hotsplice reads",
+            path.display(),
+            meta.len(),
+            cap >> 20
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    Read::by_ref(&mut file)
+        .take(cap + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(bytes)
+}
+
 fn read_bundle(path: &Path, trust: &TrustOptions, action: &str) -> Result<Accepted, Exit> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read {}", path.display()))
-        .map_err(Exit::bad_input)?;
+    let bytes = read_regular(path, MAX_BUNDLE).map_err(Exit::bad_input)?;
     let sealed = hotsplice_bundle::read(&bytes)
         .with_context(|| path.display().to_string())
         .map_err(Exit::bad_input)?;
@@ -176,14 +292,28 @@ fn read_bundle(path: &Path, trust: &TrustOptions, action: &str) -> Result<Accept
     }
 }
 
+fn pause_json(pauses: &PauseLog) -> Value {
+    json!({
+        "longest_us": pauses.longest().as_micros() as u64,
+        "stops": pauses.stops,
+        "threads": pauses.threads(),
+    })
+}
+
 fn audit_outcome(
     action: &str,
     patch: &str,
     accepted: Option<&Accepted>,
     pids: &[i32],
+    pauses: &PauseLog,
     result: Result<&[ProcessReport], &hotsplice_apply::Error>,
 ) {
-    let mut record = json!({"action": action, "patch": patch, "pids": pids});
+    let mut record = json!({
+        "action": action,
+        "patch": patch,
+        "pids": pids,
+        "pause": pause_json(pauses),
+    });
     if let Some(a) = accepted {
         record["bundle_sha256"] = json!(a.sha256);
         record["signer"] = json!(a.signer);
@@ -194,54 +324,56 @@ fn audit_outcome(
             record["pause_us"] = json!(
                 reports
                     .iter()
-                    .map(|r| json!({"pid": r.pid, "pause_us": r.pause.as_micros() as u64}))
+                    .map(|r| json!({"pid": r.pid, "pause_us": r.pause.as_micros() as u64, "stops": r.stops}))
                     .collect::<Vec<_>>()
             );
         }
         Err(e) => {
-            record["outcome"] = json!(match e.class() {
-                ErrorClass::Refused => "refused",
-                ErrorClass::BadInput => "bad-input",
-                ErrorClass::Environment => "failed",
-            });
+            record["outcome"] = json!(e.class().as_str());
             record["reason"] = json!(e.to_string());
         }
     }
     crate::trust::audit(record);
 }
 
-fn fail(error: hotsplice_apply::Error, json_out: bool) -> Exit {
-    let code = match error.class() {
-        ErrorClass::Refused => EXIT_REFUSED,
-        ErrorClass::BadInput => EXIT_BAD_INPUT,
-        ErrorClass::Environment => EXIT_ENVIRONMENT,
-    };
+/// The exit for a failed live operation; with `--json`, its error object is printed (with
+/// how long the target was stopped before the failure).
+fn fail(error: hotsplice_apply::Error, json_out: bool, pauses: &PauseLog) -> Exit {
+    let class = error.class();
     if json_out {
-        let class = match error.class() {
-            ErrorClass::Refused => "refused",
-            ErrorClass::BadInput => "bad-input",
-            ErrorClass::Environment => "environment",
-        };
         println!(
             "{}",
-            json!({"ok": false, "class": class, "error": error.to_string()})
+            json!({
+                "ok": false,
+                "class": class.as_str(),
+                "error": error.to_string(),
+                "pause": pause_json(pauses),
+            })
         );
     }
+    let error = anyhow::Error::new(error);
     Exit {
-        code,
-        error: anyhow::Error::new(error),
+        code: exit_code(class),
+        error: if json_out {
+            anyhow::Error::new(crate::Reported(error))
+        } else {
+            error
+        },
     }
 }
 
 fn report_json(r: &ProcessReport) -> Value {
     json!({
         "pid": r.pid,
+        "sharers": r.sharers,
         "module": r.module,
         "pause_us": r.pause.as_micros() as u64,
+        "stops": r.stops,
         "attempts": r.attempts,
         "threads": r.threads,
         "realtime": r.realtime,
-        "busy": r.busy,
+        "same_build": r.same_build,
+        "prediction": r.prediction.as_ref().map(|p| json!({"action": p.action, "detail": p.detail})),
         "functions": r.functions.iter().map(|f| json!({
             "name": f.name,
             "entry": format!("{:#x}", f.entry),
@@ -252,31 +384,50 @@ fn report_json(r: &ProcessReport) -> Value {
     })
 }
 
-fn print_reports(verb: &str, id: &str, reports: &[ProcessReport], json_out: bool) {
+fn print_reports(
+    verb: &str,
+    id: &str,
+    reports: &[ProcessReport],
+    json_out: bool,
+    wall: Duration,
+) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     if json_out {
-        let _ = writeln!(
+        return writeln!(
             out,
             "{}",
             serde_json::to_string_pretty(&json!({
                 "ok": true,
                 "action": verb,
                 "patch": id,
+                "wall_us": wall.as_micros() as u64,
                 "processes": reports.iter().map(report_json).collect::<Vec<_>>(),
             }))
             .unwrap_or_default()
         );
-        return;
     }
     for r in reports {
         let pause = r.pause.as_secs_f64() * 1000.0;
-        let _ = writeln!(
+        let sharers = if r.sharers.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " and {} sharing its memory",
+                r.sharers
+                    .iter()
+                    .map(|p| format!("pid {p}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        writeln!(
             out,
-            "{verb} {id} {} pid {} ({}): {} function(s); longest pause {pause:.3} ms ({} thread(s), {} attempt(s){})",
+            "{verb} {id} {} pid {}{sharers} ({}): {} function(s); longest pause {pause:.3} ms over {} stop(s) ({} thread(s), {} attempt(s){})",
             if verb == "checked" { "against" } else { "in" },
             r.pid,
             r.module,
             r.functions.len(),
+            r.stops,
             r.threads,
             r.attempts.max(1),
             if r.realtime {
@@ -284,7 +435,18 @@ fn print_reports(verb: &str, id: &str, reports: &[ProcessReport], json_out: bool
             } else {
                 ""
             }
-        );
+        )?;
+        match r.same_build {
+            Some(true) => writeln!(
+                out,
+                "  the process runs the bundle's own build (same build-id)"
+            )?,
+            Some(false) => writeln!(
+                out,
+                "  the process runs another build of the program; its code was proven to match"
+            )?,
+            None => {}
+        }
         for f in &r.functions {
             let new = if f.new_address != 0 {
                 format!(" → {:#x}", f.new_address)
@@ -296,37 +458,36 @@ fn print_reports(verb: &str, id: &str, reports: &[ProcessReport], json_out: bool
                 .as_ref()
                 .map(|p| format!(", replacing {p}'s version"))
                 .unwrap_or_default();
-            let _ = writeln!(
+            writeln!(
                 out,
                 "  {:<32} {:#x}{new}  (found by {}{stacked})",
                 f.name, f.entry, f.via
-            );
+            )?;
         }
-        if let Some(busy) = &r.busy {
-            let _ = writeln!(out, "  note: right now {busy}; apply would wait and retry");
+        if let Some(p) = &r.prediction {
+            writeln!(out, "  apply would {}: {}", p.action, p.detail)?;
         }
     }
+    Ok(())
 }
 
-/// Finish or roll back an apply or undo that was interrupted (hotsplice killed, machine
-/// trouble), so each process ends either untouched or fully patched — never a mix.
-///
-/// Reads the journal an interrupted operation left in the state directory, looks at the code
-/// of the process, and writes the original bytes back where that is safe (no thread in the
-/// patch's code), otherwise every jump (no thread in the old code). `apply` and `undo` refuse
-/// to touch a process with an interrupted operation until it is recovered.
-#[derive(Debug, Args)]
-pub struct RecoverArgs {
-    /// Only these processes (default: every interrupted operation recorded).
-    #[arg(long = "pid", value_name = "PID")]
-    pids: Vec<i32>,
-    #[command(flatten)]
-    options: LiveOptions,
+/// Output errors: a closed pipe ends quietly (like `head` closing its input), others fail.
+pub fn output(result: std::io::Result<()>) -> Result<(), Exit> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Exit {
+            code: EXIT_ENVIRONMENT,
+            error: anyhow::Error::new(e).context("writing the report"),
+        }),
+    }
 }
 
 /// `hotsplice recover`.
 pub fn recover(args: &RecoverArgs) -> Result<ExitCode, Exit> {
-    let results = hotsplice_apply::recover(&args.pids, &args.options.options());
+    let json_out = args.options.json;
+    let results = hotsplice_apply::recover(&args.pids, &args.options.options())
+        .map_err(|e| fail(e, json_out, &PauseLog::new()))?;
     let mut out = std::io::stdout().lock();
     let mut worst = EXIT_OK;
     let mut json_rows = Vec::new();
@@ -349,90 +510,137 @@ pub fn recover(args: &RecoverArgs) -> Result<ExitCode, Exit> {
                     "interrupted": operation,
                     "outcome": what,
                 }));
-                if args.options.json {
+                if json_out {
                     json_rows.push(json!({"pid": pid, "patch": journal.patch.id, "operation": operation, "outcome": what}));
                 } else {
-                    let _ = writeln!(
+                    output(writeln!(
                         out,
                         "pid {pid}: interrupted {operation} of {}: {what}",
                         journal.patch.id
-                    );
+                    ))?;
                 }
             }
             Err(e) => {
                 crate::trust::audit(json!({
                     "action": "recover",
                     "pids": [pid],
-                    "outcome": "failed",
+                    "outcome": e.class().as_str(),
                     "reason": e.to_string(),
                 }));
-                worst = worst.max(match e.class() {
-                    ErrorClass::Refused => EXIT_REFUSED,
-                    ErrorClass::BadInput => EXIT_BAD_INPUT,
-                    ErrorClass::Environment => EXIT_ENVIRONMENT,
-                });
-                if args.options.json {
-                    json_rows.push(json!({"pid": pid, "error": e.to_string()}));
+                worst = worst.max(exit_code(e.class()));
+                if json_out {
+                    json_rows.push(
+                        json!({"pid": pid, "class": e.class().as_str(), "error": e.to_string()}),
+                    );
                 } else {
-                    let _ = writeln!(out, "pid {pid}: {e}");
+                    output(writeln!(out, "pid {pid}: {e}"))?;
                 }
             }
         }
     }
-    if args.options.json {
-        let _ = writeln!(
+    if json_out {
+        output(writeln!(
             out,
             "{}",
-            serde_json::to_string_pretty(&json!({"recovered": json_rows})).unwrap_or_default()
-        );
+            serde_json::to_string_pretty(&json!({"ok": worst == EXIT_OK, "recovered": json_rows}))
+                .unwrap_or_default()
+        ))?;
     } else if results.is_empty() {
-        let _ = writeln!(out, "nothing to recover");
+        output(writeln!(out, "nothing to recover"))?;
     }
     Ok(ExitCode::from(worst))
 }
 
 /// `hotsplice check`.
 pub fn check(args: &CheckArgs) -> Result<ExitCode, Exit> {
+    let started = Instant::now();
     let accepted = read_bundle(&args.bundle, &args.trust, "check")?;
     let pids = pids(&args.targets)?;
-    let reports = hotsplice_apply::check(&accepted.bundle, &pids, &args.options.options())
-        .map_err(|e| fail(e, args.options.json))?;
-    print_reports("checked", &accepted.bundle.id, &reports, args.options.json);
-    Ok(ExitCode::from(EXIT_OK))
+    let mut pauses = PauseLog::new();
+    let reports = hotsplice_apply::check(
+        &accepted.bundle,
+        &pids,
+        &args.options.options(),
+        &mut pauses,
+    )
+    .map_err(|e| fail(e, args.options.json, &pauses))?;
+    output(print_reports(
+        "checked",
+        &accepted.bundle.id,
+        &reports,
+        args.options.json,
+        started.elapsed(),
+    ))?;
+    let refuse = reports
+        .iter()
+        .any(|r| r.prediction.as_ref().is_some_and(|p| p.action == "refuse"));
+    Ok(ExitCode::from(if refuse { EXIT_REFUSED } else { EXIT_OK }))
 }
 
 /// `hotsplice apply`.
 pub fn apply(args: &ApplyArgs) -> Result<ExitCode, Exit> {
+    let started = Instant::now();
     let accepted = read_bundle(&args.bundle, &args.trust, "apply")?;
     let pids = pids(&args.targets)?;
+    let mut pauses = PauseLog::new();
     let result = hotsplice_apply::apply(
         &accepted.bundle,
         &accepted.sha256,
         &pids,
         &args.options.options(),
+        &mut pauses,
     );
     let id = &accepted.bundle.id;
-    audit_outcome("apply", id, Some(&accepted), &pids, result.as_deref());
-    let reports = result.map_err(|e| fail(e, args.options.json))?;
-    print_reports("applied", id, &reports, args.options.json);
+    audit_outcome(
+        "apply",
+        id,
+        Some(&accepted),
+        &pids,
+        &pauses,
+        result.as_deref(),
+    );
+    let reports = result.map_err(|e| fail(e, args.options.json, &pauses))?;
+    output(print_reports(
+        "applied",
+        id,
+        &reports,
+        args.options.json,
+        started.elapsed(),
+    ))?;
     Ok(ExitCode::from(EXIT_OK))
 }
 
 /// `hotsplice undo`.
 pub fn undo(args: &UndoArgs) -> Result<ExitCode, Exit> {
+    let started = Instant::now();
     let pids = pids(&args.targets)?;
-    let result = hotsplice_apply::undo(&args.patch, &pids, &args.options.options());
-    audit_outcome("undo", &args.patch, None, &pids, result.as_deref());
-    let reports = result.map_err(|e| fail(e, args.options.json))?;
-    print_reports("undid", &args.patch, &reports, args.options.json);
+    let mut pauses = PauseLog::new();
+    let result = hotsplice_apply::undo(&args.patch, &pids, &args.options.options(), &mut pauses);
+    audit_outcome("undo", &args.patch, None, &pids, &pauses, result.as_deref());
+    let reports = result.map_err(|e| fail(e, args.options.json, &pauses))?;
+    output(print_reports(
+        "undid",
+        &args.patch,
+        &reports,
+        args.options.json,
+        started.elapsed(),
+    ))?;
     Ok(ExitCode::from(EXIT_OK))
 }
 
 /// `hotsplice list`.
 pub fn list(args: &ListArgs) -> Result<ExitCode, Exit> {
-    let listing = hotsplice_apply::list(&args.pids, &args.options.options());
+    let json_out = args.options.json;
+    let listing = hotsplice_apply::list(&args.pids, &args.options.options())
+        .map_err(|e| fail(e, json_out, &PauseLog::new()))?;
+    let worst = listing
+        .iter()
+        .filter_map(|(_, o)| o.as_ref().err())
+        .map(|e| exit_code(e.class()))
+        .max()
+        .unwrap_or(EXIT_OK);
     let mut out = std::io::stdout().lock();
-    if args.options.json {
+    if json_out {
         let ids = |patches: &[hotsplice_apply::AppliedPatch]| -> Vec<String> {
             patches.iter().map(|p| p.id.clone()).collect()
         };
@@ -441,59 +649,78 @@ pub fn list(args: &ListArgs) -> Result<ExitCode, Exit> {
             .map(|(pid, observed)| match observed {
                 Ok(o) => json!({
                     "pid": pid,
-                    "patches": o.state.patches,
+                    "patches": o.state.patches.iter().map(|p| json!({
+                        "id": p.id,
+                        "module": p.module,
+                        "target": p.target,
+                        "bundle_sha256": p.bundle_sha256,
+                        "applied_unix": p.applied_unix,
+                        "pause_us": p.pause_us,
+                        "regions": p.regions.iter().map(|r| json!({
+                            "address": format!("{:#x}", r.address),
+                            "size": r.size,
+                        })).collect::<Vec<_>>(),
+                        "functions": p.functions.iter().map(|f| json!({
+                            "name": f.name,
+                            "entry": format!("{:#x}", f.entry),
+                            "new_address": format!("{:#x}", f.new_address),
+                        })).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
                     "stale_records_dropped": ids(&o.stale),
                     "unused_patch_memory": ids(&o.unused),
                 }),
-                Err(e) => json!({"pid": pid, "error": e.to_string()}),
+                Err(e) => json!({"pid": pid, "class": e.class().as_str(), "error": e.to_string()}),
             })
             .collect();
-        let _ = writeln!(
+        output(writeln!(
             out,
             "{}",
-            serde_json::to_string_pretty(&json!({ "processes": processes })).unwrap_or_default()
-        );
-        return Ok(ExitCode::from(EXIT_OK));
+            serde_json::to_string_pretty(
+                &json!({ "ok": worst == EXIT_OK, "processes": processes })
+            )
+            .unwrap_or_default()
+        ))?;
+        return Ok(ExitCode::from(worst));
     }
     if listing.is_empty() {
-        let _ = writeln!(out, "no live patches recorded");
+        output(writeln!(out, "no live patches recorded"))?;
     }
     for (pid, observed) in &listing {
         let o = match observed {
             Ok(o) => o,
             Err(e) => {
-                let _ = writeln!(out, "pid {pid}: {e}");
+                output(writeln!(out, "pid {pid}: {e}"))?;
                 continue;
             }
         };
         if o.state.patches.is_empty() {
-            let _ = writeln!(out, "pid {pid}: no patches");
+            output(writeln!(out, "pid {pid}: no patches"))?;
         }
         for p in &o.state.patches {
             let names: Vec<&str> = p.functions.iter().map(|f| f.name.as_str()).collect();
-            let _ = writeln!(
+            output(writeln!(
                 out,
                 "pid {pid}: {} on {} ({}), paused {} µs",
                 p.id,
                 p.module,
                 names.join(", "),
                 p.pause_us
-            );
+            ))?;
         }
         for p in &o.stale {
-            let _ = writeln!(
+            output(writeln!(
                 out,
                 "pid {pid}: {} was recorded, but its jumps are not in the code (the program exec'd?): record dropped",
                 p.id
-            );
+            ))?;
         }
         for p in &o.unused {
-            let _ = writeln!(
+            output(writeln!(
                 out,
                 "pid {pid}: memory of {} is mapped but not in use (forked during an apply?); harmless",
                 p.id
-            );
+            ))?;
         }
     }
-    Ok(ExitCode::from(EXIT_OK))
+    Ok(ExitCode::from(worst))
 }

@@ -74,20 +74,71 @@ impl Exit {
     }
 }
 
-fn run() -> Result<ExitCode, Exit> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Build(args) => build::run(&args),
-        Command::Info(args) => info::run(&args),
-        Command::Check(args) => live::check(&args),
-        Command::Apply(args) => live::apply(&args),
-        Command::Undo(args) => live::undo(&args),
-        Command::List(args) => live::list(&args),
-        Command::Recover(args) => live::recover(&args),
-        Command::Diff(args) => diff::run(&args),
-        Command::Key(args) => trust::key(&args),
-        Command::Sign(args) => trust::sign(&args),
-        Command::Kernel(args) => kernel::run(&args),
+/// An error whose JSON object a command already printed (with `--json`).
+#[derive(Debug)]
+pub struct Reported(pub anyhow::Error);
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for Reported {}
+
+/// The class name of an exit status, for JSON error objects.
+fn class_of(code: u8) -> &'static str {
+    match code {
+        EXIT_REFUSED => "refused",
+        EXIT_BAD_INPUT => "bad-input",
+        _ => "environment",
+    }
+}
+
+impl Command {
+    /// Whether the command was asked for JSON output.
+    fn json(&self) -> bool {
+        match self {
+            Command::Build(a) => a.json,
+            Command::Info(a) => a.json,
+            Command::Check(a) => a.json(),
+            Command::Apply(a) => a.json(),
+            Command::Undo(a) => a.json(),
+            Command::List(a) => a.json(),
+            Command::Recover(a) => a.json(),
+            Command::Diff(a) => a.json,
+            Command::Kernel(a) => a.json(),
+            Command::Key(_) | Command::Sign(_) => false,
+        }
+    }
+
+    /// Whether it works on running processes (and so must not be stopped or interrupted
+    /// half-way).
+    fn live(&self) -> bool {
+        matches!(
+            self,
+            Command::Check(_)
+                | Command::Apply(_)
+                | Command::Undo(_)
+                | Command::Recover(_)
+                | Command::List(_)
+        )
+    }
+}
+
+fn run(cli: &Cli) -> Result<ExitCode, Exit> {
+    match &cli.command {
+        Command::Build(args) => build::run(args),
+        Command::Info(args) => info::run(args),
+        Command::Check(args) => live::check(args),
+        Command::Apply(args) => live::apply(args),
+        Command::Undo(args) => live::undo(args),
+        Command::List(args) => live::list(args),
+        Command::Recover(args) => live::recover(args),
+        Command::Diff(args) => diff::run(args),
+        Command::Key(args) => trust::key(args),
+        Command::Sign(args) => trust::sign(args),
+        Command::Kernel(args) => kernel::run(args),
     }
 }
 
@@ -105,11 +156,35 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(code).unwrap_or(1));
         }
     }
-    match run() {
+    let cli = Cli::parse();
+    if cli.command.live() {
+        // While hotsplice holds a target, a termination request or a job-control stop waits:
+        // the operation rolls back (or finishes) first, then the signal takes effect.
+        hotsplice_ptrace::signals::defer_interruptions();
+        hotsplice_ptrace::prepare_watchdog();
+    }
+    let code = match run(&cli) {
         Ok(code) => code,
         Err(exit) => {
+            let reported = exit.error.downcast_ref::<Reported>().is_some();
+            if cli.command.json() && !reported {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "ok": false,
+                        "class": class_of(exit.code),
+                        "error": format!("{:#}", exit.error),
+                    })
+                );
+            }
             eprintln!("hotsplice: error: {:#}", exit.error);
             ExitCode::from(exit.code)
         }
+    };
+    if cli.command.live() {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        hotsplice_ptrace::signals::allow_interruptions();
     }
+    code
 }

@@ -1,34 +1,42 @@
 //! Everything hotsplice does to a live process at the operating-system level: `/proc`
-//! ([`Process`]: threads, memory map, memory), ptrace ([`Stopped`]: every thread stopped,
-//! registers, memory writes, system calls run inside the target) and real-time scheduling of
-//! the tracer ([`Realtime`]). This is the only crate of the workspace with `unsafe` code, and
-//! it knows nothing of ELF, diffs or patches.
+//! ([`Process`]: threads, memory map, memory, signal and seccomp state), the processes sharing
+//! an address space ([`AddressSpace`]), ptrace ([`Stopped`]: every thread stopped, registers,
+//! memory writes, system calls run inside the target after evaluating its seccomp filters,
+//! per-thread pause accounting), real-time scheduling of the tracer ([`Realtime`]) and
+//! hotsplice's own signal mask ([`signals`]). This is the only crate of the workspace with
+//! `unsafe` code, and it knows nothing of ELF, diffs or patches.
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use hotsplice_ptrace::{Process, Stopped};
-//! let process = Process::new(1234).unwrap();
-//! let stopped = Stopped::stop(&process, Duration::from_secs(1)).unwrap();
+//! use hotsplice_ptrace::{AddressSpace, Stopped};
+//! let mut space = AddressSpace::open(1234).unwrap();
+//! let stopped = Stopped::stop(&mut space, Duration::from_secs(1)).unwrap();
 //! for thread in stopped.threads() {
 //!     println!("{} at {:#x}", thread.tid, thread.regs.rip);
 //! }
 //! let pause = stopped.release();
-//! println!("stopped for {:?}", pause.longest);
+//! println!("stopped for {:?} at most", pause.longest);
 //! ```
 #![deny(missing_docs)]
 
+mod kcmp;
 pub mod livepatch;
 mod process;
 mod realtime;
+pub mod seccomp;
+pub mod signals;
 mod stop;
 mod watchdog;
 
 use std::path::PathBuf;
 
 pub use libc::user_regs_struct as Registers;
-pub use process::{Mapping, Process, parse_maps};
+pub use process::{
+    Mapping, Process, SignalState, comm_of, interrupts, last_pid, parse_maps, start_time_of,
+};
 pub use realtime::Realtime;
-pub use stop::{Pause, Stopped, Thread};
+pub use stop::{AddressSpace, Pause, Stopped, Thread, syscall_name};
+pub use watchdog::prepare as prepare_watchdog;
 
 /// Kills the calling process with `SIGKILL`, for fault-injection tests of crash consistency:
 /// nothing of hotsplice runs after it, exactly as when an operator or the OOM killer kills it.
@@ -37,21 +45,12 @@ pub fn die_now() -> ! {
     std::process::abort()
 }
 
-/// `mmap` system call number (x86-64).
-pub const SYS_MMAP: i64 = libc::SYS_mmap;
-/// `munmap` system call number (x86-64).
-pub const SYS_MUNMAP: i64 = libc::SYS_munmap;
-/// `mprotect` system call number (x86-64).
-pub const SYS_MPROTECT: i64 = libc::SYS_mprotect;
 /// `PROT_READ`.
 pub const PROT_READ: u64 = libc::PROT_READ as u64;
 /// `PROT_WRITE`.
 pub const PROT_WRITE: u64 = libc::PROT_WRITE as u64;
 /// `PROT_EXEC`.
 pub const PROT_EXEC: u64 = libc::PROT_EXEC as u64;
-/// `MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE`.
-pub const MAP_ANON_FIXED_NOREPLACE: u64 =
-    (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
 
 /// Why an operation on a process failed. Every variant names the process or thread.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +76,14 @@ pub enum Error {
         /// The pid.
         pid: i32,
     },
+    /// A thread id that is not the id of a process.
+    #[error("{tid} is a thread of process {pid}, not a process; give the process id ({pid})")]
+    NotAProcess {
+        /// The number given.
+        tid: i32,
+        /// Its process.
+        pid: i32,
+    },
     /// A zombie: it has exited and cannot run code.
     #[error("process {pid} is a zombie (it has exited; its parent has not reaped it)")]
     Zombie {
@@ -98,6 +105,56 @@ pub enum Error {
         pid: i32,
         /// What was attempted.
         what: String,
+    },
+    /// Another program traces the process (a debugger, `strace`): ptrace allows one tracer.
+    #[error(
+        "thread {tid} of process {pid} is already traced by {comm} (pid {tracer}); detach it (quit the debugger or strace) and try again"
+    )]
+    Traced {
+        /// The pid.
+        pid: i32,
+        /// The thread.
+        tid: i32,
+        /// The tracer's pid.
+        tracer: i32,
+        /// The tracer's command name.
+        comm: String,
+    },
+    /// The process's seccomp filters would not let hotsplice's call through.
+    #[error(
+        "process {pid}: its seccomp filter would {verdict} on {call} (thread {tid}), which hotsplice needs to run in it; nothing was changed"
+    )]
+    Seccomp {
+        /// The pid.
+        pid: i32,
+        /// The thread.
+        tid: i32,
+        /// The system call.
+        call: &'static str,
+        /// What the filter would do.
+        verdict: seccomp::Verdict,
+    },
+    /// The process runs under seccomp filters hotsplice cannot read.
+    #[error(
+        "process {pid}: thread {tid} runs under a seccomp filter, and {why}; refusing to inject calls it might forbid"
+    )]
+    SeccompUnreadable {
+        /// The pid.
+        pid: i32,
+        /// The thread.
+        tid: i32,
+        /// Why they cannot be read.
+        why: String,
+    },
+    /// A thread waits in `vfork` for its child: it cannot be stopped until the child execs.
+    #[error(
+        "thread {tid} of process {pid} is waiting in vfork for a child to exec; try again in a moment"
+    )]
+    Vforking {
+        /// The pid.
+        pid: i32,
+        /// The thread.
+        tid: i32,
     },
     /// A thread exited while being worked on.
     #[error("thread {tid} exited while hotsplice was stopping it")]
@@ -132,14 +189,24 @@ pub enum Error {
         errno: i32,
     },
     /// A system call run inside the target failed.
-    #[error("system call {number} in thread {tid} failed: {detail}")]
+    #[error("{call} in thread {tid} failed: {detail}")]
     RemoteSyscall {
         /// The thread.
         tid: i32,
-        /// The system call number.
-        number: i64,
+        /// The system call.
+        call: &'static str,
         /// Its error number (0 when it did not complete).
         errno: i32,
+        /// What happened.
+        detail: String,
+    },
+    /// A function called inside the target did not come back as expected.
+    #[error("calling {function:#x} in thread {tid} failed: {detail}")]
+    RemoteCall {
+        /// The thread.
+        tid: i32,
+        /// The function.
+        function: u64,
         /// What happened.
         detail: String,
     },

@@ -1,4 +1,5 @@
-//! A process seen through `/proc`: threads, memory map, memory.
+//! A process seen through `/proc`: threads, memory map, memory, signal and seccomp state, and
+//! the other processes that share its address space.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -55,15 +56,91 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
         .collect()
 }
 
+/// A thread's signal state, from `/proc/PID/task/TID/status` (bit `n - 1` is signal `n`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SignalState {
+    /// Pending for the thread.
+    pub pending: u64,
+    /// Pending for the whole process.
+    pub shared_pending: u64,
+    /// Blocked by the thread.
+    pub blocked: u64,
+    /// Ignored (`SIG_IGN`).
+    pub ignored: u64,
+    /// Caught (a handler is installed).
+    pub caught: u64,
+}
+
+impl SignalState {
+    /// Parses the `Sig*`/`ShdPnd` lines of a status file.
+    pub fn parse(status: &str) -> SignalState {
+        let mut state = SignalState::default();
+        for line in status.lines() {
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            let Ok(mask) = u64::from_str_radix(value.trim(), 16) else {
+                continue;
+            };
+            match key {
+                "SigPnd" => state.pending = mask,
+                "ShdPnd" => state.shared_pending = mask,
+                "SigBlk" => state.blocked = mask,
+                "SigIgn" => state.ignored = mask,
+                "SigCgt" => state.caught = mask,
+                _ => {}
+            }
+        }
+        state
+    }
+
+    /// Whether a signal that is pending and not blocked would run a handler or stop the
+    /// thread — either of which makes an interrupted `epoll_wait`-like call return `EINTR`
+    /// in a run without any tracer.
+    pub fn would_interrupt(&self) -> bool {
+        let deliverable = (self.pending | self.shared_pending) & !self.blocked;
+        (0..64).any(|bit| deliverable & (1 << bit) != 0 && interrupts(bit + 1, self))
+    }
+}
+
+/// Whether delivering signal `signal` interrupts a blocking call (a handler runs, or the
+/// default action stops or kills), given the dispositions in `state`. Ignored signals, and
+/// those whose default action is to ignore them, do not.
+pub fn interrupts(signal: u32, state: &SignalState) -> bool {
+    let bit = 1u64 << (signal - 1);
+    if state.caught & bit != 0 {
+        return true;
+    }
+    if state.ignored & bit != 0 {
+        return false;
+    }
+    // Default action "ignore": SIGCHLD (17), SIGCONT (18), SIGURG (23), SIGWINCH (28).
+    !matches!(signal, 17 | 18 | 23 | 28)
+}
+
 /// A running process, identified by its pid, and pinned to its address space: `/proc/PID/mem`
 /// is opened once, when the process is opened, and every read and write goes through that
 /// handle. A handle refers to the address space it was opened on, so after the program
 /// `exec`s (or exits) every access fails — hotsplice can never write into a program other than
 /// the one it matched. [`Process::check_same`] tells which happened.
+///
+/// A process whose main thread has exited (`pthread_exit` in `main`) while other threads run
+/// is opened through one of the live threads (`/proc/PID/task/TID`): the main thread's own
+/// entries no longer show the address space.
 #[derive(Debug, Clone)]
 pub struct Process {
     pid: i32,
+    /// `/proc/PID`, or `/proc/PID/task/TID` of a live thread when the main thread has exited.
+    base: PathBuf,
     mem: Arc<File>,
+}
+
+fn state_letter(status: &str) -> char {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("State:"))
+        .and_then(|s| s.trim().chars().next())
+        .unwrap_or('?')
 }
 
 impl Process {
@@ -75,16 +152,30 @@ impl Process {
         }
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .map_err(|_| Error::NoSuchProcess { pid })?;
-        let state = status
+        if status
             .lines()
-            .find_map(|l| l.strip_prefix("State:"))
-            .map(str::trim)
-            .unwrap_or("");
-        if state.starts_with('Z') || state.starts_with('X') {
-            return Err(Error::Zombie { pid });
+            .find_map(|l| l.strip_prefix("Tgid:"))
+            .is_some_and(|t| t.trim() != pid.to_string())
+        {
+            return Err(Error::NotAProcess {
+                tid: pid,
+                pid: status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Tgid:"))
+                    .and_then(|t| t.trim().parse().ok())
+                    .unwrap_or(0),
+            });
+        }
+        let mut base = PathBuf::from(format!("/proc/{pid}"));
+        if matches!(state_letter(&status), 'Z' | 'X') {
+            // The main thread may have exited while others still run.
+            match Process::live_thread(pid) {
+                Some(tid) => base = PathBuf::from(format!("/proc/{pid}/task/{tid}")),
+                None => return Err(Error::Zombie { pid }),
+            }
         }
         // Kernel threads have no memory map and no executable.
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| {
+        let maps = std::fs::read_to_string(base.join("maps")).map_err(|e| {
             if e.kind() == std::io::ErrorKind::PermissionDenied {
                 Error::PermissionDenied {
                     pid,
@@ -100,8 +191,8 @@ impl Process {
         let mem = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .open(format!("/proc/{pid}/mem"))
-            .or_else(|_| File::open(format!("/proc/{pid}/mem")))
+            .open(base.join("mem"))
+            .or_else(|_| File::open(base.join("mem")))
             .map_err(|e| {
                 if e.kind() == std::io::ErrorKind::PermissionDenied {
                     Error::PermissionDenied {
@@ -114,7 +205,21 @@ impl Process {
             })?;
         Ok(Process {
             pid,
+            base,
             mem: Arc::new(mem),
+        })
+    }
+
+    /// A thread of `pid` that has not exited.
+    fn live_thread(pid: i32) -> Option<i32> {
+        let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        let mut tids: Vec<i32> = dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        tids.sort_unstable();
+        tids.into_iter().find(|tid| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+                .is_ok_and(|s| !matches!(state_letter(&s), 'Z' | 'X'))
         })
     }
 
@@ -136,22 +241,20 @@ impl Process {
 
     /// The memory map.
     pub fn maps(&self) -> Result<Vec<Mapping>, Error> {
-        let text = std::fs::read_to_string(format!("/proc/{}/maps", self.pid))
+        let text = std::fs::read_to_string(self.base.join("maps"))
             .map_err(|_| Error::NoSuchProcess { pid: self.pid })?;
         Ok(parse_maps(&text))
     }
 
     /// The executable's path, as the kernel reports it (`/proc/PID/exe`).
     pub fn exe(&self) -> Result<PathBuf, Error> {
-        std::fs::read_link(format!("/proc/{}/exe", self.pid))
+        std::fs::read_link(self.base.join("exe"))
             .map_err(|_| Error::NoSuchProcess { pid: self.pid })
     }
 
     /// The process's command name (`/proc/PID/comm`).
     pub fn comm(&self) -> String {
-        std::fs::read_to_string(format!("/proc/{}/comm", self.pid))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default()
+        comm_of(self.pid)
     }
 
     /// The bytes of a mapped file, read through `/proc/PID/map_files` (so a file replaced on
@@ -169,6 +272,34 @@ impl Process {
             path: PathBuf::from(path),
             source,
         })
+    }
+
+    /// `len` bytes at `offset` of the file behind a mapping (through `/proc/PID/map_files`,
+    /// else its path).
+    pub fn mapped_file_range(
+        &self,
+        mapping: &Mapping,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, Error> {
+        let by_range = format!(
+            "/proc/{}/map_files/{:x}-{:x}",
+            self.pid, mapping.start, mapping.end
+        );
+        let path = mapping.path.clone().unwrap_or_default();
+        let file = File::open(&by_range)
+            .or_else(|_| File::open(&path))
+            .map_err(|source| Error::File {
+                path: PathBuf::from(&path),
+                source,
+            })?;
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset)
+            .map_err(|source| Error::File {
+                path: PathBuf::from(&path),
+                source,
+            })?;
+        Ok(buf)
     }
 
     /// Writes process memory while it runs — only for memory the program does not use yet
@@ -194,7 +325,7 @@ impl Process {
         match self.mem.read_at(&mut byte, 0) {
             Ok(0) => {
                 if std::fs::metadata(format!("/proc/{}/task", self.pid)).is_ok()
-                    && Process::status_is_alive(self.pid)
+                    && Process::live_thread(self.pid).is_some()
                 {
                     Err(Error::Replaced { pid: self.pid })
                 } else {
@@ -203,14 +334,6 @@ impl Process {
             }
             _ => Ok(()),
         }
-    }
-
-    fn status_is_alive(pid: i32) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("State:"))
-                .is_some_and(|st| !st.trim().starts_with('Z') && !st.trim().starts_with('X'))
-        })
     }
 
     /// The error for a failed access at `address`: the process exec'd or exited, or the
@@ -230,14 +353,7 @@ impl Process {
     /// The process start time (clock ticks after boot, `/proc/PID/stat` field 22): with the
     /// pid, it identifies the process across pid reuse.
     pub fn start_time(&self) -> Result<u64, Error> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
-            .map_err(|_| Error::NoSuchProcess { pid: self.pid })?;
-        // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        rest.split_whitespace()
-            .nth(19)
-            .and_then(|v| v.parse().ok())
-            .ok_or(Error::NoSuchProcess { pid: self.pid })
+        start_time_of(self.pid).ok_or(Error::NoSuchProcess { pid: self.pid })
     }
 
     /// Reads process memory.
@@ -246,11 +362,129 @@ impl Process {
             .read_exact_at(buf, address)
             .map_err(|source| self.memory_error(address, buf.len(), source))
     }
+
+    /// The tracer of one of its threads, if another program traces it (a debugger, `strace`):
+    /// (its pid, its command name).
+    pub fn tracer(&self, tid: i32) -> Option<(i32, String)> {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/task/{tid}/status", self.pid)).ok()?;
+        let tracer: i32 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("TracerPid:"))?
+            .trim()
+            .parse()
+            .ok()?;
+        (tracer != 0 && tracer != std::process::id() as i32).then(|| (tracer, comm_of(tracer)))
+    }
+
+    /// A thread's seccomp mode: 0 none, 1 strict, 2 filter.
+    pub fn seccomp_mode(&self, tid: i32) -> u32 {
+        std::fs::read_to_string(format!("/proc/{}/task/{tid}/status", self.pid))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Seccomp:"))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// A thread's signal state.
+    pub fn signal_state(&self, tid: i32) -> Option<SignalState> {
+        std::fs::read_to_string(format!("/proc/{}/task/{tid}/status", self.pid))
+            .ok()
+            .map(|s| SignalState::parse(&s))
+    }
+
+    /// A thread's scheduling state letter (`R` running, `S` sleeping, `D` uninterruptible,
+    /// `T`/`t` stopped, `Z` zombie).
+    pub fn thread_state(&self, tid: i32) -> char {
+        std::fs::read_to_string(format!("/proc/{}/task/{tid}/stat", self.pid))
+            .ok()
+            .and_then(|stat| {
+                stat.rsplit_once(") ")
+                    .and_then(|(_, rest)| rest.chars().next())
+            })
+            .unwrap_or('?')
+    }
+
+    /// Whether a thread is waiting in `vfork` (or `clone(CLONE_VFORK)`, as `posix_spawn`
+    /// does) for its child to exec or exit: it cannot be stopped until then.
+    pub fn vfork_waiter(&self, tid: i32) -> bool {
+        if self.thread_state(tid) != 'D' {
+            return false;
+        }
+        std::fs::read_to_string(format!("/proc/{}/task/{tid}/syscall", self.pid))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<i64>().ok())
+            .is_some_and(|nr| matches!(nr, libc::SYS_clone | libc::SYS_vfork | libc::SYS_clone3))
+    }
+
+    /// A thread of this process waiting in `vfork`, if any (see [`Process::vfork_waiter`]).
+    pub fn vforking(&self) -> Option<i32> {
+        self.threads()
+            .ok()?
+            .into_iter()
+            .find(|&tid| self.vfork_waiter(tid))
+    }
+
+    /// Every process that shares this process's address space (`clone(CLONE_VM)` without
+    /// `CLONE_THREAD`, a `vfork` child before it execs), this one included, in pid order.
+    /// Found with `kcmp(KCMP_VM)` over `/proc`; where the kernel has no `kcmp`, only this one.
+    pub fn address_space_members(&self) -> Result<Vec<i32>, Error> {
+        let mut members = vec![self.pid];
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Ok(members);
+        };
+        let me = std::process::id() as i32;
+        for entry in entries.flatten() {
+            let Some(other) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if other == self.pid || other == me {
+                continue;
+            }
+            match crate::kcmp::same_vm(self.pid, other) {
+                Some(true) => members.push(other),
+                Some(false) => {}
+                None if crate::kcmp::unsupported() => break,
+                None => {}
+            }
+        }
+        members.sort_unstable();
+        Ok(members)
+    }
+}
+
+/// A process's command name, or an empty string.
+pub fn comm_of(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// A process's start time (clock ticks after boot).
+pub fn start_time_of(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r)?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The most recently created pid on the system (`/proc/loadavg`): unchanged between two
+/// reads means no process or thread was created in between.
+pub fn last_pid() -> Option<i32> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace().nth(4)?.parse().ok()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_maps;
+    use super::*;
 
     #[test]
     fn parses_maps_lines() {
@@ -266,5 +500,26 @@ mod tests {
         assert_eq!(maps[0].path.as_deref(), Some("/usr/sbin/my prog"));
         assert_eq!(maps[1].path.as_deref(), Some("[stack]"));
         assert_eq!(maps[2].path, None);
+    }
+
+    #[test]
+    fn signal_dispositions_decide_interruption() {
+        let status = "SigQ:\t0/1\nSigPnd:\t0000000000000000\nShdPnd:\t0000000000000200\n\
+                      SigBlk:\t0000000000000000\nSigIgn:\t0000000000001000\n\
+                      SigCgt:\t0000000000000200\n";
+        let state = SignalState::parse(status);
+        // SIGUSR1 (10) pending for the process, with a handler: interrupts.
+        assert!(state.would_interrupt());
+        // Blocked: does not.
+        let blocked = SignalState {
+            blocked: 0x200,
+            ..state
+        };
+        assert!(!blocked.would_interrupt());
+        // SIGPIPE (13) ignored, SIGCHLD (17) default-ignored: do not.
+        assert!(!interrupts(13, &state));
+        assert!(!interrupts(17, &state));
+        // SIGTERM (15) with the default action: the process dies, which interrupts too.
+        assert!(interrupts(15, &state));
     }
 }

@@ -1,13 +1,20 @@
-//! Stopping every thread of a process, working on it, and letting it go.
+//! Stopping the threads of an address space, working on them, and letting them go.
 //!
 //! [`Stopped::stop`] seizes (`PTRACE_SEIZE`) and interrupts (`PTRACE_INTERRUPT`) every thread
-//! of `/proc/PID/task`, re-reading the list until no new thread appears, so threads created
-//! meanwhile are caught. A thread interrupted inside a blocking system call (`epoll_wait`,
-//! `accept`, `nanosleep`, `futex`) has it restarted by the kernel when it resumes, because its
-//! registers are handed back exactly as they were. A signal that arrives while a thread is
-//! being stopped is delivered when it resumes. [`Stopped`] always detaches on drop, so no path
-//! leaves the target stopped.
+//! of every process sharing the address space ([`AddressSpace`]: the process itself and any
+//! `clone(CLONE_VM)` sibling or `vfork` child), re-reading the thread lists until no new
+//! thread appears, and checks that no new sharer was created meanwhile. [`Stopped::stop_one`]
+//! stops a single thread (to run a system call in the target while the others keep running).
+//!
+//! A thread interrupted inside a blocking system call has it restarted by the kernel when it
+//! resumes, because its registers are handed back exactly as they were; the few calls Linux
+//! ends with `EINTR` on any stop (`epoll_wait`, `sigtimedwait`...) are re-issued on release
+//! unless a signal that would have interrupted them anyway is pending then, so the program
+//! sees `EINTR` exactly when it would without hotsplice. A signal that arrives while a thread is
+//! stopped is delivered when it resumes. [`Stopped`] always detaches on drop, so no path leaves
+//! the target stopped, and it accounts for how long each thread was stopped ([`Pause`]).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -21,14 +28,95 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use crate::Error;
-use crate::process::Process;
+use crate::process::{Process, interrupts, last_pid};
+use crate::seccomp::{self, Verdict};
 use crate::watchdog::Watchdog;
 
-const PTRACE_EVENT_STOP: i32 = 128;
+const PTRACE_EVENT_STOP: i32 = libc::PTRACE_EVENT_STOP;
+
+/// The processes sharing one address space: the one asked for first, then any other process
+/// created with `clone(CLONE_VM)` (a `vfork` child before it execs).
+#[derive(Debug, Clone)]
+pub struct AddressSpace {
+    members: Vec<Process>,
+    /// `/proc/loadavg`'s last pid when the members were last known complete.
+    last_pid: Option<i32>,
+}
+
+impl AddressSpace {
+    /// Opens `pid` and finds every process sharing its address space.
+    pub fn open(pid: i32) -> Result<AddressSpace, Error> {
+        let process = Process::new(pid)?;
+        let last = last_pid();
+        let mut members = vec![process.clone()];
+        for other in process.address_space_members()? {
+            if other != pid
+                && let Ok(p) = Process::new(other)
+            {
+                members.push(p);
+            }
+        }
+        Ok(AddressSpace {
+            members,
+            last_pid: last,
+        })
+    }
+
+    /// The process asked for.
+    pub fn primary(&self) -> &Process {
+        &self.members[0]
+    }
+
+    /// Every process sharing the address space, the primary first.
+    pub fn members(&self) -> &[Process] {
+        &self.members
+    }
+
+    /// Their pids.
+    pub fn pids(&self) -> Vec<i32> {
+        self.members.iter().map(Process::pid).collect()
+    }
+
+    /// Processes created since the members were last known complete that share the address
+    /// space (checked inside a stop, when no member can create another).
+    fn new_members(&mut self) -> Vec<Process> {
+        let now = last_pid();
+        let before = self.last_pid;
+        self.last_pid = now;
+        let (Some(before), Some(now)) = (before, now) else {
+            return Vec::new();
+        };
+        if now == before {
+            return Vec::new();
+        }
+        let primary = self.primary().pid();
+        let candidates: Vec<i32> = if now > before && now - before <= 4096 {
+            (before + 1..=now).collect()
+        } else {
+            // Wrapped around, or a flood of new processes: look at all of them.
+            self.primary().address_space_members().unwrap_or_default()
+        };
+        let mut found = Vec::new();
+        for pid in candidates {
+            if self.members.iter().any(|m| m.pid() == pid) {
+                continue;
+            }
+            if crate::kcmp::same_vm(primary, pid) == Some(true)
+                && let Ok(p) = Process::new(pid)
+            {
+                self.members.push(p.clone());
+                found.push(p);
+            }
+        }
+        found
+    }
+}
 
 /// A stopped thread.
 #[derive(Debug, Clone)]
 pub struct Thread {
+    /// The process it belongs to.
+    pub pid: i32,
     /// Thread id.
     pub tid: i32,
     /// Its registers when it stopped (handed back unchanged on resume).
@@ -37,10 +125,11 @@ pub struct Thread {
     pending_signal: Option<Signal>,
     /// Stopped by job control (`SIGSTOP`) before we came: it stays stopped after we leave.
     pub job_stopped: bool,
-    /// When it stopped.
-    pub stopped_at: Instant,
+    /// When it was interrupted.
+    pub interrupted_at: Instant,
     /// Its system call returned `EINTR` only because we stopped it (Linux does that for
-    /// `epoll_wait` and a few others on any stop): it is re-issued on release.
+    /// `epoll_wait` and a few others on any stop): it is re-issued on release unless a signal
+    /// that interrupts it is pending by then.
     restart: bool,
 }
 
@@ -51,24 +140,27 @@ impl Thread {
     }
 }
 
-/// How long the target was stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How long threads were stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pause {
-    /// From the first thread's interrupt to the last thread's release: the longest time any
-    /// thread was stopped.
+    /// The longest time any thread was stopped: from just before its interrupt to just after
+    /// its release.
     pub longest: Duration,
     /// Threads stopped.
     pub threads: usize,
+    /// Each thread's stopped time.
+    pub per_thread: Vec<(i32, Duration)>,
 }
 
-/// Every thread of a process, stopped.
+/// Every thread of an address space (or one thread: [`Stopped::stop_one`]), stopped.
 #[derive(Debug)]
 pub struct Stopped {
     pid: i32,
     threads: Vec<Thread>,
     mem: Arc<File>,
-    process: Process,
-    first_interrupt: Instant,
+    processes: Vec<Process>,
+    /// Seccomp filters read from threads, by tid.
+    filters: HashMap<i32, Vec<Vec<seccomp::Insn>>>,
     released: bool,
 }
 
@@ -87,25 +179,50 @@ fn ptrace_error(tid: i32, operation: &'static str) -> impl Fn(Errno) -> Error {
     }
 }
 
-/// Moves a thread from the `SIGTRAP` stop a single step (or a breakpoint) left it in back to a
-/// plain interrupt stop, discarding the `SIGTRAP`. Without this, if hotsplice died before
-/// releasing the thread, the kernel would deliver that `SIGTRAP` and kill the target.
-fn settle(tid: i32) -> Result<(), Error> {
+/// What a `waitpid` on a tracee reported.
+enum Event {
+    /// The interrupt (or group-stop) stop; the signal says which.
+    Interrupted(Signal),
+    /// A signal is about to be delivered (signal-delivery-stop).
+    Signal(Signal),
+    /// A single step or a breakpoint completed.
+    Trap,
+    /// Another ptrace event.
+    Other,
+    /// The thread is gone.
+    Gone,
+    /// The watchdog's deadline passed.
+    TimedOut,
+}
+
+/// Waits for the next event of a tracee (with a deadline).
+fn wait(tid: i32, watchdog: &Watchdog) -> Result<Event, Error> {
     let pid = Pid::from_raw(tid);
-    ptrace::interrupt(pid).map_err(ptrace_error(tid, "PTRACE_INTERRUPT"))?;
-    ptrace::cont(pid, None).map_err(ptrace_error(tid, "PTRACE_CONT"))?;
     loop {
-        match waitpid(pid, Some(WaitPidFlag::__WALL)) {
-            Ok(WaitStatus::PtraceEvent(_, _, PTRACE_EVENT_STOP)) => return Ok(()),
-            Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => {
-                return Err(Error::ThreadGone { tid });
+        return Ok(match waitpid(pid, Some(WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::PtraceEvent(_, signal, PTRACE_EVENT_STOP)) => Event::Interrupted(signal),
+            Ok(WaitStatus::Stopped(_, Signal::SIGTRAP)) => Event::Trap,
+            Ok(WaitStatus::Stopped(_, signal)) => Event::Signal(signal),
+            Ok(WaitStatus::PtraceEvent(..) | WaitStatus::PtraceSyscall(_)) => Event::Other,
+            Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(Errno::ECHILD) => {
+                Event::Gone
             }
-            Ok(WaitStatus::Stopped(_, Signal::SIGTRAP)) => {
-                ptrace::cont(pid, None).map_err(ptrace_error(tid, "PTRACE_CONT"))?;
+            Ok(_) => continue,
+            Err(Errno::EINTR) => {
+                if watchdog.expired() {
+                    Event::TimedOut
+                } else {
+                    continue;
+                }
             }
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(e) => return Err(ptrace_error(tid, "waitpid")(e)),
-        }
+            Err(errno) => {
+                return Err(Error::Ptrace {
+                    tid,
+                    operation: "waitpid",
+                    errno: errno as i32,
+                });
+            }
+        });
     }
 }
 
@@ -125,101 +242,107 @@ fn thread_exiting(pid: i32, tid: i32) -> bool {
     matches!(state, Some('Z' | 'X' | 'x')) || flags & 0x4 != 0
 }
 
-/// Whether a thread (or its process) has signals pending: then an `EINTR` it got is real.
-fn signals_pending(pid: i32, tid: i32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else {
+/// Whether an `EINTR` a thread got is real: a signal that interrupts it is pending.
+fn interrupted_for_real(process: &Process, tid: i32, pending: Option<Signal>) -> bool {
+    let Some(state) = process.signal_state(tid) else {
         return true;
     };
-    status
-        .lines()
-        .filter(|l| l.starts_with("SigPnd:") || l.starts_with("ShdPnd:"))
-        .any(|l| {
-            l.split(':')
-                .nth(1)
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-                .is_none_or(|mask| mask != 0)
-        })
+    pending.is_some_and(|s| interrupts(s as u32, &state)) || state.would_interrupt()
 }
 
-/// What waiting for a thread found.
-enum Waited {
-    Stopped {
-        pending: Option<Signal>,
-        job_stopped: bool,
-    },
-    Gone,
-}
-
-/// Waits for `tid` to stop after an interrupt. Blocks in `waitpid` (polling would keep a
-/// real-time tracer on the CPU the tracee needs); a [`Watchdog`] interrupts the wait with a
-/// signal when the deadline passes.
-fn wait_for_stop(tid: i32, watchdog: &Watchdog) -> Result<Waited, Error> {
-    let pid = Pid::from_raw(tid);
-    loop {
-        match waitpid(pid, Some(WaitPidFlag::__WALL)) {
-            Ok(WaitStatus::PtraceEvent(_, signal, PTRACE_EVENT_STOP)) => {
-                let job_stopped = matches!(
-                    signal,
-                    Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU
-                );
-                return Ok(Waited::Stopped {
-                    pending: None,
-                    job_stopped,
-                });
-            }
-            Ok(WaitStatus::Stopped(_, signal)) => {
-                // A signal arrived first: the thread is stopped for its delivery. Keep it to
-                // deliver on release.
-                return Ok(Waited::Stopped {
-                    pending: Some(signal),
-                    job_stopped: false,
-                });
-            }
-            Ok(WaitStatus::PtraceEvent(..) | WaitStatus::PtraceSyscall(_)) => {
-                // Another ptrace event; the interrupt stop follows.
-                let _ = ptrace::cont(pid, None);
-            }
-            Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(Errno::ECHILD) => {
-                return Ok(Waited::Gone);
-            }
-            Ok(_) => {}
-            Err(Errno::EINTR) => {
-                if watchdog.expired() {
-                    return Err(Error::ThreadWontStop { tid });
-                }
-            }
-            Err(errno) => {
-                return Err(Error::Ptrace {
-                    tid,
-                    operation: "waitpid",
-                    errno: errno as i32,
-                });
-            }
-        }
+/// The name of a system call hotsplice injects, for messages.
+pub fn syscall_name(number: i64) -> &'static str {
+    match number {
+        libc::SYS_mmap => "mmap",
+        libc::SYS_munmap => "munmap",
+        libc::SYS_mprotect => "mprotect",
+        _ => "a system call",
     }
 }
 
 impl Stopped {
-    /// Stops every thread of `process`. Waits at most `timeout` for any one thread (a thread in
-    /// uninterruptible sleep cannot stop); on failure every thread already stopped is released.
-    pub fn stop(process: &Process, timeout: Duration) -> Result<Stopped, Error> {
-        let pid = process.pid();
-        let mut stopped = Stopped {
-            pid,
+    fn empty(space: &AddressSpace) -> Stopped {
+        Stopped {
+            pid: space.primary().pid(),
             threads: Vec::new(),
-            mem: process.mem().clone(),
-            process: process.clone(),
-            first_interrupt: Instant::now(),
+            mem: space.primary().mem().clone(),
+            processes: space.members().to_vec(),
+            filters: HashMap::new(),
             released: false,
-        };
+        }
+    }
+
+    /// Stops every thread of every process of `space`. Waits at most `timeout` for any one
+    /// thread (a thread in uninterruptible sleep cannot stop); on failure every thread already
+    /// stopped is released. A process that joined the address space since it was opened is
+    /// stopped too and added to `space`.
+    pub fn stop(space: &mut AddressSpace, timeout: Duration) -> Result<Stopped, Error> {
+        let mut stopped = Stopped::empty(space);
         let watchdog = Watchdog::start(timeout);
+        let mut pending: Vec<Process> = space.members().to_vec();
+        let primary = space.primary().pid();
+        loop {
+            for process in &pending {
+                let pid = process.pid();
+                // A sharer that exec'd or exited since no longer shares anything.
+                if pid != primary && crate::kcmp::same_vm(primary, pid) != Some(true) {
+                    continue;
+                }
+                match stopped.stop_process(process, &watchdog) {
+                    Err(Error::NoSuchProcess { .. }) if pid != primary => {}
+                    Err(Error::ThreadWontStop { tid }) => {
+                        drop(watchdog);
+                        return Err(match process.vfork_waiter(tid) {
+                            true => Error::Vforking { pid, tid },
+                            false => Error::ThreadWontStop { tid },
+                        });
+                    }
+                    other => other?,
+                }
+            }
+            // Every known thread is stopped: none can create a new sharer from here on.
+            pending = space.new_members();
+            if pending.is_empty() {
+                break;
+            }
+            stopped.processes.extend(pending.iter().cloned());
+        }
+        if !stopped.threads.iter().any(|t| t.pid == stopped.pid) {
+            return Err(Error::NoSuchProcess { pid: stopped.pid });
+        }
+        // Every thread is stopped, so the program cannot exec from here until release; it must
+        // not have exec'd before either.
+        space.primary().check_same()?;
+        Ok(stopped)
+    }
+
+    /// Stops one thread of `space` only, preferring one blocked in a system call (it would not
+    /// have run anyway): enough to run a system call in the target while its other threads run.
+    pub fn stop_one(space: &AddressSpace, timeout: Duration) -> Result<Stopped, Error> {
+        let process = space.primary();
+        let tids = process.threads()?;
+        let (mut order, running): (Vec<i32>, Vec<i32>) =
+            tids.iter().partition(|&&t| process.thread_state(t) == 'S');
+        order.extend(running);
+        let mut stopped = Stopped::empty(space);
+        let watchdog = Watchdog::start(timeout);
+        for tid in order {
+            if stopped.stop_thread(process, tid, &watchdog)? {
+                process.check_same()?;
+                return Ok(stopped);
+            }
+        }
+        Err(Error::NoSuchProcess { pid: process.pid() })
+    }
+
+    fn stop_process(&mut self, process: &Process, watchdog: &Watchdog) -> Result<(), Error> {
+        let pid = process.pid();
         let mut seen: Vec<i32> = Vec::new();
-        let mut first = true;
         loop {
             let tids = process.threads()?;
             let new: Vec<i32> = tids.into_iter().filter(|t| !seen.contains(t)).collect();
             if new.is_empty() {
-                break;
+                return Ok(());
             }
             let mut seized = Vec::new();
             for &tid in &new {
@@ -229,17 +352,23 @@ impl Stopped {
                     Err(Errno::ESRCH) => {} // exited meanwhile
                     // An exiting thread cannot be attached (EPERM): it runs no more user code.
                     Err(Errno::EPERM) if thread_exiting(pid, tid) => {}
+                    Err(Errno::EPERM) if process.tracer(tid).is_some() => {
+                        let (tracer, comm) = process.tracer(tid).unwrap_or_default();
+                        return Err(Error::Traced {
+                            pid,
+                            tid,
+                            tracer,
+                            comm,
+                        });
+                    }
                     Err(e) => return Err(ptrace_error(tid, "PTRACE_SEIZE")(e)),
                 }
             }
-            if first {
-                stopped.first_interrupt = Instant::now();
-                first = false;
-            }
             let mut interrupted = Vec::new();
             for tid in seized {
+                let at = Instant::now();
                 match ptrace::interrupt(Pid::from_raw(tid)) {
-                    Ok(()) => interrupted.push(tid),
+                    Ok(()) => interrupted.push((tid, at)),
                     Err(Errno::ESRCH) => {}
                     Err(e) => {
                         let _ = ptrace::detach(Pid::from_raw(tid), None);
@@ -247,46 +376,100 @@ impl Stopped {
                     }
                 }
             }
-            for tid in interrupted {
-                match wait_for_stop(tid, &watchdog) {
-                    Ok(Waited::Stopped {
-                        pending,
-                        job_stopped,
-                    }) => {
-                        let regs = match ptrace::getregs(Pid::from_raw(tid)) {
-                            Ok(regs) => regs,
-                            Err(Errno::ESRCH) => continue,
-                            Err(e) => return Err(ptrace_error(tid, "PTRACE_GETREGS")(e)),
-                        };
-                        let restart = pending.is_none()
-                            && !job_stopped
-                            && (regs.orig_rax as i64) >= 0
-                            && regs.rax as i64 == -(libc::EINTR as i64)
-                            && !signals_pending(pid, tid);
-                        stopped.threads.push(Thread {
-                            tid,
-                            regs,
-                            pending_signal: pending,
-                            job_stopped,
-                            stopped_at: Instant::now(),
-                            restart,
-                        });
-                    }
-                    Ok(Waited::Gone) => {}
-                    Err(e) => {
-                        let _ = ptrace::detach(Pid::from_raw(tid), None);
-                        return Err(e);
-                    }
-                }
+            for (tid, at) in interrupted {
+                self.await_stop(process, tid, at, watchdog)?;
             }
         }
-        if stopped.threads.is_empty() {
-            return Err(Error::NoSuchProcess { pid });
+    }
+
+    /// Seizes and interrupts one thread; false when it turned out to be gone.
+    fn stop_thread(
+        &mut self,
+        process: &Process,
+        tid: i32,
+        watchdog: &Watchdog,
+    ) -> Result<bool, Error> {
+        match ptrace::seize(Pid::from_raw(tid), ptrace::Options::empty()) {
+            Ok(()) => {}
+            Err(Errno::ESRCH) => return Ok(false),
+            Err(Errno::EPERM) if thread_exiting(process.pid(), tid) => return Ok(false),
+            Err(Errno::EPERM) if process.tracer(tid).is_some() => {
+                let (tracer, comm) = process.tracer(tid).unwrap_or_default();
+                return Err(Error::Traced {
+                    pid: process.pid(),
+                    tid,
+                    tracer,
+                    comm,
+                });
+            }
+            Err(e) => return Err(ptrace_error(tid, "PTRACE_SEIZE")(e)),
         }
-        // Every thread is stopped, so the program cannot exec from here until release; it must
-        // not have exec'd before either.
-        process.check_same()?;
-        Ok(stopped)
+        let at = Instant::now();
+        match ptrace::interrupt(Pid::from_raw(tid)) {
+            Ok(()) => {}
+            Err(Errno::ESRCH) => return Ok(false),
+            Err(e) => {
+                let _ = ptrace::detach(Pid::from_raw(tid), None);
+                return Err(ptrace_error(tid, "PTRACE_INTERRUPT")(e));
+            }
+        }
+        let before = self.threads.len();
+        self.await_stop(process, tid, at, watchdog)?;
+        Ok(self.threads.len() > before)
+    }
+
+    /// Waits for an interrupted thread to stop and records it.
+    fn await_stop(
+        &mut self,
+        process: &Process,
+        tid: i32,
+        interrupted_at: Instant,
+        watchdog: &Watchdog,
+    ) -> Result<(), Error> {
+        let fail = |e: Error| {
+            let _ = ptrace::detach(Pid::from_raw(tid), None);
+            e
+        };
+        let (pending, job_stopped) = loop {
+            match wait(tid, watchdog).map_err(fail)? {
+                Event::Interrupted(signal) => {
+                    let job = matches!(
+                        signal,
+                        Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU
+                    );
+                    break (None, job);
+                }
+                // A signal arrived first: the thread is stopped for its delivery. Keep it to
+                // deliver on release.
+                Event::Signal(signal) => break (Some(signal), false),
+                Event::Trap => break (Some(Signal::SIGTRAP), false),
+                Event::Other => {
+                    let _ = ptrace::cont(Pid::from_raw(tid), None);
+                }
+                Event::Gone => return Ok(()),
+                Event::TimedOut => return Err(fail(Error::ThreadWontStop { tid })),
+            }
+        };
+        let regs = match ptrace::getregs(Pid::from_raw(tid)) {
+            Ok(regs) => regs,
+            Err(Errno::ESRCH) => return Ok(()),
+            Err(e) => return Err(fail(ptrace_error(tid, "PTRACE_GETREGS")(e))),
+        };
+        let restart = pending.is_none()
+            && !job_stopped
+            && (regs.orig_rax as i64) >= 0
+            && regs.rax as i64 == -(libc::EINTR as i64)
+            && !interrupted_for_real(process, tid, None);
+        self.threads.push(Thread {
+            pid: process.pid(),
+            tid,
+            regs,
+            pending_signal: pending,
+            job_stopped,
+            interrupted_at,
+            restart,
+        });
+        Ok(())
     }
 
     /// The stopped threads.
@@ -294,16 +477,23 @@ impl Stopped {
         &self.threads
     }
 
-    /// The process id.
+    /// The primary process id.
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    fn process_of(&self, pid: i32) -> &Process {
+        self.processes
+            .iter()
+            .find(|p| p.pid() == pid)
+            .unwrap_or(&self.processes[0])
     }
 
     /// Reads memory of the stopped process.
     pub fn read(&mut self, address: u64, buf: &mut [u8]) -> Result<(), Error> {
         self.mem
             .read_exact_at(buf, address)
-            .map_err(|source| self.process.memory_error(address, buf.len(), source))
+            .map_err(|source| self.processes[0].memory_error(address, buf.len(), source))
     }
 
     /// Reads several ranges in as few system calls as possible (`process_vm_readv`, falling
@@ -359,7 +549,7 @@ impl Stopped {
             Ok(()) => Ok(()),
             Err(first) => self
                 .poke(address, data)
-                .map_err(|_| self.process.memory_error(address, data.len(), first)),
+                .map_err(|_| self.processes[0].memory_error(address, data.len(), first)),
         }
     }
 
@@ -387,14 +577,11 @@ impl Stopped {
         Ok(())
     }
 
-    /// Runs a system call in the target, on one of its stopped threads, and returns its
-    /// result. The thread's registers (and any byte borrowed for the `syscall` instruction)
-    /// are restored exactly, so an interrupted system call of that thread still restarts.
-    pub fn syscall(&mut self, number: i64, args: [u64; 6]) -> Result<i64, Error> {
-        // Prefer a thread stopped in a system call: the `syscall` instruction it just executed
-        // is at rip - 2, so no byte of the target needs changing.
-        // A thread stopped by job control is used only when every thread is: running it for
-        // the call does not end the job-control stop, which holds again once we detach.
+    /// The thread to run an injected call on: one stopped in a system call if possible (its
+    /// `syscall` instruction can be reused), never one with a signal to deliver, and a
+    /// job-stopped one only when every thread is (running it for the call does not end the
+    /// job-control stop, which holds again once we detach).
+    fn pick_thread(&self) -> Result<(usize, bool), Error> {
         let mut choice = None;
         for job_stopped in [false, true] {
             for (i, t) in self.threads.iter().enumerate() {
@@ -402,22 +589,65 @@ impl Stopped {
                     continue;
                 }
                 if t.in_syscall() && t.regs.rip >= 2 {
-                    choice = Some((i, true));
-                    break;
+                    return Ok((i, true));
                 }
                 if choice.is_none() {
                     choice = Some((i, false));
                 }
             }
-            if choice.is_some() {
-                break;
+            if let Some(c) = choice {
+                return Ok(c);
             }
         }
-        let Some((index, in_syscall)) = choice else {
-            return Err(Error::NoUsableThread { pid: self.pid });
-        };
+        Err(Error::NoUsableThread { pid: self.pid })
+    }
+
+    /// What the seccomp filters of thread `index` would do with a call.
+    fn seccomp_verdict(
+        &mut self,
+        index: usize,
+        number: i64,
+        ip: u64,
+        args: [u64; 6],
+    ) -> Result<Verdict, Error> {
+        let t = &self.threads[index];
+        let (pid, tid) = (t.pid, t.tid);
+        match self.process_of(pid).seccomp_mode(tid) {
+            0 => return Ok(Verdict::Allow),
+            // Strict mode allows only read, write, exit and sigreturn.
+            1 => return Ok(Verdict::Kill),
+            _ => {}
+        }
+        if let std::collections::hash_map::Entry::Vacant(entry) = self.filters.entry(tid) {
+            let filters = seccomp::filters(tid).map_err(|failure| Error::SeccompUnreadable {
+                pid,
+                tid,
+                why: match failure {
+                    seccomp::ReadFailure::Unsupported => {
+                        "this kernel cannot show them (no PTRACE_SECCOMP_GET_FILTER)".to_string()
+                    }
+                    seccomp::ReadFailure::NotPermitted => {
+                        "hotsplice may not read them (it needs CAP_SYS_ADMIN)".to_string()
+                    }
+                    seccomp::ReadFailure::Other(e) => e.desc().to_string(),
+                },
+            })?;
+            entry.insert(filters);
+        }
+        let data = seccomp::seccomp_data(number, ip, args);
+        Ok(seccomp::evaluate(&self.filters[&tid], &data))
+    }
+
+    /// Runs a system call in the target, on one of its stopped threads, and returns its
+    /// result. The thread's seccomp filters are evaluated first: a call they would not allow is
+    /// not made (`Error::Seccomp`). The thread's registers (and any byte borrowed for the
+    /// `syscall` instruction) are restored exactly, so an interrupted system call of that
+    /// thread still restarts.
+    pub fn syscall(&mut self, number: i64, args: [u64; 6]) -> Result<i64, Error> {
+        let (index, in_syscall) = self.pick_thread()?;
         let saved = self.threads[index].regs;
         let tid = self.threads[index].tid;
+        let pid = self.threads[index].pid;
         let mut insn = saved.rip;
         let mut borrowed = None;
         if in_syscall {
@@ -431,29 +661,78 @@ impl Stopped {
         } else {
             borrowed = Some(saved.rip);
         }
+        let verdict = self.seccomp_verdict(index, number, insn + 2, args)?;
+        if verdict != Verdict::Allow {
+            return Err(Error::Seccomp {
+                pid,
+                tid,
+                call: syscall_name(number),
+                verdict,
+            });
+        }
         let mut original = [0u8; 2];
         if let Some(at) = borrowed {
             self.read(at, &mut original)?;
             self.write(at, &[0x0f, 0x05])?;
         }
-        let result = self.step_syscall(tid, insn, number, args, saved);
+        let result = self.step_syscall(index, insn, number, args, saved);
         // Always put the thread back as it was.
         if let Some(at) = borrowed {
             self.write(at, &original)?;
         }
         ptrace::setregs(Pid::from_raw(tid), saved).map_err(ptrace_error(tid, "PTRACE_SETREGS"))?;
-        settle(tid)?;
+        self.settle(index)?;
         result
+    }
+
+    /// `mmap(hint, len, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)` in the
+    /// target: the address, which is `hint` unless the kernel ignores the flag.
+    pub fn mmap(&mut self, hint: u64, len: u64, prot: u64) -> Result<u64, Error> {
+        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
+        self.syscall(libc::SYS_mmap, [hint, len, prot, flags, u64::MAX, 0])
+            .map(|a| a as u64)
+    }
+
+    /// `munmap(address, len)` in the target.
+    pub fn munmap(&mut self, address: u64, len: u64) -> Result<(), Error> {
+        self.syscall(libc::SYS_munmap, [address, len, 0, 0, 0, 0])
+            .map(|_| ())
+    }
+
+    /// Moves a thread from the `SIGTRAP` stop a single step (or a breakpoint) left it in back to
+    /// a plain interrupt stop, discarding the `SIGTRAP`. Without this, if hotsplice died before
+    /// releasing the thread, the kernel would deliver that `SIGTRAP` and kill the target.
+    fn settle(&mut self, index: usize) -> Result<(), Error> {
+        let tid = self.threads[index].tid;
+        let pid = Pid::from_raw(tid);
+        ptrace::interrupt(pid).map_err(ptrace_error(tid, "PTRACE_INTERRUPT"))?;
+        ptrace::cont(pid, None).map_err(ptrace_error(tid, "PTRACE_CONT"))?;
+        let watchdog = Watchdog::start(Duration::from_secs(2));
+        loop {
+            match wait(tid, &watchdog)? {
+                Event::Interrupted(_) => return Ok(()),
+                Event::Gone => return Err(Error::ThreadGone { tid }),
+                Event::TimedOut => return Err(Error::ThreadWontStop { tid }),
+                Event::Signal(signal) => {
+                    self.threads[index].pending_signal.get_or_insert(signal);
+                    ptrace::cont(pid, None).map_err(ptrace_error(tid, "PTRACE_CONT"))?;
+                }
+                Event::Trap | Event::Other => {
+                    ptrace::cont(pid, None).map_err(ptrace_error(tid, "PTRACE_CONT"))?;
+                }
+            }
+        }
     }
 
     fn step_syscall(
         &mut self,
-        tid: i32,
+        index: usize,
         insn: u64,
         number: i64,
         args: [u64; 6],
         saved: user_regs_struct,
     ) -> Result<i64, Error> {
+        let tid = self.threads[index].tid;
         let pid = Pid::from_raw(tid);
         let mut regs = saved;
         regs.rip = insn;
@@ -469,35 +748,27 @@ impl Stopped {
         ptrace::step(pid, None).map_err(ptrace_error(tid, "PTRACE_SINGLESTEP"))?;
         let watchdog = Watchdog::start(Duration::from_secs(5));
         loop {
-            match waitpid(pid, Some(WaitPidFlag::__WALL)) {
-                Err(Errno::EINTR) if watchdog.expired() => {
-                    return Err(Error::ThreadWontStop { tid });
-                }
-                Ok(WaitStatus::Stopped(_, Signal::SIGTRAP)) => break,
-                Ok(WaitStatus::PtraceEvent(_, _, PTRACE_EVENT_STOP)) => {
-                    // A thread taken from a job-control stop traps once more on resume
-                    // (the stop seen when seizing it, and our interrupt): step again.
+            match wait(tid, &watchdog)? {
+                Event::Trap => break,
+                // A thread taken from a job-control stop traps once more on resume (the stop
+                // seen when seizing it, and our interrupt): step again.
+                Event::Interrupted(_) | Event::Other => {
                     ptrace::step(pid, None).map_err(ptrace_error(tid, "PTRACE_SINGLESTEP"))?;
                 }
-                Ok(WaitStatus::Stopped(_, signal)) => {
+                Event::Signal(signal) => {
                     // Another signal came first: keep it for release and step again.
-                    if let Some(t) = self.threads.iter_mut().find(|t| t.tid == tid) {
-                        t.pending_signal.get_or_insert(signal);
-                    }
+                    self.threads[index].pending_signal.get_or_insert(signal);
                     ptrace::step(pid, None).map_err(ptrace_error(tid, "PTRACE_SINGLESTEP"))?;
                 }
-                Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => {
-                    return Err(Error::ThreadGone { tid });
-                }
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(e) => return Err(ptrace_error(tid, "waitpid")(e)),
+                Event::Gone => return Err(Error::ThreadGone { tid }),
+                Event::TimedOut => return Err(Error::ThreadWontStop { tid }),
             }
         }
         let after = ptrace::getregs(pid).map_err(ptrace_error(tid, "PTRACE_GETREGS"))?;
         if after.rip != insn + 2 {
             return Err(Error::RemoteSyscall {
                 tid,
-                number,
+                call: syscall_name(number),
                 errno: 0,
                 detail: format!(
                     "the thread stopped at {:#x}, not after the syscall",
@@ -509,7 +780,7 @@ impl Stopped {
         if (-4095..0).contains(&value) {
             return Err(Error::RemoteSyscall {
                 tid,
-                number,
+                call: syscall_name(number),
                 errno: (-value) as i32,
                 detail: Errno::from_raw((-value) as i32).desc().to_string(),
             });
@@ -549,77 +820,135 @@ impl Stopped {
             ptrace::cont(pid, None).map_err(ptrace_error(tid, "PTRACE_CONT"))?;
             let watchdog = Watchdog::start(Duration::from_secs(1));
             loop {
-                match waitpid(pid, Some(WaitPidFlag::__WALL)) {
-                    Ok(WaitStatus::Stopped(_, Signal::SIGTRAP)) => break,
-                    Ok(WaitStatus::PtraceEvent(_, _, PTRACE_EVENT_STOP)) => {
+                match wait(tid, &watchdog)? {
+                    Event::Trap => break,
+                    Event::Interrupted(_) | Event::Other => {
                         ptrace::cont(pid, None).map_err(ptrace_error(tid, "PTRACE_CONT"))?;
                     }
-                    Ok(WaitStatus::Stopped(_, signal)) => {
-                        if let Some(t) = self.threads.iter_mut().find(|t| t.tid == tid) {
-                            t.pending_signal.get_or_insert(signal);
-                        }
+                    Event::Signal(signal) => {
+                        self.threads[index].pending_signal.get_or_insert(signal);
                         ptrace::cont(pid, None).map_err(ptrace_error(tid, "PTRACE_CONT"))?;
                     }
-                    Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => {
-                        return Err(Error::ThreadGone { tid });
-                    }
-                    Err(Errno::EINTR) if watchdog.expired() => {
+                    Event::Gone => return Err(Error::ThreadGone { tid }),
+                    Event::TimedOut => {
                         // It did not come back: stop it where it is.
                         let _ = ptrace::interrupt(pid);
                         let _ = waitpid(pid, Some(WaitPidFlag::__WALL));
-                        return Err(Error::RemoteSyscall {
+                        return Err(Error::RemoteCall {
                             tid,
-                            number: -1,
-                            errno: 0,
-                            detail: format!("the call to {function:#x} did not return"),
+                            function,
+                            detail: "it did not return within a second".into(),
                         });
                     }
-                    Ok(_) | Err(Errno::EINTR) => {}
-                    Err(e) => return Err(ptrace_error(tid, "waitpid")(e)),
                 }
             }
             let after = ptrace::getregs(pid).map_err(ptrace_error(tid, "PTRACE_GETREGS"))?;
             if after.rip != trap + 1 {
-                return Err(Error::RemoteSyscall {
+                return Err(Error::RemoteCall {
                     tid,
-                    number: -1,
-                    errno: 0,
-                    detail: format!("the call to {function:#x} trapped at {:#x}", after.rip),
+                    function,
+                    detail: format!("it trapped at {:#x}", after.rip),
                 });
             }
             Ok(after.rax)
         })();
         ptrace::setregs(pid, saved).map_err(ptrace_error(tid, "PTRACE_SETREGS"))?;
-        settle(tid)?;
+        self.settle(index)?;
         result
     }
 
-    /// Lets every thread go (delivering signals that arrived meanwhile) and reports how long
-    /// the target was stopped.
-    pub fn release(mut self) -> Pause {
-        self.detach_all();
-        Pause {
-            longest: self.first_interrupt.elapsed(),
-            threads: self.threads.len(),
+    /// Lets one stopped thread run alone for about `slice` while every other thread stays
+    /// stopped, then stops it again; its registers are updated. Used when a thread is found
+    /// inside code about to be replaced although it is runnable (it was merely preempted):
+    /// it usually leaves within microseconds. Returns false when the thread exited meanwhile
+    /// (it is then dropped from the stopped set).
+    pub fn let_run(&mut self, tid: i32, slice: Duration) -> Result<bool, Error> {
+        let Some(index) = self.threads.iter().position(|t| t.tid == tid) else {
+            return Ok(false);
+        };
+        if self.threads[index].job_stopped {
+            return Ok(true);
         }
+        let pid = Pid::from_raw(tid);
+        // Hand it back exactly as it stopped (a restarted call restarts).
+        let mut regs = self.threads[index].regs;
+        if self.threads[index].restart {
+            regs.rip -= 2;
+            regs.rax = regs.orig_rax;
+            ptrace::setregs(pid, regs).map_err(ptrace_error(tid, "PTRACE_SETREGS"))?;
+            self.threads[index].restart = false;
+        }
+        ptrace::cont(pid, None).map_err(ptrace_error(tid, "PTRACE_CONT"))?;
+        std::thread::sleep(slice);
+        let watchdog = Watchdog::start(Duration::from_secs(2));
+        match ptrace::interrupt(pid) {
+            Ok(()) => {}
+            Err(Errno::ESRCH) => {
+                self.threads.remove(index);
+                return Ok(false);
+            }
+            Err(e) => return Err(ptrace_error(tid, "PTRACE_INTERRUPT")(e)),
+        }
+        loop {
+            match wait(tid, &watchdog)? {
+                Event::Interrupted(_) => break,
+                Event::Signal(signal) => {
+                    self.threads[index].pending_signal.get_or_insert(signal);
+                    ptrace::cont(pid, None).map_err(ptrace_error(tid, "PTRACE_CONT"))?;
+                }
+                Event::Trap | Event::Other => {
+                    ptrace::cont(pid, None).map_err(ptrace_error(tid, "PTRACE_CONT"))?;
+                }
+                Event::Gone => {
+                    self.threads.remove(index);
+                    return Ok(false);
+                }
+                Event::TimedOut => return Err(Error::ThreadWontStop { tid }),
+            }
+        }
+        let regs = ptrace::getregs(pid).map_err(ptrace_error(tid, "PTRACE_GETREGS"))?;
+        let t = &self.threads[index];
+        let restart = t.pending_signal.is_none()
+            && (regs.orig_rax as i64) >= 0
+            && regs.rax as i64 == -(libc::EINTR as i64)
+            && !interrupted_for_real(self.process_of(t.pid), tid, None);
+        let t = &mut self.threads[index];
+        t.regs = regs;
+        t.restart = restart;
+        Ok(true)
     }
 
-    fn detach_all(&mut self) {
+    /// Lets every thread go (delivering signals that arrived meanwhile) and reports how long
+    /// each was stopped.
+    pub fn release(mut self) -> Pause {
+        self.detach_all()
+    }
+
+    fn detach_all(&mut self) -> Pause {
         if self.released {
-            return;
+            return Pause::default();
         }
+        self.released = true;
+        let mut per_thread = Vec::with_capacity(self.threads.len());
         for t in &self.threads {
-            if t.restart {
-                // Re-issue the interrupted call: back over the `syscall` instruction with
-                // the call number in rax; its argument registers are still intact.
+            let process = self.process_of(t.pid);
+            // Re-issue a call that got `EINTR` only from our stop — unless a signal that would
+            // interrupt it arrived meanwhile: then it returns `EINTR` after the handler runs,
+            // as it would have without hotsplice.
+            if t.restart && !interrupted_for_real(process, t.tid, t.pending_signal) {
                 let mut regs = t.regs;
                 regs.rip -= 2;
                 regs.rax = regs.orig_rax;
                 let _ = ptrace::setregs(Pid::from_raw(t.tid), regs);
             }
             let _ = ptrace::detach(Pid::from_raw(t.tid), t.pending_signal);
+            per_thread.push((t.tid, t.interrupted_at.elapsed()));
         }
-        self.released = true;
+        Pause {
+            longest: per_thread.iter().map(|&(_, d)| d).max().unwrap_or_default(),
+            threads: per_thread.len(),
+            per_thread,
+        }
     }
 }
 

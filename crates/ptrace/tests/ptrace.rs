@@ -5,10 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
-use hotsplice_ptrace::{
-    Error, MAP_ANON_FIXED_NOREPLACE, PROT_EXEC, PROT_READ, Process, Realtime, SYS_MMAP, SYS_MUNMAP,
-    Stopped,
-};
+use hotsplice_ptrace::{AddressSpace, Error, PROT_EXEC, PROT_READ, Process, Realtime, Stopped};
 
 fn fixture(name: &str) -> PathBuf {
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ptrace");
@@ -73,10 +70,12 @@ fn stop_inject_write_release_keeps_blocking_calls_intact() {
     let pid = target.child.id() as i32;
     let process = Process::new(pid).unwrap();
     assert_eq!(process.threads().unwrap().len(), 7);
+    let mut space = AddressSpace::open(pid).unwrap();
+    assert_eq!(space.pids(), [pid]);
 
     for _round in 0..5 {
         let _rt = Realtime::raise();
-        let mut stopped = Stopped::stop(&process, Duration::from_secs(2)).unwrap();
+        let mut stopped = Stopped::stop(&mut space, Duration::from_secs(2)).unwrap();
         assert_eq!(stopped.threads().len(), 7);
         assert!(
             stopped.threads().iter().filter(|t| t.in_syscall()).count() >= 5,
@@ -90,33 +89,18 @@ fn stop_inject_write_release_keeps_blocking_calls_intact() {
             .find(|m| m.path.as_deref() == Some(exe.to_str().unwrap()))
             .unwrap();
         let hint = (exe_map.start - (64 << 20)) & !0xfff;
-        let addr = stopped
-            .syscall(
-                SYS_MMAP,
-                [
-                    hint,
-                    4096,
-                    PROT_READ | PROT_EXEC,
-                    MAP_ANON_FIXED_NOREPLACE,
-                    u64::MAX,
-                    0,
-                ],
-            )
-            .unwrap();
-        assert_eq!(addr as u64, hint);
+        let addr = stopped.mmap(hint, 4096, PROT_READ | PROT_EXEC).unwrap();
+        assert_eq!(addr, hint);
         // Memory writes into a read-only executable mapping go through /proc/PID/mem.
         stopped.write(hint, &[0xc3, 0x90, 0x90, 0x90]).unwrap();
         let mut back = [0u8; 4];
         stopped.read(hint, &mut back).unwrap();
         assert_eq!(back, [0xc3, 0x90, 0x90, 0x90]);
-        assert_eq!(
-            stopped
-                .syscall(SYS_MUNMAP, [hint, 4096, 0, 0, 0, 0])
-                .unwrap(),
-            0
-        );
+        stopped.munmap(hint, 4096).unwrap();
         let pause = stopped.release();
         assert_eq!(pause.threads, 7);
+        assert_eq!(pause.per_thread.len(), 7);
+        assert!(pause.per_thread.iter().all(|&(_, d)| d <= pause.longest));
         std::thread::sleep(Duration::from_millis(250));
     }
     let report = target.finish();

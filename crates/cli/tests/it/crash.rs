@@ -11,15 +11,16 @@ const APPLY_POINTS: &[&str] = &[
     "mapped",
     "loaded",
     "checked",
-    "between-jumps",
-    "jumped",
+    "between-writes",
+    "written",
     "released",
 ];
 const UNDO_POINTS: &[&str] = &[
-    "undo-checked",
-    "undo-between",
-    "undo-restored",
-    "undo-unmap",
+    "checked",
+    "between-writes",
+    "written",
+    "released",
+    "restored",
 ];
 
 fn hotsplice_with_fault(fault: &str, args: &[&str]) -> std::process::Output {

@@ -341,7 +341,16 @@ fn never_returning_function_is_refused_with_that_reason() {
     let (bundle, _) = setup.bundle("park.patch", "");
     let app = App::start(&setup.app, 1);
     let pid = app.pid();
-    let checked = ok(&setup.live("check", bundle.to_str().unwrap(), pid));
+    // `check` predicts what apply will do: refuse (exit 1), naming the thread's main loop.
+    let out = setup.live("check", bundle.to_str().unwrap(), pid);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let checked = json(&out);
+    let prediction = &checked["processes"][0]["prediction"];
+    assert_eq!(prediction["action"], "refuse", "{checked}");
+    assert!(
+        prediction["detail"].as_str().unwrap().contains("park"),
+        "{checked}"
+    );
     let entry = entry_of(&checked, "park");
     let before = app.bytes(entry, 16);
     let out = hotsplice(&[

@@ -12,10 +12,12 @@ mod bad_input;
 /// `hotsplice build` and `info` on the bundled fixture project.
 mod build;
 /// Crash consistency: hotsplice killed at each step, then `recover`.
+#[cfg(feature = "fault-injection")]
 mod crash;
 /// `hotsplice diff`.
 mod diff;
 /// The target exits, execs, forks, takes signals or is job-stopped during an apply.
+#[cfg(feature = "fault-injection")]
 mod lifecycle;
 /// `hotsplice check | apply | undo | list` on real processes.
 mod live;

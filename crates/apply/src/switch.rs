@@ -1,0 +1,441 @@
+//! The one primitive that changes live code: stop every thread of the address space, look at
+//! every stack, and — only if no thread is in (or due to return into) code that must be idle —
+//! check that each site still holds what it should, write it, read it back, and let the
+//! threads go. Apply, undo and recover all go through [`switch`]; they differ only in what
+//! they decide from the stopped threads and in what they do inside the stop around the
+//! writes.
+//!
+//! A thread found inside such code while it is runnable (merely preempted there) is let run
+//! alone for moments, the others staying stopped, until it leaves ([`Options::let_run`]);
+//! a thread blocked in a system call under it makes the whole attempt wait and retry
+//! ([`Options::retries`]). Between attempts the target runs. Every stop is accounted per
+//! thread ([`PauseLog`]).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use hotsplice_ptrace::{AddressSpace, Mapping, Pause, Realtime, Stopped, signals};
+
+use crate::mapped::Cfi;
+use crate::safety::{self, Busy, ThreadView};
+use crate::{Error, Options, faults, unwind};
+
+/// How long each thread was stopped by one invocation, over all its stops.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PauseLog {
+    per_thread: HashMap<i32, Duration>,
+    /// How many times threads were stopped (all-thread and one-thread stops).
+    pub stops: u32,
+    /// Whether every stop ran at real-time priority.
+    pub realtime: bool,
+}
+
+impl PauseLog {
+    /// A log with nothing stopped yet.
+    pub fn new() -> PauseLog {
+        PauseLog {
+            realtime: true,
+            ..PauseLog::default()
+        }
+    }
+
+    /// Adds one stop.
+    pub fn add(&mut self, pause: &Pause, realtime: bool) {
+        self.stops += 1;
+        self.realtime &= realtime;
+        for &(tid, d) in &pause.per_thread {
+            *self.per_thread.entry(tid).or_default() += d;
+        }
+    }
+
+    /// Adds every stop of another log.
+    pub fn merge(&mut self, other: &PauseLog) {
+        self.stops += other.stops;
+        self.realtime &= other.realtime;
+        for (&tid, &d) in &other.per_thread {
+            *self.per_thread.entry(tid).or_default() += d;
+        }
+    }
+
+    /// The longest total time any one thread was stopped.
+    pub fn longest(&self) -> Duration {
+        self.per_thread.values().copied().max().unwrap_or_default()
+    }
+
+    /// Threads stopped at least once.
+    pub fn threads(&self) -> usize {
+        self.per_thread.len()
+    }
+}
+
+/// A site to change: what it must hold now, and what to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SiteWrite {
+    /// Address.
+    pub site: u64,
+    /// What it must hold before the write.
+    pub expect: [u8; 5],
+    /// What to write.
+    pub write: [u8; 5],
+}
+
+/// What the caller decides from the stopped threads.
+#[derive(Debug)]
+pub enum Decision {
+    /// Write these sites.
+    Write(Vec<SiteWrite>),
+    /// A thread is in code that must be idle.
+    Busy(Busy),
+}
+
+/// Inside the stop, around the writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Every check passed, nothing written yet.
+    BeforeWrites,
+    /// Every site written and read back.
+    AfterWrites,
+}
+
+/// What a hook asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proceed {
+    /// Go on.
+    Yes,
+    /// Let the threads go without writing anything; the caller will plan again.
+    Replan,
+}
+
+/// How a switch ended.
+#[derive(Debug, Clone)]
+pub struct Switched {
+    /// Stops it took.
+    pub attempts: u32,
+    /// The sites written (empty after [`Proceed::Replan`]).
+    pub written: Vec<SiteWrite>,
+    /// Threads stopped in the last stop.
+    pub threads: usize,
+}
+
+/// Fails with [`Error::Stopped`] when hotsplice was asked to stop (SIGINT, SIGTERM...).
+pub fn interrupted() -> Result<(), Error> {
+    match signals::pending_interruption() {
+        Some(signal) => Err(Error::Stopped {
+            signal: signal.as_str(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Sleeps, waking early to fail when hotsplice is asked to stop.
+pub fn sleep(duration: Duration) -> Result<(), Error> {
+    let until = Instant::now() + duration;
+    loop {
+        interrupted()?;
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        std::thread::sleep(left.min(Duration::from_millis(10)));
+    }
+}
+
+/// Waits (a bounded time) while a thread of the address space sits in `vfork`: it cannot be
+/// stopped until its child execs or exits, which is normally a matter of milliseconds.
+fn wait_for_vfork(space: &AddressSpace, options: &Options) -> Result<(), Error> {
+    let deadline = Instant::now() + options.stop_timeout;
+    loop {
+        let waiting = space
+            .members()
+            .iter()
+            .find_map(|p| p.vforking().map(|tid| (p.pid(), tid)));
+        match waiting {
+            None => return Ok(()),
+            Some((pid, tid)) if Instant::now() >= deadline => {
+                return Err(hotsplice_ptrace::Error::Vforking { pid, tid }.into());
+            }
+            Some(_) => sleep(Duration::from_millis(1))?,
+        }
+    }
+}
+
+/// Stops every thread of the space (at real-time priority where permitted), retrying briefly
+/// while a thread waits in `vfork`.
+pub fn stop_all(space: &mut AddressSpace, options: &Options) -> Result<(Stopped, Realtime), Error> {
+    loop {
+        wait_for_vfork(space, options)?;
+        let rt = Realtime::raise();
+        match Stopped::stop(space, options.stop_timeout) {
+            Ok(stopped) => return Ok((stopped, rt)),
+            Err(hotsplice_ptrace::Error::Vforking { .. }) => {
+                drop(rt);
+                sleep(Duration::from_millis(1))?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// What each thread looks like to the safety check: its IP, the return addresses on its
+/// stack (by unwinding), and the part of the stack unwinding could not account for. `maps`
+/// is read before the stop (re-read only for a stack it does not cover); memory is read
+/// through the stopped process: this runs inside the pause. `only` limits it to one thread.
+pub fn thread_views(
+    stopped: &mut Stopped,
+    cfi: &Cfi,
+    maps: &[Mapping],
+    only: Option<i32>,
+) -> Vec<ThreadView> {
+    let modules = cfi.modules();
+    let mut cache = unwind::StepCache::default();
+    let mut fresh: Option<Vec<Mapping>> = None;
+    let threads: Vec<(i32, u64, u64, u64, bool)> = stopped
+        .threads()
+        .iter()
+        .filter(|t| only.is_none_or(|tid| tid == t.tid))
+        .map(|t| (t.tid, t.regs.rip, t.regs.rsp, t.regs.rbp, t.in_syscall()))
+        .collect();
+    // Where each stack ends, then all stacks in one read.
+    let mut ranges = Vec::with_capacity(threads.len());
+    for &(_, _, rsp, _, _) in &threads {
+        let covering = |maps: &[Mapping]| {
+            maps.iter()
+                .find(|m| rsp >= m.start && rsp < m.end)
+                .map(|m| m.end)
+        };
+        let end = match covering(maps) {
+            Some(end) => end,
+            None => {
+                let pid = stopped.pid();
+                let again = fresh.get_or_insert_with(|| {
+                    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+                        .map(|t| hotsplice_ptrace::parse_maps(&t))
+                        .unwrap_or_default()
+                });
+                covering(again).unwrap_or(rsp)
+            }
+        };
+        ranges.push((rsp, (end - rsp).min(16 << 20) as usize));
+    }
+    let stacks = stopped.read_many(&ranges);
+    let mut views = Vec::with_capacity(threads.len());
+    for ((tid, rip, rsp, rbp, blocked), stack) in threads.into_iter().zip(stacks) {
+        let end = rsp + stack.len() as u64;
+        let read = |address: u64| -> Option<u64> {
+            let at = address.checked_sub(rsp)? as usize;
+            let word = stack.get(at..at + 8)?;
+            Some(u64::from_le_bytes(word.try_into().ok()?))
+        };
+        let walked = unwind::walk(rip, rsp, rbp, &modules, &mut cache, &read);
+        let (conservative, start) = match walked.unknown_from {
+            Some(from) if from >= rsp => {
+                let skip = ((from - rsp) as usize).min(stack.len());
+                (stack[skip..].to_vec(), from)
+            }
+            Some(_) => (stack.clone(), rsp),
+            None => (Vec::new(), end),
+        };
+        views.push(ThreadView {
+            tid,
+            blocked,
+            rip,
+            complete: walked.unknown_from.is_none(),
+            return_addresses: walked.return_addresses,
+            stack: conservative,
+            stack_start: start,
+        });
+    }
+    views
+}
+
+/// The error for a switch that found a thread busy at every attempt.
+pub fn busy_error(pid: i32, history: &[Busy], attempts: u32, options: &Options) -> Error {
+    let last = history.last().expect("at least one attempt");
+    let same = history
+        .iter()
+        .all(|b| b.tid == last.tid && b.function == last.function);
+    if same && history.len() > 1 && last.main_loop() {
+        return Error::AlwaysBusy {
+            pid,
+            tid: last.tid,
+            function: last.function.clone(),
+            attempts,
+        };
+    }
+    let why = if last.blocked {
+        format!(
+            "{last} (waiting for I/O, a lock or a timer); retry when it is idle, or give it longer with --retries/--retry-delay"
+        )
+    } else {
+        format!(
+            "{last}, and did not leave it while let run alone for {} µs; retry later",
+            options.let_run.as_micros()
+        )
+    };
+    Error::Busy {
+        pid,
+        detail: why,
+        attempts,
+    }
+}
+
+/// Stops the address space until no thread is busy (by `decide`), then checks and writes the
+/// sites `decide` returns. `hook` runs inside the stop before and after the writes (it may
+/// ask to [`Proceed::Replan`]). Fails without writing anything if a site does not hold what it
+/// should ([`Error::Tampered`]) or a thread stays busy; a write that does not read back is
+/// rolled back ([`Error::WriteFailed`]).
+pub fn switch(
+    space: &mut AddressSpace,
+    cfi: &Cfi,
+    options: &Options,
+    pauses: &mut PauseLog,
+    decide: &mut dyn FnMut(&[ThreadView]) -> Decision,
+    hook: &mut dyn FnMut(&mut Stopped, Stage) -> Result<Proceed, Error>,
+) -> Result<Switched, Error> {
+    let pid = space.primary().pid();
+    let mut history: Vec<Busy> = Vec::new();
+    for attempt in 1..=options.retries + 1 {
+        interrupted()?;
+        let maps = space.primary().maps()?;
+        let (mut stopped, rt) = stop_all(space, options)?;
+        let realtime = rt.active();
+        let outcome = decide_with_let_run(&mut stopped, cfi, &maps, options, decide);
+        let writes = match outcome {
+            Ok(Decision::Write(writes)) => writes,
+            Ok(Decision::Busy(busy)) => {
+                pauses.add(&stopped.release(), realtime);
+                drop(rt);
+                history.push(busy);
+                if attempt <= options.retries {
+                    sleep(options.retry_delay)?;
+                }
+                continue;
+            }
+            Err(e) => {
+                pauses.add(&stopped.release(), realtime);
+                return Err(e);
+            }
+        };
+        faults::point("checked");
+        let result = write_sites(&mut stopped, pid, &writes, hook);
+        let pause = stopped.release();
+        pauses.add(&pause, realtime);
+        drop(rt);
+        faults::point("released");
+        return match result {
+            Ok(Proceed::Yes) => Ok(Switched {
+                attempts: attempt,
+                written: writes,
+                threads: pause.threads,
+            }),
+            Ok(Proceed::Replan) => Ok(Switched {
+                attempts: attempt,
+                written: Vec::new(),
+                threads: pause.threads,
+            }),
+            Err(e) => Err(e),
+        };
+    }
+    Err(busy_error(pid, &history, options.retries + 1, options))
+}
+
+/// Decides; while a runnable thread is busy, lets it run alone in growing slices (the others
+/// stay stopped) within the let-run budget, and decides again.
+fn decide_with_let_run(
+    stopped: &mut Stopped,
+    cfi: &Cfi,
+    maps: &[Mapping],
+    options: &Options,
+    decide: &mut dyn FnMut(&[ThreadView]) -> Decision,
+) -> Result<Decision, Error> {
+    let mut views = thread_views(stopped, cfi, maps, None);
+    let started = Instant::now();
+    let mut slice = Duration::ZERO;
+    loop {
+        let decision = decide(&views);
+        let Decision::Busy(busy) = &decision else {
+            return Ok(decision);
+        };
+        let runnable = !busy.blocked
+            && !matches!(busy.how, safety::How::StackWord(_))
+            && stopped
+                .threads()
+                .iter()
+                .any(|t| t.tid == busy.tid && !t.job_stopped);
+        if !runnable || started.elapsed() >= options.let_run {
+            return Ok(decision);
+        }
+        let tid = busy.tid;
+        let alive = stopped.let_run(tid, slice)?;
+        slice = (slice * 2)
+            .max(Duration::from_micros(20))
+            .min(Duration::from_micros(200));
+        views.retain(|v| v.tid != tid);
+        if alive {
+            views.extend(thread_views(stopped, cfi, maps, Some(tid)));
+        }
+    }
+}
+
+/// Inside the stop: checks every site, runs the hook, writes and reads back, rolls back on
+/// failure.
+fn write_sites(
+    stopped: &mut Stopped,
+    pid: i32,
+    writes: &[SiteWrite],
+    hook: &mut dyn FnMut(&mut Stopped, Stage) -> Result<Proceed, Error>,
+) -> Result<Proceed, Error> {
+    for w in writes {
+        let mut now = [0u8; 5];
+        stopped.read(w.site, &mut now)?;
+        if now != w.expect {
+            return Err(Error::Tampered {
+                pid,
+                address: w.site,
+            });
+        }
+    }
+    if hook(stopped, Stage::BeforeWrites)? == Proceed::Replan {
+        return Ok(Proceed::Replan);
+    }
+    let mut done: Vec<&SiteWrite> = Vec::new();
+    for w in writes {
+        let mut back = [0u8; 5];
+        let ok = stopped.write(w.site, &w.write).is_ok()
+            && stopped.read(w.site, &mut back).is_ok()
+            && back == w.write;
+        if !ok {
+            for d in done.iter().rev() {
+                let _ = stopped.write(d.site, &d.expect);
+            }
+            let _ = stopped.write(w.site, &w.expect);
+            return Err(Error::WriteFailed {
+                pid,
+                address: w.site,
+            });
+        }
+        done.push(w);
+        if done.len() == 1 && writes.len() > 1 {
+            faults::point("between-writes");
+        }
+    }
+    faults::point("written");
+    hook(stopped, Stage::AfterWrites)
+}
+
+/// One stop to look: what `decide` says of the threads right now, and how long it took
+/// (`check`'s dry run of the safety check).
+pub fn look(
+    space: &mut AddressSpace,
+    cfi: &Cfi,
+    options: &Options,
+    pauses: &mut PauseLog,
+    decide: &mut dyn FnMut(&[ThreadView]) -> Decision,
+) -> Result<Decision, Error> {
+    let maps = space.primary().maps()?;
+    let (mut stopped, rt) = stop_all(space, options)?;
+    let views = thread_views(&mut stopped, cfi, &maps, None);
+    let decision = decide(&views);
+    pauses.add(&stopped.release(), rt.active());
+    Ok(decision)
+}
