@@ -121,6 +121,24 @@ pub struct Built {
     pub json: serde_json::Value,
 }
 
+/// The harness's signing key pair (`target/kernel/keys/kernel.{key,pub}`, made on first
+/// use): modules are signed at build, and the guest trusts the public key.
+fn keys(hotsplice: &Path) -> (PathBuf, PathBuf) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = root.join("target/kernel/keys");
+    let (secret, public) = (dir.join("kernel.key"), dir.join("kernel.pub"));
+    if !secret.exists() || !public.exists() {
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::remove_file(&secret);
+        let _ = std::fs::remove_file(&public);
+        let _ = Command::new(hotsplice)
+            .args(["key", "generate", "--out"])
+            .arg(dir.join("kernel"))
+            .output();
+    }
+    (secret, public)
+}
+
 /// `hotsplice build --kernel --json` for the stock kernel's assets.
 fn build_command(
     a: &Assets,
@@ -132,6 +150,7 @@ fn build_command(
     output: &Path,
 ) -> Command {
     let mut c = Command::new(hotsplice);
+    c.env("HOTSPLICE_SIGNING_KEY", keys(hotsplice).0);
     c.args(["build", "--kernel", "--json", "--source"])
         .arg(source)
         .arg("--config")
@@ -216,7 +235,23 @@ pub fn run_guest(
     files.extend(qemu::hotsplice_files(hotsplice)?);
     for (name, path) in modules {
         files.push(File::from_host(&format!("/{name}"), path, 0o644)?);
+        // Its signature, and the key the guest trusts (`kernel apply` refuses unsigned ones).
+        let mut signature = path.as_os_str().to_owned();
+        signature.push(".hsig");
+        let signature = PathBuf::from(signature);
+        if signature.exists() {
+            files.push(File::from_host(
+                &format!("/{name}.hsig"),
+                &signature,
+                0o644,
+            )?);
+        }
     }
+    files.push(File::from_host(
+        "/etc/hotsplice/trusted-keys/kernel.pub",
+        &keys(hotsplice).1,
+        0o644,
+    )?);
     let mut loading = String::new();
     for rel in load {
         let name = Path::new(rel)

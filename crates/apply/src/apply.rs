@@ -17,7 +17,7 @@ use hotsplice_ptrace::{
 use crate::link::{self, Layout, Resolved};
 use crate::mapped::Cfi;
 use crate::observe::observe;
-use crate::prepare::{Prepared, prepare};
+use crate::prepare::{Prepared, prepare, prove_referenced};
 use crate::redirect::{self, Redirect};
 use crate::resolve::{Lookup, Resolver};
 use crate::safety::{self, Range};
@@ -95,7 +95,8 @@ pub fn plan<'b>(
         });
     }
     let maps = process.maps()?;
-    let prepared = prepare(bundle, process, &maps, &state)?;
+    let mut prepared = prepare(bundle, process, &maps, &state)?;
+    prove_referenced(&mut prepared, process, &state)?;
     Resolver::new(&prepared, process, &maps).resolve_all()?;
     Ok(Plan {
         prepared,
@@ -190,6 +191,12 @@ struct Load {
 }
 
 fn map_region(stopped: &mut Stopped, region: &Region, prot: u64) -> Result<bool, Error> {
+    // The memory must be unmappable again (undo, or a failure): the target's seccomp filters
+    // must allow that too.
+    stopped.check_syscall(
+        nix::libc::SYS_munmap,
+        [region.address, region.size, 0, 0, 0, 0],
+    )?;
     match stopped.mmap(region.address, region.size, prot) {
         Ok(address) if address == region.address => Ok(true),
         Ok(address) => {

@@ -414,3 +414,105 @@ fn settle_interchangeable(
         }
     }
 }
+
+/// When the process runs another build than the bundle's own (its build-id differs, or one of
+/// them has none), proves every function the new code uses — not only those it replaces — by
+/// run-pre matching: a function of the same name with another signature would otherwise be
+/// called with the wrong arguments. Their proven addresses are then what the new code is
+/// linked against.
+pub fn prove_referenced(
+    prepared: &mut Prepared<'_>,
+    process: &Process,
+    state: &ProcessState,
+) -> Result<(), Error> {
+    let bundle = prepared.bundle;
+    let running = prepared
+        .module
+        .image
+        .build_id
+        .as_ref()
+        .map(|b| hotsplice_bundle::hex::encode(b));
+    if running.is_some() && running == bundle.target.build_id {
+        return Ok(());
+    }
+    let pid = process.pid();
+    let memory = LiveMemory {
+        process,
+        overlay: overlay(state),
+    };
+    for (o, object) in bundle.objects.iter().enumerate() {
+        let relocs: Vec<Vec<PreReloc>> = object
+            .referenced
+            .iter()
+            .map(|r| {
+                r.pre_relocs
+                    .iter()
+                    .map(|x| PreReloc {
+                        offset: x.offset,
+                        r_type: x.r_type,
+                        symbol: match &x.target {
+                            PreTarget::Symbol { symbol } => Some(symbol.name.clone()),
+                            PreTarget::Anonymous { .. } => None,
+                        },
+                        addend: x.addend,
+                    })
+                    .collect()
+            })
+            .collect();
+        let wanted: Vec<Wanted<'_>> = object
+            .referenced
+            .iter()
+            .zip(&relocs)
+            .map(|(r, relocs)| Wanted {
+                name: &r.name,
+                local: r.local,
+                source_file: object.source_file.as_deref(),
+                pre: PreCode {
+                    code: &r.pre_code,
+                    relocs,
+                },
+            })
+            .collect();
+        let found = locate(
+            &prepared.module.image,
+            prepared.module.bias,
+            &wanted,
+            &memory,
+        );
+        for (r, outcome) in object.referenced.iter().zip(found) {
+            let unproven = |detail: String| Error::Unproven {
+                pid,
+                function: r.name.clone(),
+                running: running.clone().unwrap_or_else(|| "none".into()),
+                built: bundle
+                    .target
+                    .build_id
+                    .clone()
+                    .unwrap_or_else(|| "none".into()),
+                detail,
+            };
+            match outcome {
+                Found::Located { matched, .. } => {
+                    prepared.learned.insert(
+                        (r.local.then_some(o), r.name.clone()),
+                        Learned::Address(matched.address),
+                    );
+                }
+                Found::NotFound { mismatch, .. } => {
+                    process.check_same()?;
+                    return Err(unproven(match mismatch {
+                        Some(m) => format!("its running code differs from the one the bundle was built against {m}"),
+                        None => "no function of the running program matches the code the bundle was built against".into(),
+                    }));
+                }
+                Found::Ambiguous { addresses } => {
+                    return Err(unproven(format!(
+                        "its code matches at {} places, and nothing tells them apart",
+                        addresses.len()
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -22,19 +22,33 @@ pub enum Recovered {
     RolledBack,
     /// The operation was completed.
     Completed,
+    /// Another hotsplice is still running it: left alone.
+    InProgress,
 }
 
 /// `hotsplice recover`: every journal in the state directory when `pids` is empty.
 pub fn recover(pids: &[i32], options: &Options) -> Result<Vec<(i32, RecoveryOutcome)>, Error> {
     let dir = StateDir::open(&options.state_dir)?;
-    let pids: Vec<i32> = if pids.is_empty() {
-        dir.journal_pids()
-    } else {
-        pids.to_vec()
-    };
-    Ok(pids
+    if !pids.is_empty() {
+        return Ok(pids
+            .iter()
+            .map(|&pid| (pid, recover_one(&dir, pid, options)))
+            .collect());
+    }
+    // Every journal found: one that another hotsplice finishes meanwhile is not an error, and
+    // one it is still running is left alone.
+    Ok(dir
+        .journal_pids()
         .into_iter()
-        .map(|pid| (pid, recover_one(&dir, pid, options)))
+        .filter_map(|pid| match recover_one(&dir, pid, options) {
+            Err(Error::NotInterrupted { .. }) => None,
+            Err(Error::Locked { .. }) => dir
+                .read_journal(pid)
+                .ok()
+                .flatten()
+                .map(|j| (pid, Ok((j, Recovered::InProgress)))),
+            other => Some((pid, other)),
+        })
         .collect())
 }
 

@@ -138,10 +138,23 @@ pub fn undo_locked(
             None => Decision::Write(writes.clone()),
         },
         &mut |stopped, stage| {
-            // A single-threaded target: unmap in the same stop (no thread is in the memory,
-            // and no jump leads there any more).
-            if stage == Stage::AfterWrites && single {
-                unmapped.set(unmap(stopped, &patch.regions).is_ok());
+            match stage {
+                // The memory must be unmapped afterwards: make sure the target's seccomp
+                // filters allow it before changing anything.
+                Stage::BeforeWrites => {
+                    for r in &patch.regions {
+                        stopped.check_syscall(
+                            nix::libc::SYS_munmap,
+                            [r.address, r.size, 0, 0, 0, 0],
+                        )?;
+                    }
+                }
+                // A single-threaded target: unmap in the same stop (no thread is in the
+                // memory, and no jump leads there any more).
+                Stage::AfterWrites if single => {
+                    unmapped.set(unmap(stopped, &patch.regions).is_ok());
+                }
+                Stage::AfterWrites => {}
             }
             Ok(Proceed::Yes)
         },

@@ -4,8 +4,8 @@ use hotsplice_objdiff::patchset as ps;
 use hotsplice_objdiff::{ObjectDiff, Status};
 
 use crate::model::{
-    Binding, FunctionStatus, Link, ObjectPatch, Piece, PieceKind, PreReloc, PreTarget, Refusal,
-    Reloc, Replacement, SymbolClass, SymbolRef,
+    Binding, FunctionStatus, Link, ObjectPatch, Piece, PieceKind, PreReloc, PreTarget, Referenced,
+    Refusal, Reloc, Replacement, SymbolClass, SymbolRef,
 };
 
 fn symbol(s: &ps::SymbolRef) -> SymbolRef {
@@ -51,6 +51,21 @@ fn piece(p: &ps::Piece) -> Piece {
     }
 }
 
+fn pre_relocs(relocs: &[ps::PreReloc]) -> Vec<PreReloc> {
+    relocs
+        .iter()
+        .map(|p| PreReloc {
+            offset: p.offset,
+            r_type: p.r_type,
+            target: match &p.target {
+                ps::PreTarget::Symbol(s) => PreTarget::Symbol { symbol: symbol(s) },
+                ps::PreTarget::Anonymous(what) => PreTarget::Anonymous { what: what.clone() },
+            },
+            addend: p.addend,
+        })
+        .collect()
+}
+
 fn replacement(r: &ps::Replacement) -> Replacement {
     Replacement {
         name: r.name.clone(),
@@ -58,19 +73,17 @@ fn replacement(r: &ps::Replacement) -> Replacement {
         local: r.local,
         piece: r.piece,
         pre_code: r.pre_code.clone(),
-        pre_relocs: r
-            .pre_relocs
-            .iter()
-            .map(|p| PreReloc {
-                offset: p.offset,
-                r_type: p.r_type,
-                target: match &p.target {
-                    ps::PreTarget::Symbol(s) => PreTarget::Symbol { symbol: symbol(s) },
-                    ps::PreTarget::Anonymous(what) => PreTarget::Anonymous { what: what.clone() },
-                },
-                addend: p.addend,
-            })
-            .collect(),
+        pre_relocs: pre_relocs(&r.pre_relocs),
+    }
+}
+
+/// The on-disk form of a function the new code uses.
+pub fn referenced(r: &ps::Referenced) -> Referenced {
+    Referenced {
+        name: r.name.clone(),
+        local: r.local,
+        pre_code: r.pre_code.clone(),
+        pre_relocs: pre_relocs(&r.pre_relocs),
     }
 }
 
@@ -81,6 +94,7 @@ pub fn object_patch(diff: &ObjectDiff, set: &ps::PatchSet) -> ObjectPatch {
         source_file: set.source_file.clone(),
         pieces: set.pieces.iter().map(piece).collect(),
         replacements: set.replacements.iter().map(replacement).collect(),
+        referenced: set.referenced.iter().map(referenced).collect(),
         bindings: diff
             .bindings
             .iter()

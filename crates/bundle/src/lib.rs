@@ -40,7 +40,7 @@ pub enum Error {
     NotABundle,
     /// A bundle of a format version this hotsplice does not read.
     #[error(
-        "bundle format version {0} is not supported (this hotsplice reads version {FORMAT_VERSION})"
+        "bundle format version {0} is not supported (this hotsplice reads versions 1 to {FORMAT_VERSION})"
     )]
     UnsupportedVersion(u32),
     /// The file ends early.

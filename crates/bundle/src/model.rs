@@ -64,6 +64,10 @@ pub struct ObjectPatch {
     pub pieces: Vec<Piece>,
     /// Functions to redirect.
     pub replacements: Vec<Replacement>,
+    /// Functions of this object the new code calls or takes the address of without replacing
+    /// them, with their pre-build code (format version 2).
+    #[serde(default)]
+    pub referenced: Vec<Referenced>,
     /// Which existing function-local static each patched function uses.
     pub bindings: Vec<Binding>,
     /// Per function of the object that is not unchanged: name and status.
@@ -219,6 +223,22 @@ pub struct Replacement {
     pub local: bool,
     /// Index of the piece holding the new version.
     pub piece: usize,
+    /// Pre-build code, hex in the file.
+    #[serde(with = "hex")]
+    pub pre_code: Vec<u8>,
+    /// Pre-build relocations.
+    pub pre_relocs: Vec<PreReloc>,
+}
+
+/// A function the new code uses, proven by run-pre matching when the running program is not
+/// the bundle's own build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Referenced {
+    /// Name in the pre build.
+    pub name: String,
+    /// Local (`static`).
+    pub local: bool,
     /// Pre-build code, hex in the file.
     #[serde(with = "hex")]
     pub pre_code: Vec<u8>,

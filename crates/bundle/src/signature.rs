@@ -161,6 +161,75 @@ pub fn verify(sealed: &Sealed, trusted: &[PublicKey]) -> Result<String, Untruste
     Err(Untrusted::UnknownSigners(unknown))
 }
 
+/// The first line of a detached signature file.
+pub const DETACHED_HEADER: &str = "hotsplice-signature v1";
+
+fn file_message(sha256: &str) -> Vec<u8> {
+    format!("hotsplice-file-v1:{sha256}").into_bytes()
+}
+
+/// A detached signature of a file that is not a bundle (a kernel livepatch module), as the
+/// text of its `.hsig` file: the header, the file's SHA-256, then one `KEY-ID SIGNATURE` line
+/// per signer. `existing` (the text of the file's current `.hsig`, if any) keeps its other
+/// signers when it covers the same content.
+pub fn sign_detached(bytes: &[u8], key: &SecretKey, existing: Option<&str>) -> String {
+    let sha = sha256_hex(bytes);
+    let signature = key.key.sign(&file_message(&sha));
+    let mut lines: Vec<String> = existing
+        .and_then(|text| {
+            let mut l = text.lines();
+            (l.next() == Some(DETACHED_HEADER) && l.next() == Some(sha.as_str()))
+                .then(|| l.map(str::to_string).collect::<Vec<_>>())
+        })
+        .unwrap_or_default();
+    let id = key.public().id();
+    lines.retain(|l| !l.starts_with(&id) && !l.trim().is_empty());
+    lines.push(format!("{id} {}", hex::encode(&signature.to_bytes())));
+    format!("{DETACHED_HEADER}\n{sha}\n{}\n", lines.join("\n"))
+}
+
+/// The id of the trusted key whose detached signature (`signature`: a `.hsig` file's text)
+/// on `bytes` verifies.
+pub fn verify_detached(
+    bytes: &[u8],
+    signature: &str,
+    trusted: &[PublicKey],
+) -> Result<String, Untrusted> {
+    let mut lines = signature.lines();
+    if lines.next() != Some(DETACHED_HEADER) {
+        return Err(Untrusted::Unsigned);
+    }
+    let sha = sha256_hex(bytes);
+    if lines.next() != Some(sha.as_str()) {
+        return Err(Untrusted::BadSignature(
+            "(the signature is for other content)".to_string(),
+        ));
+    }
+    let msg = file_message(&sha);
+    let mut unknown = Vec::new();
+    for line in lines {
+        let Some((id, sig)) = line.split_once(' ') else {
+            continue;
+        };
+        let Some(key) = trusted.iter().find(|k| k.id() == id) else {
+            unknown.push(id.to_string());
+            continue;
+        };
+        let Some(raw) = hex::decode(sig.trim()).and_then(|b| <[u8; 64]>::try_from(b).ok()) else {
+            return Err(Untrusted::BadSignature(id.to_string()));
+        };
+        return match key.key.verify(&msg, &Ed25519Signature::from_bytes(&raw)) {
+            Ok(()) => Ok(id.to_string()),
+            Err(_) => Err(Untrusted::BadSignature(id.to_string())),
+        };
+    }
+    if unknown.is_empty() {
+        Err(Untrusted::Unsigned)
+    } else {
+        Err(Untrusted::UnknownSigners(unknown))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,5 +290,41 @@ mod tests {
         unsigned.envelope.signatures.clear();
         assert_eq!(verify(&unsigned, &[public]), Err(Untrusted::Unsigned));
         assert!(SecretKey::from_text("nonsense").is_err());
+    }
+
+    #[test]
+    fn detached_signatures_cover_exactly_the_file() {
+        let a = SecretKey::generate().unwrap();
+        let b = SecretKey::generate().unwrap();
+        let module = b"\x7fELF module bytes".to_vec();
+        let once = sign_detached(&module, &a, None);
+        assert_eq!(
+            verify_detached(&module, &once, &[a.public()]),
+            Ok(a.public().id())
+        );
+        let twice = sign_detached(&module, &b, Some(&once));
+        assert_eq!(
+            verify_detached(&module, &twice, &[b.public()]),
+            Ok(b.public().id())
+        );
+        assert_eq!(
+            verify_detached(&module, &twice, &[a.public()]),
+            Ok(a.public().id())
+        );
+        let mut changed = module.clone();
+        changed.push(0);
+        assert!(matches!(
+            verify_detached(&changed, &once, &[a.public()]),
+            Err(Untrusted::BadSignature(_))
+        ));
+        let other = SecretKey::generate().unwrap().public();
+        assert!(matches!(
+            verify_detached(&module, &once, &[other]),
+            Err(Untrusted::UnknownSigners(_))
+        ));
+        assert_eq!(
+            verify_detached(&module, "garbage", &[a.public()]),
+            Err(Untrusted::Unsigned)
+        );
     }
 }

@@ -10,6 +10,26 @@ fn invalid(what: String) -> Error {
     Error::Invalid(what)
 }
 
+/// Every relocation of pre-build code inside the code.
+fn pre_code_relocs(
+    code: &[u8],
+    relocs: &[crate::PreReloc],
+    at: impl Fn() -> String,
+) -> Result<(), Error> {
+    let size = code.len() as u64;
+    for reloc in relocs {
+        let end = reloc.offset.checked_add(field_width(reloc.r_type));
+        if end.is_none_or(|end| end > size) {
+            return Err(invalid(format!(
+                "{}: pre-code relocation at {:#x} lies outside the function",
+                at(),
+                reloc.offset
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Checks the structural invariants of a bundle.
 pub fn check(bundle: &Bundle) -> Result<(), Error> {
     if !bundle.id.starts_with("hs-") || bundle.id.len() > 64 {
@@ -80,17 +100,11 @@ pub fn check(bundle: &Bundle) -> Result<(), Error> {
             if object.pieces[replacement.piece].kind != PieceKind::Code {
                 return Err(invalid(format!("{}: new version is not code", at())));
             }
-            let size = replacement.pre_code.len() as u64;
-            for reloc in &replacement.pre_relocs {
-                let end = reloc.offset.checked_add(field_width(reloc.r_type));
-                if end.is_none_or(|end| end > size) {
-                    return Err(invalid(format!(
-                        "{}: pre-code relocation at {:#x} lies outside the function",
-                        at(),
-                        reloc.offset
-                    )));
-                }
-            }
+            pre_code_relocs(&replacement.pre_code, &replacement.pre_relocs, at)?;
+        }
+        for referenced in &object.referenced {
+            let at = || format!("{}: referenced {}", object.object, referenced.name);
+            pre_code_relocs(&referenced.pre_code, &referenced.pre_relocs, at)?;
         }
     }
     Ok(())

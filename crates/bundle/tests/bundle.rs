@@ -72,7 +72,7 @@ fn round_trip_preserves_everything() {
     let bundle = sample();
     assert!(!bundle.objects[0].replacements.is_empty());
     let bytes = write(&bundle).unwrap();
-    assert!(bytes.starts_with(b"hotsplice-bundle 1\n"));
+    assert!(bytes.starts_with(b"hotsplice-bundle 2\n"));
     let sealed = read(&bytes).unwrap();
     assert_eq!(sealed.bundle, bundle);
     assert!(sealed.envelope.signatures.is_empty());
@@ -83,9 +83,13 @@ fn defects_are_typed_errors() {
     let bytes = write(&sample()).unwrap();
     assert!(matches!(read(b"ELF garbage"), Err(Error::NotABundle)));
     assert!(matches!(read(b""), Err(Error::NotABundle)));
-    let mut v2 = bytes.clone();
-    v2[17] = b'2';
-    assert!(matches!(read(&v2), Err(Error::UnsupportedVersion(2))));
+    let mut v3 = bytes.clone();
+    v3[17] = b'3';
+    assert!(matches!(read(&v3), Err(Error::UnsupportedVersion(3))));
+    // Version 1 (no `referenced`) still reads.
+    let mut v1 = bytes.clone();
+    v1[17] = b'1';
+    assert!(read(&v1).is_ok());
     assert!(matches!(
         read(&bytes[..bytes.len() - 10]),
         Err(Error::Truncated(_))

@@ -95,7 +95,7 @@ pub struct BuildArgs {
     /// Sign the bundle with this secret key (from `hotsplice key generate`); machines that
     /// trust its public key will apply the bundle. Also: `HOTSPLICE_SIGNING_KEY`.
     #[arg(long, value_name = "KEY", env = "HOTSPLICE_SIGNING_KEY")]
-    sign: Option<PathBuf>,
+    pub(crate) sign: Option<PathBuf>,
     /// Print a JSON summary on stdout (progress still goes to stderr).
     #[arg(long)]
     pub(crate) json: bool,

@@ -30,6 +30,12 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
         )));
     };
     let config = args.config.clone().unwrap_or_default();
+    // Read the key before a build that takes minutes, so a bad key fails at once.
+    let key = args
+        .sign
+        .as_deref()
+        .map(crate::trust::read_secret)
+        .transpose()?;
     let release = livepatch::kernel_release();
     let headers = args
         .headers
@@ -119,6 +125,15 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
             std::fs::write(&args.output, &bytes)
                 .with_context(|| format!("writing {}", args.output.display()))
                 .map_err(env_error)?;
+            let signature = key
+                .as_ref()
+                .map(|k| crate::trust::sign_module(&args.output, &bytes, k))
+                .transpose()
+                .map_err(env_error)?;
+            if signature.is_none() {
+                // A stale signature of an earlier build must not sit beside the new module.
+                let _ = std::fs::remove_file(crate::trust::detached_path(&args.output));
+            }
             let replaced: Vec<String> = functions.iter().map(|f| f.old_name.clone()).collect();
             if args.json {
                 let summary = json!({
@@ -242,6 +257,12 @@ enum KernelCommand {
         /// Print a JSON summary.
         #[arg(long)]
         json: bool,
+        /// Its detached signature (default: MODULE.hsig, written by `build --kernel --sign`
+        /// or `hotsplice sign MODULE`).
+        #[arg(long, value_name = "FILE")]
+        signature: Option<PathBuf>,
+        #[command(flatten)]
+        trust: crate::live::TrustOptions,
     },
     /// Disable a live patch, wait until no task runs its code, and unload it.
     Undo {
@@ -280,7 +301,15 @@ pub fn run(args: &KernelArgs) -> Result<ExitCode, Exit> {
             module,
             timeout,
             json,
-        } => apply(module, Duration::from_secs(*timeout), *json),
+            signature,
+            trust,
+        } => apply(
+            module,
+            signature.as_deref(),
+            trust,
+            Duration::from_secs(*timeout),
+            *json,
+        ),
         KernelCommand::Undo {
             name,
             timeout,
@@ -298,10 +327,81 @@ fn stalled_json(stalled: &[livepatch::StalledTask]) -> serde_json::Value {
         .collect()
 }
 
-fn apply(module: &Path, timeout: Duration, json: bool) -> Result<ExitCode, Exit> {
-    let bytes = std::fs::read(module)
-        .with_context(|| format!("reading {}", module.display()))
-        .map_err(Exit::bad_input)?;
+/// Who vouches for a module: the trusted key whose detached signature verifies.
+fn accept_module(
+    module: &Path,
+    bytes: &[u8],
+    signature: Option<&Path>,
+    trust: &crate::live::TrustOptions,
+) -> Result<String, Exit> {
+    let path = signature.map_or_else(|| crate::trust::detached_path(module), Path::to_path_buf);
+    let why = match crate::live::read_regular(&path, 1 << 20) {
+        Err(_) => format!("it has no signature ({} not found)", path.display()),
+        Ok(text) => {
+            let keys = match crate::trust::trusted_keys(&trust.trust_dir) {
+                Ok(keys) => keys,
+                Err(_) if trust.allow_unsigned => Vec::new(),
+                Err(e) => {
+                    return Err(Exit {
+                        code: EXIT_REFUSED,
+                        error: e.context(format!(
+                            "cannot use the trusted keys (create {} with root-owned *.pub files, or pass --allow-unsigned)",
+                            trust.trust_dir.display()
+                        )),
+                    });
+                }
+            };
+            match hotsplice_bundle::signature::verify_detached(
+                bytes,
+                &String::from_utf8_lossy(&text),
+                &keys,
+            ) {
+                Ok(id) => return Ok(id),
+                Err(hotsplice_bundle::signature::Untrusted::Unsigned) => {
+                    format!("{} is not a hotsplice signature", path.display())
+                }
+                Err(hotsplice_bundle::signature::Untrusted::UnknownSigners(ids)) => format!(
+                    "it is signed by {}, which is not a trusted key",
+                    ids.join(", ")
+                ),
+                Err(hotsplice_bundle::signature::Untrusted::BadSignature(id)) => format!(
+                    "its signature by {id} does not match the module (modified after signing?)"
+                ),
+            }
+        }
+    };
+    if trust.allow_unsigned {
+        return Ok(format!("unverified ({why}; --allow-unsigned)"));
+    }
+    Err(Exit {
+        code: EXIT_REFUSED,
+        error: anyhow!(
+            "{}: {why}; trusted keys: {} — refusing to load it into the kernel (sign it with `hotsplice sign`, trust the key, or pass --allow-unsigned)",
+            module.display(),
+            trust.trust_dir.display()
+        ),
+    })
+}
+
+fn apply(
+    module: &Path,
+    signature: Option<&Path>,
+    trust: &crate::live::TrustOptions,
+    timeout: Duration,
+    json: bool,
+) -> Result<ExitCode, Exit> {
+    let bytes = crate::live::read_regular(module, 256 << 20).map_err(Exit::bad_input)?;
+    let signer = match accept_module(module, &bytes, signature, trust) {
+        Ok(signer) => signer,
+        Err(exit) => {
+            crate::trust::audit(json!({
+                "action": "kernel-apply", "module": module.display().to_string(),
+                "sha256": hotsplice_bundle::sha256_hex(&bytes),
+                "outcome": "refused", "reason": format!("{:#}", exit.error),
+            }));
+            return Err(exit);
+        }
+    };
     let info = hotsplice_kernel::klp::modinfo(&bytes)
         .with_context(|| module.display().to_string())
         .map_err(Exit::bad_input)?;
@@ -349,14 +449,14 @@ fn apply(module: &Path, timeout: Duration, json: bool) -> Result<ExitCode, Exit>
     };
     crate::trust::audit(json!({
         "action": "kernel-apply", "module": module.display().to_string(), "name": name,
-        "sha256": sha, "outcome": outcome,
+        "sha256": sha, "signer": signer, "outcome": outcome,
         "transition_seconds": total.as_secs_f64(),
         "stalled": stalled_json(&stalled),
     }));
     let mut out = std::io::stdout().lock();
     if json {
         let summary = json!({
-            "outcome": outcome, "name": name,
+            "outcome": outcome, "name": name, "signer": signer,
             "load_seconds": loaded.as_secs_f64(), "transition_seconds": total.as_secs_f64(),
             "stalled": stalled_json(&stalled),
         });

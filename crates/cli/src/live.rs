@@ -498,6 +498,9 @@ pub fn recover(args: &RecoverArgs) -> Result<ExitCode, Exit> {
                     hotsplice_apply::Recovered::ProcessGone => "process gone; record dropped",
                     hotsplice_apply::Recovered::RolledBack => "rolled back",
                     hotsplice_apply::Recovered::Completed => "completed",
+                    hotsplice_apply::Recovered::InProgress => {
+                        "still running in another hotsplice; left alone"
+                    }
                 };
                 let operation = match journal.operation {
                     hotsplice_apply::state::Operation::Apply => "apply",

@@ -41,10 +41,11 @@ enum KeyCommand {
     },
 }
 
-/// Sign a bundle (adds a signature; the content is unchanged).
+/// Sign a bundle (adds a signature; the content is unchanged), or a kernel livepatch module
+/// (writes or extends its detached signature, `FILE.hsig`).
 #[derive(Debug, Args)]
 pub struct SignArgs {
-    /// The bundle, signed in place unless -o is given.
+    /// The bundle (signed in place unless -o is given) or kernel module.
     bundle: PathBuf,
     /// The secret key (from `hotsplice key generate`).
     #[arg(long, value_name = "KEY")]
@@ -56,9 +57,10 @@ pub struct SignArgs {
 
 /// Reads a secret key file.
 pub fn read_secret(path: &Path) -> Result<SecretKey, Exit> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read key {}", path.display()))
+    let bytes = crate::live::read_regular(path, MAX_KEY)
+        .with_context(|| format!("key {}", path.display()))
         .map_err(Exit::bad_input)?;
+    let text = String::from_utf8_lossy(&bytes);
     SecretKey::from_text(&text)
         .with_context(|| path.display().to_string())
         .map_err(Exit::bad_input)
@@ -97,12 +99,52 @@ pub fn key(args: &KeyArgs) -> Result<ExitCode, Exit> {
     Ok(ExitCode::from(EXIT_OK))
 }
 
+/// The largest key file read.
+const MAX_KEY: u64 = 4096;
+
+/// The largest file `sign` reads (a bundle or a kernel module).
+const MAX_SIGNED: u64 = 256 << 20;
+
+/// Where a file's detached signature is: `FILE.hsig`.
+pub fn detached_path(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".hsig");
+    PathBuf::from(name)
+}
+
+/// Writes (or adds a signer to) the detached signature of a kernel module.
+pub fn sign_module(module: &Path, bytes: &[u8], key: &SecretKey) -> anyhow::Result<PathBuf> {
+    let path = detached_path(module);
+    let existing = std::fs::read_to_string(&path).ok();
+    let text = hotsplice_bundle::signature::sign_detached(bytes, key, existing.as_deref());
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
 /// `hotsplice sign`.
 pub fn sign(args: &SignArgs) -> Result<ExitCode, Exit> {
     let key = read_secret(&args.key)?;
-    let bytes = std::fs::read(&args.bundle)
-        .with_context(|| format!("cannot read {}", args.bundle.display()))
-        .map_err(Exit::bad_input)?;
+    let bytes = crate::live::read_regular(&args.bundle, MAX_SIGNED).map_err(Exit::bad_input)?;
+    if !bytes.starts_with(b"hotsplice-bundle ") {
+        if !bytes.starts_with(b"\x7fELF") {
+            return Err(Exit::bad_input(anyhow!(
+                "{} is neither a hotsplice bundle nor a kernel module",
+                args.bundle.display()
+            )));
+        }
+        // A kernel livepatch module: a detached signature beside it.
+        let path = sign_module(&args.bundle, &bytes, &key).map_err(|error| Exit {
+            code: EXIT_ENVIRONMENT,
+            error,
+        })?;
+        println!(
+            "signed {} with key {}: {}",
+            args.bundle.display(),
+            key.public().id(),
+            path.display()
+        );
+        return Ok(ExitCode::from(EXIT_OK));
+    }
     let signed = hotsplice_bundle::add_signature(&bytes, &key)
         .with_context(|| args.bundle.display().to_string())
         .map_err(Exit::bad_input)?;
@@ -141,29 +183,48 @@ fn check_owner(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Checks a trusted-keys directory and every directory above it, as sshd's StrictModes does:
-/// a writable parent would let someone swap the directory.
-fn check_dir(dir: &Path) -> anyhow::Result<()> {
-    let dir = dir
+/// Checks a path and every directory above it, as sshd's StrictModes does: a writable parent
+/// would let someone swap what it holds.
+fn check_path(path: &Path) -> anyhow::Result<()> {
+    let real = path
         .canonicalize()
-        .with_context(|| format!("trusted-keys directory {}", dir.display()))?;
-    for ancestor in dir.ancestors() {
+        .with_context(|| format!("{}", path.display()))?;
+    for ancestor in real.ancestors() {
         check_owner(ancestor)?;
     }
     Ok(())
 }
 
+/// Reads one trusted key: a regular file of at most 4 KiB (never a FIFO or device, which
+/// could block or feed anything), where it really is (a symbolic link is followed only when
+/// every directory of its target is as safe as the trusted-keys directory).
+fn read_key(path: &Path) -> anyhow::Result<PublicKey> {
+    let real = path
+        .canonicalize()
+        .with_context(|| format!("{}", path.display()))?;
+    if real != path {
+        check_path(&real)
+            .with_context(|| format!("{} is a link to {}", path.display(), real.display()))?;
+    }
+    check_owner(&real)?;
+    let bytes = crate::live::read_regular(&real, MAX_KEY)?;
+    PublicKey::from_text(&String::from_utf8_lossy(&bytes))
+        .with_context(|| path.display().to_string())
+}
+
 /// The trusted public keys of a directory (`*.pub`), after checking its permissions.
 pub fn trusted_keys(dir: &Path) -> anyhow::Result<Vec<PublicKey>> {
-    check_dir(dir)?;
+    check_path(dir).with_context(|| format!("trusted-keys directory {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
     let mut keys = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("{}", dir.display()))? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "pub") {
-            check_owner(&path)?;
-            let text = std::fs::read_to_string(&path)?;
-            keys.push(PublicKey::from_text(&text).with_context(|| path.display().to_string())?);
-        }
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("{}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "pub"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        keys.push(read_key(&path)?);
     }
     Ok(keys)
 }

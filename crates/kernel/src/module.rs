@@ -330,6 +330,7 @@ mod tests {
         PatchSet {
             object: "x.o".into(),
             source_file: None,
+            referenced: Vec::new(),
             pieces: vec![
                 Piece {
                     name: "f".into(),

@@ -141,6 +141,22 @@ pub struct Replacement {
     pub pre_relocs: Vec<PreReloc>,
 }
 
+/// A function of the running program that the new code calls or takes the address of, with
+/// its pre-build code: when the running program is not the very build the patch was made from,
+/// run-pre matching proves it is still the function the new code expects (same name, other
+/// signature across versions would otherwise crash the program).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Referenced {
+    /// Its name in the pre build.
+    pub name: String,
+    /// Local to its object (`static`).
+    pub local: bool,
+    /// The pre-build code.
+    pub pre_code: Vec<u8>,
+    /// The pre-build code's relocations.
+    pub pre_relocs: Vec<PreReloc>,
+}
+
 /// Everything needed to apply one object's change to a running program.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PatchSet {
@@ -153,6 +169,65 @@ pub struct PatchSet {
     pub pieces: Vec<Piece>,
     /// Functions to redirect.
     pub replacements: Vec<Replacement>,
+    /// Functions of this object the new code uses without replacing them.
+    pub referenced: Vec<Referenced>,
+}
+
+/// The pre-build code and relocations of a function of `pre`, for run-pre matching.
+fn pre_code_of(pre: &Resolved<'_>, index: usize) -> Option<(Vec<u8>, Vec<PreReloc>)> {
+    let sym = &pre.elf.symbols[index];
+    let section = sym.section()?;
+    let end = sym.value.saturating_add(sym.size);
+    let code = pre.elf.sections[section].bytes(sym.value, end)?.to_vec();
+    let relocs = pre
+        .references_in(section, sym.value, end)
+        .iter()
+        .map(|r| PreReloc {
+            offset: r.offset - sym.value,
+            r_type: r.r_type,
+            target: match r.target {
+                Target::Symbol(s) => {
+                    let t = &pre.elf.symbols[s];
+                    PreTarget::Symbol(SymbolRef {
+                        name: t.name.clone(),
+                        class: class_of(t.kind),
+                        local: !t.is_global() && t.section().is_some(),
+                    })
+                }
+                _ => PreTarget::Anonymous(crate::compare::describe(pre, r)),
+            },
+            addend: r.addend,
+        })
+        .collect();
+    Some((code, relocs))
+}
+
+/// The pre-build code of the function named `name` (a global one, or a local one when
+/// `local`) defined in the object `bytes`, if it defines one: for proving a function of
+/// another object that the new code calls.
+pub fn function_pre_code(
+    bytes: &[u8],
+    name: &str,
+    local: bool,
+) -> Result<Option<Referenced>, crate::Error> {
+    let elf = crate::elf::ElfObject::parse(bytes).map_err(|e| e.in_build(crate::Side::Pre))?;
+    let Some(index) = elf.symbols.iter().position(|s| {
+        s.name == name
+            && s.kind == crate::elf::SymbolKind::Func
+            && s.section().is_some()
+            && s.is_global() != local
+    }) else {
+        return Ok(None);
+    };
+    let resolved = Resolved::new(elf);
+    Ok(
+        pre_code_of(&resolved, index).map(|(pre_code, pre_relocs)| Referenced {
+            name: name.to_string(),
+            local,
+            pre_code,
+            pre_relocs,
+        }),
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -505,27 +580,10 @@ pub fn extract(
         }
         let Some(i) = f.pre_symbol else { continue };
         let sym = &pre.elf.symbols[i];
-        let Some(section) = sym.section() else {
+        if sym.section().is_none() {
             continue;
-        };
-        let end = sym.value.saturating_add(sym.size);
-        let pre_code = pre.elf.sections[section]
-            .bytes(sym.value, end)
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default();
-        let pre_relocs = pre
-            .references_in(section, sym.value, end)
-            .iter()
-            .map(|r| PreReloc {
-                offset: r.offset - sym.value,
-                r_type: r.r_type,
-                target: match r.target {
-                    Target::Symbol(s) => PreTarget::Symbol(x.symbol_ref_pre(s)),
-                    _ => PreTarget::Anonymous(crate::compare::describe(pre, r)),
-                },
-                addend: r.addend,
-            })
-            .collect();
+        }
+        let (pre_code, pre_relocs) = pre_code_of(pre, i).unwrap_or_default();
         x.set.replacements.push(Replacement {
             name: sym.name.clone(),
             post_name: f.name.clone(),
@@ -538,5 +596,36 @@ pub fn extract(
     x.drain();
     x.tables();
     x.drain();
+    // Functions of this object the new code uses and does not replace.
+    let mut wanted: Vec<SymbolRef> = Vec::new();
+    for piece in &x.set.pieces {
+        for r in &piece.relocs {
+            if let Link::Symbol(s) = &r.target
+                && s.class == SymbolClass::Function
+                && !wanted.contains(s)
+                && !x.set.replacements.iter().any(|rep| rep.name == s.name)
+            {
+                wanted.push(s.clone());
+            }
+        }
+    }
+    for s in wanted {
+        let Some(index) = pre.elf.symbols.iter().position(|p| {
+            p.name == s.name
+                && p.kind == crate::elf::SymbolKind::Func
+                && p.section().is_some()
+                && p.is_global() != s.local
+        }) else {
+            continue;
+        };
+        if let Some((pre_code, pre_relocs)) = pre_code_of(pre, index) {
+            x.set.referenced.push(Referenced {
+                name: s.name,
+                local: s.local,
+                pre_code,
+                pre_relocs,
+            });
+        }
+    }
     x.set
 }

@@ -291,8 +291,14 @@ mod tests {
         let mmap = seccomp_data(9, 0x1000, [0; 6]);
         let write = seccomp_data(1, 0x1000, [0; 6]);
         let eperm = deny(9, 0x0005_0001);
-        assert_eq!(evaluate(std::slice::from_ref(&eperm), &mmap), Verdict::Errno(1));
-        assert_eq!(evaluate(std::slice::from_ref(&eperm), &write), Verdict::Allow);
+        assert_eq!(
+            evaluate(std::slice::from_ref(&eperm), &mmap),
+            Verdict::Errno(1)
+        );
+        assert_eq!(
+            evaluate(std::slice::from_ref(&eperm), &write),
+            Verdict::Allow
+        );
         let kill = deny(9, 0x8000_0000);
         assert_eq!(
             evaluate(&[eperm.clone(), kill.clone()], &mmap),

@@ -638,6 +638,24 @@ impl Stopped {
         Ok(seccomp::evaluate(&self.filters[&tid], &data))
     }
 
+    /// Fails (`Error::Seccomp`) unless the thread [`Stopped::syscall`] would use may make
+    /// this call: lets an operation make sure, before it changes anything, that a call it will
+    /// need later (`munmap` to undo) is allowed.
+    pub fn check_syscall(&mut self, number: i64, args: [u64; 6]) -> Result<(), Error> {
+        let (index, _) = self.pick_thread()?;
+        let t = &self.threads[index];
+        let (pid, tid, ip) = (t.pid, t.tid, t.regs.rip);
+        match self.seccomp_verdict(index, number, ip, args)? {
+            Verdict::Allow => Ok(()),
+            verdict => Err(Error::Seccomp {
+                pid,
+                tid,
+                call: syscall_name(number),
+                verdict,
+            }),
+        }
+    }
+
     /// Runs a system call in the target, on one of its stopped threads, and returns its
     /// result. The thread's seccomp filters are evaluated first: a call they would not allow is
     /// not made (`Error::Seccomp`). The thread's registers (and any byte borrowed for the

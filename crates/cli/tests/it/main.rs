@@ -16,6 +16,9 @@ mod build;
 mod crash;
 /// `hotsplice diff`.
 mod diff;
+/// Hostile conditions: concurrency, sharers, seccomp, signals, forged state, bad keys.
+#[cfg(feature = "fault-injection")]
+mod hostile;
 /// The target exits, execs, forks, takes signals or is job-stopped during an apply.
 #[cfg(feature = "fault-injection")]
 mod lifecycle;
@@ -46,7 +49,7 @@ pub fn json(output: &Output) -> Value {
 }
 
 /// Where the test key pair lives: (secret key, trusted-keys directory, audit log).
-fn test_keys() -> &'static (PathBuf, PathBuf, PathBuf) {
+pub fn test_keys() -> &'static (PathBuf, PathBuf, PathBuf) {
     static KEYS: OnceLock<(PathBuf, PathBuf, PathBuf)> = OnceLock::new();
     KEYS.get_or_init(|| {
         let dir = scratch("test-keys");

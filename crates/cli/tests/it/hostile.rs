@@ -1,0 +1,823 @@
+//! Hostile conditions (issue 11): concurrent hotsplice invocations on one target, processes
+//! sharing an address space, seccomp filters, signals to the target and to hotsplice, forged
+//! state, untrusted keys, oversized input, a new callee of another version. The target
+//! (`fixtures/hostile/app`) checks every result of the functions being patched: a wrong
+//! result, a dead target, leaked patch memory or a stuck record fails the test.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::{json, scratch};
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/hostile")
+}
+
+/// The target program, built in a scratch copy, and its bundles.
+struct Fixture {
+    dir: PathBuf,
+    exe: PathBuf,
+    state: String,
+    bundles: HashMap<&'static str, (String, String)>,
+}
+
+impl Fixture {
+    /// Builds the target with `make MAKE_ARGS` and a bundle for each patch (built from the
+    /// unchanged fixture source, with plain `make`).
+    fn new(name: &str, make_args: &str, patches: &[&'static str]) -> Fixture {
+        let dir = scratch(name);
+        let tree = dir.join("run");
+        assert!(
+            Command::new("cp")
+                .arg("-r")
+                .arg(fixture_dir().join("app"))
+                .arg(&tree)
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert!(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("make -s {make_args}"))
+                .current_dir(&tree)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let state = dir.join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let mut fixture = Fixture {
+            exe: tree.join("target"),
+            state: state.display().to_string(),
+            dir,
+            bundles: HashMap::new(),
+        };
+        for &patch in patches {
+            let out = fixture.dir.join(format!("{patch}.hsp"));
+            let result = crate::hs()
+                .arg("build")
+                .arg("--source")
+                .arg(fixture_dir().join("app"))
+                .arg("--diff")
+                .arg(fixture_dir().join("patches").join(format!("{patch}.patch")))
+                .args(["--target", "target", "--json", "--cache"])
+                .arg(fixture.dir.join("cache"))
+                .arg("-o")
+                .arg(&out)
+                .output()
+                .unwrap();
+            assert_eq!(
+                result.status.code(),
+                Some(0),
+                "{}",
+                String::from_utf8_lossy(&result.stderr)
+            );
+            let id = json(&result)["id"].as_str().unwrap().to_string();
+            fixture
+                .bundles
+                .insert(patch, (out.display().to_string(), id));
+        }
+        fixture
+    }
+
+    fn bundle(&self, patch: &str) -> &str {
+        &self.bundles[patch].0
+    }
+
+    fn id(&self, patch: &str) -> &str {
+        &self.bundles[patch].1
+    }
+
+    /// `hotsplice ARGS --state-dir STATE --json`, not waited for.
+    fn spawn(&self, args: &[&str]) -> Child {
+        crate::hs()
+            .args(args)
+            .args(["--state-dir", &self.state, "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.spawn(args).wait_with_output().unwrap()
+    }
+
+    /// No journal left in the state directory.
+    fn no_journal(&self) -> bool {
+        std::fs::read_dir(&self.state).unwrap().all(|e| {
+            !e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".journal.json")
+        })
+    }
+}
+
+/// A running target whose stdout lines are collected in the background.
+struct Target {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+    sibling: Option<u32>,
+}
+
+impl Target {
+    fn start(exe: &Path, args: &[&str]) -> Target {
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut target = Target {
+            child,
+            stdin,
+            lines,
+            sibling: None,
+        };
+        loop {
+            let line = target.next_line(Duration::from_secs(10)).expect("ready");
+            if let Some(pid) = line.strip_prefix("sibling ") {
+                target.sibling = pid.parse().ok();
+            }
+            if line == "ready" {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        target
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn next_line(&self, timeout: Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+
+    /// The next line starting with `prefix` (others are skipped).
+    fn expect(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(line) = self.next_line(Duration::from_millis(100))
+                && line.starts_with(prefix)
+            {
+                return line;
+            }
+        }
+        panic!("no line starting with {prefix:?}");
+    }
+
+    /// (iterations, wrong, patched work() results, patched aux() results).
+    fn report(&mut self) -> [u64; 4] {
+        self.stdin.write_all(b"r\n").unwrap();
+        let line = self.expect("report ");
+        let mut out = [0u64; 4];
+        for (i, field) in line.split_whitespace().skip(1).enumerate().take(4) {
+            out[i] = field.split('=').nth(1).unwrap().parse().unwrap();
+        }
+        out
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Alive, no wrong result so far, and still making progress.
+    fn healthy(&mut self, what: &str) -> [u64; 4] {
+        assert!(self.alive(), "{what}: the target died");
+        let before = self.report();
+        std::thread::sleep(Duration::from_millis(20));
+        let after = self.report();
+        assert_eq!(after[1], 0, "{what}: wrong results");
+        assert!(after[0] > before[0], "{what}: the target makes no progress");
+        after
+    }
+
+    /// Whether the next calls return the patched work() result.
+    fn work_patched(&mut self) -> bool {
+        let a = self.report();
+        std::thread::sleep(Duration::from_millis(30));
+        let b = self.report();
+        b[2] > a[2]
+    }
+
+    fn aux_patched(&mut self) -> bool {
+        let a = self.report();
+        std::thread::sleep(Duration::from_millis(30));
+        let b = self.report();
+        b[3] > a[3]
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(pid) = self.sibling {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
+/// The anonymous executable mappings of a process that start with hotsplice's patch header.
+fn patch_memory(pid: u32) -> Vec<u64> {
+    use std::os::unix::fs::FileExt;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut out = Vec::new();
+    for line in maps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() != 5 || !fields[1].contains('x') || fields[4] != "0" {
+            continue;
+        }
+        let start = u64::from_str_radix(fields[0].split('-').next().unwrap(), 16).unwrap();
+        let mut head = [0u8; 18];
+        if mem.read_exact_at(&mut head, start).is_ok() && &head == b"HOTSPLICE-PATCH 1\n" {
+            out.push(start);
+        }
+    }
+    out
+}
+
+fn listed(fixture: &Fixture, pid: u32) -> Vec<String> {
+    let out = fixture.run(&["list", "--pid", &pid.to_string()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    json(&out)["processes"][0]["patches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn code(out: &Output) -> Option<i32> {
+    out.status.code()
+}
+
+/// After an iteration: the record, the code and the memory agree, and nothing is left over.
+fn consistent(fixture: &Fixture, target: &mut Target, expect: &[&str], what: &str) {
+    let pid = target.pid();
+    let mut ids = listed(fixture, pid);
+    ids.sort();
+    let mut want: Vec<String> = expect.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(ids, want, "{what}: recorded patches");
+    assert_eq!(
+        patch_memory(pid).len(),
+        expect.len(),
+        "{what}: patch memory (leaked regions?)"
+    );
+    assert!(fixture.no_journal(), "{what}: a journal was left");
+    target.healthy(what);
+}
+
+#[test]
+fn concurrent_applies_of_two_bundles_serialise() {
+    let fixture = Fixture::new("hostile-apply-apply", "", &["work", "aux"]);
+    let mut target = Target::start(&fixture.exe, &["2"]);
+    let pid = target.pid().to_string();
+    let (a, b) = (fixture.bundle("work"), fixture.bundle("aux"));
+    let (ida, idb) = (
+        fixture.id("work").to_string(),
+        fixture.id("aux").to_string(),
+    );
+    for i in 0..100 {
+        let x = fixture.spawn(&["apply", a, "--pid", &pid]);
+        let y = fixture.spawn(&["apply", b, "--pid", &pid]);
+        let (x, y) = (x.wait_with_output().unwrap(), y.wait_with_output().unwrap());
+        assert_eq!(code(&x), Some(0), "{i}: {}", stderr(&x));
+        assert_eq!(code(&y), Some(0), "{i}: {}", stderr(&y));
+        if i % 10 == 0 {
+            consistent(
+                &fixture,
+                &mut target,
+                &[&ida, &idb],
+                &format!("{i} applied"),
+            );
+            assert!(target.work_patched() && target.aux_patched());
+        }
+        let x = fixture.spawn(&["undo", &ida, "--pid", &pid]);
+        let y = fixture.spawn(&["undo", &idb, "--pid", &pid]);
+        let (x, y) = (x.wait_with_output().unwrap(), y.wait_with_output().unwrap());
+        assert_eq!(code(&x), Some(0), "{i}: {}", stderr(&x));
+        assert_eq!(code(&y), Some(0), "{i}: {}", stderr(&y));
+        if i % 10 == 0 {
+            consistent(&fixture, &mut target, &[], &format!("{i} undone"));
+        }
+    }
+    consistent(&fixture, &mut target, &[], "end");
+}
+
+#[test]
+fn concurrent_apply_and_undo_and_recover() {
+    let fixture = Fixture::new("hostile-apply-undo", "", &["work"]);
+    let mut target = Target::start(&fixture.exe, &["2"]);
+    let pid = target.pid().to_string();
+    let bundle = fixture.bundle("work");
+    let id = fixture.id("work").to_string();
+    // apply ∥ undo: the undo either finds nothing applied (exit 2) or undoes the apply.
+    for i in 0..100 {
+        let x = fixture.spawn(&["apply", bundle, "--pid", &pid]);
+        let y = fixture.spawn(&["undo", &id, "--pid", &pid]);
+        let (x, y) = (x.wait_with_output().unwrap(), y.wait_with_output().unwrap());
+        assert_eq!(code(&x), Some(0), "{i}: {}", stderr(&x));
+        let applied = match code(&y) {
+            Some(0) => false,
+            Some(2) => true,
+            other => panic!("{i}: undo ended {other:?}: {}", stderr(&y)),
+        };
+        if i % 10 == 0 {
+            let expect: &[&str] = if applied { &[&id] } else { &[] };
+            consistent(&fixture, &mut target, expect, &format!("apply∥undo {i}"));
+        }
+        if applied {
+            let out = fixture.run(&["undo", &id, "--pid", &pid]);
+            assert_eq!(code(&out), Some(0), "{i}: {}", stderr(&out));
+        }
+    }
+    consistent(&fixture, &mut target, &[], "apply∥undo end");
+    // recover ∥ apply: recover never touches an operation another hotsplice is running.
+    for i in 0..100 {
+        let x = fixture.spawn(&["apply", bundle, "--pid", &pid]);
+        let y = fixture.spawn(&["recover"]);
+        let (x, y) = (x.wait_with_output().unwrap(), y.wait_with_output().unwrap());
+        assert_eq!(code(&x), Some(0), "{i}: {}", stderr(&x));
+        assert_eq!(code(&y), Some(0), "{i}: recover: {}", stderr(&y));
+        let recovered = json(&y);
+        assert!(
+            recovered["recovered"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["outcome"] != "rolled back"),
+            "{i}: recover rolled back a running apply: {recovered}"
+        );
+        if i % 10 == 0 {
+            consistent(&fixture, &mut target, &[&id], &format!("recover∥apply {i}"));
+            assert!(target.work_patched(), "{i}");
+        }
+        let out = fixture.run(&["undo", &id, "--pid", &pid]);
+        assert_eq!(code(&out), Some(0), "{i}: {}", stderr(&out));
+    }
+    consistent(&fixture, &mut target, &[], "recover∥apply end");
+}
+
+#[test]
+fn single_threaded_target_is_stopped_once() {
+    let fixture = Fixture::new("hostile-single", "", &["work"]);
+    let mut target = Target::start(&fixture.exe, &["0"]);
+    let pid = target.pid().to_string();
+    let id = fixture.id("work").to_string();
+    for i in 0..20 {
+        let out = fixture.run(&["apply", fixture.bundle("work"), "--pid", &pid]);
+        assert_eq!(code(&out), Some(0), "{i}: {}", stderr(&out));
+        let v = json(&out);
+        assert_eq!(v["processes"][0]["stops"], 1, "{v}");
+        assert_eq!(v["processes"][0]["threads"], 1, "{v}");
+        assert!(target.work_patched());
+        let out = fixture.run(&["undo", &id, "--pid", &pid]);
+        assert_eq!(code(&out), Some(0), "{i}: {}", stderr(&out));
+        assert_eq!(json(&out)["processes"][0]["stops"], 1);
+        consistent(&fixture, &mut target, &[], &format!("single {i}"));
+    }
+}
+
+#[test]
+fn processes_sharing_memory_are_stopped_and_patched_together() {
+    let fixture = Fixture::new("hostile-clonevm", "", &["work"]);
+    let mut target = Target::start(&fixture.exe, &["1", "clonevm"]);
+    let pid = target.pid().to_string();
+    let sibling = target.sibling.expect("sibling pid").to_string();
+    let id = fixture.id("work").to_string();
+    for i in 0..20 {
+        // Either pid names the same memory: one patch, reported with its sharer.
+        let out = fixture.run(&[
+            "apply",
+            fixture.bundle("work"),
+            "--pid",
+            &pid,
+            "--pid",
+            &sibling,
+        ]);
+        assert_eq!(code(&out), Some(0), "{i}: {}", stderr(&out));
+        let v = json(&out);
+        assert_eq!(v["processes"].as_array().unwrap().len(), 1, "{v}");
+        assert_eq!(v["processes"][0]["sharers"][0].to_string(), sibling, "{v}");
+        let again = fixture.run(&["apply", fixture.bundle("work"), "--pid", &sibling]);
+        assert_eq!(code(&again), Some(1), "{}", stderr(&again));
+        assert!(stderr(&again).contains("already applied"));
+        let out = fixture.run(&["undo", &id, "--pid", &sibling]);
+        assert_eq!(code(&out), Some(0), "{i}: {}", stderr(&out));
+        consistent(&fixture, &mut target, &[], &format!("clonevm {i}"));
+        assert!(
+            Path::new(&format!("/proc/{sibling}")).exists(),
+            "{i}: the sibling died"
+        );
+    }
+}
+
+#[test]
+fn seccomp_filters_are_obeyed_not_tripped() {
+    let fixture = Fixture::new("hostile-seccomp", "", &["work"]);
+    for (filter, verdict) in [
+        ("seccomp-kill", "kill the process"),
+        ("seccomp-eperm", "deny with EPERM"),
+    ] {
+        for threads in ["0", "2"] {
+            let mut target = Target::start(&fixture.exe, &[threads, filter]);
+            let pid = target.pid().to_string();
+            let out = fixture.run(&["apply", fixture.bundle("work"), "--pid", &pid]);
+            assert_eq!(code(&out), Some(1), "{filter}/{threads}: {}", stderr(&out));
+            let err = stderr(&out);
+            assert!(
+                err.contains("seccomp") && err.contains(verdict) && err.contains("mmap"),
+                "{filter}/{threads}: {err}"
+            );
+            assert_eq!(json(&out)["class"], "refused");
+            consistent(&fixture, &mut target, &[], filter);
+            assert!(!target.work_patched());
+        }
+    }
+}
+
+#[test]
+fn eintr_is_seen_exactly_when_it_would_be_without_hotsplice() {
+    let fixture = Fixture::new("hostile-eintr", "", &["work"]);
+    let target = Target::start(&fixture.exe, &["1", "epoll"]);
+    let pid = target.pid();
+    let id = fixture.id("work").to_string();
+    // Without hotsplice: the handler runs and epoll_wait returns EINTR.
+    assert!(
+        Command::new("kill")
+            .args(["-USR1", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(target.expect("epoll "), "epoll ret=-1 errno=4 handled=1");
+    // Stops with no signal: epoll_wait never returns (it is re-issued transparently).
+    for _ in 0..3 {
+        let out = fixture.run(&["apply", fixture.bundle("work"), "--pid", &pid.to_string()]);
+        assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+        let out = fixture.run(&["undo", &id, "--pid", &pid.to_string()]);
+        assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    }
+    assert_eq!(
+        target.next_line(Duration::from_millis(200)),
+        None,
+        "a stop made epoll_wait return"
+    );
+    // The signal arrives while hotsplice holds every thread: same as without hotsplice.
+    let held = Held::start(
+        &fixture,
+        "checked",
+        &["apply", fixture.bundle("work"), "--pid", &pid.to_string()],
+    );
+    assert!(
+        Command::new("kill")
+            .args(["-USR1", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    let out = held.release();
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert_eq!(target.expect("epoll "), "epoll ret=-1 errno=4 handled=2");
+}
+
+/// A hotsplice command held at a step (`HOTSPLICE_HOLD`) until released.
+struct Held {
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Held {
+    fn start(fixture: &Fixture, point: &str, args: &[&str]) -> Held {
+        let dir = fixture.dir.join(format!("hold-{point}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = crate::hs()
+            .args(args)
+            .args(["--state-dir", &fixture.state, "--json"])
+            .env("HOTSPLICE_HOLD", format!("{point}:{}", dir.display()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let held = Held { dir, child };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !held.dir.join("reached").exists() {
+            assert!(Instant::now() < deadline, "{point} never reached");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        held
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn release(self) -> Output {
+        std::fs::write(self.dir.join("release"), b"").unwrap();
+        self.child.wait_with_output().unwrap()
+    }
+}
+
+fn state_of(pid: u32) -> char {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ")?.1.chars().next())
+        .unwrap_or('?')
+}
+
+#[test]
+fn signals_to_hotsplice_never_leave_the_target_stopped() {
+    let fixture = Fixture::new("hostile-signals", "", &["work"]);
+    let mut target = Target::start(&fixture.exe, &["2"]);
+    let pid = target.pid().to_string();
+    let id = fixture.id("work").to_string();
+
+    // Ctrl-Z while every target thread is stopped: hotsplice finishes, releases the target,
+    // and only then stops.
+    let held = Held::start(
+        &fixture,
+        "checked",
+        &["apply", fixture.bundle("work"), "--pid", &pid],
+    );
+    let hs = held.pid();
+    assert!(
+        Command::new("kill")
+            .args(["-TSTP", &hs.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::write(held.dir.join("release"), b"").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state_of(hs) != 'T' {
+        assert!(Instant::now() < deadline, "hotsplice never stopped");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    target.healthy("hotsplice stopped after the apply");
+    assert!(target.work_patched(), "the apply completed before the stop");
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &hs.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = held.child.wait_with_output().unwrap();
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    let out = fixture.run(&["undo", &id, "--pid", &pid]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+
+    // SIGTERM between the mapping and the switch: rolled back, nothing left behind, and
+    // hotsplice ends by the signal.
+    for signal in ["TERM", "INT", "HUP"] {
+        let held = Held::start(
+            &fixture,
+            "loaded",
+            &["apply", fixture.bundle("work"), "--pid", &pid],
+        );
+        assert!(
+            Command::new("kill")
+                .args([&format!("-{signal}"), &held.pid().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let out = held.release();
+        assert!(out.status.signal().is_some(), "{signal}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("nothing was changed")
+                || String::from_utf8_lossy(&out.stdout).contains("stopped before changing"),
+            "{signal}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        consistent(&fixture, &mut target, &[], signal);
+        assert!(!target.work_patched());
+    }
+}
+
+#[test]
+fn state_directory_and_records_are_not_trusted() {
+    let fixture = Fixture::new("hostile-state", "", &["work"]);
+    let mut target = Target::start(&fixture.exe, &["2"]);
+    let pid = target.pid().to_string();
+    let bundle = fixture.bundle("work").to_string();
+    let apply = |state: &str| {
+        crate::hs()
+            .args([
+                "apply",
+                &bundle,
+                "--pid",
+                &pid,
+                "--json",
+                "--state-dir",
+                state,
+            ])
+            .output()
+            .unwrap()
+    };
+    // A symbolic link as the state directory, and a directory others may write to.
+    let link = fixture.dir.join("state-link");
+    std::os::unix::fs::symlink(&fixture.state, &link).unwrap();
+    let out = apply(link.to_str().unwrap());
+    assert_eq!(code(&out), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("symbolic link"), "{}", stderr(&out));
+    let open = fixture.dir.join("state-open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = apply(open.to_str().unwrap());
+    assert_eq!(code(&out), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("writable by group or others"));
+    assert!(!target.work_patched());
+    assert!(patch_memory(target.pid()).is_empty());
+
+    // A forged record: undo must not write the "original" bytes it names.
+    let out = apply(&fixture.state);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    let entry = u64::from_str_radix(
+        json(&out)["processes"][0]["functions"][0]["entry"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("0x"),
+        16,
+    )
+    .unwrap();
+    let record = Path::new(&fixture.state).join(format!("{pid}.json"));
+    let text = std::fs::read_to_string(&record).unwrap();
+    let mut v: Value = serde_json::from_str(&text).unwrap();
+    v["patches"][0]["functions"][0]["replaced"] = "cccccccccc".into();
+    std::fs::write(&record, serde_json::to_string(&v).unwrap()).unwrap();
+    let before = read_mem(target.pid(), entry, 8);
+    let id = fixture.id("work").to_string();
+    let out = fixture.run(&["undo", &id, "--pid", &pid]);
+    assert_eq!(code(&out), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("forged"), "{}", stderr(&out));
+    assert_eq!(read_mem(target.pid(), entry, 8), before, "nothing written");
+    assert!(target.work_patched());
+    // A record that does not parse is an error, never "nothing applied".
+    std::fs::write(&record, "{ not json").unwrap();
+    let out = fixture.run(&["undo", &id, "--pid", &pid]);
+    assert_eq!(code(&out), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("corrupt"), "{}", stderr(&out));
+    // The true record back: undo works.
+    std::fs::write(&record, text).unwrap();
+    let out = fixture.run(&["undo", &id, "--pid", &pid]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    consistent(&fixture, &mut target, &[], "after the forgery");
+}
+
+fn read_mem(pid: u32, address: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut buf = vec![0u8; len];
+    mem.read_exact_at(&mut buf, address).unwrap();
+    buf
+}
+
+#[test]
+fn a_callee_of_another_version_is_refused() {
+    // The bundle's new aux() calls helper(int); the running program is another build whose
+    // helper takes two arguments. aux() itself is the same in both, so only proving what the
+    // new code calls catches it.
+    let fixture = Fixture::new("hostile-callee", "CFLAGS='-O2 -g -DHELPER2'", &["helper"]);
+    let mut target = Target::start(&fixture.exe, &["2"]);
+    let pid = target.pid().to_string();
+    let out = fixture.run(&["check", fixture.bundle("helper"), "--pid", &pid]);
+    assert_eq!(code(&out), Some(1), "{}", stderr(&out));
+    let out = fixture.run(&["apply", fixture.bundle("helper"), "--pid", &pid]);
+    assert_eq!(code(&out), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("helper") && err.contains("another build"),
+        "{err}"
+    );
+    consistent(&fixture, &mut target, &[], "callee");
+    // The same bundle on the source's own build applies: built elsewhere (another path in
+    // its debug information, so another build-id), but every function the new code calls
+    // is proven to be the one it expects.
+    let own = Fixture::new("hostile-callee-own", "", &["helper"]);
+    let mut target = Target::start(&own.exe, &["2"]);
+    let pid = target.pid().to_string();
+    let out = own.run(&["apply", own.bundle("helper"), "--pid", &pid]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert_eq!(json(&out)["processes"][0]["same_build"], false);
+    assert!(target.aux_patched());
+    target.healthy("own build");
+}
+
+#[test]
+fn untrusted_inputs_are_refused_promptly() {
+    let fixture = Fixture::new("hostile-inputs", "", &["work"]);
+    let target = Target::start(&fixture.exe, &["1"]);
+    let pid = target.pid().to_string();
+    let bundle = fixture.bundle("work").to_string();
+    // A FIFO among the trusted keys: refused at once, never a hang.
+    let keys = fixture.dir.join("keys-fifo");
+    std::fs::create_dir(&keys).unwrap();
+    assert!(
+        Command::new("mkfifo")
+            .arg(keys.join("evil.pub"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let started = Instant::now();
+    let out = crate::hs()
+        .args(["check", &bundle, "--pid", &pid, "--json"])
+        .env("HOTSPLICE_TRUST_DIR", &keys)
+        .output()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(code(&out), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a regular file"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(json(&out)["ok"], false);
+    // A key that is a link into a directory another user owns.
+    let elsewhere = fixture.dir.join("nobodys");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let (_, trusted, _) = crate::test_keys();
+    let key = std::fs::read_dir(trusted)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "pub"))
+        .unwrap();
+    std::fs::copy(&key, elsewhere.join("k.pub")).unwrap();
+    assert!(
+        Command::new("chown")
+            .args(["-R", "65534"])
+            .arg(&elsewhere)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let linked = fixture.dir.join("keys-linked");
+    std::fs::create_dir(&linked).unwrap();
+    std::os::unix::fs::symlink(elsewhere.join("k.pub"), linked.join("k.pub")).unwrap();
+    let out = crate::hs()
+        .args(["apply", &bundle, "--pid", &pid])
+        .env("HOTSPLICE_TRUST_DIR", &linked)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("65534"), "{}", stderr(&out));
+    // A 3 GiB "bundle" is refused before it is read.
+    let huge = fixture.dir.join("huge.hsp");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(3 << 30)
+        .unwrap();
+    let started = Instant::now();
+    let out = fixture.run(&["apply", huge.to_str().unwrap(), "--pid", &pid]);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("MiB"), "{}", stderr(&out));
+    assert_eq!(json(&out)["class"], "bad-input");
+    // An unsigned kernel module is never loaded.
+    let module = fixture.dir.join("fake.ko");
+    std::fs::write(&module, b"\x7fELF not really a module").unwrap();
+    let out = crate::hs()
+        .args(["kernel", "apply"])
+        .arg(&module)
+        .args(["--json"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no signature"), "{}", stderr(&out));
+    assert_eq!(json(&out)["ok"], false);
+    assert!(patch_memory(target.pid()).is_empty());
+}
