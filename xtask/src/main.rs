@@ -29,7 +29,8 @@ tasks:
   bench-nginx-throughput [PATCH] nginx req/s with the patch applied vs not (default CVE-2026-1642)
   render-nginx [NAME]           rewrite eval/results/NAME.md (nginx, nginx-stock) from its JSON
   bench-build [PATCH]           cold/warm build vs a plain Debian build (default CVE-2025-23419)
-  bench-pause [CYCLES]          apply/undo pause on 1, 8, 64 busy threads (default 100 cycles)
+  bench-pause [--cycles N] [--threads 1,8,64] [--mode idle|loaded|both] [--compare LABEL=BINARY]
+                                apply/undo pause on busy threads, idle and under CPU load
   soak [CYCLES] [THREADS]       apply/undo cycles on a busy target, checked each step (default 10000, 64)
   kernel-test [CASE...]         kernel live patches built and applied in the stock Debian kernel under QEMU
   bench-kernel [BOOTS]          kernel build times (cold/warm tree) and apply/undo transition times";
@@ -43,9 +44,7 @@ fn main() -> ExitCode {
         Some("bench-nginx-throughput") => live::bench_throughput(args.get(1).map(String::as_str)),
         Some("render-nginx") => live::render(args.get(1).map_or("nginx", String::as_str)),
         Some("bench-build") => nginx::bench_build(args.get(1).map(String::as_str)),
-        Some("bench-pause") => {
-            pause::bench_pause(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(100))
-        }
+        Some("bench-pause") => pause::Args::parse(&args[1..]).and_then(|a| pause::bench_pause(&a)),
         Some("soak") => soak::soak(
             args.get(1).and_then(|n| n.parse().ok()).unwrap_or(10_000),
             args.get(2).and_then(|n| n.parse().ok()).unwrap_or(64),

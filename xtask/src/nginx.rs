@@ -23,6 +23,11 @@ pub fn root() -> PathBuf {
 /// bundles are signed at build (`target/eval/keys/eval.key`, made on first use) and
 /// `check`/`apply` accept that key only; the audit log goes to `target/eval/audit.log`.
 pub fn hotsplice() -> Command {
+    hotsplice_with(&root().join("target/release/hotsplice"))
+}
+
+/// [`hotsplice`] with another hotsplice binary (e.g. an earlier build, for comparisons).
+pub fn hotsplice_with(binary: &Path) -> Command {
     let keys = root().join("target/eval/keys");
     let trusted = keys.join("trusted");
     let secret = keys.join("eval.key");
@@ -30,7 +35,7 @@ pub fn hotsplice() -> Command {
         let _ = std::fs::create_dir_all(&trusted);
         let _ = std::fs::remove_file(trusted.join("eval.pub"));
         let _ = std::fs::remove_file(trusted.join("eval.key"));
-        let generated = Command::new(root().join("target/release/hotsplice"))
+        let generated = Command::new(binary)
             .args(["key", "generate", "--out"])
             .arg(trusted.join("eval"))
             .output();
@@ -38,7 +43,7 @@ pub fn hotsplice() -> Command {
             let _ = std::fs::rename(trusted.join("eval.key"), &secret);
         }
     }
-    let mut cmd = Command::new(root().join("target/release/hotsplice"));
+    let mut cmd = Command::new(binary);
     cmd.env("HOTSPLICE_SIGNING_KEY", &secret)
         .env("HOTSPLICE_TRUST_DIR", &trusted)
         .env("HOTSPLICE_AUDIT_LOG", root().join("target/eval/audit.log"));

@@ -15,7 +15,7 @@ use hotsplice_ptrace::{
 };
 
 use crate::link::{self, Layout, Resolved};
-use crate::mapped::Cfi;
+use crate::mapped::{Cfi, Files, MappedFile};
 use crate::observe::observe;
 use crate::prepare::{Prepared, prepare, prove_referenced};
 use crate::redirect::{self, Redirect};
@@ -36,6 +36,10 @@ pub struct Plan<'b> {
     pub maps: Vec<Mapping>,
     /// Its record.
     pub state: ProcessState,
+    /// The other files it maps (libraries the new code may use).
+    pub others: Vec<MappedFile>,
+    /// The call-frame information of every mapped file.
+    pub cfi: Cfi,
 }
 
 fn now_unix() -> u64 {
@@ -95,13 +99,19 @@ pub fn plan<'b>(
         });
     }
     let maps = process.maps()?;
-    let mut prepared = prepare(bundle, process, &maps, &state)?;
+    let mut files = Files::load(process, &maps);
+    let cfi = files.cfi();
+    let module = files.take_target(process, bundle)?;
+    let others = files.into_files();
+    let mut prepared = prepare(bundle, process, module, &state)?;
     prove_referenced(&mut prepared, process, &state)?;
-    Resolver::new(&prepared, process, &maps).resolve_all()?;
+    Resolver::new(&prepared, process, &others).resolve_all()?;
     Ok(Plan {
         prepared,
         maps,
         state,
+        others,
+        cfi,
     })
 }
 
@@ -513,7 +523,7 @@ fn apply_one(
     let pid = process.pid();
     let prepared = &plan.prepared;
     let mut mine = PauseLog::new();
-    let mut resolver = Resolver::new(prepared, &process, &plan.maps);
+    let mut resolver = Resolver::new(prepared, &process, &plan.others);
     let layout = link::plan(&bundle.objects, &|o, s| match resolver.lookup(o, s) {
         Some(Lookup::Found(Resolved::Address(a)) | Lookup::Ifunc(a)) => resolver.far(a),
         _ => false,
@@ -541,7 +551,7 @@ fn apply_one(
         expected.push(now);
     }
     let ranges = idle_ranges(prepared);
-    let cfi = Cfi::load(&process, &maps);
+    let cfi = &plan.cfi;
     let single = target::thread_count(space) == 1 && ifuncs.is_empty();
     let candidates: Vec<Region> = code_hints
         .iter()
@@ -572,7 +582,7 @@ fn apply_one(
             &layout,
             &expected,
             &ranges,
-            &cfi,
+            cfi,
             &code_hints,
             &mut txn,
             options,
@@ -589,7 +599,7 @@ fn apply_one(
             &ifuncs,
             &expected,
             &ranges,
-            &cfi,
+            cfi,
             &code_hints,
             &mut txn,
             options,
@@ -630,6 +640,7 @@ fn apply_one(
         functions,
         pause: mine.longest(),
         stops: mine.stops,
+        per_thread: mine.per_thread(),
         attempts,
         threads,
         realtime: mine.realtime,
@@ -771,7 +782,8 @@ fn apply_in_two(
     let (regions, answers) = map_alone(
         space, layout, &bundle.id, code_hints, ifuncs, options, pauses,
     )?;
-    txn.advance(|j| j.patch.regions = regions.clone())?;
+    // Not journaled yet: `recover` finds this memory by its header (written in the same stop
+    // as the mmap), which saves a synchronous write here.
     faults::point("mapped");
     resolver.ifuncs.extend(answers);
     let linked = link_at(

@@ -5,7 +5,6 @@
 use hotsplice_bundle::Bundle;
 
 use crate::apply::{check_bundle, function_reports, plan, same_build};
-use crate::mapped::Cfi;
 use crate::safety::{self, Busy, How, Range};
 use crate::state::StateDir;
 use crate::switch::{self, Decision, PauseLog};
@@ -68,12 +67,12 @@ pub fn check(
                     .clone(),
             })
             .collect();
-        let cfi = Cfi::load(space.primary(), &plan.maps);
+        let cfi = &plan.cfi;
         let mut mine = PauseLog::new();
         let decision =
             switch::look(
                 space,
-                &cfi,
+                cfi,
                 options,
                 &mut mine,
                 &mut |views| match safety::check(views, &ranges) {
@@ -91,6 +90,7 @@ pub fn check(
             functions: function_reports(prepared),
             pause: mine.longest(),
             stops: mine.stops,
+            per_thread: mine.per_thread(),
             attempts: 0,
             threads: mine.threads(),
             realtime: mine.realtime,

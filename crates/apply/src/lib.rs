@@ -120,6 +120,8 @@ pub struct ProcessReport {
     pub pause: Duration,
     /// How many times threads were stopped.
     pub stops: u32,
+    /// Each thread stopped: (tid, total stopped time, stops).
+    pub per_thread: Vec<(i32, Duration, u32)>,
     /// Attempts of the switch (more than one when a thread was busy).
     pub attempts: u32,
     /// Threads stopped.

@@ -58,64 +58,93 @@ fn parse(process: &Process, path: &str, mappings: &[&Mapping]) -> Option<MappedF
     })
 }
 
-/// Finds the file a bundle patches among a process's mappings: by build-id, else the
-/// executable (for an executable's bundle) or a library of the same file name.
-pub fn target(process: &Process, maps: &[Mapping], bundle: &Bundle) -> Result<MappedFile, Error> {
-    let pid = process.pid();
-    let exe = process.exe()?.display().to_string();
-    let wanted_name = std::path::Path::new(&bundle.target.path)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut by_kind: Option<MappedFile> = None;
-    let mut exe_problem = None;
-    for (path, mappings) in files(maps) {
-        if !mappings.iter().any(|m| m.exec) {
-            continue;
-        }
-        // A file replaced or deleted on disk shows as "PATH (deleted)".
-        let plain = path.strip_suffix(" (deleted)").unwrap_or(path);
-        let is_exe = path == exe || plain == exe.strip_suffix(" (deleted)").unwrap_or(&exe);
-        let name_matches = std::path::Path::new(plain)
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy() == wanted_name);
-        let kind_matches = match bundle.target.kind {
-            TargetKind::Executable => is_exe,
-            TargetKind::SharedLibrary => !is_exe && name_matches,
-        };
-        let Some(file) = parse(process, path, &mappings) else {
-            if is_exe {
-                exe_problem = Some(format!("{path}: not a readable ELF file"));
-            }
-            continue;
-        };
-        let id_matches = match (&bundle.target.build_id, &file.image.build_id) {
-            (Some(want), Some(have)) => *want == hex::encode(have),
-            _ => false,
-        };
-        if id_matches {
-            return Ok(file);
-        }
-        if kind_matches && by_kind.is_none() {
-            by_kind = Some(file);
-        }
-    }
-    by_kind.ok_or_else(|| Error::NoModule {
-        pid,
-        target: match exe_problem {
-            Some(problem) => format!("{} (its executable is {problem})", bundle.target.path),
-            None => bundle.target.path.clone(),
-        },
-    })
+/// Every ELF file a process maps, each read and parsed once per operation.
+pub struct Files {
+    files: Vec<MappedFile>,
+    /// Files that could not be read or parsed: (path, why).
+    unreadable: Vec<(String, String)>,
 }
 
-/// Every other ELF file the process maps (for symbols the new code takes from libraries).
-pub fn others(process: &Process, maps: &[Mapping], except: &str) -> Vec<MappedFile> {
-    files(maps)
-        .into_iter()
-        .filter(|(path, _)| *path != except)
-        .filter_map(|(path, mappings)| parse(process, path, &mappings))
-        .collect()
+impl Files {
+    /// Reads and parses every mapped file (while the program runs).
+    pub fn load(process: &Process, maps: &[Mapping]) -> Files {
+        let mut out = Files {
+            files: Vec::new(),
+            unreadable: Vec::new(),
+        };
+        for (path, mappings) in files(maps) {
+            match parse(process, path, &mappings) {
+                Some(f) => out.files.push(f),
+                None => out
+                    .unreadable
+                    .push((path.to_string(), "not a readable ELF file".to_string())),
+            }
+        }
+        out
+    }
+
+    /// The call-frame information of every file.
+    pub fn cfi(&self) -> Cfi {
+        Cfi {
+            modules: self
+                .files
+                .iter()
+                .filter_map(|f| Some((f.start, f.end, f.bias, f.image.eh_frame.clone()?)))
+                .collect(),
+        }
+    }
+
+    /// Takes out the file a bundle patches: by build-id, else the executable (for an
+    /// executable's bundle) or a library of the same file name. The others stay.
+    pub fn take_target(&mut self, process: &Process, bundle: &Bundle) -> Result<MappedFile, Error> {
+        let pid = process.pid();
+        let exe = process.exe()?.display().to_string();
+        let plain = |p: &str| p.strip_suffix(" (deleted)").unwrap_or(p).to_string();
+        let wanted_name = std::path::Path::new(&bundle.target.path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let is_exe = |f: &MappedFile| plain(&f.path) == plain(&exe);
+        let by_id =
+            self.files
+                .iter()
+                .position(|f| match (&bundle.target.build_id, &f.image.build_id) {
+                    (Some(want), Some(have)) => *want == hex::encode(have),
+                    _ => false,
+                });
+        let by_kind = || {
+            self.files.iter().position(|f| match bundle.target.kind {
+                TargetKind::Executable => is_exe(f),
+                TargetKind::SharedLibrary => {
+                    !is_exe(f)
+                        && std::path::Path::new(&plain(&f.path))
+                            .file_name()
+                            .is_some_and(|n| n.to_string_lossy() == wanted_name)
+                }
+            })
+        };
+        match by_id.or_else(by_kind) {
+            Some(i) => Ok(self.files.remove(i)),
+            None => Err(Error::NoModule {
+                pid,
+                target: match self
+                    .unreadable
+                    .iter()
+                    .find(|(p, _)| plain(p) == plain(&exe))
+                {
+                    Some((p, why)) if bundle.target.kind == TargetKind::Executable => {
+                        format!("{} (its executable {p} is {why})", bundle.target.path)
+                    }
+                    _ => bundle.target.path.clone(),
+                },
+            }),
+        }
+    }
+
+    /// The files (after [`Files::take_target`]: the others).
+    pub fn into_files(self) -> Vec<MappedFile> {
+        self.files
+    }
 }
 
 /// The call-frame information of every file mapped by the process.
@@ -126,15 +155,7 @@ pub struct Cfi {
 impl Cfi {
     /// Reads the `.eh_frame` of every mapped file (done while the program runs).
     pub fn load(process: &Process, maps: &[Mapping]) -> Cfi {
-        let modules = files(maps)
-            .into_iter()
-            .filter_map(|(path, mappings)| parse(process, path, &mappings))
-            .filter_map(|f| {
-                let eh = f.image.eh_frame?;
-                Some((f.start, f.end, f.bias, eh))
-            })
-            .collect();
-        Cfi { modules }
+        Files::load(process, maps).cfi()
     }
 
     /// The modules, as the unwinder takes them.

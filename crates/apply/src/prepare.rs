@@ -9,10 +9,10 @@ use hotsplice_bundle::{Bundle, PreTarget};
 use hotsplice_matcher::{
     Found, Learned, Memory, PreCode, PreReloc, Via, Wanted, locate, match_function,
 };
-use hotsplice_ptrace::{Mapping, Process};
+use hotsplice_ptrace::Process;
 
 use crate::Error;
-use crate::mapped::{self, MappedFile};
+use crate::mapped::MappedFile;
 use crate::state::ProcessState;
 
 /// Process memory as it was before any hotsplice patch: the bytes that active patches
@@ -112,7 +112,7 @@ fn pre_relocs(replacement: &hotsplice_bundle::Replacement) -> Vec<PreReloc> {
 pub fn prepare<'b>(
     bundle: &'b Bundle,
     process: &Process,
-    maps: &[Mapping],
+    module: MappedFile,
     state: &ProcessState,
 ) -> Result<Prepared<'b>, Error> {
     if !bundle.refusals.is_empty() {
@@ -125,7 +125,6 @@ pub fn prepare<'b>(
         });
     }
     let pid = process.pid();
-    let module = mapped::target(process, maps, bundle)?;
     let memory = LiveMemory {
         process,
         overlay: overlay(state),

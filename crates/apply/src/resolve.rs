@@ -2,16 +2,15 @@
 //! run-pre matching, in the patched file's symbol tables, or defined by another loaded file
 //! (an indirect function there needs its resolver run in the target).
 
-use std::cell::OnceCell;
 use std::collections::HashMap;
 
 use hotsplice_bundle::{Link, SymbolClass, SymbolRef, TargetKind};
 use hotsplice_matcher::Learned;
-use hotsplice_ptrace::{Mapping, Process};
+use hotsplice_ptrace::Process;
 
 use crate::Error;
 use crate::link::Resolved;
-use crate::mapped::{self, MappedFile};
+use crate::mapped::MappedFile;
 use crate::prepare::Prepared;
 
 /// Where a symbol is, before indirect functions are resolved.
@@ -27,20 +26,18 @@ pub enum Lookup {
 pub struct Resolver<'a, 'b> {
     prepared: &'a Prepared<'b>,
     process: &'a Process,
-    maps: &'a [Mapping],
-    others: OnceCell<Vec<MappedFile>>,
+    others: &'a [MappedFile],
     /// Implementations chosen by the `STT_GNU_IFUNC` resolvers called in the target.
     pub ifuncs: HashMap<String, u64>,
 }
 
 impl<'a, 'b> Resolver<'a, 'b> {
     /// A resolver over a prepared process.
-    pub fn new(prepared: &'a Prepared<'b>, process: &'a Process, maps: &'a [Mapping]) -> Self {
+    pub fn new(prepared: &'a Prepared<'b>, process: &'a Process, others: &'a [MappedFile]) -> Self {
         Resolver {
             prepared,
             process,
-            maps,
-            others: OnceCell::new(),
+            others,
             ifuncs: HashMap::new(),
         }
     }
@@ -105,10 +102,7 @@ impl<'a, 'b> Resolver<'a, 'b> {
             return None;
         }
         // A library symbol: the first definition among the other mapped objects.
-        let others = self
-            .others
-            .get_or_init(|| mapped::others(self.process, self.maps, &self.prepared.module.path));
-        for other in others {
+        for other in self.others {
             if let Some(s) = other
                 .image
                 .symbols_named(&symbol.name)

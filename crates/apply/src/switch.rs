@@ -23,7 +23,7 @@ use crate::{Error, Options, faults, unwind};
 /// How long each thread was stopped by one invocation, over all its stops.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PauseLog {
-    per_thread: HashMap<i32, Duration>,
+    per_thread: HashMap<i32, (Duration, u32)>,
     /// How many times threads were stopped (all-thread and one-thread stops).
     pub stops: u32,
     /// Whether every stop ran at real-time priority.
@@ -44,7 +44,9 @@ impl PauseLog {
         self.stops += 1;
         self.realtime &= realtime;
         for &(tid, d) in &pause.per_thread {
-            *self.per_thread.entry(tid).or_default() += d;
+            let e = self.per_thread.entry(tid).or_default();
+            e.0 += d;
+            e.1 += 1;
         }
     }
 
@@ -52,19 +54,36 @@ impl PauseLog {
     pub fn merge(&mut self, other: &PauseLog) {
         self.stops += other.stops;
         self.realtime &= other.realtime;
-        for (&tid, &d) in &other.per_thread {
-            *self.per_thread.entry(tid).or_default() += d;
+        for (&tid, &(d, n)) in &other.per_thread {
+            let e = self.per_thread.entry(tid).or_default();
+            e.0 += d;
+            e.1 += n;
         }
     }
 
     /// The longest total time any one thread was stopped.
     pub fn longest(&self) -> Duration {
-        self.per_thread.values().copied().max().unwrap_or_default()
+        self.per_thread
+            .values()
+            .map(|&(d, _)| d)
+            .max()
+            .unwrap_or_default()
     }
 
     /// Threads stopped at least once.
     pub fn threads(&self) -> usize {
         self.per_thread.len()
+    }
+
+    /// Every thread stopped: (tid, total stopped time, stops), by tid.
+    pub fn per_thread(&self) -> Vec<(i32, Duration, u32)> {
+        let mut out: Vec<_> = self
+            .per_thread
+            .iter()
+            .map(|(&tid, &(d, n))| (tid, d, n))
+            .collect();
+        out.sort_unstable();
+        out
     }
 }
 

@@ -202,6 +202,7 @@ pub fn undo_locked(
             .collect(),
         pause: mine.longest(),
         stops: mine.stops,
+        per_thread: mine.per_thread(),
         attempts: switched.attempts,
         threads: switched.threads,
         realtime: mine.realtime,

@@ -369,6 +369,9 @@ fn report_json(r: &ProcessReport) -> Value {
         "module": r.module,
         "pause_us": r.pause.as_micros() as u64,
         "stops": r.stops,
+        "stopped_threads": r.per_thread.iter().map(|(tid, d, n)| json!({
+            "tid": tid, "stopped_us": d.as_micros() as u64, "stops": n,
+        })).collect::<Vec<_>>(),
         "attempts": r.attempts,
         "threads": r.threads,
         "realtime": r.realtime,

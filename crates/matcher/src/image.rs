@@ -80,6 +80,8 @@ pub struct Image {
     /// The lowest `PT_LOAD` virtual address, page-aligned down: the load bias is the address
     /// of the file's offset-0 mapping minus this.
     pub first_load: u64,
+    /// Indices into `symbols` by name.
+    by_name: std::collections::HashMap<String, Vec<usize>>,
 }
 
 impl Image {
@@ -137,6 +139,11 @@ impl Image {
                 image.has_symtab = true;
             }
             let mut file: Option<String> = None;
+            let from_symtab: std::collections::HashSet<(String, u64)> = image
+                .symbols
+                .iter()
+                .map(|s| (s.name.clone(), s.address))
+                .collect();
             for (index, sym) in table.enumerate() {
                 let name = sym
                     .name(endian, table.strings())
@@ -176,12 +183,7 @@ impl Image {
                     ifunc,
                     file: if local { file.clone() } else { None },
                 };
-                if kind == "dynsym"
-                    && image
-                        .symbols
-                        .iter()
-                        .any(|s| s.name == entry.name && s.address == entry.address)
-                {
+                if kind == "dynsym" && from_symtab.contains(&(entry.name.clone(), entry.address)) {
                     continue;
                 }
                 image.symbols.push(entry);
@@ -208,6 +210,9 @@ impl Image {
                 }
             }
         }
+        for (i, s) in image.symbols.iter().enumerate() {
+            image.by_name.entry(s.name.clone()).or_default().push(i);
+        }
         Ok(image)
     }
 
@@ -216,7 +221,11 @@ impl Image {
         &'i self,
         name: &'i str,
     ) -> impl Iterator<Item = &'i ImageSymbol> + 'i {
-        self.symbols.iter().filter(move |s| s.name == name)
+        self.by_name
+            .get(name)
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.symbols[i])
     }
 
     /// The FDE starting exactly at `address`, if any.

@@ -127,6 +127,11 @@ pub struct Thread {
     pub job_stopped: bool,
     /// When it was interrupted.
     pub interrupted_at: Instant,
+    /// For a thread stopped alone ([`Stopped::stop_one`]): its run-queue wait total (ns)
+    /// before the interrupt. Whatever it waits for a CPU from then to the release — woken from
+    /// a blocking call to stop, running an injected call behind the program's busy threads —
+    /// is not time it was stopped, and is taken out of its pause.
+    run_delay_before: Option<u64>,
     /// Its system call returned `EINTR` only because we stopped it (Linux does that for
     /// `epoll_wait` and a few others on any stop): it is re-issued on release unless a signal
     /// that interrupts it is pending by then.
@@ -240,6 +245,16 @@ fn thread_exiting(pid: i32, tid: i32) -> bool {
         .and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse().ok())
         .unwrap_or(0);
     matches!(state, Some('Z' | 'X' | 'x')) || flags & 0x4 != 0
+}
+
+/// A thread's total run-queue wait so far (ns), from `/proc/PID/task/TID/schedstat`.
+fn run_delay(pid: i32, tid: i32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat"))
+        .ok()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Whether an `EINTR` a thread got is real: a signal that interrupts it is pending.
@@ -404,6 +419,7 @@ impl Stopped {
             }
             Err(e) => return Err(ptrace_error(tid, "PTRACE_SEIZE")(e)),
         }
+        let delay_before = run_delay(process.pid(), tid);
         let at = Instant::now();
         match ptrace::interrupt(Pid::from_raw(tid)) {
             Ok(()) => {}
@@ -415,7 +431,11 @@ impl Stopped {
         }
         let before = self.threads.len();
         self.await_stop(process, tid, at, watchdog)?;
-        Ok(self.threads.len() > before)
+        let stopped = self.threads.len() > before;
+        if stopped && let Some(t) = self.threads.last_mut() {
+            t.run_delay_before = delay_before;
+        }
+        Ok(stopped)
     }
 
     /// Waits for an interrupted thread to stop and records it.
@@ -467,6 +487,7 @@ impl Stopped {
             pending_signal: pending,
             job_stopped,
             interrupted_at,
+            run_delay_before: None,
             restart,
         });
         Ok(())
@@ -959,8 +980,12 @@ impl Stopped {
                 regs.rax = regs.orig_rax;
                 let _ = ptrace::setregs(Pid::from_raw(t.tid), regs);
             }
+            let waited = t
+                .run_delay_before
+                .and_then(|a| Some(run_delay(t.pid, t.tid)?.saturating_sub(a)))
+                .map_or(Duration::ZERO, Duration::from_nanos);
             let _ = ptrace::detach(Pid::from_raw(t.tid), t.pending_signal);
-            per_thread.push((t.tid, t.interrupted_at.elapsed()));
+            per_thread.push((t.tid, t.interrupted_at.elapsed().saturating_sub(waited)));
         }
         Pause {
             longest: per_thread.iter().map(|&(_, d)| d).max().unwrap_or_default(),
