@@ -11,6 +11,8 @@
 //! - `kernel-test`, `bench-kernel`: the kernel backend in QEMU (`eval/results/kernel*.md`).
 //! - `soak`: apply/undo cycles on a 64-thread busy target, checked after every step
 //!   (`eval/results/soak.{md,json}`).
+//! - `bad-input-table`: every bad or hostile input of the CLI test suite, with the message a
+//!   user sees (`eval/results/bad-input.md`).
 
 mod kernel;
 mod live;
@@ -32,6 +34,7 @@ tasks:
   bench-pause [--cycles N] [--threads 1,8,64] [--mode idle|loaded|both] [--compare LABEL=BINARY]
                                 apply/undo pause on busy threads, idle and under CPU load
   soak [CYCLES] [THREADS]       apply/undo cycles on a busy target, checked each step (default 10000, 64)
+  bad-input-table               eval/results/bad-input.md from the bad-input test (real binary, real processes)
   kernel-test [CASE...]         kernel live patches built and applied in the stock Debian kernel under QEMU
   bench-kernel [BOOTS]          kernel build times (cold/warm tree) and apply/undo transition times";
 
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
             args.get(2).and_then(|n| n.parse().ok()).unwrap_or(64),
         ),
         Some("kernel-test") => kernel::kernel_test(&args[1..]),
+        Some("bad-input-table") => bad_input_table(),
         Some("bench-kernel") => {
             kernel::bench_kernel(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(5))
         }
@@ -65,6 +69,34 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `cargo xtask bad-input-table`: runs the bad-input test, asking it to write its table into
+/// `eval/results/bad-input.md` (a plain test run writes it under `target/`).
+fn bad_input_table() -> anyhow::Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let table = root.join("eval/results/bad-input.md");
+    let status = std::process::Command::new("cargo")
+        .args([
+            "test",
+            "-p",
+            "hotsplice",
+            "--features",
+            "fault-injection",
+            "--test",
+            "it",
+            "--",
+            "--exact",
+            "bad_input::bad_inputs_are_refused_cleanly_and_tabulated",
+        ])
+        .env("HOTSPLICE_BAD_INPUT_TABLE", &table)
+        .current_dir(&root)
+        .status()?;
+    if !status.success() {
+        anyhow::bail!("the bad-input test failed");
+    }
+    println!("wrote {}", table.display());
+    Ok(())
 }
 
 /// The machine, for results files: cores, CPU model, kernel.

@@ -69,17 +69,16 @@ pub fn check(
             .collect();
         let cfi = &plan.cfi;
         let mut mine = PauseLog::new();
-        let decision =
-            switch::look(
-                space,
-                cfi,
-                options,
-                &mut mine,
-                &mut |views| match safety::check(views, &ranges) {
-                    Some(busy) => Decision::Busy(busy),
-                    None => Decision::Write(Vec::new()),
-                },
-            )?;
+        let decision = switch::look(
+            space,
+            cfi,
+            options,
+            &mut mine,
+            &mut |views| match safety::check(views, &ranges) {
+                Some(busy) => Decision::Busy(busy),
+                None => Decision::Write(Vec::new()),
+            },
+        )?;
         pauses.merge(&mine);
         let pid = space.primary().pid();
         reports.push(ProcessReport {

@@ -695,7 +695,7 @@ pub fn list(args: &ListArgs) -> Result<ExitCode, Exit> {
         let o = match observed {
             Ok(o) => o,
             Err(e) => {
-                output(writeln!(out, "pid {pid}: {e}"))?;
+                eprintln!("hotsplice: error: pid {pid}: {e}");
                 continue;
             }
         };

@@ -24,6 +24,8 @@ mod hostile;
 mod lifecycle;
 /// `hotsplice check | apply | undo | list` on real processes.
 mod live;
+/// The hostile fixture's target and bundles.
+mod targets;
 /// Signed bundles, trusted keys and the audit log.
 mod trust;
 
