@@ -19,6 +19,9 @@ mod diff;
 mod lifecycle;
 /// `hotsplice check | apply | undo | list` on real processes.
 mod live;
+/// `hotsplice build` on the ways projects build: one-call compile+link, bundled static
+/// libraries, libtool, generated parsers, launchers, series; bad trees and failed builds.
+mod styles;
 /// Signed bundles, trusted keys and the audit log.
 mod trust;
 
