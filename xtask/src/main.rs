@@ -11,7 +11,11 @@
 //! - `kernel-test`, `bench-kernel`: the kernel backend in QEMU (`eval/results/kernel*.md`).
 //! - `soak`: apply/undo cycles on a 64-thread busy target, checked after every step
 //!   (`eval/results/soak.{md,json}`).
+//! - `eval-debian openssh|curl`: a Debian package's security patch series built with
+//!   `hotsplice build --series`, each outcome against the expected one, every bundle applied
+//!   live in order and undone (`eval/results/{openssh,curl}.{md,json}`).
 
+mod debian;
 mod kernel;
 mod live;
 mod nginx;
@@ -32,7 +36,8 @@ tasks:
   bench-pause [CYCLES]          apply/undo pause on 1, 8, 64 busy threads (default 100 cycles)
   soak [CYCLES] [THREADS]       apply/undo cycles on a busy target, checked each step (default 10000, 64)
   kernel-test [CASE...]         kernel live patches built and applied in the stock Debian kernel under QEMU
-  bench-kernel [BOOTS]          kernel build times (cold/warm tree) and apply/undo transition times";
+  bench-kernel [BOOTS]          kernel build times (cold/warm tree) and apply/undo transition times
+  eval-debian openssh|curl      a Debian package's patch series built as a series, applied live in order, undone";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -51,6 +56,7 @@ fn main() -> ExitCode {
             args.get(2).and_then(|n| n.parse().ok()).unwrap_or(64),
         ),
         Some("kernel-test") => kernel::kernel_test(&args[1..]),
+        Some("eval-debian") => debian::eval_debian(&args[1..]),
         Some("bench-kernel") => {
             kernel::bench_kernel(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(5))
         }

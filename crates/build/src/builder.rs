@@ -159,11 +159,17 @@ impl Outcome {
             .any(|o| o.functions.iter().any(|f| f.status != Status::Unchanged))
     }
 
-    /// Written, refused or nothing to patch.
+    /// Written, refused or nothing to patch. A diff that only adds functions no existing
+    /// function calls has nothing to patch: the new code could never run.
     pub fn verdict(&self) -> Verdict {
+        let replaces = self
+            .bundle
+            .objects
+            .iter()
+            .any(|o| !o.replacements.is_empty());
         if !self.bundle.refusals.is_empty() {
             Verdict::Refused
-        } else if !self.has_changes() {
+        } else if !self.has_changes() || !replaces {
             Verdict::NothingToPatch
         } else {
             Verdict::Written
@@ -234,7 +240,6 @@ struct Workspace {
     pristine: PathBuf,
     prev: PathBuf,
     shims: PathBuf,
-    maps: PathBuf,
 }
 
 impl Workspace {
@@ -245,7 +250,6 @@ impl Workspace {
             pristine: root.join("pristine"),
             prev: root.join("prev"),
             shims: root.join("shims"),
-            maps: root.join("maps"),
         }
     }
 
@@ -267,7 +271,11 @@ impl Workspace {
     ) -> Result<Vec<Record>, Error> {
         let log = self.root.join(format!("{phase}.jsonl"));
         let _ = std::fs::remove_file(&log);
-        std::fs::create_dir_all(&self.maps).map_err(io_error(&self.maps))?;
+        // The pre build's link maps are kept (closures of any target of the cached build are
+        // computed from them); each post build's replace the previous ones.
+        let maps = self.root.join(format!("maps-{phase}"));
+        tree::remove(&maps).map_err(io_error(&maps))?;
+        std::fs::create_dir_all(&maps).map_err(io_error(&maps))?;
         let output_log = self.root.join(format!("{phase}-build.log"));
         let out = File::create(&output_log).map_err(io_error(&output_log))?;
         let err = out.try_clone().map_err(io_error(&output_log))?;
@@ -284,7 +292,7 @@ impl Workspace {
             .env(shim::ENV_DIR, &self.shims)
             .env(shim::ENV_LOG, &log)
             .env(shim::ENV_TREE, &self.tree)
-            .env(shim::ENV_MAPS, &self.maps)
+            .env(shim::ENV_MAPS, &maps)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -309,16 +317,23 @@ impl Workspace {
     }
 }
 
-/// What the cache keeps about the pre build, besides the pristine tree.
+/// What the cache keeps about the pre build, besides the pristine tree and its link maps.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+struct Cached {
+    records: Vec<Record>,
+    /// Files the pre build read (`None`: the file system keeps no access times).
+    reads: Option<BTreeSet<String>>,
+}
+
+/// The pre build as one request uses it: the cached part, and its target.
+#[derive(Debug, Clone)]
 struct BaseState {
     records: Vec<Record>,
+    reads: Option<BTreeSet<String>>,
     target: String,
     closure: Closure,
     post_command: String,
     mirrors: Vec<String>,
-    /// Files the pre build read (`None`: the file system keeps no access times).
-    reads: Option<BTreeSet<String>>,
 }
 
 /// Up to `limit` build outputs (ELF files) already in a source tree.
@@ -565,11 +580,10 @@ pub fn build_series(request: &Request, progress: &mut dyn FnMut(&str)) -> Result
     let compiler = compiler_version();
     let key = sha256_hex(
         format!(
-            "{source_id}\n{}\n{:?}\n{compiler}\nshim-2 {}\n{}\n",
+            "{source_id}\n{}\n{:?}\n{compiler}\nshim-2 {}\n",
             request.build_command,
             request.env,
             shim::SECTION_FLAGS.join(" "),
-            request.target,
         )
         .as_bytes(),
     );
@@ -588,7 +602,21 @@ pub fn build_series(request: &Request, progress: &mut dyn FnMut(&str)) -> Result
     let atime = access::supported(&root);
 
     let started = Instant::now();
-    let (base, pre_cached) = pre_build(request, &ws, &source, atime, progress)?;
+    let (cached, pre_cached) = pre_build(request, &ws, &source, atime, progress)?;
+    let base = match base_for_target(request, &ws, cached) {
+        Ok(base) => base,
+        Err(e) => {
+            // A tree that held build outputs made the cached build useless: drop it.
+            if matches!(&e, Error::TargetNotLinked { outputs, .. } if !outputs.is_empty())
+                || matches!(e, Error::TreeHasOutputs { .. })
+            {
+                let _ = std::fs::remove_file(ws.root.join("complete"));
+                let _ = tree::remove(&ws.tree);
+                let _ = tree::remove(&ws.pristine);
+            }
+            return Err(e);
+        }
+    };
     let pre_time = if pre_cached {
         Duration::ZERO
     } else {
@@ -625,6 +653,8 @@ pub fn build_series(request: &Request, progress: &mut dyn FnMut(&str)) -> Result
     ctx.ws.restore_tree(&ctx.ws.pristine)?;
     let mut pre_dir = ctx.ws.pristine.clone();
     let mut results = Vec::new();
+    // Patches taken out of the tree again (refused, failed), in order.
+    let mut reverted: Vec<PathBuf> = Vec::new();
     let count = diffs.len();
     for (k, (diff, absolute, text, sha)) in diffs.iter().enumerate() {
         if count > 1 {
@@ -633,7 +663,22 @@ pub fn build_series(request: &Request, progress: &mut dyn FnMut(&str)) -> Result
         let started = Instant::now();
         let result = build_patch(
             &mut ctx, &state, &pre_dir, diff, absolute, text, sha, progress,
-        );
+        )
+        .map_err(|e| match e {
+            // It may only apply on top of a patch that was taken out again.
+            Error::DiffDoesNotApply { .. } if !reverted.is_empty() => {
+                let on = applies_after(&ctx.ws, &reverted, absolute, text);
+                if on.is_empty() {
+                    e
+                } else {
+                    Error::DependsOnRefused {
+                        diff: diff.clone(),
+                        on,
+                    }
+                }
+            }
+            e => e,
+        });
         let last = k + 1 == count;
         match result {
             Ok((mut outcome, post)) => {
@@ -650,6 +695,7 @@ pub fn build_series(request: &Request, progress: &mut dyn FnMut(&str)) -> Result
                 ));
                 if verdict == Verdict::Refused {
                     // Not applied live: the next patch builds on the state without it.
+                    reverted.push(absolute.clone());
                     if !last {
                         ctx.ws.restore_tree(&pre_dir)?;
                     }
@@ -665,7 +711,13 @@ pub fn build_series(request: &Request, progress: &mut dyn FnMut(&str)) -> Result
             }
             Err(error) => {
                 progress(&format!("{}: failed: {error}", diff.display()));
-                if !last {
+                reverted.push(absolute.clone());
+                // A diff that did not apply left the tree as it was.
+                let untouched = matches!(
+                    error,
+                    Error::DiffDoesNotApply { .. } | Error::DependsOnRefused { .. }
+                );
+                if !last && !untouched {
                     ctx.ws.restore_tree(&pre_dir)?;
                 }
                 results.push(PatchResult::Failed {
@@ -683,6 +735,75 @@ pub fn build_series(request: &Request, progress: &mut dyn FnMut(&str)) -> Result
     })
 }
 
+/// The patches among `reverted` that `diff` (which does not apply to the tree) needs: it
+/// applies once they are, on a scratch copy of the files it touches. Empty when it does not
+/// apply even then.
+fn applies_after(ws: &Workspace, reverted: &[PathBuf], diff: &Path, text: &str) -> Vec<String> {
+    let Ok(files) = unified::parse(text) else {
+        return Vec::new();
+    };
+    let scratch = ws.root.join("depends");
+    let _ = tree::remove(&scratch);
+    let mut wanted = BTreeSet::new();
+    for file in &files {
+        for level in 0..3 {
+            for path in [&file.old_path, &file.new_path] {
+                let rel = stripped(path, level);
+                let from = ws.tree.join(&rel);
+                if from.is_file() && wanted.insert(rel.clone()) {
+                    let to = scratch.join(&rel);
+                    if let Some(dir) = to.parent() {
+                        let _ = std::fs::create_dir_all(dir);
+                    }
+                    let _ = std::fs::copy(&from, &to);
+                }
+            }
+        }
+    }
+    let _ = std::fs::create_dir_all(&scratch);
+    let mut needed = Vec::new();
+    for earlier in reverted {
+        let before = tree::content_id(&scratch).ok();
+        let _ = Command::new("patch")
+            .args([
+                "-p1",
+                "--batch",
+                "--forward",
+                "--silent",
+                "--no-backup-if-mismatch",
+                "-r",
+                "-",
+                "-i",
+            ])
+            .arg(earlier)
+            .current_dir(&scratch)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if tree::content_id(&scratch).ok() != before {
+            needed.push(
+                earlier
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            );
+        }
+    }
+    let applies = [1, 0, 2].iter().any(|level| {
+        Command::new("patch")
+            .arg(format!("-p{level}"))
+            .args(["--dry-run", "--batch", "--forward", "--silent", "-i"])
+            .arg(diff)
+            .current_dir(&scratch)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    let _ = tree::remove(&scratch);
+    if applies { needed } else { Vec::new() }
+}
+
 /// The pre build, or its cached result.
 fn pre_build(
     request: &Request,
@@ -690,13 +811,13 @@ fn pre_build(
     source: &Path,
     atime: bool,
     progress: &mut dyn FnMut(&str),
-) -> Result<(BaseState, bool), Error> {
+) -> Result<(Cached, bool), Error> {
     let complete = ws.root.join("complete");
     let state_path = ws.root.join("pre-state.json");
     if complete.exists() && ws.pristine.is_dir() {
         let cached = std::fs::read(&state_path)
             .ok()
-            .and_then(|b| serde_json::from_slice::<BaseState>(&b).ok());
+            .and_then(|b| serde_json::from_slice::<Cached>(&b).ok());
         if let Some(state) = cached {
             progress("pre build: cached");
             return Ok((state, true));
@@ -735,11 +856,10 @@ fn pre_build_uncached(
     ws: &Workspace,
     source: &Path,
     atime: bool,
-) -> Result<BaseState, Error> {
+) -> Result<Cached, Error> {
     tree::remove(&ws.tree).map_err(io_error(&ws.tree))?;
     tree::remove(&ws.pristine).map_err(io_error(&ws.pristine))?;
     tree::remove(&ws.prev).map_err(io_error(&ws.prev))?;
-    tree::remove(&ws.maps).map_err(io_error(&ws.maps))?;
     tree::copy(source, &ws.tree).map_err(io_error(&ws.tree))?;
     if atime {
         access::reset_tree(&ws.tree).map_err(io_error(&ws.tree))?;
@@ -761,12 +881,20 @@ fn pre_build_uncached(
     } else {
         None
     };
+    tree::copy(&ws.tree, &ws.pristine).map_err(io_error(&ws.pristine))?;
+    Ok(Cached { records, reads })
+}
+
+/// The request's target in the pre build: its path (a Debian installed path resolved), its
+/// closure, and the post-build command and mirrors.
+fn base_for_target(request: &Request, ws: &Workspace, cached: Cached) -> Result<BaseState, Error> {
+    let source = &request.source;
     let (target, post_command, mirrors) = if request.debian {
-        let (command, mirrors) = debian::post_build(&ws.tree);
-        let target = if ws.tree.join(&request.target).is_file() {
+        let (command, mirrors) = debian::post_build(&ws.pristine);
+        let target = if ws.pristine.join(&request.target).is_file() {
             request.target.clone()
         } else {
-            debian::find_target(&ws.tree, &request.target)?
+            debian::find_target(&ws.pristine, &request.target)?
         };
         (
             target,
@@ -783,14 +911,14 @@ fn pre_build_uncached(
             request.mirrors.clone(),
         )
     };
-    if !ws.tree.join(&target).is_file() {
+    if !ws.pristine.join(&target).is_file() {
         return Err(Error::TargetMissing {
             target,
             tree: ws.tree.clone(),
         });
     }
-    let index = Index::new(&ws.tree, &records);
-    let Some(closure) = index.closure(&target, &ws.tree) else {
+    let index = Index::new(&ws.tree, &cached.records);
+    let Some(closure) = index.closure(&target, &ws.pristine) else {
         return Err(Error::TargetNotLinked {
             target,
             outputs: existing_outputs(source, 5),
@@ -805,14 +933,13 @@ fn pre_build_uncached(
             });
         }
     }
-    tree::copy(&ws.tree, &ws.pristine).map_err(io_error(&ws.pristine))?;
     Ok(BaseState {
-        records,
+        records: cached.records,
+        reads: cached.reads,
         target,
         closure,
         post_command,
         mirrors,
-        reads,
     })
 }
 
@@ -1116,7 +1243,7 @@ fn build_patch(
         }
         Err(e) => return Err(e),
     };
-    let roles: Vec<Role> = patched
+    let mut roles: Vec<Role> = patched
         .iter()
         .map(|f| {
             let post = ctx
@@ -1162,6 +1289,29 @@ fn build_patch(
     let primary_sources: BTreeSet<String> = pre_index
         .compiles()
         .filter_map(|(o, _)| source_of(o))
+        .collect();
+    // A C file of a test suite that the build does not compile (a unit test) is a test.
+    let post_sources: BTreeSet<String> = Index::new(&ctx.ws.tree, &post_records)
+        .compiles()
+        .filter_map(|(_, r)| {
+            r.sources
+                .first()
+                .and_then(|s| tree::relative(&ctx.ws.tree, &r.directory, s))
+        })
+        .collect();
+    let uncompiled_test = |path: &str| {
+        classify::is_test_path(Path::new(path))
+            && !primary_sources.contains(path)
+            && !post_sources.contains(path)
+    };
+    for (file, role) in patched.iter().zip(roles.iter_mut()) {
+        if *role == Role::Source && uncompiled_test(&file.path.to_string_lossy()) {
+            *role = Role::Test;
+        }
+    }
+    let changed_code: BTreeSet<String> = changed_code
+        .into_iter()
+        .filter(|p| !uncompiled_test(p))
         .collect();
     let has_generator = roles.contains(&Role::Generator);
     // A changed file that no compile names as its source (a header, an included file, or a
@@ -1228,17 +1378,49 @@ fn build_patch(
         .filter(|o| changed_code.iter().any(|f| depends_on(o, f)))
         .cloned()
         .collect();
-    let missing: Vec<String> = needs
+    let mut missing: Vec<String> = needs
         .iter()
         .filter(|o| !compiled_by_build.contains(*o))
         .cloned()
         .collect();
+    // Objects the post build compiled with other arguments than the build before it: the
+    // post-build command does not reproduce the build's environment (a make variable the
+    // packaging passes, say). The diff changes no build file (that is refused), so the
+    // recorded arguments are the right ones: recompile with them.
+    let mut flags_differ = Vec::new();
+    for (object, post) in post_index.compiles() {
+        if let Some(pre) = pre_index.compile_of(object)
+            && pre.arguments != post.arguments
+            && closure.objects.contains(object)
+        {
+            let first = pre
+                .arguments
+                .iter()
+                .find(|a| !post.arguments.contains(a))
+                .or_else(|| post.arguments.iter().find(|a| !pre.arguments.contains(a)))
+                .cloned()
+                .unwrap_or_default();
+            flags_differ.push((object.clone(), first));
+            if !missing.contains(object) {
+                missing.push(object.clone());
+            }
+        }
+    }
+    flags_differ.sort();
+    if let Some((object, arg)) = flags_differ.first() {
+        warnings.push(format!(
+            "the post build compiled {} object(s) with other arguments than the build before \
+             it (e.g. {object}: `{arg}`); hotsplice recompiled them with the recorded ones",
+            flags_differ.len()
+        ));
+    }
+    missing.sort();
     let mut refusals = Vec::new();
     let mut extra_records = Vec::new();
     let mut recompiled = Vec::new();
     if !missing.is_empty() {
         progress(&format!(
-            "recompiling {} object(s) of the target the build did not: {}",
+            "recompiling {} object(s) of the target with their recorded commands: {}",
             missing.len(),
             missing.join(", ")
         ));

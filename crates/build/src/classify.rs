@@ -186,12 +186,31 @@ pub fn is_test_path(path: &Path) -> bool {
             || stem.ends_with("-tests"))
 }
 
+/// Upper-case names read by builds (not documentation, whatever their case).
+const UPPER_CASE_INPUTS: &[&str] = &["VERSION", "BUILD", "WORKSPACE", "MANIFEST", "KBUILD"];
+
 /// Whether the path is documentation.
 pub fn is_documentation(path: &Path) -> bool {
     let name = lower_name(path);
     let ext = extension(path).to_ascii_lowercase();
     if name == "cmakelists.txt" || name == "meson_options.txt" {
         return false;
+    }
+    // `PROTOCOL`, `PROTOCOL.agent`, `INSTALL`, `OVERVIEW`: upper-case names at the top of a
+    // tree are prose by convention.
+    let stem = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = stem.split('.').next().unwrap_or("");
+    let upper_case = stem.len() > 1
+        && stem.starts_with(|c: char| c.is_ascii_uppercase())
+        && stem
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        && !UPPER_CASE_INPUTS.contains(&stem);
+    if upper_case && !SOURCE.contains(&ext.as_str()) && !is_build_file_name(path) {
+        return true;
     }
     DOCS.contains(&ext.as_str())
         || DOC_NAMES.iter().any(|d| name.starts_with(d))
@@ -319,8 +338,11 @@ mod tests {
             assert_eq!(role(path, UNKNOWN), Role::Build, "{path}");
         }
         assert_eq!(role("contrib/Makefile", UNREAD), Role::Unread);
-        assert_eq!(role("PROTOCOL", UNREAD), Role::Unread);
-        assert_eq!(role("PROTOCOL", UNKNOWN), Role::Build);
+        assert_eq!(role("PROTOCOL", READ), Role::Documentation);
+        assert_eq!(role("PROTOCOL.agent", READ), Role::Documentation);
+        assert_eq!(role("VERSION", READ), Role::Build);
+        assert_eq!(role("scripts/helper", UNREAD), Role::Unread);
+        assert_eq!(role("scripts/helper", UNKNOWN), Role::Build);
         assert_eq!(role("scripts/gen.py", READ), Role::Build);
         let post_only = Reads {
             by_pre_build: None,

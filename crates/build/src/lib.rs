@@ -89,6 +89,19 @@ pub enum Error {
         /// What `patch` said.
         output: String,
     },
+    /// In a series, the diff applies only on top of earlier patches that were refused (or
+    /// failed) and so are not part of what runs.
+    #[error(
+        "{} applies only on top of {}, which cannot be applied live: it depends on them",
+        diff.display(),
+        on.join(", ")
+    )]
+    DependsOnRefused {
+        /// The diff.
+        diff: PathBuf,
+        /// The earlier patches it needs.
+        on: Vec<String>,
+    },
     /// The project's build command failed.
     #[error("the {phase} build failed: `{command}` exited with {status}; see {}", log.display())]
     BuildFailed {

@@ -153,6 +153,7 @@ fn exit_code_of(error: &BuildError) -> u8 {
         | BuildError::TreeHasOutputs { .. }
         | BuildError::NoCompilations { .. }
         | BuildError::Mirror { .. } => EXIT_BAD_INPUT,
+        BuildError::DependsOnRefused { .. } => EXIT_REFUSED,
         _ => EXIT_ENVIRONMENT,
     }
 }
@@ -613,6 +614,28 @@ fn run_series(
                     );
                     let _ = write_accounting(&mut out, outcome, true);
                     let _ = writeln!(out, "   {}", verdict_line(outcome, &path, key));
+                }
+            }
+            PatchResult::Failed {
+                diff,
+                error: BuildError::DependsOnRefused { on, .. },
+            } => {
+                code = code.max(EXIT_REFUSED);
+                let detail = format!(
+                    "applies only on top of {}, which cannot be applied live",
+                    on.join(", ")
+                );
+                if args.json {
+                    rows.push(json!({
+                        "outcome": "refused",
+                        "diff": diff.display().to_string(),
+                        "refusals": [{"kind": "depends-on-refused", "symbol": on.join(", "), "object": "", "detail": detail, "functions": []}],
+                        "replaced": [],
+                        "files": [],
+                    }));
+                } else {
+                    let _ = writeln!(out, "{:02} {}: refused", k + 1, diff.display());
+                    let _ = writeln!(out, "refused (depends-on-refused): {detail}");
                 }
             }
             PatchResult::Failed { diff, error } => {
