@@ -13,7 +13,11 @@
 //!   (`eval/results/soak.{md,json}`).
 //! - `bad-input-table`: every bad or hostile input of the CLI test suite, with the message a
 //!   user sees (`eval/results/bad-input.md`).
+//! - `eval-debian openssh|curl`: a Debian package's security patch series built with
+//!   `hotsplice build --series`, each outcome against the expected one, every bundle applied
+//!   live in order and undone (`eval/results/{openssh,curl}.{md,json}`).
 
+mod debian;
 mod kernel;
 mod live;
 mod nginx;
@@ -36,7 +40,8 @@ tasks:
   soak [CYCLES] [THREADS]       apply/undo cycles on a busy target, checked each step (default 10000, 64)
   bad-input-table               eval/results/bad-input.md from the bad-input test (real binary, real processes)
   kernel-test [CASE...]         kernel live patches built and applied in the stock Debian kernel under QEMU
-  bench-kernel [BOOTS]          kernel build times (cold/warm tree) and apply/undo transition times";
+  bench-kernel [BOOTS]          kernel build times (cold/warm tree) and apply/undo transition times
+  eval-debian openssh|curl      a Debian package's patch series built as a series, applied live in order, undone";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -54,6 +59,7 @@ fn main() -> ExitCode {
         ),
         Some("kernel-test") => kernel::kernel_test(&args[1..]),
         Some("bad-input-table") => bad_input_table(),
+        Some("eval-debian") => debian::eval_debian(&args[1..]),
         Some("bench-kernel") => {
             kernel::bench_kernel(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(5))
         }

@@ -183,3 +183,152 @@ pub fn find_target(tree: &Path, installed: &str) -> Result<String, Error> {
         }),
     }
 }
+
+/// The upstream part of a Debian version (`1:9.2p1-2+deb12u10` → `1:9.2p1`).
+pub fn upstream_version(version: &str) -> &str {
+    version.rsplit_once('-').map_or(version, |(u, _)| u)
+}
+
+fn series_of(tree: &Path) -> Vec<String> {
+    std::fs::read_to_string(tree.join("debian/patches/series"))
+        .map(|t| crate::series::parse_series(&t))
+        .unwrap_or_default()
+}
+
+fn run_ok(cmd: &mut Command, what: &str) -> Result<std::process::Output, Error> {
+    let out = cmd.output().map_err(|e| Error::Debian {
+        message: format!("{what}: {e}"),
+    })?;
+    Ok(out)
+}
+
+/// The series that takes the source of `old` (as `apt-get source` unpacks it: its patches
+/// applied) to `new`, written under `dest` where needed:
+///
+/// - same upstream version: the patches both series share at their start (same name, same
+///   content) are left alone; if `old` has more after that, one diff reverting them comes
+///   first; then every later patch of `new`, in order (each its own bundle);
+/// - another upstream version: one diff of the whole source (outside `debian/`), as the
+///   upstream change and the packaging change cannot be told apart patch by patch.
+pub fn update_series(old: &Source, new: &Source, dest: &Path) -> Result<Vec<PathBuf>, Error> {
+    std::fs::create_dir_all(dest).map_err(|source| Error::Io {
+        path: dest.to_path_buf(),
+        source,
+    })?;
+    let whole_diff = |name: &str, from: &Path, to: &Path| -> Result<PathBuf, Error> {
+        let out = run_ok(
+            Command::new("diff")
+                .args([
+                    "-ruN",
+                    "--exclude=debian",
+                    "--exclude=.pc",
+                    "--exclude=.git",
+                ])
+                .arg(from.file_name().unwrap_or_default())
+                .arg(to.file_name().unwrap_or_default())
+                .current_dir(from.parent().unwrap_or(Path::new("/"))),
+            "diff",
+        )?;
+        if out.status.code() == Some(2) {
+            return Err(Error::Debian {
+                message: format!(
+                    "diff {} {} failed: {}",
+                    from.display(),
+                    to.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            });
+        }
+        let path = dest.join(name);
+        std::fs::write(&path, &out.stdout).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(path)
+    };
+    if upstream_version(&old.version) != upstream_version(&new.version) {
+        // Both trees must sit side by side for a -p1 diff: copy the new one next to the old.
+        let side = old
+            .tree
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .join(format!("new-{}", new.version.replace(':', "_")));
+        let _ = crate::tree::remove(&side);
+        crate::tree::copy(&new.tree, &side).map_err(|source| Error::Io {
+            path: side.clone(),
+            source,
+        })?;
+        let name = format!(
+            "{}-{}-to-{}.diff",
+            new.package,
+            old.version.replace(':', "_"),
+            new.version.replace(':', "_")
+        );
+        let diff = whole_diff(&name, &old.tree, &side);
+        let _ = crate::tree::remove(&side);
+        return Ok(vec![diff?]);
+    }
+    let old_series = series_of(&old.tree);
+    let new_series = series_of(&new.tree);
+    let same = |name: &String| {
+        crate::tree::same_contents(
+            &old.tree.join("debian/patches").join(name),
+            &new.tree.join("debian/patches").join(name),
+        )
+    };
+    let common = old_series
+        .iter()
+        .zip(&new_series)
+        .take_while(|(a, b)| a == b && same(a))
+        .count();
+    let mut out = Vec::new();
+    if old_series.len() > common {
+        // Revert old's own later patches: diff of its tree against a copy with them reversed.
+        let reverted = old
+            .tree
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .join(format!("reverted-{}", old.version.replace(':', "_")));
+        let _ = crate::tree::remove(&reverted);
+        crate::tree::copy(&old.tree, &reverted).map_err(|source| Error::Io {
+            path: reverted.clone(),
+            source,
+        })?;
+        for name in old_series[common..].iter().rev() {
+            let out = run_ok(
+                Command::new("patch")
+                    .args(["-R", "-p1", "--batch", "--silent", "-i"])
+                    .arg(old.tree.join("debian/patches").join(name))
+                    .current_dir(&reverted),
+                "patch -R",
+            )?;
+            if !out.status.success() {
+                let _ = crate::tree::remove(&reverted);
+                return Err(Error::Debian {
+                    message: format!(
+                        "cannot revert {name} of {} {}: {}",
+                        old.package,
+                        old.version,
+                        String::from_utf8_lossy(&out.stdout).trim()
+                    ),
+                });
+            }
+        }
+        let name = format!("revert-{}-patches.diff", old.version.replace(':', "_"));
+        let diff = whole_diff(&name, &old.tree, &reverted);
+        let _ = crate::tree::remove(&reverted);
+        out.push(diff?);
+    }
+    for name in &new_series[common..] {
+        out.push(new.tree.join("debian/patches").join(name));
+    }
+    if out.is_empty() {
+        return Err(Error::Debian {
+            message: format!(
+                "{} {} and {} have the same patch series: nothing to update",
+                new.package, old.version, new.version
+            ),
+        });
+    }
+    Ok(out)
+}

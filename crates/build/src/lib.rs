@@ -1,20 +1,26 @@
 //! The hotsplice patch builder: from a source tree, its build command and a unified diff to
 //! a live-patch bundle — without touching the user's tree.
 //!
-//! - [`build`] runs the whole pipeline for a [`Request`] and returns an [`Outcome`]: the
-//!   [`Bundle`](hotsplice_bundle::Bundle), the object-diff report, which objects were rebuilt,
-//!   and step [`Timings`].
+//! - [`build`] runs the whole pipeline for a [`Request`] with one diff and returns an
+//!   [`Outcome`]: the [`Bundle`](hotsplice_bundle::Bundle), the object-diff report, which
+//!   objects were rebuilt (by the build or by hotsplice), what became of every file of the
+//!   diff ([`FileReport`]), and step [`Timings`]. [`build_series`] does the same for several
+//!   diffs in order, each built on the previous one ([`Series`]).
 //! - [`shim`] is the compiler wrapper the `hotsplice` binary becomes when invoked as `cc`,
-//!   `gcc`, `g++`...: it adds `-ffunction-sections -fdata-sections` and logs a
-//!   [`Record`](record::Record) of every compile and link.
+//!   `gcc`, `g++`, `ccache`...: it adds `-ffunction-sections -fdata-sections`, splits
+//!   compile-and-link calls so objects are kept, asks links for a map, and logs a
+//!   [`Record`](record::Record) of every compile and link ([`cmdline`] parses the calls).
+//! - [`closure`] finds the objects a binary is linked from (archives through the link map,
+//!   partial links); [`classify`] says what each file of a diff is to the build; [`deps`]
+//!   lists what a compile includes; [`access`] tells which files a build read.
 //! - [`unified`] parses unified diffs and inserts the `#line` directives that keep
-//!   `__LINE__` stable below each hunk.
+//!   `__LINE__` stable below each hunk; [`series`] reads patch series and Debian updates.
 //!
 //! ```no_run
 //! use hotsplice_build::{Request, build};
 //! let request = Request {
 //!     source: "src".into(),
-//!     diff: "fix.patch".into(),
+//!     diffs: vec!["fix.patch".into()],
 //!     target: "prog".into(),
 //!     build_command: "make".into(),
 //!     post_build_command: None,
@@ -31,17 +37,27 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod access;
 mod builder;
+pub mod classify;
+pub mod closure;
+pub mod cmdline;
 pub mod debian;
+pub mod deps;
 mod identity;
+pub mod linkmap;
 pub mod record;
+pub mod series;
 pub mod shim;
 pub mod tree;
 pub mod unified;
 
 use std::path::PathBuf;
 
-pub use builder::{Outcome, Request, Timings, apply_diff, build};
+pub use builder::{
+    FileReport, Outcome, PatchResult, Request, Series, Timings, Verdict, apply_diff, build,
+    build_series,
+};
 pub use identity::identify;
 
 /// Why a build failed. Each variant names the file, command or object involved.
@@ -73,6 +89,19 @@ pub enum Error {
         /// What `patch` said.
         output: String,
     },
+    /// In a series, the diff applies only on top of earlier patches that were refused (or
+    /// failed) and so are not part of what runs.
+    #[error(
+        "{} applies only on top of {}, which cannot be applied live: it depends on them",
+        diff.display(),
+        on.join(", ")
+    )]
+    DependsOnRefused {
+        /// The diff.
+        diff: PathBuf,
+        /// The earlier patches it needs.
+        on: Vec<String>,
+    },
     /// The project's build command failed.
     #[error("the {phase} build failed: `{command}` exited with {status}; see {}", log.display())]
     BuildFailed {
@@ -87,11 +116,55 @@ pub enum Error {
     },
     /// The build compiled nothing through the shims.
     #[error(
-        "`{command}` compiled nothing through hotsplice's compiler shims; the build must call the compiler as cc/gcc/g++ (or $CC), not by absolute path"
+        "`{command}` compiled nothing through hotsplice's compiler shims{}",
+        outputs_hint(outputs)
     )]
     NoCompilations {
         /// The command.
         command: String,
+        /// Build outputs already in the source tree (a few), if any.
+        outputs: Vec<String>,
+    },
+    /// The pre build did not link the target through the shims.
+    #[error(
+        "the pre build did not link {target} through hotsplice's compiler shims{}",
+        outputs_hint(outputs)
+    )]
+    TargetNotLinked {
+        /// The target.
+        target: String,
+        /// Build outputs already in the source tree (a few), if any.
+        outputs: Vec<String>,
+    },
+    /// The target links objects the pre build did not compile, and the source tree already
+    /// held build outputs.
+    #[error(
+        "{target} links objects the pre build did not compile ({}): the source tree already \
+         contains build outputs, so the build did not rebuild them and hotsplice cannot record \
+         how they were built; give a clean tree (`make clean`, `git clean -xdf`, a fresh \
+         `apt-get source`) or a --build command that rebuilds everything (`make clean && make`)",
+        objects.join(", ")
+    )]
+    TreeHasOutputs {
+        /// The target.
+        target: String,
+        /// Some of the objects.
+        objects: Vec<String>,
+    },
+    /// A mirror (a copy of the sources the build made) holds a different version of a file
+    /// the diff changes.
+    #[error(
+        "{}: {} in {mirror} differs from the source tree's copy; hotsplice cannot tell which one the build compiles",
+        diff.display(),
+        file.display()
+    )]
+    Mirror {
+        /// The diff.
+        diff: PathBuf,
+        /// The file (tree-relative).
+        file: PathBuf,
+        /// The mirror directory.
+        mirror: String,
     },
     /// The target binary is not in the built tree.
     #[error("the build produced no {target} (looked in {})", tree.display())]
@@ -122,4 +195,20 @@ pub enum Error {
         #[source]
         source: hotsplice_objdiff::Error,
     },
+}
+
+fn outputs_hint(outputs: &[String]) -> String {
+    if outputs.is_empty() {
+        "; the build must call the compiler as cc/gcc/g++ or $CC (not by absolute path), and \
+         --target must name a binary it links"
+            .to_string()
+    } else {
+        format!(
+            "; the source tree already contains build outputs ({}...), so the build did not \
+             rebuild them: give a clean tree (`make clean`, `git clean -xdf`, a fresh \
+             `apt-get source`) or a --build command that rebuilds everything \
+             (`make clean && make`)",
+            outputs.join(", ")
+        )
+    }
 }

@@ -83,3 +83,47 @@ pub fn remove(path: &Path) -> io::Result<()> {
         other => other,
     }
 }
+
+/// `path` (as given to a command run in `directory`) relative to the tree at `root`,
+/// normalised lexically (`a/./b/../c` → `a/c`); `None` when it lies outside the tree.
+pub fn relative(root: &Path, directory: &str, path: &str) -> Option<String> {
+    let joined = Path::new(directory).join(path);
+    let mut parts: Vec<String> = Vec::new();
+    for c in joined.components() {
+        match c {
+            std::path::Component::RootDir | std::path::Component::Prefix(_) => parts.clear(),
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                parts.pop();
+            }
+            std::path::Component::Normal(p) => parts.push(p.to_string_lossy().into_owned()),
+        }
+    }
+    let absolute = PathBuf::from("/").join(parts.join("/"));
+    absolute
+        .strip_prefix(root)
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| !p.is_empty())
+}
+
+/// Whether two files have the same contents (a missing file equals only a missing file).
+pub fn same_contents(a: &Path, b: &Path) -> bool {
+    match (std::fs::read(a), std::fs::read(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        (Err(_), Err(_)) => true,
+        _ => false,
+    }
+}
+
+/// Files under `root` (tree-relative) modified at or after `since`.
+pub fn modified_since(root: &Path, since: std::time::SystemTime) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for rel in files(root)? {
+        let meta = std::fs::symlink_metadata(root.join(&rel))?;
+        if meta.file_type().is_file() && meta.modified().is_ok_and(|m| m >= since) {
+            out.push(rel);
+        }
+    }
+    Ok(out)
+}

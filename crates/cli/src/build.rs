@@ -1,17 +1,18 @@
-//! `hotsplice build`: turn a source tree + unified diff into a live-patch bundle.
+//! `hotsplice build`: turn a source tree + unified diff (or a series of them) into live-patch
+//! bundles.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::Context;
+use anyhow::{Context, anyhow};
 use clap::Args;
-use hotsplice_build::{Error as BuildError, Request};
+use hotsplice_build::{Error as BuildError, Outcome, PatchResult, Request, Verdict};
 use hotsplice_objdiff::Status;
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::{EXIT_ENVIRONMENT, EXIT_OK, EXIT_REFUSED, Exit};
+use crate::{EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_OK, EXIT_REFUSED, Exit};
 
 /// Build a live patch from the program's source, its build command and a unified diff.
 ///
@@ -19,15 +20,22 @@ use crate::{EXIT_ENVIRONMENT, EXIT_OK, EXIT_REFUSED, Exit};
 /// source (the tree you give is never modified), with compiler shims that add
 /// `-ffunction-sections -fdata-sections`; diffs the objects the fix recompiled; and writes a
 /// bundle for `hotsplice check`/`apply`, or explains why the fix cannot be applied live.
-/// The pre build is cached (by source content, build command and compiler): the next patch
-/// for the same source costs only the incremental rebuild.
+/// Every file of the diff is accounted for: recompiled and diffed, shown not to be part of
+/// the target, ignored (tests, documentation, files the build never reads), or refused
+/// (build configuration). The pre build is cached (by source content, build command and
+/// compiler): the next patch for the same source costs only the incremental rebuild.
 ///
-/// Exit status: 0 bundle written; 1 refused or nothing to patch (no bundle written; the
-/// report says why); 2 bad input (unreadable or non-applying diff, missing target);
-/// 3 environment (the build itself failed, I/O errors).
-#[derive(Debug, Args)]
+/// A series (--series, or --debian with --update-to) is built in order: one full build,
+/// then one incremental build and one bundle per patch, each built on top of the previous
+/// ones (apply them in order); -o is then a directory.
+///
+/// Exit status: 0 bundle(s) written (for a series: no patch refused or failed); 1 refused or
+/// nothing to patch (no bundle written; the report says why); 2 bad input (unreadable or
+/// non-applying diff, missing target, unusable -o); 3 environment (the build itself failed,
+/// I/O errors).
+#[derive(Debug, Clone, Args)]
 #[command(
-    after_help = "Examples:\n  hotsplice build --source ~/src/app --diff CVE-2024-1234.patch --target app -o cve.hsp\n  hotsplice build --source nginx-1.22.1 --build './configure && make' --target objs/nginx --diff fix.patch -o fix.hsp\n  hotsplice build --debian nginx --diff fix.patch --target usr/sbin/nginx -o fix.hsp\n  hotsplice build --kernel --source /usr/src/linux-source-6.1 --config /boot/config-$(uname -r) --diff fix.patch -o fix.ko"
+    after_help = "Examples:\n  hotsplice build --source ~/src/app --diff CVE-2024-1234.patch --target app -o cve.hsp\n  hotsplice build --source nginx-1.22.1 --build './configure && make' --target objs/nginx --diff fix.patch -o fix.hsp\n  hotsplice build --source app --series patches/ --target app -o bundles/\n  hotsplice build --debian nginx --diff fix.patch --target usr/sbin/nginx -o fix.hsp\n  hotsplice build --debian openssh-server --update-to 1:9.2p1-2+deb12u10 --target usr/sbin/sshd -o bundles/\n  hotsplice build --kernel --source /usr/src/linux-source-6.1 --config /boot/config-$(uname -r) --diff fix.patch -o fix.ko"
 )]
 #[command(group(clap::ArgGroup::new("origin").required(true).args(["source", "debian"])))]
 pub struct BuildArgs {
@@ -35,7 +43,7 @@ pub struct BuildArgs {
     /// kernel source the running kernel was built from (Debian: linux-source-6.1), --config
     /// its configuration; only the translation units the diff touches are compiled, in a
     /// prepared tree cached between builds. Load the module with `hotsplice kernel apply`.
-    #[arg(long, requires = "config", conflicts_with_all = ["debian", "target", "build_command", "post_build_command", "mirrors"])]
+    #[arg(long, requires = "config", conflicts_with_all = ["debian", "target", "build_command", "post_build_command", "mirrors", "series", "update_to"])]
     pub(crate) kernel: bool,
     /// The kernel's configuration (`/boot/config-$(uname -r)`). With --kernel.
     #[arg(long, value_name = "CONFIG", requires = "kernel")]
@@ -67,9 +75,26 @@ pub struct BuildArgs {
     /// (`usr/sbin/nginx`). Needs a deb-src entry and the package's build dependencies.
     #[arg(long, value_name = "PACKAGE[=VERSION]", conflicts_with_all = ["build_command", "mirrors"])]
     debian: Option<String>,
+    /// With --debian: build the update from that version (installed, or named) to VERSION of
+    /// the same package, as a series — the patches VERSION's `debian/patches` adds, one bundle
+    /// each (or one diff of the whole source when the upstream version differs).
+    #[arg(long = "update-to", value_name = "VERSION", requires = "debian", conflicts_with_all = ["series", "diff_arg"])]
+    update_to: Option<String>,
     /// The fix, as a unified diff (`diff -u`, `git diff`, a Debian patch).
-    #[arg(long, value_name = "FIX.patch")]
+    #[arg(
+        long = "diff",
+        value_name = "FIX.patch",
+        required_unless_present_any = ["series", "update_to"]
+    )]
+    diff_arg: Option<PathBuf>,
+    /// The diff (--diff), for the kernel build.
+    #[arg(skip)]
     pub(crate) diff: PathBuf,
+    /// A patch series, in order: a directory with a quilt `series` file (`debian/patches`)
+    /// or of `*.patch` files, a series file, or a patch (repeat to list patches). One bundle
+    /// per patch, each built on top of the previous ones; -o is then a directory.
+    #[arg(long, value_name = "DIR|FILE", conflicts_with = "diff_arg")]
+    series: Vec<PathBuf>,
     /// The patched binary, relative to the build tree (`objs/nginx`, `src/redis-server`).
     #[arg(long, value_name = "REL/PATH", required_unless_present = "kernel")]
     target: Option<String>,
@@ -83,20 +108,24 @@ pub struct BuildArgs {
     /// `debian/build-bin`): patched files are copied there too. Repeatable.
     #[arg(long = "mirror", value_name = "REL/DIR")]
     mirrors: Vec<String>,
+    /// Extra environment for the builds, NAME=VALUE (e.g. `DEB_BUILD_PROFILES=noudeb`).
+    /// Repeatable.
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    env: Vec<String>,
     /// Where pre builds are cached [default: $HOTSPLICE_CACHE, else ~/.cache/hotsplice].
     #[arg(long, value_name = "DIR")]
     pub(crate) cache: Option<PathBuf>,
     /// Parallel build jobs.
     #[arg(short = 'j', long, value_name = "N", default_value_t = 2)]
     jobs: usize,
-    /// Where to write the bundle.
+    /// Where to write the bundle (a directory for a series).
     #[arg(short = 'o', long, value_name = "FIX.hsp")]
     pub(crate) output: PathBuf,
     /// Sign the bundle with this secret key (from `hotsplice key generate`); machines that
     /// trust its public key will apply the bundle. Also: `HOTSPLICE_SIGNING_KEY`.
     #[arg(long, value_name = "KEY", env = "HOTSPLICE_SIGNING_KEY")]
     pub(crate) sign: Option<PathBuf>,
-    /// Print a JSON summary on stdout (progress still goes to stderr).
+    /// Print a JSON summary on stdout (progress still goes to stderr), errors included.
     #[arg(long)]
     pub(crate) json: bool,
 }
@@ -114,38 +143,145 @@ pub(crate) fn default_cache() -> PathBuf {
     }
 }
 
-fn exit_for(error: BuildError) -> Exit {
-    let code = match &error {
+fn exit_code_of(error: &BuildError) -> u8 {
+    match error {
         BuildError::DiffParse { .. }
         | BuildError::DiffDoesNotApply { .. }
         | BuildError::TargetMissing { .. }
-        | BuildError::TargetNotElf { .. } => crate::EXIT_BAD_INPUT,
+        | BuildError::TargetNotElf { .. }
+        | BuildError::TargetNotLinked { .. }
+        | BuildError::TreeHasOutputs { .. }
+        | BuildError::NoCompilations { .. }
+        | BuildError::Mirror { .. } => EXIT_BAD_INPUT,
+        BuildError::DependsOnRefused { .. } => EXIT_REFUSED,
         _ => EXIT_ENVIRONMENT,
-    };
+    }
+}
+
+fn exit_for(error: BuildError) -> Exit {
     Exit {
-        code,
+        code: exit_code_of(&error),
         error: anyhow::Error::new(error),
+    }
+}
+
+fn env_exit(error: anyhow::Error) -> Exit {
+    Exit {
+        code: EXIT_ENVIRONMENT,
+        error,
     }
 }
 
 /// `hotsplice build`.
 pub fn run(args: &BuildArgs) -> Result<ExitCode, Exit> {
+    let mut args = args.clone();
+    args.diff = args.diff_arg.clone().unwrap_or_default();
+    let args = &args;
     if args.kernel {
         return crate::kernel::build(args);
     }
+    match run_user(args) {
+        Ok(code) => Ok(code),
+        Err(exit) => {
+            if args.json {
+                let v = json!({
+                    "outcome": "error",
+                    "exit": exit.code,
+                    "error": format!("{:#}", exit.error),
+                });
+                let _ = writeln!(
+                    std::io::stdout().lock(),
+                    "{}",
+                    serde_json::to_string_pretty(&v).unwrap_or_default()
+                );
+            }
+            Err(exit)
+        }
+    }
+}
+
+/// Checks `-o` before a build that takes minutes: a file in an existing directory, or (for a
+/// series) a directory that exists or can be made.
+fn check_output(output: &Path, series: bool) -> Result<(), Exit> {
+    let parent = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if series {
+        if output.exists() && !output.is_dir() {
+            return Err(Exit::bad_input(anyhow!(
+                "-o {}: a series writes one bundle per patch into a directory, and this is a file",
+                output.display()
+            )));
+        }
+        if !output.exists() && !parent.is_dir() {
+            return Err(Exit::bad_input(anyhow!(
+                "-o {}: its parent directory {} does not exist",
+                output.display(),
+                parent.display()
+            )));
+        }
+        return std::fs::create_dir_all(output)
+            .with_context(|| format!("creating {}", output.display()))
+            .map_err(Exit::bad_input);
+    }
+    if output.is_dir() {
+        return Err(Exit::bad_input(anyhow!(
+            "-o {}: is a directory (give the bundle's file name)",
+            output.display()
+        )));
+    }
+    if !parent.is_dir() {
+        return Err(Exit::bad_input(anyhow!(
+            "-o {}: the directory {} does not exist",
+            output.display(),
+            parent.display()
+        )));
+    }
+    let probe = parent.join(format!(".hotsplice-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .with_context(|| {
+            format!(
+                "-o {}: cannot write in {}",
+                output.display(),
+                parent.display()
+            )
+        })
+        .map_err(Exit::bad_input)?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// The diffs of `--series` arguments.
+fn series_diffs(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Exit> {
+    let mut out = Vec::new();
+    for path in paths {
+        let is_patch = path.is_file()
+            && std::fs::read(path)
+                .map(|b| hotsplice_build::unified::parse(&String::from_utf8_lossy(&b)).is_ok())
+                .unwrap_or(false);
+        if is_patch {
+            out.push(path.clone());
+        } else {
+            out.extend(hotsplice_build::series::resolve(path).map_err(exit_for)?);
+        }
+    }
+    Ok(out)
+}
+
+fn run_user(args: &BuildArgs) -> Result<ExitCode, Exit> {
     let target = args.target.clone().unwrap_or_default();
-    // Read the key before a build that takes minutes, so a bad key fails at once.
+    // Read the key and check -o before a build that takes minutes.
     let key = args
         .sign
         .as_deref()
         .map(crate::trust::read_secret)
         .transpose()?;
+    let many = !args.series.is_empty() || args.update_to.is_some();
+    check_output(&args.output, many)?;
     let shim_program = std::env::current_exe()
         .context("locating the hotsplice executable for the compiler shims")
-        .map_err(|error| Exit {
-            code: EXIT_ENVIRONMENT,
-            error,
-        })?;
+        .map_err(env_exit)?;
     let cache = args.cache.clone().unwrap_or_else(default_cache);
     let started = Instant::now();
     let mut progress = |step: &str| {
@@ -154,14 +290,27 @@ pub fn run(args: &BuildArgs) -> Result<ExitCode, Exit> {
             started.elapsed().as_secs_f64()
         );
     };
+    let mut env = Vec::new();
+    for pair in &args.env {
+        let Some((k, v)) = pair.split_once('=') else {
+            return Err(Exit::bad_input(anyhow!(
+                "--env {pair}: expected NAME=VALUE"
+            )));
+        };
+        env.push((k.to_string(), v.to_string()));
+    }
     let mut request = Request {
         source: PathBuf::new(),
-        diff: args.diff.clone(),
+        diffs: if args.series.is_empty() {
+            vec![args.diff.clone()]
+        } else {
+            series_diffs(&args.series)?
+        },
         target,
         build_command: args.build_command.clone(),
         post_build_command: args.post_build_command.clone(),
         mirrors: args.mirrors.clone(),
-        env: Vec::new(),
+        env,
         debian: false,
         cache: cache.clone(),
         jobs: args.jobs,
@@ -179,76 +328,345 @@ pub fn run(args: &BuildArgs) -> Result<ExitCode, Exit> {
                 source.version,
                 source.tree.display()
             ));
+            if let Some(version) = &args.update_to {
+                let spec_new = format!("{}={version}", source.package);
+                let newer = hotsplice_build::debian::fetch(&spec_new, &cache, &mut progress)
+                    .map_err(exit_for)?;
+                let dest = cache.join("debian").join(format!(
+                    "update_{}_{}_{}",
+                    source.package,
+                    source.version.replace(':', "_"),
+                    version.replace(':', "_")
+                ));
+                request.diffs = hotsplice_build::debian::update_series(&source, &newer, &dest)
+                    .map_err(exit_for)?;
+                progress(&format!(
+                    "update {} → {}: {} patch(es)",
+                    source.version,
+                    version,
+                    request.diffs.len()
+                ));
+            }
             request.source = source.tree;
             request.build_command = "debian/rules build-arch".to_string();
-            request.env = vec![(
+            request.env.push((
                 "DEB_BUILD_OPTIONS".to_string(),
                 format!("nocheck parallel={}", args.jobs.max(1)),
-            )];
+            ));
             request.debian = true;
         }
         (None, None) => unreachable!("clap requires --source or --debian"),
     }
+    if many {
+        return run_series(args, &request, key.as_ref(), started, &mut progress);
+    }
     let outcome = hotsplice_build::build(&request, &mut progress).map_err(exit_for)?;
-    let bundle = &outcome.bundle;
+    let verdict = outcome.verdict();
+    if verdict == Verdict::Written {
+        write_bundle(&outcome, &args.output, key.as_ref())?;
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let mut summary = patch_json(&outcome, &args.output, key.as_ref());
+        summary["seconds"]["total"] = json!(started.elapsed().as_secs_f64());
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&summary).unwrap_or_default()
+        );
+    } else {
+        let _ = crate::diff::write_human(&mut out, &outcome.report, false);
+        let _ = write_accounting(&mut out, &outcome, false);
+        let _ = writeln!(
+            out,
+            "{}",
+            verdict_line(&outcome, &args.output, key.as_ref())
+        );
+    }
+    Ok(ExitCode::from(match verdict {
+        Verdict::Written => EXIT_OK,
+        _ => EXIT_REFUSED,
+    }))
+}
 
-    let changed: Vec<String> = bundle
+fn write_bundle(
+    outcome: &Outcome,
+    path: &Path,
+    key: Option<&hotsplice_bundle::signature::SecretKey>,
+) -> Result<(), Exit> {
+    let bytes = hotsplice_bundle::write_signed(&outcome.bundle, key)
+        .context("sealing the bundle")
+        .map_err(env_exit)?;
+    std::fs::write(path, bytes)
+        .with_context(|| format!("writing {}", path.display()))
+        .map_err(env_exit)
+}
+
+fn replaced(outcome: &Outcome) -> Vec<String> {
+    outcome
+        .bundle
         .objects
         .iter()
         .flat_map(|o| o.replacements.iter().map(|r| r.name.clone()))
-        .collect();
-    let new: Vec<String> = outcome
+        .collect()
+}
+
+fn new_functions(outcome: &Outcome) -> Vec<String> {
+    outcome
         .report
         .objects
         .iter()
         .flat_map(|o| &o.functions)
         .filter(|f| f.status == Status::New)
         .map(|f| f.name.clone())
-        .collect();
-    let (verdict, code) = if !bundle.refusals.is_empty() {
-        ("refused", EXIT_REFUSED)
-    } else if !outcome.has_changes() {
-        ("nothing-to-patch", EXIT_REFUSED)
-    } else {
-        ("written", EXIT_OK)
-    };
-    if verdict == "written" {
-        let bytes = hotsplice_bundle::write_signed(bundle, key.as_ref())
-            .context("sealing the bundle")
-            .map_err(|error| Exit {
-                code: EXIT_ENVIRONMENT,
-                error,
-            })?;
-        std::fs::write(&args.output, bytes)
-            .with_context(|| format!("writing {}", args.output.display()))
-            .map_err(|error| Exit {
-                code: EXIT_ENVIRONMENT,
-                error,
-            })?;
-    }
+        .collect()
+}
 
+/// The JSON summary of one built patch.
+fn patch_json(
+    outcome: &Outcome,
+    output: &Path,
+    key: Option<&hotsplice_bundle::signature::SecretKey>,
+) -> Value {
+    let bundle = &outcome.bundle;
+    let verdict = outcome.verdict();
+    let written = verdict == Verdict::Written;
     let t = &outcome.timings;
+    let files: Vec<Value> = outcome
+        .files
+        .iter()
+        .map(|f| json!({"path": f.path, "role": f.role.as_str(), "status": f.status, "detail": f.detail}))
+        .collect();
+    let ignored: Vec<&str> = outcome
+        .files
+        .iter()
+        .filter(|f| f.status == "ignored")
+        .map(|f| f.path.as_str())
+        .collect();
+    json!({
+        "outcome": verdict.as_str(),
+        "diff": outcome.diff.display().to_string(),
+        "bundle": written.then(|| output.display().to_string()),
+        "signed_by": key.filter(|_| written).map(|k| k.public().id()),
+        "id": bundle.id,
+        "target": bundle.target.path,
+        "replaced": replaced(outcome),
+        "new": new_functions(outcome),
+        "refusals": bundle.refusals,
+        "warnings": bundle.warnings,
+        "files": files,
+        "ignored": ignored,
+        "rebuilt": outcome.rebuilt,
+        "recompiled": outcome.recompiled,
+        "not_in_target": outcome.not_in_target,
+        "other_targets": outcome.other_targets,
+        "stacks_on": outcome.stacks_on,
+        "pre_cached": outcome.pre_cached,
+        "seconds": {
+            "pre_build": t.pre_build.as_secs_f64(),
+            "prepare": t.prepare.as_secs_f64(),
+            "post_build": t.post_build.as_secs_f64(),
+            "diff": t.diff.as_secs_f64(),
+        },
+    })
+}
+
+fn write_accounting(
+    out: &mut impl Write,
+    outcome: &Outcome,
+    all_refusals: bool,
+) -> std::io::Result<()> {
+    for f in &outcome.files {
+        writeln!(
+            out,
+            "  {} ({}): {}{}",
+            f.path,
+            f.role.as_str(),
+            f.status,
+            if f.detail.is_empty() || f.status == "refused" {
+                String::new()
+            } else {
+                format!(" — {}", f.detail)
+            }
+        )?;
+    }
+    if !outcome.recompiled.is_empty() {
+        writeln!(
+            out,
+            "recompiled by hotsplice (the build did not): {}",
+            outcome.recompiled.join(", ")
+        )?;
+    }
+    if !outcome.not_in_target.is_empty() {
+        writeln!(
+            out,
+            "not linked into {} (ignored): {}",
+            outcome.bundle.target.path,
+            outcome.not_in_target.join(", ")
+        )?;
+    }
+    if !outcome.other_targets.is_empty() {
+        writeln!(
+            out,
+            "the fix changes other binaries of the build: {} (build a patch for each with --target)",
+            outcome.other_targets.join(", ")
+        )?;
+    }
+    for r in &outcome.bundle.refusals {
+        if r.object.is_empty() || all_refusals {
+            writeln!(out, "refused ({}): {}", r.kind, r.detail)?;
+        }
+    }
+    if !outcome.stacks_on.is_empty() {
+        writeln!(
+            out,
+            "stacks on {} (apply after it)",
+            outcome.stacks_on.join(", ")
+        )?;
+    }
+    Ok(())
+}
+
+fn verdict_line(
+    outcome: &Outcome,
+    output: &Path,
+    key: Option<&hotsplice_bundle::signature::SecretKey>,
+) -> String {
+    let bundle = &outcome.bundle;
+    let new = new_functions(outcome);
+    match outcome.verdict() {
+        Verdict::Written => format!(
+            "wrote {} ({}{}): replaces {}{}",
+            output.display(),
+            bundle.id,
+            key.map(|k| format!(", signed by {}", k.public().id()))
+                .unwrap_or_else(|| ", unsigned".to_string()),
+            replaced(outcome).join(", "),
+            if new.is_empty() {
+                String::new()
+            } else {
+                format!("; adds {}", new.join(", "))
+            }
+        ),
+        Verdict::NothingToPatch if !outcome.other_targets.is_empty() => format!(
+            "nothing to patch in {}: the diff changes only {} (no bundle written)",
+            bundle.target.path,
+            outcome.other_targets.join(", ")
+        ),
+        Verdict::NothingToPatch => format!(
+            "nothing to patch: the diff changes no function of {} in this build (no bundle written)",
+            bundle.target.path
+        ),
+        Verdict::Refused => {
+            "refused: the fix cannot be applied live (no bundle written); see the refusals above"
+                .to_string()
+        }
+    }
+}
+
+/// A bundle's file name in a series' output directory.
+fn series_bundle_name(k: usize, diff: &Path) -> String {
+    let stem = diff
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "patch".to_string());
+    // `01-fix.patch` → `01-fix.hsp`, not `01-01-fix.hsp`.
+    let digits = stem.chars().take_while(char::is_ascii_digit).count();
+    let stem = match stem[digits..].strip_prefix(['-', '_']) {
+        Some(rest) if digits > 0 && !rest.is_empty() => rest.to_string(),
+        _ => stem,
+    };
+    format!("{:02}-{stem}.hsp", k + 1)
+}
+
+fn run_series(
+    args: &BuildArgs,
+    request: &Request,
+    key: Option<&hotsplice_bundle::signature::SecretKey>,
+    started: Instant,
+    progress: &mut dyn FnMut(&str),
+) -> Result<ExitCode, Exit> {
+    let series = hotsplice_build::build_series(request, progress).map_err(exit_for)?;
+    let mut rows = Vec::new();
+    let mut code = EXIT_OK;
+    let mut written = 0;
     let mut out = std::io::stdout().lock();
+    for (k, result) in series.patches.iter().enumerate() {
+        match result {
+            PatchResult::Built(outcome) => {
+                let path = args.output.join(series_bundle_name(k, &outcome.diff));
+                let verdict = outcome.verdict();
+                if verdict == Verdict::Written {
+                    write_bundle(outcome, &path, key)?;
+                    written += 1;
+                } else if verdict == Verdict::Refused {
+                    code = code.max(EXIT_REFUSED);
+                }
+                if args.json {
+                    rows.push(patch_json(outcome, &path, key));
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "{:02} {}: {}",
+                        k + 1,
+                        outcome.diff.display(),
+                        verdict.as_str()
+                    );
+                    let _ = write_accounting(&mut out, outcome, true);
+                    let _ = writeln!(out, "   {}", verdict_line(outcome, &path, key));
+                }
+            }
+            PatchResult::Failed {
+                diff,
+                error: BuildError::DependsOnRefused { on, .. },
+            } => {
+                code = code.max(EXIT_REFUSED);
+                let detail = format!(
+                    "applies only on top of {}, which cannot be applied live",
+                    on.join(", ")
+                );
+                if args.json {
+                    rows.push(json!({
+                        "outcome": "refused",
+                        "diff": diff.display().to_string(),
+                        "refusals": [{"kind": "depends-on-refused", "symbol": on.join(", "), "object": "", "detail": detail, "functions": []}],
+                        "replaced": [],
+                        "files": [],
+                    }));
+                } else {
+                    let _ = writeln!(out, "{:02} {}: refused", k + 1, diff.display());
+                    let _ = writeln!(out, "refused (depends-on-refused): {detail}");
+                }
+            }
+            PatchResult::Failed { diff, error } => {
+                let exit = exit_code_of(error);
+                code = code.max(exit);
+                if args.json {
+                    rows.push(json!({
+                        "outcome": "error",
+                        "diff": diff.display().to_string(),
+                        "exit": exit,
+                        "error": format!("{:#}", clone_error(error)),
+                    }));
+                } else {
+                    let _ = writeln!(out, "{:02} {}: error: {error}", k + 1, diff.display());
+                }
+            }
+        }
+    }
+    if written == 0 {
+        code = code.max(EXIT_REFUSED);
+    }
     if args.json {
         let summary = json!({
-            "outcome": verdict,
-            "bundle": (verdict == "written").then(|| args.output.display().to_string()),
-            "signed_by": key.as_ref().filter(|_| verdict == "written").map(|k| k.public().id()),
-            "id": bundle.id,
-            "target": bundle.target.path,
-            "replaced": changed,
-            "new": new,
-            "refusals": bundle.refusals,
-            "warnings": bundle.warnings,
-            "rebuilt": outcome.rebuilt,
-            "not_in_target": outcome.not_in_target,
-            "other_targets": outcome.other_targets,
-            "pre_cached": outcome.pre_cached,
+            "outcome": "series",
+            "target": series.target.path,
+            "output": args.output.display().to_string(),
+            "pre_cached": series.pre_cached,
+            "written": written,
+            "patches": rows,
             "seconds": {
-                "pre_build": t.pre_build.as_secs_f64(),
-                "prepare": t.prepare.as_secs_f64(),
-                "post_build": t.post_build.as_secs_f64(),
-                "diff": t.diff.as_secs_f64(),
+                "pre_build": series.pre_build.as_secs_f64(),
                 "total": started.elapsed().as_secs_f64(),
             },
         });
@@ -258,54 +676,24 @@ pub fn run(args: &BuildArgs) -> Result<ExitCode, Exit> {
             serde_json::to_string_pretty(&summary).unwrap_or_default()
         );
     } else {
-        let _ = crate::diff::write_human(&mut out, &outcome.report, false);
-        if !outcome.not_in_target.is_empty() {
-            let _ = writeln!(
-                out,
-                "not linked into {} (ignored): {}",
-                bundle.target.path,
-                outcome.not_in_target.join(", ")
-            );
-        }
-        if !outcome.other_targets.is_empty() {
-            let _ = writeln!(
-                out,
-                "the fix changes other binaries of the build: {} (build a patch for each with --target)",
-                outcome.other_targets.join(", ")
-            );
-        }
-        let _ = match verdict {
-            "written" => writeln!(
-                out,
-                "wrote {} ({}{}): replaces {}{}",
-                args.output.display(),
-                bundle.id,
-                key.as_ref()
-                    .map(|k| format!(", signed by {}", k.public().id()))
-                    .unwrap_or_else(|| ", unsigned".to_string()),
-                changed.join(", "),
-                if new.is_empty() {
-                    String::new()
-                } else {
-                    format!("; adds {}", new.join(", "))
-                }
-            ),
-            "nothing-to-patch" if !outcome.other_targets.is_empty() => writeln!(
-                out,
-                "nothing to patch in {}: the diff changes only {} (no bundle written)",
-                bundle.target.path,
-                outcome.other_targets.join(", ")
-            ),
-            "nothing-to-patch" => writeln!(
-                out,
-                "nothing to patch: the diff changes no function of {} in this build (no bundle written)",
-                bundle.target.path
-            ),
-            _ => writeln!(
-                out,
-                "refused: the fix cannot be applied live (no bundle written); see the refusals above"
-            ),
-        };
+        let _ = writeln!(
+            out,
+            "series: {written} bundle(s) of {} patch(es) in {} (apply them in order)",
+            series.patches.len(),
+            args.output.display()
+        );
     }
     Ok(ExitCode::from(code))
+}
+
+/// An error's message chain as a new error (library errors are not `Clone`).
+fn clone_error(error: &BuildError) -> anyhow::Error {
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    anyhow!(message)
 }

@@ -99,7 +99,8 @@ impl Command {
     /// Whether the command was asked for JSON output.
     fn json(&self) -> bool {
         match self {
-            Command::Build(a) => a.json,
+            // `build` prints its own JSON for every outcome, errors included.
+            Command::Build(_) => false,
             Command::Info(a) => a.json,
             Command::Check(a) => a.json(),
             Command::Apply(a) => a.json(),
@@ -155,14 +156,34 @@ fn main() -> ExitCode {
             let code = hotsplice_build::shim::run(&argv0, args.collect());
             return ExitCode::from(u8::try_from(code).unwrap_or(1));
         }
+        // The guardian of a live operation (see `signals::Guardian`).
+        let rest: Vec<String> = std::env::args().skip(1).collect();
+        if let [cmd, pid] = rest.as_slice()
+            && cmd == "__guard"
+            && let Ok(pid) = pid.parse()
+        {
+            hotsplice_ptrace::signals::guard(pid);
+            return ExitCode::SUCCESS;
+        }
     }
     let cli = Cli::parse();
-    if cli.command.live() {
+    let stops_threads = matches!(
+        cli.command,
+        Command::Check(_) | Command::Apply(_) | Command::Undo(_) | Command::Recover(_)
+    );
+    let guardian = if cli.command.live() {
         // While hotsplice holds a target, a termination request or a job-control stop waits:
-        // the operation rolls back (or finishes) first, then the signal takes effect.
+        // the operation rolls back (or finishes) first, then the signal takes effect; and a
+        // SIGSTOP, which cannot wait, is undone at once by the guardian.
         hotsplice_ptrace::signals::defer_interruptions();
         hotsplice_ptrace::prepare_watchdog();
-    }
+        std::env::current_exe()
+            .ok()
+            .filter(|_| stops_threads)
+            .map(|exe| hotsplice_ptrace::signals::Guardian::start(&exe))
+    } else {
+        None
+    };
     let code = match run(&cli) {
         Ok(code) => code,
         Err(exit) => {
@@ -184,6 +205,9 @@ fn main() -> ExitCode {
     if cli.command.live() {
         use std::io::Write;
         let _ = std::io::stdout().flush();
+        // The target is released: a held-back stop now takes effect, and the guardian must
+        // not undo it.
+        drop(guardian);
         hotsplice_ptrace::signals::allow_interruptions();
     }
     code

@@ -62,3 +62,66 @@ fn unsafe_zeroed_sigset() -> libc::sigset_t {
 pub fn allow_interruptions() {
     let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&held()), None);
 }
+
+/// A small process that keeps hotsplice from being left stopped while it holds a target: if
+/// hotsplice is stopped anyway (`SIGSTOP`, which no process can block), the guardian continues
+/// it at once, so the target's threads are never frozen behind a stopped tracer. It runs while
+/// the [`Guardian`] lives (it ends when hotsplice does, by the pipe closing).
+#[derive(Debug)]
+pub struct Guardian {
+    child: Option<std::process::Child>,
+}
+
+impl Guardian {
+    /// Starts the guardian: `program` run as `program __guard PID` in a process group of its
+    /// own (a stop sent to hotsplice's group does not reach it). Starting it is best effort.
+    pub fn start(program: &std::path::Path) -> Guardian {
+        use std::os::unix::process::CommandExt;
+        let child = std::process::Command::new(program)
+            .arg("__guard")
+            .arg(std::process::id().to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .ok();
+        Guardian { child }
+    }
+}
+
+impl Drop for Guardian {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            drop(child.stdin.take());
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The guardian's loop (`hotsplice __guard PID`): every millisecond, if PID is stopped by job
+/// control, continue it; return when PID is gone or stdin (its pipe) closes.
+pub fn guard(pid: i32) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let stdin = std::io::stdin();
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").and_then(|(_, r)| r.chars().next()));
+        match state {
+            None | Some('Z' | 'X') => return,
+            Some('T') => {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGCONT);
+            }
+            _ => {}
+        }
+        let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(1u8)) {
+            Ok(0) => {}
+            // Input or hang-up: hotsplice is done (or gone).
+            _ => return,
+        }
+    }
+}

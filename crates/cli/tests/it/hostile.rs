@@ -373,6 +373,33 @@ fn signals_to_hotsplice_never_leave_the_target_stopped() {
     let out = fixture.run(&["undo", &id, "--pid", &pid]);
     assert_eq!(code(&out), Some(0), "{}", stderr(&out));
 
+    // SIGSTOP, which nothing can block, while every target thread is stopped: the guardian
+    // continues hotsplice at once, and the apply completes.
+    let held = Held::start(
+        &fixture,
+        "checked",
+        &["apply", fixture.bundle("work"), "--pid", &pid],
+    );
+    let hs = held.pid();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &hs.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_ne!(
+        state_of(hs),
+        'T',
+        "hotsplice stayed stopped while holding the target"
+    );
+    let out = held.release();
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert!(target.work_patched());
+    let out = fixture.run(&["undo", &id, "--pid", &pid]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+
     // SIGTERM between the mapping and the switch: rolled back, nothing left behind, and
     // hotsplice ends by the signal.
     for signal in ["TERM", "INT", "HUP"] {

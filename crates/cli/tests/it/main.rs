@@ -24,6 +24,9 @@ mod hostile;
 mod lifecycle;
 /// `hotsplice check | apply | undo | list` on real processes.
 mod live;
+/// `hotsplice build` on the ways projects build: one-call compile+link, bundled static
+/// libraries, libtool, generated parsers, launchers, series; bad trees and failed builds.
+mod styles;
 /// The hostile fixture's target and bundles.
 mod targets;
 /// Signed bundles, trusted keys and the audit log.
