@@ -41,12 +41,12 @@ struct Window {
     total: f64,
 }
 
+/// A started target: the process, its request and answer pipes, and its worker thread ids.
+pub(crate) type Started = (Child, ChildStdin, BufReader<ChildStdout>, Vec<i64>);
+
 /// Starts a busy target (`fixtures/bench/spin`) with `threads` threads and waits for its
-/// `ready` line; returns it with its request and answer pipes.
-pub(crate) fn spawn_ready(
-    exe: &Path,
-    threads: u32,
-) -> Result<(Child, ChildStdin, BufReader<ChildStdout>)> {
+/// `ready` line.
+pub(crate) fn spawn_ready(exe: &Path, threads: u32) -> Result<Started> {
     let mut child = Command::new(exe)
         .arg(threads.to_string())
         .stdin(Stdio::piped())
@@ -59,7 +59,7 @@ pub(crate) fn spawn_ready(
     if !line.starts_with("ready") {
         bail!("target said {line:?}");
     }
-    Ok((child, input, output))
+    Ok((child, input, output, worker_tids(&line)))
 }
 
 /// The worker thread ids of a target's "ready N tids A,B,C" line.
@@ -73,23 +73,12 @@ fn worker_tids(line: &str) -> Vec<i64> {
 
 impl Target {
     fn start(exe: &Path, threads: u32) -> Result<Target> {
-        let mut child = Command::new(exe)
-            .arg(threads.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let input = child.stdin.take().context("stdin")?;
-        let mut output = BufReader::new(child.stdout.take().context("stdout")?);
-        let mut line = String::new();
-        output.read_line(&mut line)?;
-        if !line.starts_with("ready") {
-            bail!("target said {line:?}");
-        }
+        let (child, input, output, workers) = spawn_ready(exe, threads)?;
         let mut target = Target {
             child,
             input,
             output,
-            workers: worker_tids(&line),
+            workers,
         };
         std::thread::sleep(Duration::from_millis(300));
         target.window()?; // discard start-up

@@ -38,7 +38,7 @@ struct Report {
 
 impl Spin {
     fn start(exe: &Path, threads: u32) -> Result<Spin> {
-        let (child, input, output) = crate::pause::spawn_ready(exe, threads)?;
+        let (child, input, output, _) = crate::pause::spawn_ready(exe, threads)?;
         std::thread::sleep(Duration::from_millis(300));
         let mut spin = Spin {
             child,

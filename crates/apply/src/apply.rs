@@ -394,7 +394,7 @@ pub fn discard(
 
 /// The ranges that must be idle when the jumps go in: the code currently live for each
 /// replaced function.
-fn idle_ranges(prepared: &Prepared<'_>) -> Vec<Range> {
+pub fn idle_ranges(prepared: &Prepared<'_>) -> Vec<Range> {
     prepared
         .located
         .iter()
@@ -672,6 +672,33 @@ fn decide_idle<'r>(
     }
 }
 
+/// Journals the jumps about to be written (before the stop), then switches.
+#[allow(clippy::too_many_arguments)]
+fn journal_and_switch(
+    txn: &mut Transaction<'_>,
+    linked: &Linked,
+    space: &mut AddressSpace,
+    cfi: &Cfi,
+    options: &Options,
+    pauses: &mut PauseLog,
+    ranges: &[Range],
+    expected: &[[u8; 5]],
+    hook: &mut dyn FnMut(&mut Stopped, Stage) -> Result<Proceed, Error>,
+) -> Result<switch::Switched, Error> {
+    txn.advance(|j| {
+        j.phase = Phase::Switching;
+        j.patch = linked.applied.clone();
+    })?;
+    switch::switch(
+        space,
+        cfi,
+        options,
+        pauses,
+        &mut decide_idle(ranges, site_writes(linked, expected)),
+        hook,
+    )
+}
+
 /// A single-threaded target: everything happens in one stop — map at an address chosen from
 /// the memory map, load the code linked for it beforehand, check, jump.
 #[allow(clippy::too_many_arguments)]
@@ -729,16 +756,15 @@ fn apply_in_one_stop(
             header: state::header(&linked.applied, link::HEADER_SIZE as usize - 1),
             tag: state::data_tag(&bundle.id),
         };
-        txn.advance(|j| {
-            j.phase = Phase::Switching;
-            j.patch = linked.applied.clone();
-        })?;
-        let switched = switch::switch(
+        let switched = journal_and_switch(
+            txn,
+            &linked,
             space,
             cfi,
             options,
             pauses,
-            &mut decide_idle(ranges, site_writes(&linked, expected)),
+            ranges,
+            expected,
             &mut |stopped, stage| match stage {
                 Stage::BeforeWrites => map_and_load(stopped, &load),
                 Stage::AfterWrites => Ok(Proceed::Yes),
@@ -798,16 +824,15 @@ fn apply_in_two(
         &state::header(&linked.applied, link::HEADER_SIZE as usize - 1),
     )?;
     faults::point("loaded");
-    txn.advance(|j| {
-        j.phase = Phase::Switching;
-        j.patch = linked.applied.clone();
-    })?;
-    let switched = switch::switch(
+    let switched = journal_and_switch(
+        txn,
+        &linked,
         space,
         cfi,
         options,
         pauses,
-        &mut decide_idle(ranges, site_writes(&linked, expected)),
+        ranges,
+        expected,
         &mut |_, _| Ok(Proceed::Yes),
     )?;
     Ok((linked.applied, switched.attempts, switched.threads))

@@ -4,8 +4,8 @@
 
 use hotsplice_bundle::Bundle;
 
-use crate::apply::{check_bundle, function_reports, plan, same_build};
-use crate::safety::{self, Busy, How, Range};
+use crate::apply::{check_bundle, function_reports, idle_ranges, plan, same_build};
+use crate::safety::{self, Busy, How};
 use crate::state::StateDir;
 use crate::switch::{self, Decision, PauseLog};
 use crate::{Error, Options, Prediction, ProcessReport, target};
@@ -56,17 +56,7 @@ pub fn check(
     for space in &mut spaces {
         let plan = plan(bundle, space, &dir)?;
         let prepared = &plan.prepared;
-        let ranges: Vec<Range> = prepared
-            .located
-            .iter()
-            .map(|l| Range {
-                start: l.live_start,
-                end: l.live_start + l.live_len,
-                name: bundle.objects[l.object].replacements[l.replacement]
-                    .name
-                    .clone(),
-            })
-            .collect();
+        let ranges = idle_ranges(prepared);
         let cfi = &plan.cfi;
         let mut mine = PauseLog::new();
         let decision = switch::look(

@@ -91,9 +91,9 @@ pub struct Prepared<'b> {
     pub learned: HashMap<SymbolKey, Learned>,
 }
 
-fn pre_relocs(replacement: &hotsplice_bundle::Replacement) -> Vec<PreReloc> {
-    replacement
-        .pre_relocs
+/// The matcher's form of a bundle's pre-build relocations.
+fn pre_relocs(relocs: &[hotsplice_bundle::PreReloc]) -> Vec<PreReloc> {
+    relocs
         .iter()
         .map(|r| PreReloc {
             offset: r.offset,
@@ -115,15 +115,6 @@ pub fn prepare<'b>(
     module: MappedFile,
     state: &ProcessState,
 ) -> Result<Prepared<'b>, Error> {
-    if !bundle.refusals.is_empty() {
-        return Err(Error::Refused {
-            reasons: bundle
-                .refusals
-                .iter()
-                .map(|r| format!("{} {}: {}", r.kind, r.symbol, r.detail))
-                .collect(),
-        });
-    }
     let pid = process.pid();
     let memory = LiveMemory {
         process,
@@ -134,7 +125,13 @@ pub fn prepare<'b>(
     let relocs: Vec<Vec<Vec<PreReloc>>> = bundle
         .objects
         .iter()
-        .map(|object| object.replacements.iter().map(pre_relocs).collect())
+        .map(|object| {
+            object
+                .replacements
+                .iter()
+                .map(|r| pre_relocs(&r.pre_relocs))
+                .collect()
+        })
         .collect();
     let wanted_all: Vec<Vec<Wanted<'_>>> = bundle
         .objects
@@ -443,20 +440,7 @@ pub fn prove_referenced(
         let relocs: Vec<Vec<PreReloc>> = object
             .referenced
             .iter()
-            .map(|r| {
-                r.pre_relocs
-                    .iter()
-                    .map(|x| PreReloc {
-                        offset: x.offset,
-                        r_type: x.r_type,
-                        symbol: match &x.target {
-                            PreTarget::Symbol { symbol } => Some(symbol.name.clone()),
-                            PreTarget::Anonymous { .. } => None,
-                        },
-                        addend: x.addend,
-                    })
-                    .collect()
-            })
+            .map(|r| pre_relocs(&r.pre_relocs))
             .collect();
         let wanted: Vec<Wanted<'_>> = object
             .referenced

@@ -37,13 +37,27 @@ fn patch_memory(pid: u32) -> Vec<u64> {
 
 fn listed(fixture: &Fixture, pid: u32) -> Vec<String> {
     let out = fixture.run(&["list", "--pid", &pid.to_string()]);
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "list: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     json(&out)["processes"][0]["patches"]
         .as_array()
         .unwrap()
         .iter()
         .map(|p| p["id"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// `kill ARGS` (a signal to a process), which must succeed.
+fn send<const N: usize>(args: [&str; N]) {
+    assert!(
+        Command::new("kill").args(args).status().unwrap().success(),
+        "kill {args:?}"
+    );
 }
 
 fn stderr(out: &Output) -> String {
@@ -247,13 +261,7 @@ fn eintr_is_seen_exactly_when_it_would_be_without_hotsplice() {
     let pid = target.pid();
     let id = fixture.id("work").to_string();
     // Without hotsplice: the handler runs and epoll_wait returns EINTR.
-    assert!(
-        Command::new("kill")
-            .args(["-USR1", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    send(["-USR1", &pid.to_string()]);
     assert_eq!(target.expect("epoll "), "epoll ret=-1 errno=4 handled=1");
     // Stops with no signal: epoll_wait never returns (it is re-issued transparently).
     for _ in 0..3 {
@@ -273,13 +281,7 @@ fn eintr_is_seen_exactly_when_it_would_be_without_hotsplice() {
         "checked",
         &["apply", fixture.bundle("work"), "--pid", &pid.to_string()],
     );
-    assert!(
-        Command::new("kill")
-            .args(["-USR1", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    send(["-USR1", &pid.to_string()]);
     std::thread::sleep(Duration::from_millis(50));
     let out = held.release();
     assert_eq!(code(&out), Some(0), "{}", stderr(&out));
@@ -346,13 +348,7 @@ fn signals_to_hotsplice_never_leave_the_target_stopped() {
         &["apply", fixture.bundle("work"), "--pid", &pid],
     );
     let hs = held.pid();
-    assert!(
-        Command::new("kill")
-            .args(["-TSTP", &hs.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    send(["-TSTP", &hs.to_string()]);
     std::fs::write(held.dir.join("release"), b"").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while state_of(hs) != 'T' {
@@ -361,13 +357,7 @@ fn signals_to_hotsplice_never_leave_the_target_stopped() {
     }
     target.healthy("hotsplice stopped after the apply");
     assert!(target.work_patched(), "the apply completed before the stop");
-    assert!(
-        Command::new("kill")
-            .args(["-CONT", &hs.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    send(["-CONT", &hs.to_string()]);
     let out = held.child.wait_with_output().unwrap();
     assert_eq!(code(&out), Some(0), "{}", stderr(&out));
     let out = fixture.run(&["undo", &id, "--pid", &pid]);
@@ -381,13 +371,7 @@ fn signals_to_hotsplice_never_leave_the_target_stopped() {
         &["apply", fixture.bundle("work"), "--pid", &pid],
     );
     let hs = held.pid();
-    assert!(
-        Command::new("kill")
-            .args(["-STOP", &hs.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    send(["-STOP", &hs.to_string()]);
     std::thread::sleep(Duration::from_millis(200));
     assert_ne!(
         state_of(hs),
@@ -408,13 +392,7 @@ fn signals_to_hotsplice_never_leave_the_target_stopped() {
             "loaded",
             &["apply", fixture.bundle("work"), "--pid", &pid],
         );
-        assert!(
-            Command::new("kill")
-                .args([&format!("-{signal}"), &held.pid().to_string()])
-                .status()
-                .unwrap()
-                .success()
-        );
+        send([&format!("-{signal}"), &held.pid().to_string()]);
         let out = held.release();
         assert!(out.status.signal().is_some(), "{signal}: {out:?}");
         assert!(
