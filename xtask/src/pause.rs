@@ -453,7 +453,8 @@ fn write(root: &Path, rows: &[Value], compared: bool) -> Result<()> {
          function) and an idle main thread. *target gap*: the largest time any worker was \
          stopped between two loop iterations in the window around one invocation (gap minus \
          run-queue wait from `/proc/thread-self/schedstat`); *target total*: the largest total of \
-         one worker's stopped gaps over 20 µs in that window. *reported*: hotsplice's own figure \
+         one worker's stopped gaps over 20 µs in that window (it also sums whatever else held the \
+         worker up during the whole command: interrupts, page faults, the hypervisor). *reported*: hotsplice's own figure \
          — the longest total time one thread was stopped, every stop of the invocation summed \
          (from just before its interrupt to just after its release), over the workers (what the \
          target can see: the cross-check) and over all threads (the headline, which includes the \
@@ -467,7 +468,7 @@ fn write(root: &Path, rows: &[Value], compared: bool) -> Result<()> {
     );
     let _ = writeln!(
         md,
-        "| mode | threads | build | op | target gap p50 / p99 / max (µs) | target total p50 / p99 | reported, workers p50 / p99 | reported/target p50 | reported, all threads p50 / p99 | stops p50 / max | wall p50 / p99 (ms) | refused | baseline gap p50 / p99 (µs) |"
+        "| mode | threads | build | op | target gap p50 / p99 / max (µs) | target total p50 / p99 | reported, workers p50 / p99 | reported workers / target gap, p50 | reported, all threads p50 / p99 | stops p50 / max | wall p50 / p99 (ms) | refused | baseline gap p50 / p99 (µs) |"
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
@@ -486,8 +487,8 @@ fn write(root: &Path, rows: &[Value], compared: bool) -> Result<()> {
                 &s["target_total_us"],
                 &s["reported_workers_us"],
             );
-            let ratio = if f(tt, "p50") > 0.0 && rw["n"].as_u64().unwrap_or(0) > 0 {
-                format!("{:.2}", f(rw, "p50") / f(tt, "p50"))
+            let ratio = if f(t, "p50") > 0.0 && rw["n"].as_u64().unwrap_or(0) > 0 {
+                format!("{:.2}", f(rw, "p50") / f(t, "p50"))
             } else {
                 "—".into()
             };

@@ -31,6 +31,7 @@
 
 mod apply;
 mod check;
+pub mod discover;
 mod faults;
 mod link;
 mod mapped;
@@ -180,6 +181,23 @@ pub enum Error {
     Refused {
         /// The build's refusals.
         reasons: Vec<String>,
+    },
+    /// A system-wide search by build-id with a bundle that has none.
+    #[error(
+        "the bundle's target {target} has no build-id, so its processes cannot be found by it; name the installed file with --file, or the processes with --pid"
+    )]
+    NoBuildId {
+        /// The bundle's target.
+        target: String,
+    },
+    /// A file named to find processes by cannot be read.
+    #[error("{}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// The process does not map the bundle's target.
     #[error("process {pid} does not run {target}")]
@@ -467,6 +485,8 @@ impl Error {
         use hotsplice_ptrace::Error as P;
         match self {
             Error::NoModule { .. }
+            | Error::NoBuildId { .. }
+            | Error::File { .. }
             | Error::NotApplied { .. }
             | Error::NotInterrupted { .. }
             | Error::Duplicate { .. }
@@ -518,6 +538,11 @@ pub fn undo(
     pauses: &mut PauseLog,
 ) -> Result<Vec<ProcessReport>, Error> {
     undo::undo(id, pids, options, pauses)
+}
+
+/// Every process that has patch `id` applied (by its record, or by patch memory found in it).
+pub fn holders(id: &str, options: &Options) -> Result<Vec<i32>, Error> {
+    observe::holders(id, options)
 }
 
 /// Patches applied to the given processes (every recorded process when `pids` is empty).

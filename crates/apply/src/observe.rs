@@ -126,3 +126,56 @@ fn list_one(dir: &StateDir, pid: i32) -> Result<Observed, Error> {
     }
     Ok(observed)
 }
+
+/// Every process that has patch `id`: those whose record lists it, and those whose memory holds
+/// patch memory naming it (a child forked from a patched process has no record of its own).
+pub fn holders(id: &str, options: &Options) -> Result<Vec<i32>, Error> {
+    let dir = StateDir::open(&options.state_dir)?;
+    let mut pids: Vec<i32> = dir
+        .all()
+        .into_iter()
+        .filter(|s| s.patches.iter().any(|p| p.id == id))
+        .map(|s| s.pid)
+        .collect();
+    let me = std::process::id() as i32;
+    for pid in hotsplice_ptrace::all_pids() {
+        if pid == me || pids.contains(&pid) {
+            continue;
+        }
+        let Some(maps) = hotsplice_ptrace::maps_of(pid) else {
+            continue;
+        };
+        let candidates: Vec<u64> = maps
+            .iter()
+            .filter(|m| m.exec && m.inode == 0 && m.path.is_none())
+            .map(|m| m.start)
+            .collect();
+        if candidates.is_empty() {
+            continue;
+        }
+        let Ok(process) = Process::new(pid) else {
+            continue;
+        };
+        let named = candidates.into_iter().any(|start| {
+            let mut head = vec![0u8; link::HEADER_SIZE as usize];
+            process.read(start, &mut head).is_ok() && state::header_id(&head).as_deref() == Some(id)
+        });
+        if named {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    // Only processes that still exist and whose code really holds the patch.
+    Ok(pids
+        .into_iter()
+        .filter(|&pid| {
+            Process::new(pid).is_ok_and(|p| {
+                p.start_time()
+                    .ok()
+                    .and_then(|t| observe(&p, t, &dir, false).ok())
+                    .is_some_and(|o| o.state.patches.iter().any(|x| x.id == id))
+            })
+        })
+        .collect())
+}

@@ -15,17 +15,108 @@ use crate::{EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_OK, EXIT_REFUSED, Exit};
 /// The largest bundle `check`/`apply` read (a bundle of a large program is a few MiB).
 const MAX_BUNDLE: u64 = 256 << 20;
 
-/// Which processes.
+/// Which processes. Without `--pid`, `--exe` or `--file`: every process on the system that
+/// maps a file with the bundle's build-id (for `undo`: every process that has the patch).
 #[derive(Debug, Args)]
 pub struct Targets {
-    /// A process to patch (repeatable). Processes sharing its memory (`clone(CLONE_VM)`, a
-    /// `vfork` child) are stopped, checked and patched with it.
-    #[arg(long = "pid", value_name = "PID", required_unless_present = "exe")]
+    /// A process (repeatable). Processes sharing its memory (`clone(CLONE_VM)`, a `vfork`
+    /// child) are stopped, checked and patched with it.
+    #[arg(long = "pid", value_name = "PID", conflicts_with_all = ["exe", "file"])]
     pids: Vec<i32>,
     /// Every process running this executable (also after the file was replaced or deleted
     /// on disk by a package upgrade).
-    #[arg(long, value_name = "PATH", conflicts_with = "pids")]
+    #[arg(long, value_name = "PATH", conflicts_with = "file")]
     exe: Option<PathBuf>,
+    /// Every process that maps this file — an executable or a shared library — including a
+    /// copy since deleted or replaced on disk and the same path in a container. Processes
+    /// mapping another build of the file are skipped (see --any-build).
+    #[arg(long, value_name = "PATH")]
+    file: Option<PathBuf>,
+    /// Patch each process on its own and report each, instead of all or none.
+    #[arg(long)]
+    each: bool,
+    /// With --file: also processes mapping another build of the file (run-pre matching then
+    /// decides, process by process).
+    #[arg(long, requires = "file")]
+    any_build: bool,
+}
+
+/// A process found but not patched, and why.
+struct Skipped {
+    pid: i32,
+    reason: String,
+}
+
+/// The processes to work on: the named ones, or those found across the system.
+struct Chosen {
+    pids: Vec<i32>,
+    skipped: Vec<Skipped>,
+    /// Found across the system (not named by the user): already-applied processes are
+    /// skipped rather than refused, and finding none is not an error.
+    discovered: bool,
+}
+
+/// How a namespace other than hotsplice's own shows in reports.
+fn namespace_note(pid: i32) -> Option<Value> {
+    let ns = hotsplice_ptrace::namespaces_of(pid);
+    let own = hotsplice_ptrace::own_namespaces();
+    (ns.pid_ns != own.pid_ns || ns.mnt_ns != own.mnt_ns)
+        .then(|| json!({"pid_ns": ns.pid_ns, "mnt_ns": ns.mnt_ns, "pid_inside": ns.inner_pid}))
+}
+
+fn choose(
+    targets: &Targets,
+    bundle: &hotsplice_bundle::Bundle,
+    options: &Options,
+) -> Result<Chosen, Exit> {
+    if !targets.pids.is_empty() || targets.exe.is_some() {
+        return Ok(Chosen {
+            pids: pids(targets)?,
+            skipped: Vec::new(),
+            discovered: false,
+        });
+    }
+    let select = match &targets.file {
+        Some(path) => hotsplice_apply::discover::Select::File(path.clone()),
+        None => hotsplice_apply::discover::Select::BuildId,
+    };
+    let found = hotsplice_apply::discover::discover(&select, bundle).map_err(|e| Exit {
+        code: exit_code(e.class()),
+        error: anyhow::Error::new(e),
+    })?;
+    let mut chosen = Chosen {
+        pids: Vec::new(),
+        skipped: Vec::new(),
+        discovered: true,
+    };
+    for f in found {
+        match f.version {
+            hotsplice_apply::discover::Version::Other { build_id } if !targets.any_build => {
+                chosen.skipped.push(Skipped {
+                    pid: f.pid,
+                    reason: format!(
+                        "maps another build of the file ({}: build-id {}, the bundle's is {})",
+                        f.mapped,
+                        build_id.as_deref().unwrap_or("none"),
+                        bundle.target.build_id.as_deref().unwrap_or("none")
+                    ),
+                });
+            }
+            _ => chosen.pids.push(f.pid),
+        }
+    }
+    // Already patched: nothing to do there (a second run of a rollout changes nothing).
+    let listed = hotsplice_apply::list(&chosen.pids, options).unwrap_or_default();
+    for (pid, observed) in listed {
+        if observed.is_ok_and(|o| o.state.patches.iter().any(|p| p.id == bundle.id)) {
+            chosen.pids.retain(|&p| p != pid);
+            chosen.skipped.push(Skipped {
+                pid,
+                reason: "already applied".into(),
+            });
+        }
+    }
+    Ok(chosen)
 }
 
 /// Shared options.
@@ -228,6 +319,35 @@ fn pids(targets: &Targets) -> Result<Vec<i32>, Exit> {
     Ok(targets.pids.clone())
 }
 
+/// What an operation did: the processes done, and (with `--each`) those where it failed.
+type Ran = (Vec<ProcessReport>, Vec<(i32, hotsplice_apply::Error)>);
+
+/// Runs an operation on the chosen processes: all or none (one call), or with `each` one call
+/// per process, collecting the failures.
+fn run_on(
+    chosen: &Chosen,
+    each: bool,
+    mut op: impl FnMut(&[i32]) -> Result<Vec<ProcessReport>, hotsplice_apply::Error>,
+) -> Result<Ran, hotsplice_apply::Error> {
+    // Found across the system and none needs it: a success with nothing done.
+    if chosen.pids.is_empty() && chosen.discovered {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    if !each {
+        return op(&chosen.pids).map(|r| (r, Vec::new()));
+    }
+    let mut reports = Vec::new();
+    let mut failed = Vec::new();
+    for &pid in &chosen.pids {
+        match op(&[pid]) {
+            Ok(r) => reports.extend(r),
+            Err(e @ hotsplice_apply::Error::Stopped { .. }) => return Err(e),
+            Err(e) => failed.push((pid, e)),
+        }
+    }
+    Ok((reports, failed))
+}
+
 /// A bundle read from disk and accepted by the trust policy.
 struct Accepted {
     bundle: hotsplice_bundle::Bundle,
@@ -387,29 +507,67 @@ fn report_json(r: &ProcessReport) -> Value {
     })
 }
 
-fn print_reports(
-    verb: &str,
-    id: &str,
-    reports: &[ProcessReport],
-    json_out: bool,
+/// What happened to every process of a command.
+struct Outcome<'a> {
+    verb: &'a str,
+    id: &'a str,
+    reports: &'a [ProcessReport],
+    skipped: &'a [Skipped],
+    /// With `--each`: the processes where it failed.
+    failed: &'a [(i32, hotsplice_apply::Error)],
     wall: Duration,
-) -> std::io::Result<()> {
+}
+
+fn print_reports(o: &Outcome<'_>, json_out: bool) -> std::io::Result<()> {
+    let (verb, id, reports) = (o.verb, o.id, o.reports);
     let mut out = std::io::stdout().lock();
     if json_out {
         return writeln!(
             out,
             "{}",
             serde_json::to_string_pretty(&json!({
-                "ok": true,
+                "ok": o.failed.is_empty(),
                 "action": verb,
                 "patch": id,
-                "wall_us": wall.as_micros() as u64,
-                "processes": reports.iter().map(report_json).collect::<Vec<_>>(),
+                "wall_us": o.wall.as_micros() as u64,
+                "processes": reports.iter().map(|r| {
+                    let mut v = report_json(r);
+                    v["namespace"] = namespace_note(r.pid).unwrap_or(Value::Null);
+                    v
+                }).collect::<Vec<_>>(),
+                "skipped": o.skipped.iter().map(|s| json!({
+                    "pid": s.pid, "reason": s.reason, "namespace": namespace_note(s.pid),
+                })).collect::<Vec<_>>(),
+                "failed": o.failed.iter().map(|(pid, e)| json!({
+                    "pid": pid, "class": e.class().as_str(), "error": e.to_string(),
+                    "namespace": namespace_note(*pid),
+                })).collect::<Vec<_>>(),
             }))
             .unwrap_or_default()
         );
     }
+    for s in o.skipped {
+        writeln!(out, "skipped pid {}: {}", s.pid, s.reason)?;
+    }
+    for (pid, e) in o.failed {
+        writeln!(out, "failed pid {pid}: {e}")?;
+    }
+    if reports.is_empty() && o.failed.is_empty() {
+        let what = match verb {
+            "applied" => "needs the patch",
+            "undid" => "has the patch",
+            _ => "to check",
+        };
+        writeln!(out, "no running process {what}")?;
+    }
     for r in reports {
+        if let Some(ns) = namespace_note(r.pid) {
+            writeln!(
+                out,
+                "pid {} lives in another namespace (pid {} inside; pid ns {}, mount ns {})",
+                r.pid, ns["pid_inside"], ns["pid_ns"], ns["mnt_ns"]
+            )?;
+        }
         let pause = r.pause.as_secs_f64() * 1000.0;
         let sharers = if r.sharers.is_empty() {
             String::new()
@@ -561,22 +719,27 @@ pub fn recover(args: &RecoverArgs) -> Result<ExitCode, Exit> {
 pub fn check(args: &CheckArgs) -> Result<ExitCode, Exit> {
     let started = Instant::now();
     let accepted = read_bundle(&args.bundle, &args.trust, "check")?;
-    let pids = pids(&args.targets)?;
+    let options = args.options.options();
+    let chosen = choose(&args.targets, &accepted.bundle, &options)?;
     let mut pauses = PauseLog::new();
-    let reports = hotsplice_apply::check(
-        &accepted.bundle,
-        &pids,
-        &args.options.options(),
-        &mut pauses,
-    )
+    let (reports, failed) = run_on(&chosen, args.targets.each, |pids| {
+        hotsplice_apply::check(&accepted.bundle, pids, &options, &mut pauses)
+    })
     .map_err(|e| fail(e, args.options.json, &pauses))?;
     output(print_reports(
-        "checked",
-        &accepted.bundle.id,
-        &reports,
+        &Outcome {
+            verb: "checked",
+            id: &accepted.bundle.id,
+            reports: &reports,
+            skipped: &chosen.skipped,
+            failed: &failed,
+            wall: started.elapsed(),
+        },
         args.options.json,
-        started.elapsed(),
     ))?;
+    if let Some(code) = failed.iter().map(|(_, e)| exit_code(e.class())).max() {
+        return Ok(ExitCode::from(code));
+    }
     let refuse = reports
         .iter()
         .any(|r| r.prediction.as_ref().is_some_and(|p| p.action == "refuse"));
@@ -587,51 +750,109 @@ pub fn check(args: &CheckArgs) -> Result<ExitCode, Exit> {
 pub fn apply(args: &ApplyArgs) -> Result<ExitCode, Exit> {
     let started = Instant::now();
     let accepted = read_bundle(&args.bundle, &args.trust, "apply")?;
-    let pids = pids(&args.targets)?;
+    let options = args.options.options();
+    let chosen = choose(&args.targets, &accepted.bundle, &options)?;
     let mut pauses = PauseLog::new();
-    let result = hotsplice_apply::apply(
-        &accepted.bundle,
-        &accepted.sha256,
-        &pids,
-        &args.options.options(),
-        &mut pauses,
-    );
     let id = &accepted.bundle.id;
-    audit_outcome(
-        "apply",
-        id,
-        Some(&accepted),
-        &pids,
-        &pauses,
-        result.as_deref(),
-    );
-    let reports = result.map_err(|e| fail(e, args.options.json, &pauses))?;
+    let result = run_on(&chosen, args.targets.each, |pids| {
+        let result = hotsplice_apply::apply(
+            &accepted.bundle,
+            &accepted.sha256,
+            pids,
+            &options,
+            &mut pauses,
+        );
+        audit_outcome(
+            "apply",
+            id,
+            Some(&accepted),
+            pids,
+            &pauses,
+            result.as_deref(),
+        );
+        result
+    });
+    let (reports, failed) = result.map_err(|e| fail(e, args.options.json, &pauses))?;
     output(print_reports(
-        "applied",
-        id,
-        &reports,
+        &Outcome {
+            verb: "applied",
+            id,
+            reports: &reports,
+            skipped: &chosen.skipped,
+            failed: &failed,
+            wall: started.elapsed(),
+        },
         args.options.json,
-        started.elapsed(),
     ))?;
-    Ok(ExitCode::from(EXIT_OK))
+    Ok(ExitCode::from(
+        failed
+            .iter()
+            .map(|(_, e)| exit_code(e.class()))
+            .max()
+            .unwrap_or(EXIT_OK),
+    ))
 }
 
 /// `hotsplice undo`.
 pub fn undo(args: &UndoArgs) -> Result<ExitCode, Exit> {
     let started = Instant::now();
-    let pids = pids(&args.targets)?;
+    let options = args.options.options();
+    let chosen = if !args.targets.pids.is_empty() || args.targets.exe.is_some() {
+        Chosen {
+            pids: pids(&args.targets)?,
+            skipped: Vec::new(),
+            discovered: false,
+        }
+    } else {
+        // Every process that has the patch (of those mapping --file, if given).
+        let mut holders = hotsplice_apply::holders(&args.patch, &options)
+            .map_err(|e| fail(e, args.options.json, &PauseLog::new()))?;
+        if let Some(file) = &args.targets.file {
+            let mapping: Vec<i32> = hotsplice_ptrace::all_pids()
+                .into_iter()
+                .filter(|&pid| {
+                    hotsplice_ptrace::maps_of(pid).is_some_and(|maps| {
+                        maps.iter().any(|m| {
+                            m.path.as_deref().is_some_and(|p| {
+                                Path::new(p.strip_suffix(" (deleted)").unwrap_or(p)) == file
+                            })
+                        })
+                    })
+                })
+                .collect();
+            holders.retain(|p| mapping.contains(p));
+        }
+        Chosen {
+            pids: holders,
+            skipped: Vec::new(),
+            discovered: true,
+        }
+    };
     let mut pauses = PauseLog::new();
-    let result = hotsplice_apply::undo(&args.patch, &pids, &args.options.options(), &mut pauses);
-    audit_outcome("undo", &args.patch, None, &pids, &pauses, result.as_deref());
-    let reports = result.map_err(|e| fail(e, args.options.json, &pauses))?;
+    let result = run_on(&chosen, args.targets.each, |pids| {
+        let result = hotsplice_apply::undo(&args.patch, pids, &options, &mut pauses);
+        audit_outcome("undo", &args.patch, None, pids, &pauses, result.as_deref());
+        result
+    });
+    let (reports, failed) = result.map_err(|e| fail(e, args.options.json, &pauses))?;
     output(print_reports(
-        "undid",
-        &args.patch,
-        &reports,
+        &Outcome {
+            verb: "undid",
+            id: &args.patch,
+            reports: &reports,
+            skipped: &chosen.skipped,
+            failed: &failed,
+            wall: started.elapsed(),
+        },
         args.options.json,
-        started.elapsed(),
     ))?;
-    Ok(ExitCode::from(EXIT_OK))
+    Ok(ExitCode::from(
+        failed
+            .iter()
+            .map(|(_, e)| exit_code(e.class()))
+            .max()
+            .unwrap_or(EXIT_OK),
+    ))
 }
 
 /// `hotsplice list`.

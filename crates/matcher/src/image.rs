@@ -243,6 +243,29 @@ impl Image {
     }
 }
 
+/// The GNU build-id of an ELF file from its first bytes (`head`): the file header, the
+/// program headers and a `PT_NOTE` segment must lie within them (they do in every linked
+/// binary: the notes come first). `None` when there is none, or the bytes do not say.
+pub fn build_id(head: &[u8]) -> Option<Vec<u8>> {
+    let endian = LittleEndian;
+    let header = elf::FileHeader64::<LittleEndian>::parse(head).ok()?;
+    let segments = header.program_headers(endian, head).ok()?;
+    for segment in segments {
+        if segment.p_type(endian) != elf::PT_NOTE {
+            continue;
+        }
+        let Ok(Some(mut notes)) = segment.notes(endian, head) else {
+            continue;
+        };
+        while let Ok(Some(note)) = notes.next() {
+            if note.name() == b"GNU" && note.n_type(endian) == elf::NT_GNU_BUILD_ID {
+                return Some(note.desc().to_vec());
+            }
+        }
+    }
+    None
+}
+
 type IndexedFdes = Vec<(u64, u64, usize)>;
 
 fn parse_eh_frame(bytes: &[u8], address: u64) -> (Vec<Fde>, IndexedFdes) {

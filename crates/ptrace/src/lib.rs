@@ -32,7 +32,8 @@ use std::path::PathBuf;
 
 pub use libc::user_regs_struct as Registers;
 pub use process::{
-    Mapping, Process, SignalState, comm_of, interrupts, last_pid, parse_maps, start_time_of,
+    Mapping, Namespaces, Process, SignalState, all_pids, comm_of, interrupts, last_pid,
+    mapped_head, maps_of, namespaces_of, own_namespaces, parse_maps, start_time_of,
 };
 pub use realtime::Realtime;
 pub use stop::{AddressSpace, Pause, Stopped, Thread, syscall_name};

@@ -23,6 +23,8 @@ pub struct Mapping {
     pub exec: bool,
     /// Offset in the mapped file.
     pub offset: u64,
+    /// Device of the mapped file (major, minor).
+    pub dev: (u32, u32),
     /// Inode of the mapped file (0 for anonymous memory).
     pub inode: u64,
     /// The mapped file, or a pseudo name (`[stack]`, `[heap]`), if any.
@@ -37,7 +39,11 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
             let range = fields.next()?;
             let perms = fields.next()?.as_bytes();
             let offset = u64::from_str_radix(fields.next()?, 16).ok()?;
-            let _dev = fields.next()?;
+            let dev = fields.next()?.split_once(':')?;
+            let dev = (
+                u32::from_str_radix(dev.0, 16).ok()?,
+                u32::from_str_radix(dev.1, 16).ok()?,
+            );
             let inode = fields.next()?.parse().ok()?;
             let rest: Vec<&str> = fields.collect();
             let path = (!rest.is_empty()).then(|| rest.join(" "));
@@ -49,6 +55,7 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
                 write: perms.get(1) == Some(&b'w'),
                 exec: perms.get(2) == Some(&b'x'),
                 offset,
+                dev,
                 inode,
                 path,
             })
@@ -460,6 +467,96 @@ impl Process {
     }
 }
 
+/// The namespaces a process lives in, as far as reports need them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Namespaces {
+    /// Its PID namespace (the inode of `/proc/PID/ns/pid`).
+    pub pid_ns: u64,
+    /// Its mount namespace.
+    pub mnt_ns: u64,
+    /// Its pid inside its own PID namespace.
+    pub inner_pid: i32,
+}
+
+impl Process {
+    /// Its namespaces.
+    pub fn namespaces(&self) -> Namespaces {
+        namespaces_of(self.pid)
+    }
+}
+
+/// The namespaces of a process (zeros where they cannot be read).
+pub fn namespaces_of(pid: i32) -> Namespaces {
+    let ns = |kind: &str| {
+        std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+            .ok()
+            .and_then(|l| {
+                let l = l.to_string_lossy().into_owned();
+                l.split_once('[')?.1.strip_suffix(']')?.parse().ok()
+            })
+            .unwrap_or(0)
+    };
+    let inner_pid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .and_then(|v| v.split_whitespace().last()?.parse().ok())
+        })
+        .unwrap_or(pid);
+    Namespaces {
+        pid_ns: ns("pid"),
+        mnt_ns: ns("mnt"),
+        inner_pid,
+    }
+}
+
+/// The namespaces of this process (hotsplice itself).
+pub fn own_namespaces() -> Namespaces {
+    namespaces_of(std::process::id() as i32)
+}
+
+/// Every process id in `/proc` (threads excluded), in order.
+pub fn all_pids() -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<i32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// A process's memory map, without opening the process (for scanning the system).
+pub fn maps_of(pid: i32) -> Option<Vec<Mapping>> {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .ok()
+        .map(|t| parse_maps(&t))
+}
+
+/// The first `len` bytes (at most) of the file behind a mapping of process `pid`, read through
+/// `/proc/PID/map_files` (the file the process maps, even if deleted or replaced on disk).
+pub fn mapped_head(pid: i32, mapping: &Mapping, len: usize) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let path = format!(
+        "/proc/{pid}/map_files/{:x}-{:x}",
+        mapping.start, mapping.end
+    );
+    let mut file = File::open(path).ok()?;
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        match file.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(_) => return None,
+        }
+    }
+    buf.truncate(got);
+    Some(buf)
+}
+
 /// A process's command name, or an empty string.
 pub fn comm_of(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
@@ -497,6 +594,7 @@ mod tests {
         assert_eq!(maps[0].start, 0x55d0c0a00000);
         assert!(maps[0].exec && !maps[0].write);
         assert_eq!(maps[0].offset, 0x2000);
+        assert_eq!((maps[0].dev, maps[0].inode), ((0xfd, 1), 131));
         assert_eq!(maps[0].path.as_deref(), Some("/usr/sbin/my prog"));
         assert_eq!(maps[1].path.as_deref(), Some("[stack]"));
         assert_eq!(maps[2].path, None);

@@ -620,3 +620,149 @@ fn stacking_on_the_same_function() {
     ok(&setup.live("undo", &fix_id, pid));
     app.expect("value 14 hello");
 }
+
+/// The GNU build-id of a file, from `readelf -n`.
+fn build_id_of(path: &Path) -> Option<String> {
+    let out = Command::new("readelf").arg("-n").arg(path).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: ").map(str::to_string))
+}
+
+/// Every file named `name` below `dir`.
+fn find_files(dir: &Path, name: &str, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => find_files(&path, name, out),
+            Ok(t) if t.is_file() && path.file_name().is_some_and(|n| n == name) => out.push(path),
+            _ => {}
+        }
+    }
+}
+
+/// The pid of the process running `exe` (a path, also once deleted).
+fn pid_running(exe: &Path) -> Option<u32> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let deleted = format!("{} (deleted)", exe.display());
+    while Instant::now() < deadline {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Ok(link) = std::fs::read_link(format!("/proc/{pid}/exe"))
+                && (link == exe || link.to_string_lossy() == deleted)
+            {
+                return Some(pid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[test]
+fn a_library_is_patched_in_every_process_that_maps_it() {
+    let dir = scratch("live-lib-everywhere");
+    let (tree, bundle) = build_fixture(&dir, "lib", "lib.patch", "libgreet.so");
+    // The library the bundle was built from (its pre build, same build-id) serves every
+    // program, as an installed package's library would.
+    let info = json(&hotsplice(&["info", bundle.to_str().unwrap(), "--json"]));
+    let want = info["bundle"]["target"]["build_id"]
+        .as_str()
+        .expect("bundle build-id")
+        .to_string();
+    let mut libs = Vec::new();
+    find_files(&dir.join("cache"), "libgreet.so", &mut libs);
+    let built = libs
+        .into_iter()
+        .find(|l| build_id_of(l).as_deref() == Some(want.as_str()))
+        .expect("the pre build's library in the cache");
+    std::fs::copy(&built, tree.join("libgreet.so")).unwrap();
+    // Three programs: one as built, one whose executable is deleted after it starts, one in
+    // a PID namespace of its own.
+    for name in ["app2", "app3"] {
+        std::fs::copy(tree.join("app"), tree.join(name)).unwrap();
+    }
+    let plain = App::spawn(Command::new(tree.join("app")));
+    let orphan = App::spawn(Command::new(tree.join("app2")));
+    orphan.expect("lib 101 hello");
+    std::fs::remove_file(tree.join("app2")).unwrap();
+    let mut unshare = Command::new("unshare");
+    unshare
+        .args(["--pid", "--fork", "--kill-child"])
+        .arg(tree.join("app3"));
+    let contained = App::spawn(unshare);
+    let contained_pid = pid_running(&tree.join("app3")).expect("app3 runs");
+    for app in [&plain, &orphan, &contained] {
+        app.expect("lib 101 hello");
+    }
+    let state = dir.join("state").display().to_string();
+    let applied = ok(&hotsplice(&[
+        "apply",
+        bundle.to_str().unwrap(),
+        "--state-dir",
+        &state,
+        "--json",
+    ]));
+    let mut pids: Vec<u64> = applied["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pid"].as_u64().unwrap())
+        .collect();
+    pids.sort_unstable();
+    let mut want_pids = vec![
+        u64::from(plain.pid()),
+        u64::from(orphan.pid()),
+        u64::from(contained_pid),
+    ];
+    want_pids.sort_unstable();
+    assert_eq!(pids, want_pids, "{applied}");
+    let namespaced = applied["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"].as_u64() == Some(u64::from(contained_pid)))
+        .unwrap();
+    assert_eq!(namespaced["namespace"]["pid_inside"], 1, "{applied}");
+    for app in [&plain, &orphan, &contained] {
+        app.expect("lib 201 hello");
+    }
+    // A second run changes nothing: every process already has it.
+    let again = ok(&hotsplice(&[
+        "apply",
+        bundle.to_str().unwrap(),
+        "--state-dir",
+        &state,
+        "--json",
+    ]));
+    assert_eq!(again["processes"].as_array().unwrap().len(), 0, "{again}");
+    assert_eq!(again["skipped"].as_array().unwrap().len(), 3, "{again}");
+    let id = applied["patch"].as_str().unwrap();
+    let undone = ok(&hotsplice(&["undo", id, "--state-dir", &state, "--json"]));
+    assert_eq!(undone["processes"].as_array().unwrap().len(), 3, "{undone}");
+    for app in [&plain, &orphan, &contained] {
+        app.expect("lib 101 hello");
+    }
+    // By file, each on its own: the library named on disk finds the same three.
+    let each = ok(&hotsplice(&[
+        "apply",
+        bundle.to_str().unwrap(),
+        "--file",
+        tree.join("libgreet.so").to_str().unwrap(),
+        "--each",
+        "--state-dir",
+        &state,
+        "--json",
+    ]));
+    assert_eq!(each["processes"].as_array().unwrap().len(), 3, "{each}");
+    ok(&hotsplice(&["undo", id, "--state-dir", &state, "--json"]));
+}
