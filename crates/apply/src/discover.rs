@@ -79,6 +79,11 @@ fn mapped_build_id(
 
 /// Every process that maps the bundle's file, as `select` says. Hotsplice itself is left out.
 pub fn discover(select: &Select, bundle: &Bundle) -> Result<Vec<Found>, Error> {
+    discover_in(select, bundle, &all_pids())
+}
+
+/// [`discover`] among the given processes only.
+pub fn discover_in(select: &Select, bundle: &Bundle, pids: &[i32]) -> Result<Vec<Found>, Error> {
     let want_id = bundle.target.build_id.clone();
     let file = match select {
         Select::BuildId if want_id.is_none() => {
@@ -98,7 +103,7 @@ pub fn discover(select: &Select, bundle: &Bundle) -> Result<Vec<Found>, Error> {
     let me = std::process::id() as i32;
     let mut cache = HashMap::new();
     let mut out = Vec::new();
-    for pid in all_pids() {
+    for &pid in pids {
         if pid == me {
             continue;
         }

@@ -188,7 +188,13 @@ pub struct TrustOptions {
 }
 
 impl LiveOptions {
-    fn options(&self) -> Options {
+    /// Whether JSON output was asked for.
+    pub fn json(&self) -> bool {
+        self.json
+    }
+
+    /// The engine's options.
+    pub fn options(&self) -> Options {
         Options {
             retries: self.retries,
             retry_delay: Duration::from_millis(self.retry_delay),
@@ -349,9 +355,9 @@ fn run_on(
 }
 
 /// A bundle read from disk and accepted by the trust policy.
-struct Accepted {
-    bundle: hotsplice_bundle::Bundle,
-    sha256: String,
+pub(crate) struct Accepted {
+    pub(crate) bundle: hotsplice_bundle::Bundle,
+    pub(crate) sha256: String,
     signer: String,
 }
 
@@ -386,7 +392,11 @@ pub fn read_regular(path: &Path, cap: u64) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn read_bundle(path: &Path, trust: &TrustOptions, action: &str) -> Result<Accepted, Exit> {
+pub(crate) fn read_bundle(
+    path: &Path,
+    trust: &TrustOptions,
+    action: &str,
+) -> Result<Accepted, Exit> {
     let bytes = read_regular(path, MAX_BUNDLE).map_err(Exit::bad_input)?;
     let sealed = hotsplice_bundle::read(&bytes)
         .with_context(|| path.display().to_string())

@@ -6,6 +6,7 @@
 mod build;
 mod diff;
 mod info;
+mod installed;
 mod kernel;
 mod live;
 mod trust;
@@ -49,6 +50,10 @@ enum Command {
     Undo(live::UndoArgs),
     List(live::ListArgs),
     Recover(live::RecoverArgs),
+    Install(installed::InstallArgs),
+    Uninstall(installed::UninstallArgs),
+    Status(installed::StatusArgs),
+    Watch(installed::WatchArgs),
     Diff(diff::DiffArgs),
     Key(trust::KeyArgs),
     Sign(trust::SignArgs),
@@ -107,6 +112,10 @@ impl Command {
             Command::Undo(a) => a.json(),
             Command::List(a) => a.json(),
             Command::Recover(a) => a.json(),
+            Command::Install(a) => a.json(),
+            Command::Uninstall(a) => a.json(),
+            Command::Status(a) => a.json(),
+            Command::Watch(_) => false,
             Command::Diff(a) => a.json,
             Command::Kernel(a) => a.json(),
             Command::Key(_) | Command::Sign(_) => false,
@@ -123,6 +132,10 @@ impl Command {
                 | Command::Undo(_)
                 | Command::Recover(_)
                 | Command::List(_)
+                | Command::Install(_)
+                | Command::Uninstall(_)
+                | Command::Status(_)
+                | Command::Watch(_)
         )
     }
 }
@@ -136,6 +149,10 @@ fn run(cli: &Cli) -> Result<ExitCode, Exit> {
         Command::Undo(args) => live::undo(args),
         Command::List(args) => live::list(args),
         Command::Recover(args) => live::recover(args),
+        Command::Install(args) => installed::install(args),
+        Command::Uninstall(args) => installed::uninstall(args),
+        Command::Status(args) => installed::status(args),
+        Command::Watch(args) => installed::watch(args),
         Command::Diff(args) => diff::run(args),
         Command::Key(args) => trust::key(args),
         Command::Sign(args) => trust::sign(args),
@@ -169,7 +186,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let stops_threads = matches!(
         cli.command,
-        Command::Check(_) | Command::Apply(_) | Command::Undo(_) | Command::Recover(_)
+        Command::Check(_)
+            | Command::Apply(_)
+            | Command::Undo(_)
+            | Command::Recover(_)
+            | Command::Install(_)
+            | Command::Uninstall(_)
+            | Command::Watch(_)
     );
     let guardian = if cli.command.live() {
         // While hotsplice holds a target, a termination request or a job-control stop waits:

@@ -19,6 +19,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod exec_events;
 mod kcmp;
 pub mod livepatch;
 mod process;
@@ -223,6 +224,14 @@ pub enum Error {
         /// The underlying error.
         #[source]
         source: std::io::Error,
+    },
+    /// The kernel's process events could not be read.
+    #[error("{what}: {} (it needs root, and a kernel with CONFIG_PROC_EVENTS)", nix::errno::Errno::from_raw(*errno).desc())]
+    Events {
+        /// What was attempted.
+        what: &'static str,
+        /// The error number.
+        errno: i32,
     },
     /// Reading a mapped file failed.
     #[error("cannot read {}", path.display())]

@@ -48,6 +48,24 @@ pub fn pending_interruption() -> Option<Signal> {
     .find(|s| unsafe { libc::sigismember(&set, *s as libc::c_int) } == 1)
 }
 
+/// Takes a pending termination request off the queue and returns it: for a command that
+/// handles it by finishing cleanly (`watch`), rather than ending as the signal asks.
+pub fn take_interruption() -> Option<Signal> {
+    let signal = pending_interruption()?;
+    let mut set = unsafe_zeroed_sigset();
+    // SAFETY: sigaddset and sigtimedwait work on the initialised set owned by this frame; a
+    // zero timeout makes sigtimedwait return at once; no siginfo is wanted (null).
+    unsafe {
+        libc::sigaddset(&mut set, signal as libc::c_int);
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        libc::sigtimedwait(&set, std::ptr::null_mut(), &zero);
+    }
+    Some(signal)
+}
+
 fn unsafe_zeroed_sigset() -> libc::sigset_t {
     let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: sigemptyset initialises the whole set it is given.

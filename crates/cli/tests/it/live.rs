@@ -668,12 +668,10 @@ fn pid_running(exe: &Path) -> Option<u32> {
     None
 }
 
-#[test]
-fn a_library_is_patched_in_every_process_that_maps_it() {
-    let dir = scratch("live-lib-everywhere");
-    let (tree, bundle) = build_fixture(&dir, "lib", "lib.patch", "libgreet.so");
-    // The library the bundle was built from (its pre build, same build-id) serves every
-    // program, as an installed package's library would.
+/// The lib fixture built, and its bundle; the tree's library replaced by the one the bundle
+/// was built from (its pre build, same build-id), as an installed package's library would be.
+fn installed_library(dir: &Path) -> (PathBuf, PathBuf) {
+    let (tree, bundle) = build_fixture(dir, "lib", "lib.patch", "libgreet.so");
     let info = json(&hotsplice(&["info", bundle.to_str().unwrap(), "--json"]));
     let want = info["bundle"]["target"]["build_id"]
         .as_str()
@@ -686,6 +684,13 @@ fn a_library_is_patched_in_every_process_that_maps_it() {
         .find(|l| build_id_of(l).as_deref() == Some(want.as_str()))
         .expect("the pre build's library in the cache");
     std::fs::copy(&built, tree.join("libgreet.so")).unwrap();
+    (tree, bundle)
+}
+
+#[test]
+fn a_library_is_patched_in_every_process_that_maps_it() {
+    let dir = scratch("live-lib-everywhere");
+    let (tree, bundle) = installed_library(&dir);
     // Three programs: one as built, one whose executable is deleted after it starts, one in
     // a PID namespace of its own.
     for name in ["app2", "app3"] {
@@ -765,4 +770,97 @@ fn a_library_is_patched_in_every_process_that_maps_it() {
     ]));
     assert_eq!(each["processes"].as_array().unwrap().len(), 3, "{each}");
     ok(&hotsplice(&["undo", id, "--state-dir", &state, "--json"]));
+}
+
+#[test]
+fn installed_patches_reach_processes_started_later() {
+    let dir = scratch("live-watch");
+    let (tree, bundle) = installed_library(&dir);
+    let store = dir.join("store").display().to_string();
+    let state = dir.join("state").display().to_string();
+    let before = App::spawn(Command::new(tree.join("app")));
+    before.expect("lib 101 hello");
+    // Installed: kept in the store and applied at once to the running program.
+    let installed = ok(&hotsplice(&[
+        "install",
+        bundle.to_str().unwrap(),
+        "--store",
+        &store,
+        "--state-dir",
+        &state,
+        "--json",
+    ]));
+    assert_eq!(
+        installed["patched"],
+        serde_json::json!([before.pid()]),
+        "{installed}"
+    );
+    before.expect("lib 201 hello");
+    // `watch` patches a program started afterwards.
+    let mut watch = crate::hs()
+        .args([
+            "watch",
+            "--interval",
+            "30",
+            "--store",
+            &store,
+            "--state-dir",
+            &state,
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let later = App::spawn(Command::new(tree.join("app")));
+    later.expect("lib 201 hello");
+    eprintln!(
+        "watch: a new process was patched within {:?}",
+        started.elapsed()
+    );
+    // `status` sees both patched, and says so to Prometheus.
+    let prom = dir.join("hotsplice.prom");
+    let status = ok(&hotsplice(&[
+        "status",
+        "--store",
+        &store,
+        "--state-dir",
+        &state,
+        "--prometheus",
+        prom.to_str().unwrap(),
+        "--json",
+    ]));
+    let states: Vec<&str> = status["installed"][0]["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["patched", "patched"], "{status}");
+    let metrics = std::fs::read_to_string(&prom).unwrap();
+    assert!(metrics.contains("state=\"patched\"} 2"), "{metrics}");
+    // SIGTERM ends the watcher cleanly.
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &watch.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let ended = watch.wait().unwrap();
+    assert!(ended.success(), "watch ended {ended}");
+    // Uninstalled: undone everywhere.
+    let id = installed["installed"].as_str().unwrap();
+    let gone = ok(&hotsplice(&[
+        "uninstall",
+        id,
+        "--store",
+        &store,
+        "--state-dir",
+        &state,
+        "--json",
+    ]));
+    assert_eq!(gone["undone"].as_array().unwrap().len(), 2, "{gone}");
+    before.expect("lib 101 hello");
+    later.expect("lib 101 hello");
 }

@@ -1,0 +1,556 @@
+//! Keeping a system patched: `hotsplice install | uninstall | status | watch`.
+//!
+//! Installed bundles live in a store (`/var/lib/hotsplice/installed/<id>.hsp`, plus
+//! `<id>.json`: the file it is for, when given). `install` puts a bundle there and applies it
+//! to every running process that needs it; `watch` (a small daemon, `packaging/
+//! hotsplice-watch.service`) applies every installed bundle to processes that start later —
+//! on each `exec` the kernel reports, and in a periodic sweep that also catches libraries
+//! loaded with `dlopen`; `status` says, per installed patch, which processes have it and which
+//! do not (and why), as text, JSON, or Prometheus metrics for node_exporter's textfile
+//! collector. A process that maps another build of the file (the fixed one, after a package
+//! upgrade) is never patched: it already runs the fix.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, anyhow};
+use clap::Args;
+use hotsplice_apply::discover::{Select, Version, discover, discover_in};
+use hotsplice_apply::{Options, PauseLog};
+use serde_json::{Value, json};
+
+use crate::live::{LiveOptions, TrustOptions, output};
+use crate::{EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_OK, Exit};
+
+/// The default store.
+pub const DEFAULT_STORE: &str = "/var/lib/hotsplice";
+
+/// Where installed bundles are kept.
+#[derive(Debug, Args)]
+pub struct StoreOptions {
+    /// The store of installed patches (it must belong to root and be writable by no one
+    /// else, like every directory above it).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STORE, env = "HOTSPLICE_STORE")]
+    store: PathBuf,
+}
+
+/// Install a bundle: keep it applied to every process that maps its file, now and later.
+///
+/// The bundle is checked against the trusted keys, kept in the store, and applied to every
+/// running process that maps its file (each on its own; see `apply --each`). `hotsplice watch`
+/// then applies it to processes that start later. Without `--file`, processes are found by the
+/// bundle's build-id.
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// The bundle.
+    bundle: PathBuf,
+    /// The installed file the bundle is for (an executable or shared library).
+    #[arg(long, value_name = "PATH")]
+    file: Option<PathBuf>,
+    /// Keep it for `watch` only; do not apply it to running processes now.
+    #[arg(long)]
+    no_apply: bool,
+    #[command(flatten)]
+    store: StoreOptions,
+    #[command(flatten)]
+    trust: TrustOptions,
+    #[command(flatten)]
+    options: LiveOptions,
+}
+
+/// Uninstall a patch: undo it in every process that has it, and forget it.
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// The patch id.
+    patch: String,
+    /// Leave it applied where it is; only stop applying it to new processes.
+    #[arg(long)]
+    keep_applied: bool,
+    #[command(flatten)]
+    store: StoreOptions,
+    #[command(flatten)]
+    options: LiveOptions,
+}
+
+/// Show, per installed patch, the processes that have it and those that do not (and why).
+///
+/// Exit status: 0 every process that needs a patch has it; 1 some do not.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Also write Prometheus metrics to this file (atomically; for node_exporter's textfile
+    /// collector): `hotsplice_patch_processes{patch,target,state}`.
+    #[arg(long, value_name = "FILE")]
+    prometheus: Option<PathBuf>,
+    #[command(flatten)]
+    store: StoreOptions,
+    #[command(flatten)]
+    trust: TrustOptions,
+    #[command(flatten)]
+    options: LiveOptions,
+}
+
+/// Keep new processes patched: apply every installed patch to each process that starts a
+/// program (or loads a library) it is for. Runs until SIGTERM or SIGINT.
+///
+/// New programs are seen at once through the kernel's process-event connector (root,
+/// CONFIG_PROC_EVENTS); a sweep every `--interval` seconds catches the rest (libraries loaded
+/// later with dlopen). See packaging/hotsplice-watch.service.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Seconds between sweeps of every process.
+    #[arg(long, value_name = "S", default_value_t = 10)]
+    interval: u64,
+    #[command(flatten)]
+    store: StoreOptions,
+    #[command(flatten)]
+    trust: TrustOptions,
+    #[command(flatten)]
+    options: LiveOptions,
+}
+
+impl InstallArgs {
+    /// Whether JSON output was asked for.
+    pub fn json(&self) -> bool {
+        self.options.json()
+    }
+}
+impl UninstallArgs {
+    /// Whether JSON output was asked for.
+    pub fn json(&self) -> bool {
+        self.options.json()
+    }
+}
+impl StatusArgs {
+    /// Whether JSON output was asked for.
+    pub fn json(&self) -> bool {
+        self.options.json()
+    }
+}
+
+/// An installed bundle.
+struct Installed {
+    bundle: hotsplice_bundle::Bundle,
+    sha256: String,
+    file: Option<PathBuf>,
+}
+
+impl Installed {
+    fn select(&self) -> Select {
+        match &self.file {
+            Some(f) => Select::File(f.clone()),
+            None => Select::BuildId,
+        }
+    }
+
+    fn target(&self) -> String {
+        self.file
+            .as_ref()
+            .map(|f| f.display().to_string())
+            .unwrap_or_else(|| {
+                format!(
+                    "build-id {}",
+                    self.bundle.target.build_id.as_deref().unwrap_or("none")
+                )
+            })
+    }
+}
+
+fn env_error(error: anyhow::Error) -> Exit {
+    Exit {
+        code: EXIT_ENVIRONMENT,
+        error,
+    }
+}
+
+/// The store's directory of installed bundles, checked.
+fn installed_dir(store: &Path) -> Result<PathBuf, Exit> {
+    let dir = store.join("installed");
+    hotsplice_apply::state::StateDir::open(&dir)
+        .map(|d| d.path().to_path_buf())
+        .map_err(|e| env_error(anyhow::Error::new(e)))
+}
+
+/// Every installed bundle that still passes the trust policy.
+fn load(store: &Path, trust: &TrustOptions) -> Result<Vec<Installed>, Exit> {
+    let dir = installed_dir(store)?;
+    let mut out = Vec::new();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| dir.display().to_string())
+        .map_err(env_error)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "hsp"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let accepted = crate::live::read_bundle(&path, trust, "watch")?;
+        let meta: Value = std::fs::read_to_string(path.with_extension("json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        out.push(Installed {
+            file: meta["file"].as_str().map(PathBuf::from),
+            bundle: accepted.bundle,
+            sha256: accepted.sha256,
+        });
+    }
+    Ok(out)
+}
+
+/// What applying an installed bundle to some processes did.
+#[derive(Default)]
+struct Rollout {
+    patched: Vec<i32>,
+    failed: Vec<(i32, String)>,
+}
+
+/// Applies `installed` to those of `pids` (all processes when `None`) that map its file and
+/// lack it, each on its own.
+fn roll_out(installed: &Installed, pids: Option<&[i32]>, options: &Options) -> Rollout {
+    let select = installed.select();
+    let found = match pids {
+        Some(pids) => discover_in(&select, &installed.bundle, pids),
+        None => discover(&select, &installed.bundle),
+    };
+    let mut rollout = Rollout::default();
+    let Ok(found) = found else {
+        return rollout;
+    };
+    for f in found.into_iter().filter(|f| f.version == Version::Target) {
+        let has = hotsplice_apply::list(&[f.pid], options)
+            .ok()
+            .and_then(|l| l.into_iter().next())
+            .and_then(|(_, o)| o.ok())
+            .is_some_and(|o| o.state.patches.iter().any(|p| p.id == installed.bundle.id));
+        if has {
+            continue;
+        }
+        let mut pauses = PauseLog::new();
+        let result = hotsplice_apply::apply(
+            &installed.bundle,
+            &installed.sha256,
+            &[f.pid],
+            options,
+            &mut pauses,
+        );
+        crate::trust::audit(json!({
+            "action": "apply",
+            "by": "install/watch",
+            "patch": installed.bundle.id,
+            "pids": [f.pid],
+            "outcome": match &result { Ok(_) => "done", Err(e) => e.class().as_str() },
+            "reason": result.as_ref().err().map(|e| e.to_string()),
+            "pause": {"longest_us": pauses.longest().as_micros() as u64, "stops": pauses.stops},
+        }));
+        match result {
+            Ok(_) => rollout.patched.push(f.pid),
+            Err(e) => rollout.failed.push((f.pid, e.to_string())),
+        }
+    }
+    rollout
+}
+
+/// `hotsplice install`.
+pub fn install(args: &InstallArgs) -> Result<ExitCode, Exit> {
+    let accepted = crate::live::read_bundle(&args.bundle, &args.trust, "install")?;
+    if let Some(file) = &args.file
+        && !file.exists()
+    {
+        return Err(Exit::bad_input(anyhow!("{}: no such file", file.display())));
+    }
+    let dir = installed_dir(&args.store.store)?;
+    let id = accepted.bundle.id.clone();
+    let bytes = std::fs::read(&args.bundle)
+        .with_context(|| args.bundle.display().to_string())
+        .map_err(Exit::bad_input)?;
+    let write = |name: String, data: &[u8]| -> anyhow::Result<()> {
+        let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+        std::fs::write(&tmp, data)?;
+        std::fs::rename(&tmp, dir.join(name))?;
+        Ok(())
+    };
+    let meta = json!({
+        "id": id,
+        "file": args.file.as_ref().map(|f| f.display().to_string()),
+        "installed_unix": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "bundle_sha256": accepted.sha256,
+    });
+    write(format!("{id}.json"), meta.to_string().as_bytes())
+        .and_then(|()| write(format!("{id}.hsp"), &bytes))
+        .map_err(env_error)?;
+    let installed = Installed {
+        bundle: accepted.bundle,
+        sha256: accepted.sha256,
+        file: args.file.clone(),
+    };
+    let rollout = if args.no_apply {
+        Rollout::default()
+    } else {
+        roll_out(&installed, None, &args.options.options())
+    };
+    let mut out = std::io::stdout().lock();
+    if args.options.json() {
+        output(writeln!(
+            out,
+            "{}",
+            json!({
+                "ok": rollout.failed.is_empty(),
+                "installed": id,
+                "target": installed.target(),
+                "patched": rollout.patched,
+                "failed": rollout.failed.iter().map(|(pid, e)| json!({"pid": pid, "error": e})).collect::<Vec<_>>(),
+            })
+        ))?;
+    } else {
+        output(writeln!(
+            out,
+            "installed {id} for {}: patched {} running process(es){}",
+            installed.target(),
+            rollout.patched.len(),
+            if args.no_apply { " (--no-apply)" } else { "" }
+        ))?;
+        for (pid, e) in &rollout.failed {
+            output(writeln!(out, "failed pid {pid}: {e}"))?;
+        }
+    }
+    Ok(ExitCode::from(if rollout.failed.is_empty() {
+        EXIT_OK
+    } else {
+        crate::EXIT_REFUSED
+    }))
+}
+
+/// `hotsplice uninstall`.
+pub fn uninstall(args: &UninstallArgs) -> Result<ExitCode, Exit> {
+    let dir = installed_dir(&args.store.store)?;
+    let bundle = dir.join(format!("{}.hsp", args.patch));
+    if !bundle.exists() || args.patch.contains('/') {
+        return Err(Exit {
+            code: EXIT_BAD_INPUT,
+            error: anyhow!("no patch {} is installed", args.patch),
+        });
+    }
+    std::fs::remove_file(&bundle)
+        .and_then(
+            |()| match std::fs::remove_file(bundle.with_extension("json")) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+        )
+        .with_context(|| bundle.display().to_string())
+        .map_err(env_error)?;
+    let options = args.options.options();
+    let mut undone = Vec::new();
+    let mut failed = Vec::new();
+    if !args.keep_applied {
+        let holders = hotsplice_apply::holders(&args.patch, &options)
+            .map_err(|e| env_error(anyhow::Error::new(e)))?;
+        for pid in holders {
+            let mut pauses = PauseLog::new();
+            match hotsplice_apply::undo(&args.patch, &[pid], &options, &mut pauses) {
+                Ok(_) => undone.push(pid),
+                Err(e) => failed.push((pid, e.to_string())),
+            }
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    if args.options.json() {
+        output(writeln!(
+            out,
+            "{}",
+            json!({"ok": failed.is_empty(), "uninstalled": args.patch, "undone": undone,
+                   "failed": failed.iter().map(|(pid, e)| json!({"pid": pid, "error": e})).collect::<Vec<_>>()})
+        ))?;
+    } else {
+        output(writeln!(
+            out,
+            "uninstalled {}: undone in {} process(es)",
+            args.patch,
+            undone.len()
+        ))?;
+        for (pid, e) in &failed {
+            output(writeln!(out, "failed pid {pid}: {e}"))?;
+        }
+    }
+    Ok(ExitCode::from(if failed.is_empty() {
+        EXIT_OK
+    } else {
+        crate::EXIT_REFUSED
+    }))
+}
+
+/// `hotsplice status`.
+pub fn status(args: &StatusArgs) -> Result<ExitCode, Exit> {
+    let options = args.options.options();
+    let installed = load(&args.store.store, &args.trust)?;
+    let mut rows = Vec::new();
+    let mut missing = 0usize;
+    for i in &installed {
+        let found = discover(&i.select(), &i.bundle).unwrap_or_default();
+        let mut processes = Vec::new();
+        for f in found {
+            let state = match f.version {
+                Version::Other { .. } => "other-build",
+                Version::Target => {
+                    let has = hotsplice_apply::list(&[f.pid], &options)
+                        .ok()
+                        .and_then(|l| l.into_iter().next())
+                        .and_then(|(_, o)| o.ok())
+                        .is_some_and(|o| o.state.patches.iter().any(|p| p.id == i.bundle.id));
+                    if has {
+                        "patched"
+                    } else {
+                        missing += 1;
+                        "unpatched"
+                    }
+                }
+            };
+            processes.push(json!({
+                "pid": f.pid,
+                "comm": hotsplice_ptrace::comm_of(f.pid),
+                "mapped": f.mapped,
+                "state": state,
+                "pid_inside": f.namespaces.inner_pid,
+            }));
+        }
+        rows.push(json!({
+            "patch": i.bundle.id,
+            "target": i.target(),
+            "processes": processes,
+        }));
+    }
+    if let Some(file) = &args.prometheus {
+        let mut text = String::from(
+            "# HELP hotsplice_patch_processes Processes mapping an installed patch's file, by state.\n\
+             # TYPE hotsplice_patch_processes gauge\n",
+        );
+        for r in &rows {
+            for state in ["patched", "unpatched", "other-build"] {
+                let n = r["processes"]
+                    .as_array()
+                    .map(|a| a.iter().filter(|p| p["state"] == state).count())
+                    .unwrap_or(0);
+                text.push_str(&format!(
+                    "hotsplice_patch_processes{{patch=\"{}\",target=\"{}\",state=\"{}\"}} {n}\n",
+                    r["patch"].as_str().unwrap_or(""),
+                    r["target"].as_str().unwrap_or("").replace('"', "'"),
+                    state.replace('-', "_")
+                ));
+            }
+        }
+        let tmp = file.with_extension("prom.tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, file))
+            .with_context(|| file.display().to_string())
+            .map_err(env_error)?;
+    }
+    let mut out = std::io::stdout().lock();
+    if args.options.json() {
+        output(writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&json!({"ok": missing == 0, "installed": rows}))
+                .unwrap_or_default()
+        ))?;
+    } else {
+        if rows.is_empty() {
+            output(writeln!(out, "no patch installed"))?;
+        }
+        for r in &rows {
+            output(writeln!(
+                out,
+                "{} for {}:",
+                r["patch"].as_str().unwrap_or(""),
+                r["target"].as_str().unwrap_or("")
+            ))?;
+            for p in r["processes"].as_array().into_iter().flatten() {
+                output(writeln!(
+                    out,
+                    "  pid {} ({}): {}",
+                    p["pid"],
+                    p["comm"].as_str().unwrap_or(""),
+                    p["state"].as_str().unwrap_or("")
+                ))?;
+            }
+        }
+    }
+    Ok(ExitCode::from(if missing == 0 {
+        EXIT_OK
+    } else {
+        crate::EXIT_REFUSED
+    }))
+}
+
+/// `hotsplice watch`.
+pub fn watch(args: &WatchArgs) -> Result<ExitCode, Exit> {
+    let options = args.options.options();
+    let interval = Duration::from_secs(args.interval.max(1));
+    let mut events = match hotsplice_ptrace::exec_events::ExecEvents::open() {
+        Ok(events) => Some(events),
+        Err(e) => {
+            eprintln!("hotsplice watch: {e}; relying on sweeps every {interval:?}");
+            None
+        }
+    };
+    eprintln!(
+        "hotsplice watch: watching (store {})",
+        args.store.store.display()
+    );
+    let mut next_sweep = Instant::now();
+    loop {
+        if let Some(signal) = hotsplice_ptrace::signals::take_interruption() {
+            eprintln!("hotsplice watch: {signal} received, stopping");
+            return Ok(ExitCode::from(EXIT_OK));
+        }
+        let now = Instant::now();
+        let pids: Option<Vec<i32>> = if now >= next_sweep {
+            next_sweep = now + interval;
+            None
+        } else {
+            let wait = next_sweep
+                .saturating_duration_since(now)
+                .min(Duration::from_millis(500));
+            match &mut events {
+                Some(ev) => match ev.next(wait) {
+                    Ok(p) if p.is_empty() => continue,
+                    Ok(p) => {
+                        // Let the dynamic loader map the program's libraries first.
+                        std::thread::sleep(Duration::from_millis(20));
+                        Some(p)
+                    }
+                    Err(e) => {
+                        eprintln!("hotsplice watch: {e}");
+                        events = None;
+                        continue;
+                    }
+                },
+                None => {
+                    std::thread::sleep(wait);
+                    continue;
+                }
+            }
+        };
+        let installed = match load(&args.store.store, &args.trust) {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("hotsplice watch: {:#}", e.error);
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        for i in &installed {
+            let rollout = roll_out(i, pids.as_deref(), &options);
+            for pid in &rollout.patched {
+                eprintln!(
+                    "hotsplice watch: applied {} to pid {pid} ({})",
+                    i.bundle.id,
+                    hotsplice_ptrace::comm_of(*pid)
+                );
+            }
+            for (pid, e) in &rollout.failed {
+                eprintln!("hotsplice watch: {} in pid {pid}: {e}", i.bundle.id);
+            }
+        }
+    }
+}
