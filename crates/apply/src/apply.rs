@@ -8,12 +8,13 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hotsplice_bundle::{Bundle, hex};
+use hotsplice_bundle::{Bundle, HookKind, hex};
 use hotsplice_matcher::Via;
 use hotsplice_ptrace::{
     AddressSpace, Mapping, PROT_EXEC, PROT_READ, PROT_WRITE, Realtime, Stopped,
 };
 
+use crate::hooks::{self, HookRun};
 use crate::link::{self, Layout, Resolved};
 use crate::mapped::{Cfi, Files, MappedFile};
 use crate::observe::observe;
@@ -22,11 +23,11 @@ use crate::redirect::{self, Redirect};
 use crate::resolve::{Lookup, Resolver};
 use crate::safety::{self, Range};
 use crate::state::{
-    self, AppliedFunction, AppliedPatch, Code5, Journal, Operation, Phase, ProcessState, Region,
-    StateDir, Transaction,
+    self, AppliedFunction, AppliedHook, AppliedPatch, Code5, Journal, Operation, Phase,
+    ProcessState, Region, StateDir, Transaction,
 };
 use crate::switch::{self, Decision, PauseLog, Proceed, SiteWrite, Stage};
-use crate::{Error, FunctionReport, Options, ProcessReport, faults, target, undo};
+use crate::{Error, FunctionReport, HookReport, Options, ProcessReport, faults, target, undo};
 
 /// Everything known about one address space before anything is written to it.
 pub struct Plan<'b> {
@@ -359,6 +360,8 @@ fn skeleton(id: &str, regions: &[Region]) -> AppliedPatch {
         pause_us: 0,
         regions: regions.to_vec(),
         functions: Vec::new(),
+        hooks: Vec::new(),
+        runtime: None,
     }
 }
 
@@ -465,11 +468,29 @@ fn link_at(
     let prepared = &plan.prepared;
     let code = regions[0].address;
     let data = regions.get(1).map_or(0, |r| r.address);
-    let writes = link::link(pid, &bundle.objects, layout, code, data, &|o, s| {
+    let mut writes = link::link(pid, &bundle.objects, layout, code, data, &|o, s| {
         resolver.resolve(o, s)
     })?;
+    if bundle.objects.iter().any(|o| !o.hooks.is_empty()) {
+        // Hooks return to an `int3` at the end of the header page.
+        writes.push(link::Write {
+            address: code + link::HEADER_SIZE - 1,
+            bytes: vec![0xcc],
+        });
+    }
     let mut redirects = Vec::new();
     let mut functions = Vec::new();
+    let hooks = bundle
+        .objects
+        .iter()
+        .enumerate()
+        .flat_map(|(o, object)| {
+            object.hooks.iter().map(move |h| AppliedHook {
+                kind: h.kind,
+                address: link::piece_address(layout, o, h.piece, code, data),
+            })
+        })
+        .collect();
     for (l, before) in prepared.located.iter().zip(expected) {
         let replacement = &bundle.objects[l.object].replacements[l.replacement];
         let new_address = link::piece_address(layout, l.object, replacement.piece, code, data);
@@ -505,6 +526,8 @@ fn link_at(
             pause_us: 0,
             regions: regions.to_vec(),
             functions,
+            hooks,
+            runtime: layout.runtime.map(|offset| data + offset),
         },
     })
 }
@@ -607,7 +630,13 @@ fn apply_one(
         )
     };
     pauses.merge(&mine);
-    let (mut applied, attempts, threads) = match outcome {
+    let Done {
+        mut applied,
+        attempts,
+        threads,
+        hooks: runs,
+        warnings,
+    } = match outcome {
         Ok(done) => done,
         Err(e) => {
             // Nothing jumps into the memory: unmap it. If that fails the journal stays, and
@@ -646,6 +675,9 @@ fn apply_one(
         realtime: mine.realtime,
         same_build: same_build(prepared),
         prediction: None,
+        hooks: runs.iter().map(HookReport::from).collect(),
+        warnings,
+        shadows: None,
     })
 }
 
@@ -669,6 +701,28 @@ fn decide_idle<'r>(
     move |views| match safety::check(views, ranges) {
         Some(busy) => Decision::Busy(busy),
         None => Decision::Write(writes.clone()),
+    }
+}
+
+/// What applying to one address space did.
+struct Done {
+    applied: AppliedPatch,
+    attempts: u32,
+    threads: usize,
+    hooks: Vec<HookRun>,
+    warnings: Vec<String>,
+}
+
+/// Runs post hooks: they cannot refuse (the switch is done); a failure is a warning.
+pub fn post_hooks(
+    stopped: &mut Stopped,
+    patch: &AppliedPatch,
+    kind: HookKind,
+    runs: &mut Vec<HookRun>,
+    warnings: &mut Vec<String>,
+) {
+    if let Err(e) = hooks::run(stopped, patch, kind, runs) {
+        warnings.push(e.to_string());
     }
 }
 
@@ -716,9 +770,11 @@ fn apply_in_one_stop(
     txn: &mut Transaction<'_>,
     options: &Options,
     pauses: &mut PauseLog,
-) -> Result<(AppliedPatch, u32, usize), Error> {
+) -> Result<Done, Error> {
     let pid = space.primary().pid();
     let mut attempts = 0;
+    let mut runs = Vec::new();
+    let mut warnings = Vec::new();
     for &code_at in code_hints {
         let code = Region {
             address: code_at,
@@ -766,8 +822,23 @@ fn apply_in_one_stop(
             ranges,
             expected,
             &mut |stopped, stage| match stage {
-                Stage::BeforeWrites => map_and_load(stopped, &load),
-                Stage::AfterWrites => Ok(Proceed::Yes),
+                Stage::BeforeWrites => match map_and_load(stopped, &load)? {
+                    Proceed::Yes => {
+                        hooks::run(stopped, &linked.applied, HookKind::PreApply, &mut runs)?;
+                        Ok(Proceed::Yes)
+                    }
+                    replan => Ok(replan),
+                },
+                Stage::AfterWrites => {
+                    post_hooks(
+                        stopped,
+                        &linked.applied,
+                        HookKind::PostApply,
+                        &mut runs,
+                        &mut warnings,
+                    );
+                    Ok(Proceed::Yes)
+                }
             },
         )?;
         attempts += switched.attempts;
@@ -776,7 +847,13 @@ fn apply_in_one_stop(
             txn.advance(|j| j.patch.regions.clear())?;
             continue;
         }
-        return Ok((linked.applied, attempts, switched.threads));
+        return Ok(Done {
+            applied: linked.applied,
+            attempts,
+            threads: switched.threads,
+            hooks: runs,
+            warnings,
+        });
     }
     Err(Error::NoPlacement {
         pid,
@@ -802,9 +879,11 @@ fn apply_in_two(
     txn: &mut Transaction<'_>,
     options: &Options,
     pauses: &mut PauseLog,
-) -> Result<(AppliedPatch, u32, usize), Error> {
+) -> Result<Done, Error> {
     let process = space.primary().clone();
     let pid = process.pid();
+    let mut runs = Vec::new();
+    let mut warnings = Vec::new();
     let (regions, answers) = map_alone(
         space, layout, &bundle.id, code_hints, ifuncs, options, pauses,
     )?;
@@ -833,7 +912,27 @@ fn apply_in_two(
         pauses,
         ranges,
         expected,
-        &mut |_, _| Ok(Proceed::Yes),
+        &mut |stopped, stage| {
+            match stage {
+                Stage::BeforeWrites => {
+                    hooks::run(stopped, &linked.applied, HookKind::PreApply, &mut runs)?;
+                }
+                Stage::AfterWrites => post_hooks(
+                    stopped,
+                    &linked.applied,
+                    HookKind::PostApply,
+                    &mut runs,
+                    &mut warnings,
+                ),
+            }
+            Ok(Proceed::Yes)
+        },
     )?;
-    Ok((linked.applied, switched.attempts, switched.threads))
+    Ok(Done {
+        applied: linked.applied,
+        attempts: switched.attempts,
+        threads: switched.threads,
+        hooks: runs,
+        warnings,
+    })
 }

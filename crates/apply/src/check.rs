@@ -84,6 +84,9 @@ pub fn check(
             threads: mine.threads(),
             realtime: mine.realtime,
             same_build: same_build(prepared),
+            hooks: Vec::new(),
+            warnings: Vec::new(),
+            shadows: None,
             prediction: match decision {
                 Decision::Busy(busy) => Some(predict(&busy, options)),
                 Decision::Write(_) => None,

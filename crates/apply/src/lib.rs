@@ -33,6 +33,7 @@ mod apply;
 mod check;
 pub mod discover;
 mod faults;
+mod hooks;
 mod link;
 mod mapped;
 mod observe;
@@ -40,6 +41,7 @@ mod prepare;
 mod recover;
 mod redirect;
 mod resolve;
+mod runtime;
 mod safety;
 pub mod state;
 pub mod switch;
@@ -135,6 +137,45 @@ pub struct ProcessReport {
     /// For `check`: what apply would do now (wait for a thread, retry, refuse), if not simply
     /// apply.
     pub prediction: Option<Prediction>,
+    /// The patch's hooks that ran, and how long each took (the threads were stopped).
+    pub hooks: Vec<HookReport>,
+    /// What went wrong without undoing the operation (a post hook that failed).
+    pub warnings: Vec<String>,
+    /// For `undo` of a patch that used shadow data: the runtime's counters when it was undone
+    /// (its memory, every shadow included, is then unmapped).
+    pub shadows: Option<ShadowStats>,
+}
+
+/// The shadow-data counters of a patch's runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShadowStats {
+    /// Shadows allocated and not freed.
+    pub live: u64,
+    /// Every allocation so far.
+    pub allocations: u64,
+    /// Bytes of the arena handed out (freed shadows are reused).
+    pub arena_used: u64,
+}
+
+/// A hook that ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookReport {
+    /// `pre-apply`, `post-apply`, `pre-undo` or `post-undo`.
+    pub kind: &'static str,
+    /// How long it took.
+    pub took: Duration,
+    /// What it returned.
+    pub result: i32,
+}
+
+impl From<&hooks::HookRun> for HookReport {
+    fn from(run: &hooks::HookRun) -> Self {
+        HookReport {
+            kind: hooks::name(run.kind),
+            took: run.took,
+            result: run.result,
+        }
+    }
 }
 
 /// What `check` predicts `apply` would do with a thread found in a replaced function.
@@ -339,6 +380,26 @@ pub enum Error {
         function: String,
         /// Attempts made.
         attempts: u32,
+    },
+    /// A pre hook of the patch refused.
+    #[error("process {pid}: the patch's {hook} hook refused: {reason}; nothing was changed")]
+    Vetoed {
+        /// Process.
+        pid: i32,
+        /// Which hook.
+        hook: &'static str,
+        /// Its reason.
+        reason: String,
+    },
+    /// A hook of the patch faulted or did not return.
+    #[error("process {pid}: the patch's {hook} hook failed: {detail}")]
+    HookFailed {
+        /// Process.
+        pid: i32,
+        /// Which hook.
+        hook: &'static str,
+        /// What happened.
+        detail: String,
     },
     /// The patch is already applied.
     #[error("process {pid}: {id} is already applied")]

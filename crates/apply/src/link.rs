@@ -34,6 +34,8 @@ pub struct Layout {
     slots: HashMap<(SymbolKey, bool), u64>,
     /// Call stubs: symbol key → offset in the code region.
     stubs: HashMap<SymbolKey, u64>,
+    /// Where the `hotsplice.h` runtime state goes in the writable region, if the patch uses it.
+    pub runtime: Option<u64>,
 }
 
 /// A symbol as the patch names it: locals are qualified by the object that references them
@@ -77,6 +79,11 @@ pub fn plan(objects: &[ObjectPatch], far: &dyn Fn(usize, &SymbolRef) -> bool) ->
         }
         pieces.push(placed);
     }
+    let runtime = crate::runtime::used_by(objects).then(|| {
+        let at = align(data, 4096);
+        data = at + crate::runtime::SIZE;
+        at
+    });
     code = align(code, 8);
     let mut slots = HashMap::new();
     let mut stubs = HashMap::new();
@@ -114,6 +121,7 @@ pub fn plan(objects: &[ObjectPatch], far: &dyn Fn(usize, &SymbolRef) -> bool) ->
         pieces,
         slots,
         stubs,
+        runtime,
     }
 }
 
@@ -136,6 +144,13 @@ pub fn link(
     data_base: u64,
     resolve: &dyn Fn(usize, &SymbolRef) -> Option<Resolved>,
 ) -> Result<Vec<Write>, Error> {
+    // The runtime's state is in the patch's own memory.
+    let runtime = layout.runtime.map(|offset| data_base + offset);
+    let resolve = |object: usize, symbol: &SymbolRef| match runtime {
+        Some(address) if symbol.name == crate::runtime::SYMBOL => Some(Resolved::Address(address)),
+        _ => resolve(object, symbol),
+    };
+    let resolve = &resolve;
     let piece_address = |object: usize, piece: usize| {
         let (writable, offset) = layout.pieces[object][piece];
         if writable {
@@ -145,6 +160,12 @@ pub fn link(
         }
     };
     let mut writes = Vec::new();
+    if let Some(address) = runtime {
+        writes.push(Write {
+            address,
+            bytes: crate::runtime::MAGIC.to_le_bytes().to_vec(),
+        });
+    }
     // Slots and stubs first.
     for (((object, name), tp), offset) in &layout.slots {
         let symbol = find_symbol(objects, *object, name);

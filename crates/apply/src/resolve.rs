@@ -59,6 +59,10 @@ impl<'a, 'b> Resolver<'a, 'b> {
     /// Where a symbol is: learnt from the running code, in the patched file's symbol tables,
     /// or defined by another loaded file (an indirect function there needs its resolver run).
     pub fn lookup(&self, object: usize, symbol: &SymbolRef) -> Option<Lookup> {
+        if symbol.name == crate::runtime::SYMBOL {
+            // Placed with the patch (see `link::plan`); never a symbol of the program.
+            return Some(Lookup::Found(Resolved::Address(self.prepared.module.start)));
+        }
         let key = (symbol.local.then_some(object), symbol.name.clone());
         if let Some(value) = self.prepared.learned.get(&key) {
             return match *value {

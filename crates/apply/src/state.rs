@@ -123,6 +123,22 @@ pub struct AppliedPatch {
     pub regions: Vec<Region>,
     /// Redirected functions.
     pub functions: Vec<AppliedFunction>,
+    /// The patch's hooks (`hotsplice.h`), at their addresses in its code region.
+    #[serde(default)]
+    pub hooks: Vec<AppliedHook>,
+    /// Where the `hotsplice.h` runtime state is, if the patch uses it.
+    #[serde(default)]
+    pub runtime: Option<u64>,
+}
+
+/// A hook of an applied patch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppliedHook {
+    /// When it runs.
+    pub kind: hotsplice_bundle::HookKind,
+    /// The function's address.
+    pub address: u64,
 }
 
 /// Everything applied to one process.
@@ -645,6 +661,8 @@ mod tests {
                 size: 0x2000,
             }],
             functions: Vec::new(),
+            hooks: Vec::new(),
+            runtime: None,
         };
         let h = header(&patch, 4096);
         assert_eq!(parse_header(&h), Some(patch.clone()));

@@ -6,13 +6,18 @@ use std::cell::Cell;
 
 use hotsplice_ptrace::{AddressSpace, Realtime, Stopped};
 
+use crate::apply::post_hooks;
 use crate::apply::refuse_if_interrupted;
 use crate::mapped::Cfi;
 use crate::observe::observe;
 use crate::safety::{self, Range};
 use crate::state::{Journal, Operation, Phase, StateDir, Transaction};
 use crate::switch::{self, Decision, PauseLog, Proceed, SiteWrite, Stage};
-use crate::{Error, FunctionReport, Options, ProcessReport, faults, target, verify};
+use crate::{
+    Error, FunctionReport, HookReport, Options, ProcessReport, faults, hooks, runtime, target,
+    verify,
+};
+use hotsplice_bundle::HookKind;
 
 /// `hotsplice undo` over several processes: every one is checked before any is changed.
 pub fn undo(
@@ -67,6 +72,7 @@ fn find(
     }
     let maps = process.maps()?;
     verify::regions(process, &maps, patch)?;
+    verify::hooks(pid, patch)?;
     for f in &patch.functions {
         verify::jump(pid, patch, f.site, &f.jump.0)?;
         verify::original(
@@ -128,6 +134,9 @@ pub fn undo_locked(
         },
     )?;
     let unmapped = Cell::new(false);
+    let mut runs = Vec::new();
+    let mut warnings = Vec::new();
+    let mut shadows = None;
     let result = switch::switch(
         space,
         &cfi,
@@ -148,13 +157,23 @@ pub fn undo_locked(
                             [r.address, r.size, 0, 0, 0, 0],
                         )?;
                     }
+                    hooks::run(stopped, &patch, HookKind::PreUndo, &mut runs)?;
+                    shadows = patch.runtime.and_then(|rt| runtime::stats(stopped, rt));
                 }
-                // A single-threaded target: unmap in the same stop (no thread is in the
-                // memory, and no jump leads there any more).
-                Stage::AfterWrites if single => {
-                    unmapped.set(unmap(stopped, &patch.regions).is_ok());
+                Stage::AfterWrites => {
+                    post_hooks(
+                        stopped,
+                        &patch,
+                        HookKind::PostUndo,
+                        &mut runs,
+                        &mut warnings,
+                    );
+                    // A single-threaded target: unmap in the same stop (no thread is in the
+                    // memory, and no jump leads there any more).
+                    if single {
+                        unmapped.set(unmap(stopped, &patch.regions).is_ok());
+                    }
                 }
-                Stage::AfterWrites => {}
             }
             Ok(Proceed::Yes)
         },
@@ -208,6 +227,9 @@ pub fn undo_locked(
         realtime: mine.realtime,
         same_build: None,
         prediction: None,
+        hooks: runs.iter().map(HookReport::from).collect(),
+        warnings,
+        shadows,
     })
 }
 

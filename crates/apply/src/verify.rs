@@ -124,3 +124,30 @@ pub fn original(
         ),
     ))
 }
+
+/// Checks that a record's hooks and runtime lie in the patch's own memory (a hook is called in
+/// the target: it must be code hotsplice loaded for this patch).
+pub fn hooks(pid: i32, patch: &AppliedPatch) -> Result<(), Error> {
+    let inside = |a: u64, r: Option<&Region>| r.is_some_and(|r| a >= r.address && a < r.end());
+    let code = patch.regions.first();
+    if let Some(h) = patch.hooks.iter().find(|h| {
+        !inside(h.address, code)
+            || h.address < code.map_or(0, |c| c.address + crate::link::HEADER_SIZE)
+    }) {
+        return Err(forged(
+            pid,
+            &patch.id,
+            format!("its hook at {:#x} is not in its code", h.address),
+        ));
+    }
+    if let Some(rt) = patch.runtime
+        && !patch.regions.iter().any(|r| inside(rt, Some(r)))
+    {
+        return Err(forged(
+            pid,
+            &patch.id,
+            format!("its runtime state at {rt:#x} is not in its memory"),
+        ));
+    }
+    Ok(())
+}

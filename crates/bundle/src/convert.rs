@@ -4,8 +4,8 @@ use hotsplice_objdiff::patchset as ps;
 use hotsplice_objdiff::{ObjectDiff, Status};
 
 use crate::model::{
-    Binding, FunctionStatus, Link, ObjectPatch, Piece, PieceKind, PreReloc, PreTarget, Referenced,
-    Refusal, Reloc, Replacement, SymbolClass, SymbolRef,
+    Binding, FunctionStatus, Hook, HookKind, Link, ObjectPatch, Piece, PieceKind, PreReloc,
+    PreTarget, Referenced, Refusal, Reloc, Replacement, SymbolClass, SymbolRef,
 };
 
 fn symbol(s: &ps::SymbolRef) -> SymbolRef {
@@ -95,6 +95,19 @@ pub fn object_patch(diff: &ObjectDiff, set: &ps::PatchSet) -> ObjectPatch {
         pieces: set.pieces.iter().map(piece).collect(),
         replacements: set.replacements.iter().map(replacement).collect(),
         referenced: set.referenced.iter().map(referenced).collect(),
+        hooks: set
+            .hooks
+            .iter()
+            .map(|h| Hook {
+                kind: match h.kind {
+                    ps::HookKind::PreApply => HookKind::PreApply,
+                    ps::HookKind::PostApply => HookKind::PostApply,
+                    ps::HookKind::PreUndo => HookKind::PreUndo,
+                    ps::HookKind::PostUndo => HookKind::PostUndo,
+                },
+                piece: h.piece,
+            })
+            .collect(),
         bindings: diff
             .bindings
             .iter()

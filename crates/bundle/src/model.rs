@@ -68,6 +68,10 @@ pub struct ObjectPatch {
     /// them, with their pre-build code (format version 2).
     #[serde(default)]
     pub referenced: Vec<Referenced>,
+    /// Hooks the patch declares (`hotsplice.h`), run in the target at apply and undo
+    /// (format version 3).
+    #[serde(default)]
+    pub hooks: Vec<Hook>,
     /// Which existing function-local static each patched function uses.
     pub bindings: Vec<Binding>,
     /// Per function of the object that is not unchanged: name and status.
@@ -228,6 +232,30 @@ pub struct Replacement {
     pub pre_code: Vec<u8>,
     /// Pre-build relocations.
     pub pre_relocs: Vec<PreReloc>,
+}
+
+/// When a hook runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookKind {
+    /// Before the jumps are written, every other thread stopped; may refuse.
+    PreApply,
+    /// After the jumps are written, still stopped.
+    PostApply,
+    /// Before the original code is restored; may refuse.
+    PreUndo,
+    /// After the original code is restored.
+    PostUndo,
+}
+
+/// A hook of the patch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hook {
+    /// When it runs.
+    pub kind: HookKind,
+    /// The piece holding the function (`int fn(void)`).
+    pub piece: usize,
 }
 
 /// A function the new code uses, proven by run-pre matching when the running program is not

@@ -102,6 +102,18 @@ pub fn check(bundle: &Bundle) -> Result<(), Error> {
             }
             pre_code_relocs(&replacement.pre_code, &replacement.pre_relocs, at)?;
         }
+        for hook in &object.hooks {
+            if object
+                .pieces
+                .get(hook.piece)
+                .is_none_or(|p| p.kind != PieceKind::Code)
+            {
+                return Err(invalid(format!(
+                    "{}: a hook names piece {}, which is not code",
+                    object.object, hook.piece
+                )));
+            }
+        }
         for referenced in &object.referenced {
             let at = || format!("{}: referenced {}", object.object, referenced.name);
             pre_code_relocs(&referenced.pre_code, &referenced.pre_relocs, at)?;

@@ -507,6 +507,13 @@ fn report_json(r: &ProcessReport) -> Value {
         "realtime": r.realtime,
         "same_build": r.same_build,
         "prediction": r.prediction.as_ref().map(|p| json!({"action": p.action, "detail": p.detail})),
+        "hooks": r.hooks.iter().map(|h| json!({
+            "kind": h.kind, "took_us": h.took.as_micros() as u64, "result": h.result,
+        })).collect::<Vec<_>>(),
+        "warnings": r.warnings,
+        "shadows": r.shadows.map(|s| json!({
+            "live": s.live, "allocations": s.allocations, "arena_used": s.arena_used,
+        })),
         "functions": r.functions.iter().map(|f| json!({
             "name": f.name,
             "entry": format!("{:#x}", f.entry),
@@ -637,6 +644,25 @@ fn print_reports(o: &Outcome<'_>, json_out: bool) -> std::io::Result<()> {
         }
         if let Some(p) = &r.prediction {
             writeln!(out, "  apply would {}: {}", p.action, p.detail)?;
+        }
+        for h in &r.hooks {
+            writeln!(
+                out,
+                "  {} hook ran in {} µs (returned {}; every thread stopped meanwhile)",
+                h.kind,
+                h.took.as_micros(),
+                h.result
+            )?;
+        }
+        for w in &r.warnings {
+            writeln!(out, "  warning: {w}")?;
+        }
+        if let Some(s) = r.shadows {
+            writeln!(
+                out,
+                "  shadow data: {} live, {} allocated in all, {} bytes of arena used (all freed with the patch memory)",
+                s.live, s.allocations, s.arena_used
+            )?;
         }
     }
     Ok(())

@@ -318,6 +318,14 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
             detail: r.detail.clone(),
         }));
         refusals.extend(kernel_refusals(post, &diff, &set));
+        if !set.hooks.is_empty() {
+            refusals.push(Refusal {
+                kind: "unsupported-section".to_string(),
+                symbol: ".hotsplice.*".to_string(),
+                detail: "hotsplice.h hooks are for processes; a kernel patch uses livepatch callbacks"
+                    .to_string(),
+            });
+        }
         diffs.push(diff);
         sets.push(set);
     }

@@ -331,6 +331,7 @@ mod tests {
             object: "x.o".into(),
             source_file: None,
             referenced: Vec::new(),
+            hooks: Vec::new(),
             pieces: vec![
                 Piece {
                     name: "f".into(),

@@ -157,6 +157,42 @@ pub struct Referenced {
     pub pre_relocs: Vec<PreReloc>,
 }
 
+/// When a hook of a patch runs (`HOTSPLICE_PRE_APPLY(fn)` and friends in `hotsplice.h`: a
+/// pointer to the function in section `.hotsplice.<kind>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookKind {
+    /// Before the jumps are written; may refuse.
+    PreApply,
+    /// After the jumps are written.
+    PostApply,
+    /// Before the originals are restored; may refuse.
+    PreUndo,
+    /// After the originals are restored.
+    PostUndo,
+}
+
+impl HookKind {
+    /// The kind a `.hotsplice.<kind>` section holds.
+    pub fn of_section(name: &str) -> Option<HookKind> {
+        match name.strip_prefix(".hotsplice.")? {
+            "pre_apply" => Some(HookKind::PreApply),
+            "post_apply" => Some(HookKind::PostApply),
+            "pre_undo" => Some(HookKind::PreUndo),
+            "post_undo" => Some(HookKind::PostUndo),
+            _ => None,
+        }
+    }
+}
+
+/// A hook of the patch: its kind and the piece holding the function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hook {
+    /// When it runs.
+    pub kind: HookKind,
+    /// The piece holding the function.
+    pub piece: usize,
+}
+
 /// Everything needed to apply one object's change to a running program.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PatchSet {
@@ -171,6 +207,8 @@ pub struct PatchSet {
     pub replacements: Vec<Replacement>,
     /// Functions of this object the new code uses without replacing them.
     pub referenced: Vec<Referenced>,
+    /// Hooks the patch declares, in their order in the object.
+    pub hooks: Vec<Hook>,
 }
 
 /// The pre-build code and relocations of a function of `pre`, for run-pre matching.
@@ -592,6 +630,22 @@ pub fn extract(
             pre_code,
             pre_relocs,
         });
+    }
+    // Hooks: each `.hotsplice.<kind>` section points at functions of the patch.
+    for section in &post.elf.sections {
+        let Some(kind) = HookKind::of_section(&section.name) else {
+            continue;
+        };
+        let references: Vec<Reference<'_>> =
+            post.references_in(section.index, 0, section.size).to_vec();
+        for r in references {
+            if let Target::Symbol(s) = r.target
+                && post.elf.symbols[s].kind == SymbolKind::Func
+            {
+                let piece = x.piece_for_symbol(s);
+                x.set.hooks.push(Hook { kind, piece });
+            }
+        }
     }
     x.drain();
     x.tables();

@@ -864,6 +864,21 @@ impl Stopped {
                     Event::Interrupted(_) | Event::Other => {
                         ptrace::cont(pid, None).map_err(ptrace_error(tid, "PTRACE_CONT"))?;
                     }
+                    // The called code itself faulted: the fault is ours, not the program's (it
+                    // is never delivered); the thread gets its registers back.
+                    Event::Signal(
+                        signal @ (Signal::SIGSEGV
+                        | Signal::SIGBUS
+                        | Signal::SIGILL
+                        | Signal::SIGFPE),
+                    ) => {
+                        let at = ptrace::getregs(pid).map(|r| r.rip).unwrap_or(0);
+                        return Err(Error::RemoteCall {
+                            tid,
+                            function,
+                            detail: format!("it faulted ({signal} at {at:#x})"),
+                        });
+                    }
                     Event::Signal(signal) => {
                         self.threads[index].pending_signal.get_or_insert(signal);
                         ptrace::cont(pid, None).map_err(ptrace_error(tid, "PTRACE_CONT"))?;

@@ -24,6 +24,8 @@ mod hostile;
 mod lifecycle;
 /// `hotsplice check | apply | undo | list` on real processes.
 mod live;
+/// Semantic patches: hooks and shadow data (`hotsplice.h`).
+mod semantic;
 /// `hotsplice build` on the ways projects build: one-call compile+link, bundled static
 /// libraries, libtool, generated parsers, launchers, series; bad trees and failed builds.
 mod styles;
