@@ -72,7 +72,7 @@ fn round_trip_preserves_everything() {
     let bundle = sample();
     assert!(!bundle.objects[0].replacements.is_empty());
     let bytes = write(&bundle).unwrap();
-    assert!(bytes.starts_with(b"hotsplice-bundle 2\n"));
+    assert!(bytes.starts_with(b"hotsplice-bundle 3\n"));
     let sealed = read(&bytes).unwrap();
     assert_eq!(sealed.bundle, bundle);
     assert!(sealed.envelope.signatures.is_empty());
@@ -83,13 +83,15 @@ fn defects_are_typed_errors() {
     let bytes = write(&sample()).unwrap();
     assert!(matches!(read(b"ELF garbage"), Err(Error::NotABundle)));
     assert!(matches!(read(b""), Err(Error::NotABundle)));
-    let mut v3 = bytes.clone();
-    v3[17] = b'3';
-    assert!(matches!(read(&v3), Err(Error::UnsupportedVersion(3))));
-    // Version 1 (no `referenced`) still reads.
-    let mut v1 = bytes.clone();
-    v1[17] = b'1';
-    assert!(read(&v1).is_ok());
+    let mut v4 = bytes.clone();
+    v4[17] = b'4';
+    assert!(matches!(read(&v4), Err(Error::UnsupportedVersion(4))));
+    // Versions 1 (no `referenced`) and 2 (no `hooks`) still read.
+    for old in [b'1', b'2'] {
+        let mut v = bytes.clone();
+        v[17] = old;
+        assert!(read(&v).is_ok());
+    }
     assert!(matches!(
         read(&bytes[..bytes.len() - 10]),
         Err(Error::Truncated(_))
