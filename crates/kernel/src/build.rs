@@ -322,8 +322,9 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
             refusals.push(Refusal {
                 kind: "unsupported-section".to_string(),
                 symbol: ".hotsplice.*".to_string(),
-                detail: "hotsplice.h hooks are for processes; a kernel patch uses livepatch callbacks"
-                    .to_string(),
+                detail:
+                    "hotsplice.h hooks are for processes; a kernel patch uses livepatch callbacks"
+                        .to_string(),
             });
         }
         diffs.push(diff);
