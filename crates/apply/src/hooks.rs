@@ -25,16 +25,6 @@ pub struct HookRun {
     pub result: i32,
 }
 
-/// The name of a hook kind, as the header spells it.
-pub fn name(kind: HookKind) -> &'static str {
-    match kind {
-        HookKind::PreApply => "pre-apply",
-        HookKind::PostApply => "post-apply",
-        HookKind::PreUndo => "pre-undo",
-        HookKind::PostUndo => "post-undo",
-    }
-}
-
 /// The address of the `int3` a hook returns to.
 pub fn trap(patch: &AppliedPatch) -> Option<u64> {
     patch
@@ -63,7 +53,7 @@ pub fn run(
             .call(h.address, trap)
             .map_err(|e| Error::HookFailed {
                 pid,
-                hook: name(kind),
+                hook: kind.as_str(),
                 detail: e.to_string(),
             })? as i32;
         runs.push(HookRun {
@@ -84,7 +74,7 @@ pub fn run(
                 .unwrap_or_else(|| format!("it returned {result}"));
             return Err(Error::Vetoed {
                 pid,
-                hook: name(kind),
+                hook: kind.as_str(),
                 reason,
             });
         }

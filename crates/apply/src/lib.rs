@@ -171,7 +171,7 @@ pub struct HookReport {
 impl From<&hooks::HookRun> for HookReport {
     fn from(run: &hooks::HookRun) -> Self {
         HookReport {
-            kind: hooks::name(run.kind),
+            kind: run.kind.as_str(),
             took: run.took,
             result: run.result,
         }

@@ -248,6 +248,24 @@ pub enum HookKind {
     PostUndo,
 }
 
+impl HookKind {
+    /// The name people see: `pre-apply`, `post-apply`, `pre-undo`, `post-undo`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookKind::PreApply => "pre-apply",
+            HookKind::PostApply => "post-apply",
+            HookKind::PreUndo => "pre-undo",
+            HookKind::PostUndo => "post-undo",
+        }
+    }
+}
+
+impl std::fmt::Display for HookKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A hook of the patch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

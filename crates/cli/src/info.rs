@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use hotsplice_bundle::{Bundle, PieceKind};
+use hotsplice_bundle::{Bundle, Hook, HookKind, ObjectPatch, PieceKind};
 use serde_json::json;
 
 use crate::{EXIT_OK, Exit};
@@ -119,6 +119,22 @@ fn describe(
                 })
             )?;
         }
+        for h in &o.hooks {
+            writeln!(
+                out,
+                "  hook     {} {}  ({})",
+                h.kind,
+                hook_function(o, h),
+                match h.kind {
+                    HookKind::PreApply | HookKind::PreUndo => {
+                        "runs in the target with every other thread stopped; may refuse"
+                    }
+                    HookKind::PostApply | HookKind::PostUndo => {
+                        "runs in the target with every other thread stopped"
+                    }
+                }
+            )?;
+        }
     }
     for r in &bundle.refusals {
         writeln!(
@@ -131,6 +147,28 @@ fn describe(
         writeln!(out, "warning   {w}")?;
     }
     Ok(())
+}
+
+/// The function a hook runs.
+fn hook_function<'a>(object: &'a ObjectPatch, hook: &Hook) -> &'a str {
+    object
+        .pieces
+        .get(hook.piece)
+        .map(|p| p.symbol.as_deref().unwrap_or(&p.name))
+        .unwrap_or("?")
+}
+
+/// Every hook of a bundle: when it runs and the function it runs.
+pub fn hooks(bundle: &Bundle) -> Vec<(HookKind, String)> {
+    bundle
+        .objects
+        .iter()
+        .flat_map(|o| {
+            o.hooks
+                .iter()
+                .map(|h| (h.kind, hook_function(o, h).to_string()))
+        })
+        .collect()
 }
 
 /// `hotsplice info`.

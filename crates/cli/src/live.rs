@@ -533,34 +533,43 @@ struct Outcome<'a> {
     /// With `--each`: the processes where it failed.
     failed: &'a [(i32, hotsplice_apply::Error)],
     wall: Duration,
+    /// `check`: the hooks apply would run (kind, function).
+    hooks: Vec<(hotsplice_bundle::HookKind, String)>,
 }
 
 fn print_reports(o: &Outcome<'_>, json_out: bool) -> std::io::Result<()> {
     let (verb, id, reports) = (o.verb, o.id, o.reports);
     let mut out = std::io::stdout().lock();
     if json_out {
+        let mut doc = json!({
+            "ok": o.failed.is_empty(),
+            "action": verb,
+            "patch": id,
+            "wall_us": o.wall.as_micros() as u64,
+            "processes": reports.iter().map(|r| {
+                let mut v = report_json(r);
+                v["namespace"] = namespace_note(r.pid).unwrap_or(Value::Null);
+                v
+            }).collect::<Vec<_>>(),
+            "skipped": o.skipped.iter().map(|s| json!({
+                "pid": s.pid, "reason": s.reason, "namespace": namespace_note(s.pid),
+            })).collect::<Vec<_>>(),
+            "failed": o.failed.iter().map(|(pid, e)| json!({
+                "pid": pid, "class": e.class().as_str(), "error": e.to_string(),
+                "namespace": namespace_note(*pid),
+            })).collect::<Vec<_>>(),
+        });
+        if verb == "checked" {
+            doc["hooks"] = o
+                .hooks
+                .iter()
+                .map(|(kind, function)| json!({"kind": kind.as_str(), "function": function}))
+                .collect();
+        }
         return writeln!(
             out,
             "{}",
-            serde_json::to_string_pretty(&json!({
-                "ok": o.failed.is_empty(),
-                "action": verb,
-                "patch": id,
-                "wall_us": o.wall.as_micros() as u64,
-                "processes": reports.iter().map(|r| {
-                    let mut v = report_json(r);
-                    v["namespace"] = namespace_note(r.pid).unwrap_or(Value::Null);
-                    v
-                }).collect::<Vec<_>>(),
-                "skipped": o.skipped.iter().map(|s| json!({
-                    "pid": s.pid, "reason": s.reason, "namespace": namespace_note(s.pid),
-                })).collect::<Vec<_>>(),
-                "failed": o.failed.iter().map(|(pid, e)| json!({
-                    "pid": pid, "class": e.class().as_str(), "error": e.to_string(),
-                    "namespace": namespace_note(*pid),
-                })).collect::<Vec<_>>(),
-            }))
-            .unwrap_or_default()
+            serde_json::to_string_pretty(&doc).unwrap_or_default()
         );
     }
     for s in o.skipped {
@@ -576,6 +585,12 @@ fn print_reports(o: &Outcome<'_>, json_out: bool) -> std::io::Result<()> {
             _ => "to check",
         };
         writeln!(out, "no running process {what}")?;
+    }
+    for (kind, function) in &o.hooks {
+        writeln!(
+            out,
+            "apply runs the {kind} hook {function} in each process, every other thread stopped"
+        )?;
     }
     for r in reports {
         if let Some(ns) = namespace_note(r.pid) {
@@ -770,6 +785,7 @@ pub fn check(args: &CheckArgs) -> Result<ExitCode, Exit> {
             skipped: &chosen.skipped,
             failed: &failed,
             wall: started.elapsed(),
+            hooks: crate::info::hooks(&accepted.bundle),
         },
         args.options.json,
     ))?;
@@ -817,6 +833,7 @@ pub fn apply(args: &ApplyArgs) -> Result<ExitCode, Exit> {
             skipped: &chosen.skipped,
             failed: &failed,
             wall: started.elapsed(),
+            hooks: Vec::new(),
         },
         args.options.json,
     ))?;
@@ -879,6 +896,7 @@ pub fn undo(args: &UndoArgs) -> Result<ExitCode, Exit> {
             skipped: &chosen.skipped,
             failed: &failed,
             wall: started.elapsed(),
+            hooks: Vec::new(),
         },
         args.options.json,
     ))?;

@@ -416,6 +416,27 @@ fn describe_change(name: &str, pre: &Layout, post: &Layout) -> Option<String> {
     Some(format!("{name} changed layout: {}", changes.join("; ")))
 }
 
+/// How a layout change can still go in live: keep the old layout and move what the fix adds
+/// into shadow data (`hotsplice.h`).
+fn way_out(name: &str, pre: &Layout, post: &Layout) -> String {
+    let added: Vec<String> = post
+        .order
+        .iter()
+        .filter(|m| !pre.members.contains_key(*m))
+        .map(|m| format!("`{m}`"))
+        .collect();
+    let what = if added.is_empty() {
+        "the new data".to_string()
+    } else {
+        added.join(", ")
+    };
+    format!(
+        "A shadow-data rewrite can apply it: keep {name} as it was and attach {what} to live \
+         objects with hotsplice_shadow_get_or_alloc() from <hotsplice.h> \
+         (see docs/semantic-patches.md)"
+    )
+}
+
 /// The outcome of the layout check.
 pub enum Checked {
     /// The check ran; these are its refusals (possibly none).
@@ -471,11 +492,12 @@ pub fn check(
             let functions: Vec<String> = functions.into_iter().collect();
             refusals.push(Refusal {
                 kind: RefusalKind::LayoutChanged,
-                symbol: aggregate,
                 detail: format!(
-                    "{change}; data laid out by the running program would be misread (used by {})",
-                    functions.join(", ")
+                    "{change}; data laid out by the running program would be misread (used by {}). {}",
+                    functions.join(", "),
+                    way_out(&aggregate, &before, &after)
                 ),
+                symbol: aggregate,
                 functions,
             });
         }

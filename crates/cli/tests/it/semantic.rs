@@ -171,6 +171,16 @@ fn a_new_member_as_shadow_data_goes_in_live_and_comes_out() {
     let mut server = Server::start(&setup.exe, 8);
     let before = server.delta();
     assert!(before[0] > 0 && before[1] == 0, "{before:?}");
+    // `info` and `check` say which hooks apply will run.
+    let info = crate::hs().args(["info", &bundle]).output().unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(info.contains("hook     pre-apply give_budgets"), "{info}");
+    let checked = ok(&setup.run(&["check", &bundle, "--pid", &server.pid()]));
+    assert_eq!(
+        checked["hooks"],
+        serde_json::json!([{"kind": "pre-apply", "function": "give_budgets"}]),
+        "{checked}"
+    );
     let applied = ok(&setup.run(&["apply", &bundle, "--pid", &server.pid()]));
     let hooks = &applied["processes"][0]["hooks"];
     assert_eq!(hooks[0]["kind"], "pre-apply", "{applied}");

@@ -179,3 +179,35 @@ fn fixtures() {
         failures.join("\n")
     );
 }
+
+/// A `layout-changed` refusal says which members moved and points to the shadow-data rewrite.
+#[test]
+fn layout_refusal_names_the_members_and_the_way_out() {
+    let case = fixtures_root().join("layout-member-added");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("objdiff-layout-detail");
+    std::fs::create_dir_all(&dir).unwrap();
+    compile(&case.join("pre.c"), &dir.join("pre.o"), &["-O2"]);
+    compile(&case.join("post.c"), &dir.join("post.o"), &["-O2"]);
+    let pre = std::fs::read(dir.join("pre.o")).unwrap();
+    let post = std::fs::read(dir.join("post.o")).unwrap();
+    let diff = diff_objects("conn.o", Some(&pre), Some(&post)).unwrap();
+    let refusal = diff
+        .refusals
+        .iter()
+        .find(|r| r.kind.to_string() == "layout-changed")
+        .expect("a layout-changed refusal");
+    let detail = &refusal.detail;
+    assert!(
+        detail.contains("member `flags` moved from offset 4 to offset 8"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("member `state` added at offset 4"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("attach `state` to live objects")
+            && detail.contains("docs/semantic-patches.md"),
+        "{detail}"
+    );
+}
