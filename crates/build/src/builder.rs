@@ -222,7 +222,8 @@ fn compiler_version() -> String {
         .unwrap_or_else(|| "unknown compiler".to_string())
 }
 
-/// Creates the shim directory: links named like compilers, pointing at the shim program.
+/// Creates the shim directory: links named like compilers, pointing at the shim program, and
+/// `include/hotsplice.h`.
 fn make_shims(dir: &Path, program: &Path) -> Result<(), Error> {
     tree::remove(dir).map_err(io_error(dir))?;
     std::fs::create_dir_all(dir).map_err(io_error(dir))?;
@@ -230,6 +231,10 @@ fn make_shims(dir: &Path, program: &Path) -> Result<(), Error> {
         let link = dir.join(name);
         std::os::unix::fs::symlink(program, &link).map_err(io_error(&link))?;
     }
+    let include = dir.join(shim::INCLUDE_DIR);
+    std::fs::create_dir_all(&include).map_err(io_error(&include))?;
+    let header = include.join("hotsplice.h");
+    std::fs::write(&header, shim::HEADER).map_err(io_error(&header))?;
     Ok(())
 }
 

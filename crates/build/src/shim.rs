@@ -61,6 +61,12 @@ pub const LAUNCHER_NAMES: &[&str] = &["ccache", "distcc", "sccache", "icecc"];
 /// The flags every compilation gets.
 pub const SECTION_FLAGS: &[&str] = &["-ffunction-sections", "-fdata-sections"];
 
+/// `hotsplice.h`, the header of semantic patches (hooks and shadow data).
+pub const HEADER: &str = include_str!("../include/hotsplice.h");
+/// Where `hotsplice.h` is, under the shim directory; the shims add it to every compile as a
+/// system include directory.
+pub const INCLUDE_DIR: &str = "include";
+
 /// Whether a program name (argv\[0\]'s file name) is one the shim answers to.
 pub fn is_compiler_name(name: &str) -> bool {
     COMPILER_NAMES.contains(&name) || LAUNCHER_NAMES.contains(&name)
@@ -89,7 +95,7 @@ fn compile_records(cl: &CommandLine, compiler: &str, directory: &str) -> Vec<Rec
             let arguments = if cl.sources.len() == 1 {
                 with_flags(&cl.args)
             } else {
-                cl.compile_args(source, &output, SECTION_FLAGS)
+                with_header(cl.compile_args(source, &output, SECTION_FLAGS))
             };
             Some(Record {
                 kind: RecordKind::Compile,
@@ -135,7 +141,21 @@ fn with_flags(args: &[String]) -> Vec<String> {
             out.push((*flag).to_string());
         }
     }
-    out
+    with_header(out)
+}
+
+/// `args` with the directory of `hotsplice.h` (under the shim directory) as a system include
+/// directory, so a patch can `#include <hotsplice.h>` whatever the build's own flags.
+fn with_header(mut args: Vec<String>) -> Vec<String> {
+    let Some(shims) = std::env::var_os(ENV_DIR) else {
+        return args;
+    };
+    let dir = Path::new(&shims).join(INCLUDE_DIR).display().to_string();
+    if !args.windows(2).any(|w| w[0] == "-isystem" && w[1] == dir) {
+        args.push("-isystem".to_string());
+        args.push(dir);
+    }
+    args
 }
 
 /// The real program `name` in `PATH`, skipping the shim directory and directories where the
@@ -365,7 +385,7 @@ fn compile_to_stdout(real: &Path, cl: &CommandLine, cwd: &Path) -> i32 {
         let _ = std::fs::create_dir_all(dir);
     }
     let object_arg = object.display().to_string();
-    let arguments = cl.compile_args(source, &object_arg, SECTION_FLAGS);
+    let arguments = with_header(cl.compile_args(source, &object_arg, SECTION_FLAGS));
     let status = match Command::new(real)
         .args(&arguments)
         .current_dir(cwd)
@@ -427,7 +447,7 @@ fn compile_then_link(real: &Path, cl: &CommandLine, cwd: &Path, tree: &Path) -> 
             return 1;
         }
         let object_arg = object.display().to_string();
-        let arguments = cl.compile_args(source, &object_arg, SECTION_FLAGS);
+        let arguments = with_header(cl.compile_args(source, &object_arg, SECTION_FLAGS));
         let status = match Command::new(real)
             .args(&arguments)
             .current_dir(cwd)

@@ -697,3 +697,36 @@ fn clone_error(error: &BuildError) -> anyhow::Error {
     }
     anyhow!(message)
 }
+
+/// Print hotsplice.h, the header for fixes that change data (hooks, shadow data).
+///
+/// Hooks run in the target during apply and undo, every other thread stopped (a pre hook may
+/// refuse); shadow data attaches new members to live objects. With them a fix that changes a
+/// data structure is rewritten to go in live (docs/semantic-patches.md).
+///
+/// `hotsplice build` puts the header on the compiler's include path by itself; this command
+/// is for editors and other tools.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  hotsplice header\n  hotsplice header -o /usr/local/include/hotsplice.h"
+)]
+pub struct HeaderArgs {
+    /// Write the header to this file instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+/// `hotsplice header`.
+pub fn header(args: &HeaderArgs) -> Result<ExitCode, Exit> {
+    let text = hotsplice_build::shim::HEADER;
+    match &args.output {
+        Some(path) => std::fs::write(path, text)
+            .with_context(|| format!("cannot write {}", path.display()))
+            .map_err(|error| Exit {
+                code: EXIT_ENVIRONMENT,
+                error,
+            })?,
+        None => crate::live::output(std::io::stdout().lock().write_all(text.as_bytes()))?,
+    }
+    Ok(ExitCode::from(EXIT_OK))
+}

@@ -44,6 +44,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Build(Box<build::BuildArgs>),
+    Header(build::HeaderArgs),
     Info(info::InfoArgs),
     Check(live::CheckArgs),
     Apply(live::ApplyArgs),
@@ -105,7 +106,7 @@ impl Command {
     fn json(&self) -> bool {
         match self {
             // `build` prints its own JSON for every outcome, errors included.
-            Command::Build(_) => false,
+            Command::Build(_) | Command::Header(_) => false,
             Command::Info(a) => a.json,
             Command::Check(a) => a.json(),
             Command::Apply(a) => a.json(),
@@ -143,6 +144,7 @@ impl Command {
 fn run(cli: &Cli) -> Result<ExitCode, Exit> {
     match &cli.command {
         Command::Build(args) => build::run(args),
+        Command::Header(args) => build::header(args),
         Command::Info(args) => info::run(args),
         Command::Check(args) => live::check(args),
         Command::Apply(args) => live::apply(args),

@@ -60,14 +60,8 @@ impl Setup {
             .arg(fixtures().join("app"))
             .arg("--diff")
             .arg(fixtures().join("patches").join(format!("{name}.patch")))
-            .args(["--target", "server", "--json"])
-            .arg("--build")
-            .arg(format!(
-                "make CFLAGS='-O2 -g -I{}'",
-                Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("../build/include")
-                    .display()
-            ))
+            // The plain build: the compiler shims put hotsplice.h on the include path.
+            .args(["--target", "server", "--json", "--build", "make"])
             .arg("--cache")
             .arg(self.dir.join("cache"))
             .arg("-o")
@@ -253,4 +247,32 @@ fn shadows_survive_eight_threads_through_a_hundred_applies_and_undos() {
     // 72 shadows at most at once, each under 128 bytes with its header.
     assert!(most_arena <= 72 * 128, "arena grew to {most_arena} bytes");
     assert!(server.delta()[2] > 0);
+}
+
+#[test]
+fn the_header_is_printed_for_other_tools() {
+    let source = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/include/hotsplice.h"),
+    )
+    .unwrap();
+    let out = crate::hs().arg("header").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), source);
+    let dir = scratch("semantic-header");
+    let file = dir.join("hotsplice.h");
+    let out = crate::hs()
+        .arg("header")
+        .arg("-o")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), source);
+    let out = crate::hs()
+        .args(["header", "-o"])
+        .arg(dir.join("missing/hotsplice.h"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot write"));
 }
