@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use crate::nginx::{self, BUILD, TARGET};
 
-const WRK_SCRIPT: &str = r#"
+pub const WRK_SCRIPT: &str = r#"
 local counter = 0
 local paths = { "/index.html", "/proxy/hello" }
 request = function()
@@ -79,7 +79,7 @@ fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
 }
 
 /// Whether nginx answers both the static file and the proxied location correctly.
-fn serves_correctly(port: u16) -> bool {
+pub fn serves_correctly(port: u16) -> bool {
     matches!(http_get(port, "/index.html"), Ok((200, body)) if body == INDEX)
         && matches!(http_get(port, "/proxy/hello"), Ok((200, body)) if body == UPSTREAM)
 }
@@ -92,6 +92,19 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(binary: &Path, modules: &Path, dir: &Path, port: u16) -> Result<Nginx> {
+        Nginx::start_with(binary, modules, dir, port, "", &[])
+    }
+
+    /// [`Nginx::start`] with more `http` configuration (`extra`, e.g. another server) and
+    /// environment variables for nginx.
+    pub fn start_with(
+        binary: &Path,
+        modules: &Path,
+        dir: &Path,
+        port: u16,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Nginx> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir.join("www"))?;
         std::fs::write(dir.join("www/index.html"), INDEX)?;
@@ -111,7 +124,7 @@ impl Nginx {
                server {{\n    listen 127.0.0.1:{port};\n    root {d}/www;\n    location / {{ }}\n\
                  location /proxy/ {{ proxy_pass http://backend/; proxy_http_version 1.1;\n\
                    proxy_set_header Connection \"\"; }}\n  }}\n\
-               server {{\n    listen 127.0.0.1:{};\n    location / {{ return 200 \"{}\"; }}\n  }}\n}}\n",
+               server {{\n    listen 127.0.0.1:{};\n    location / {{ return 200 \"{}\"; }}\n  }}\n{extra}}}\n",
             port + 1,
             port + 1,
             UPSTREAM.replace('\n', "\\n")
@@ -127,6 +140,7 @@ impl Nginx {
             .arg(dir.join("nginx.conf"))
             .arg("-e")
             .arg(dir.join("error.log"))
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -197,16 +211,16 @@ impl Drop for Nginx {
 }
 
 /// Per second: (requests completed, non-2xx responses).
-type PerSecond = BTreeMap<i64, (u64, u64)>;
+pub type PerSecond = BTreeMap<i64, (u64, u64)>;
 
 /// A `wrk` run in the background.
-struct Load {
+pub struct Load {
     child: Child,
     started: f64,
 }
 
 impl Load {
-    fn start(port: u16, seconds: u64, script: &Path) -> Result<Load> {
+    pub fn start(port: u16, seconds: u64, script: &Path) -> Result<Load> {
         let child = Command::new("wrk")
             .args(["-t", "2", "-c", "64", "-d", &format!("{seconds}s"), "-s"])
             .arg(script)
@@ -222,7 +236,7 @@ impl Load {
     }
 
     /// Waits for the end; returns (per-second (completed, non-2xx), socket errors, total).
-    fn finish(self) -> Result<(PerSecond, u64, u64)> {
+    pub fn finish(self) -> Result<(PerSecond, u64, u64)> {
         let out = self.child.wait_with_output()?;
         let text = String::from_utf8_lossy(&out.stdout);
         let mut seconds = BTreeMap::new();
@@ -379,7 +393,12 @@ pub fn eval_live(only: &[String]) -> Result<()> {
     let script = work.join("load.lua");
     std::fs::write(&script, WRK_SCRIPT)?;
     let mut rows = Vec::new();
-    let mut control = None;
+    let mut run = LiveRun {
+        work: work.clone(),
+        script,
+        cache: root.join("target/eval/nginx-build/cache"),
+        control: None,
+    };
     for (index, patch) in series.iter().enumerate() {
         if !nginx::is_security(patch) || (!only.is_empty() && !only.contains(patch)) {
             continue;
@@ -387,18 +406,8 @@ pub fn eval_live(only: &[String]) -> Result<()> {
         eprintln!("eval-nginx-live: {patch}");
         // The running nginx: a plain Debian build of the tree, no hotsplice involved.
         let plain = nginx::tree_before(&source, &series, index, &work.join("plain"))?;
-        let started = Instant::now();
-        let out = Command::new("sh")
-            .args(["-c", BUILD])
-            .current_dir(&plain)
-            .env("MAKEFLAGS", "-j2")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()?;
-        if !out.success() {
-            bail!("plain build of {patch} failed");
-        }
-        let plain_build_s = started.elapsed().as_secs_f64();
+        let plain_build_s =
+            nginx::plain_build(&plain).with_context(|| format!("plain build before {patch}"))?;
         let tree = nginx::tree_before(&source, &series, index, &work.join("tree"))?;
         let diff = source.join("debian/patches").join(patch);
         let mut targets = vec![TARGET.to_string()];
@@ -406,59 +415,42 @@ pub fn eval_live(only: &[String]) -> Result<()> {
         while done < targets.len() {
             let target = targets[done].clone();
             done += 1;
-            let name = Path::new(&target)
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
-            let bundle = work.join(format!("{patch}.{name}.hsp"));
-            let (built, build_s, _, err) = nginx::hotsplice_build(
-                &tree,
+            let (row, others) = live_row(
+                &mut run,
+                patch,
                 &diff,
                 &target,
-                &root.join("target/eval/nginx-build/cache"),
-                &bundle,
+                &tree,
+                &plain,
+                plain_build_s,
             )?;
-            for other in nginx::strings(&built["other_targets"]) {
+            for other in others {
                 if !targets.contains(&other) {
                     targets.push(other);
                 }
             }
-            let outcome = built["outcome"].as_str().unwrap_or("error").to_string();
-            let mut row = json!({
-                "patch": patch, "binary": name, "outcome": outcome,
-                "replaced": built["replaced"], "new": built["new"],
-                "refusals": built["refusals"], "build_s": build_s,
-                "plain_build_s": plain_build_s,
-                "error": if built.is_null() { err } else { String::new() },
-            });
-            if outcome == "written" {
-                let nginx_bin = plain.join(TARGET);
-                let modules = plain.join("debian/build-bin/objs");
-                let id = built["id"].as_str().unwrap_or_default().to_string();
-                if control.is_none() {
-                    let run = Nginx::start(&nginx_bin, &modules, &work.join("run"), 18080)?;
-                    control = Some(run_live(
-                        &run,
-                        &bundle,
-                        &id,
-                        &work.join("state"),
-                        &script,
-                        true,
-                    )?);
-                }
-                let run = Nginx::start(&nginx_bin, &modules, &work.join("run"), 18080)?;
-                let live = run_live(&run, &bundle, &id, &work.join("state"), &script, false)?;
-                row["live"] = live;
-                drop(run);
-            }
-            eprintln!("eval-nginx-live: {patch} [{name}]: {}", summary_of(&row));
+            rows.push(row);
+        }
+        // A refused patch rewritten to apply live (eval/patches/nginx/<name>-shadow.patch): the
+        // same tree, the same running build.
+        let rewrite = rewrite_of(patch);
+        if rewrite.is_file() {
+            let (mut row, _) = live_row(
+                &mut run,
+                patch,
+                &rewrite,
+                TARGET,
+                &tree,
+                &plain,
+                plain_build_s,
+            )?;
+            row["rewrite"] = json!(rewrite.file_name().map(|n| n.to_string_lossy()));
             rows.push(row);
         }
         let _ = std::fs::remove_dir_all(work.join("plain"));
         let _ = std::fs::remove_dir_all(work.join("tree"));
     }
-    let (rows, control) = merge_with_previous(&root, "nginx", &series, only, rows, control);
+    let (rows, control) = merge_with_previous(&root, "nginx", &series, only, rows, run.control);
     write_results(
         &root,
         "nginx",
@@ -467,6 +459,70 @@ pub fn eval_live(only: &[String]) -> Result<()> {
         control.as_ref(),
         "Debian nginx built from its source with `debian/rules build-arch` at the tree state before each patch (its own build, no hotsplice)",
     )
+}
+
+/// The rewritten form of a series patch that applies live, if the repository has one.
+pub fn rewrite_of(patch: &str) -> PathBuf {
+    nginx::root().join("eval/patches/nginx").join(format!(
+        "{}-shadow.patch",
+        patch.strip_suffix(".patch").unwrap_or(patch)
+    ))
+}
+
+/// What the rows of one `eval-nginx-live` run share.
+struct LiveRun {
+    work: PathBuf,
+    script: PathBuf,
+    cache: PathBuf,
+    /// The control run (no hotsplice), made once, before the first live row.
+    control: Option<Value>,
+}
+
+/// One (patch, binary) row: `hotsplice build` of `diff` for `target`, and when it gives a
+/// bundle, the live run on the plain build. Returns the row and the other targets the build
+/// says the diff changes.
+fn live_row(
+    run: &mut LiveRun,
+    patch: &str,
+    diff: &Path,
+    target: &str,
+    tree: &Path,
+    plain: &Path,
+    plain_build_s: f64,
+) -> Result<(Value, Vec<String>)> {
+    let name = Path::new(target)
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let form = diff.file_name().unwrap_or_default().to_string_lossy();
+    let bundle = run.work.join(format!("{form}.{name}.hsp"));
+    let (built, build_s, _, err) = nginx::hotsplice_build(tree, diff, target, &run.cache, &bundle)?;
+    let outcome = built["outcome"].as_str().unwrap_or("error").to_string();
+    let mut row = json!({
+        "patch": patch, "binary": name, "outcome": outcome,
+        "replaced": built["replaced"], "new": built["new"],
+        "refusals": built["refusals"], "build_s": build_s,
+        "plain_build_s": plain_build_s,
+        "error": if built.is_null() { err } else { String::new() },
+    });
+    if outcome == "written" {
+        let nginx_bin = plain.join(TARGET);
+        let modules = plain.join("debian/build-bin/objs");
+        let id = built["id"].as_str().unwrap_or_default().to_string();
+        let state = run.work.join("state");
+        if run.control.is_none() {
+            let nginx = Nginx::start(&nginx_bin, &modules, &run.work.join("run"), 18080)?;
+            run.control = Some(run_live(&nginx, &bundle, &id, &state, &run.script, true)?);
+        }
+        let nginx = Nginx::start(&nginx_bin, &modules, &run.work.join("run"), 18080)?;
+        row["live"] = run_live(&nginx, &bundle, &id, &state, &run.script, false)?;
+    }
+    eprintln!(
+        "eval-nginx-live: {patch} [{name}, {form}]: {}",
+        summary_of(&row)
+    );
+    Ok((row, nginx::strings(&built["other_targets"])))
 }
 
 fn summary_of(row: &Value) -> String {
@@ -657,7 +713,13 @@ pub fn write_results(
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} / {} / {} | {} | {} | {} / {} / {} / {} / {} | {} | {} |",
-            r["patch"].as_str().unwrap_or(""),
+            match r["rewrite"].as_str() {
+                Some(file) => format!(
+                    "{} rewritten with shadow data ([{file}](../patches/nginx/{file}))",
+                    r["patch"].as_str().unwrap_or("")
+                ),
+                None => r["patch"].as_str().unwrap_or("").to_string(),
+            },
             r["binary"].as_str().unwrap_or(""),
             if r["live"]["applied"] == true {
                 "applied"

@@ -4,6 +4,10 @@
 //! - `eval-nginx-build`: for every security patch in Debian nginx's `debian/patches/series`,
 //!   with the tree at the state just before it, run `hotsplice build` the way Debian builds
 //!   nginx and record the outcome (`eval/results/nginx-build.{json,md}`).
+//! - `eval-nginx-semantic`: nginx CVE-2026-40701 (refused as written: it changes a struct)
+//!   rewritten with shadow data, applied under load, the use after free shown before, gone with
+//!   the patch, back after undo; and the pause of a patch with a hook
+//!   (`eval/results/nginx-semantic.{json,md}`).
 //! - `bench-build`: cold and warm `hotsplice build` of one nginx CVE against a plain build of
 //!   the same tree (`eval/results/build-bench.md`).
 //! - `bench-pause`: how long apply and undo stop targets with 1, 8 and 64 busy threads
@@ -22,6 +26,7 @@ mod kernel;
 mod live;
 mod nginx;
 mod pause;
+mod semantic;
 mod soak;
 
 use std::process::ExitCode;
@@ -32,6 +37,7 @@ tasks:
   eval-nginx-build [PATCH...]   hotsplice build for each nginx security patch (default: all)
   eval-nginx-live [PATCH...]    each nginx security patch applied to a running nginx under load
   eval-nginx-stock [PATCH...]   the reverse of each patch applied to the stock Debian binary under load
+  eval-nginx-semantic           CVE-2026-40701 rewritten with shadow data: bug before, gone after, back after undo
   bench-nginx-throughput [PATCH] nginx req/s with the patch applied vs not (default CVE-2026-1642)
   render-nginx [NAME]           rewrite eval/results/NAME.md (nginx, nginx-stock) from its JSON
   bench-build [PATCH]           cold/warm build vs a plain Debian build (default CVE-2025-23419)
@@ -49,6 +55,7 @@ fn main() -> ExitCode {
         Some("eval-nginx-build") => nginx::eval_build(&args[1..]),
         Some("eval-nginx-live") => live::eval_live(&args[1..]),
         Some("eval-nginx-stock") => live::eval_stock(&args[1..]),
+        Some("eval-nginx-semantic") => semantic::eval(),
         Some("bench-nginx-throughput") => live::bench_throughput(args.get(1).map(String::as_str)),
         Some("render-nginx") => live::render(args.get(1).map_or("nginx", String::as_str)),
         Some("bench-build") => nginx::bench_build(args.get(1).map(String::as_str)),

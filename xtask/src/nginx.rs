@@ -116,6 +116,22 @@ pub fn tree_before(source: &Path, series: &[String], index: usize, dest: &Path) 
     Ok(tree)
 }
 
+/// Builds `tree` the way Debian does, no hotsplice involved; returns the seconds it took.
+pub fn plain_build(tree: &Path) -> Result<f64> {
+    let started = Instant::now();
+    let status = Command::new("sh")
+        .args(["-c", BUILD])
+        .current_dir(tree)
+        .env("MAKEFLAGS", "-j2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("`{BUILD}` failed in {}: {status}", tree.display());
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
 pub fn hotsplice_build(
     tree: &Path,
     patch: &Path,
