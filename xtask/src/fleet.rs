@@ -254,6 +254,8 @@ struct Fleet {
     hosts: Vec<Host>,
     procs: Vec<Proc>,
     patch: String,
+    bundle: PathBuf,
+    untrusted: PathBuf,
 }
 
 impl Drop for Fleet {
@@ -622,6 +624,75 @@ impl Fleet {
     }
 }
 
+/// What [`bundles`] made.
+struct Bundles {
+    /// The patch id.
+    patch: String,
+    /// The bundle, signed by `work/keys/fleet.key`.
+    fix: PathBuf,
+    /// The same fix signed only by `work/keys/untrusted.key`.
+    untrusted: PathBuf,
+    /// The program the bundle was built for, in the build cache.
+    pristine: PathBuf,
+}
+
+/// Makes two keys (`fleet`, `untrusted`) in `work/keys` and builds the demo server's fix
+/// signed by each (build cache: `work/cache`).
+fn bundles(root: &Path, hs: &Path, work: &Path) -> Result<Bundles> {
+    let hotsplice = || {
+        let mut cmd = Command::new(hs);
+        cmd.env("HOTSPLICE_AUDIT_LOG", work.join("controller-audit.log"));
+        cmd
+    };
+    std::fs::create_dir_all(work.join("keys"))?;
+    for key in ["fleet", "untrusted"] {
+        let _ = std::fs::remove_file(work.join("keys").join(format!("{key}.key")));
+        let _ = std::fs::remove_file(work.join("keys").join(format!("{key}.pub")));
+        run(hotsplice()
+            .args(["key", "generate", "--out"])
+            .arg(work.join("keys").join(key)))?;
+    }
+    for (key, out) in [("fleet", "fix.hsp"), ("untrusted", "fix-untrusted.hsp")] {
+        run(hotsplice()
+            .args(["build", "--source"])
+            .arg(root.join("examples/server"))
+            .arg("--diff")
+            .arg(root.join("examples/server-fix.patch"))
+            .args(["--target", "server", "--cache"])
+            .arg(work.join("cache"))
+            .arg("--sign")
+            .arg(work.join("keys").join(format!("{key}.key")))
+            .arg("-o")
+            .arg(work.join(out)))?;
+    }
+    let info: Value = serde_json::from_str(&run(hotsplice()
+        .args(["info", "--json"])
+        .arg(work.join("fix.hsp")))?)?;
+    let patch = info["bundle"]["id"]
+        .as_str()
+        .context("no patch id")?
+        .to_string();
+    let sha = info["bundle"]["target"]["sha256"]
+        .as_str()
+        .context("no target sha256")?
+        .to_string();
+    // The program to run: the build the bundle was made from (as a package would ship it),
+    // found in the build cache by the bundle's record of its SHA-256.
+    let mut pristine = None;
+    for e in std::fs::read_dir(work.join("cache"))?.flatten() {
+        let candidate = e.path().join("pristine/server");
+        if candidate.exists() && run(Command::new("sha256sum").arg(&candidate))?.starts_with(&sha) {
+            pristine = Some(candidate);
+        }
+    }
+    Ok(Bundles {
+        patch,
+        fix: work.join("fix.hsp"),
+        untrusted: work.join("fix-untrusted.hsp"),
+        pristine: pristine.context("the bundle's target build is not in the build cache")?,
+    })
+}
+
 /// Installs what the fleet needs, builds hotsplice, the bundles and the fleet.
 fn provision(root: &Path, n: usize) -> Result<Fleet> {
     let work = root.join("target/fleet");
@@ -648,52 +719,15 @@ fn provision(root: &Path, n: usize) -> Result<Fleet> {
         hosts: Vec::new(),
         procs: Vec::new(),
         patch: String::new(),
+        bundle: PathBuf::new(),
+        untrusted: PathBuf::new(),
     };
 
-    // Keys and the bundles: one signed by the fleet's key, one by a key no host trusts.
-    std::fs::create_dir_all(work.join("keys"))?;
-    for key in ["fleet", "untrusted"] {
-        run(fleet
-            .hotsplice()
-            .args(["key", "generate", "--out"])
-            .arg(work.join("keys").join(key)))?;
-    }
-    for (key, out) in [("fleet", "fix.hsp"), ("untrusted", "fix-untrusted.hsp")] {
-        run(fleet
-            .hotsplice()
-            .args(["build", "--source"])
-            .arg(root.join("examples/server"))
-            .arg("--diff")
-            .arg(root.join("examples/server-fix.patch"))
-            .args(["--target", "server", "--cache"])
-            .arg(work.join("cache"))
-            .arg("--sign")
-            .arg(work.join("keys").join(format!("{key}.key")))
-            .arg("-o")
-            .arg(work.join(out)))?;
-    }
-    let info: Value = serde_json::from_str(&run(fleet
-        .hotsplice()
-        .args(["info", "--json"])
-        .arg(work.join("fix.hsp")))?)?;
-    fleet.patch = info["bundle"]["id"]
-        .as_str()
-        .context("no patch id")?
-        .to_string();
-    let sha = info["bundle"]["target"]["sha256"]
-        .as_str()
-        .context("no target sha256")?
-        .to_string();
-    // The program every host runs: the build the bundle was made from (as a package would
-    // ship it), found in the build cache by the bundle's record of its SHA-256.
-    let mut pristine = None;
-    for e in std::fs::read_dir(work.join("cache"))?.flatten() {
-        let candidate = e.path().join("pristine/server");
-        if candidate.exists() && run(Command::new("sha256sum").arg(&candidate))?.starts_with(&sha) {
-            pristine = Some(candidate);
-        }
-    }
-    let pristine = pristine.context("the bundle's target build is not in the build cache")?;
+    let made = bundles(root, &fleet.hs, &work)?;
+    fleet.patch = made.patch;
+    fleet.bundle = made.fix;
+    fleet.untrusted = made.untrusted;
+    let pristine = made.pristine;
 
     // The controller's SSH key; /run/sshd is sshd's privilege-separation directory.
     std::fs::create_dir_all(work.join("ssh"))?;
@@ -1032,7 +1066,7 @@ fn scenarios(fleet: &mut Fleet, started: f64) -> Result<Value> {
     let mut c = Checks::default();
     let mut runs = Vec::new();
     let names: Vec<String> = fleet.hosts.iter().map(|h| h.name.clone()).collect();
-    let bundle = fleet.work.join("fix.hsp");
+    let bundle = fleet.bundle.clone();
     let rollout_vars = json!({
         "hotsplice_bundle": bundle,
         "hotsplice_batches": [2],
@@ -1229,7 +1263,7 @@ fn scenarios(fleet: &mut Fleet, started: f64) -> Result<Value> {
 
     // F: a bundle signed by a key no host trusts stops at the canary.
     let mut vars = rollout_vars.clone();
-    vars["hotsplice_bundle"] = json!(fleet.work.join("fix-untrusted.hsp"));
+    vars["hotsplice_bundle"] = json!(fleet.untrusted);
     let run = fleet.playbook("untrusted", vars, &[])?;
     let after = fleet.observe();
     let canary = &names[0];
@@ -1720,4 +1754,145 @@ fn render(r: &Value) -> String {
         ANSIBLE_CORE
     );
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two copies of the demo server in a work directory; killed and removed on drop.
+    struct Servers(Vec<Child>, PathBuf);
+
+    impl Drop for Servers {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+
+    /// The default suite's test of the Ansible module: `hotsplice.live.patch` run by
+    /// `ansible-playbook -c local` on this machine against a server built from the demo's
+    /// source (`tests/module_local.yml` asserts check mode, diff, apply, idempotence, the
+    /// untrusted-bundle refusal, undo, pids). No network, no namespaces. Needs
+    /// `scripts/setup --ansible` (scripts/test runs it) and root; skipped otherwise unless
+    /// `HOTSPLICE_REQUIRE_ANSIBLE=1`.
+    #[test]
+    fn module_is_idempotent_on_a_local_server() {
+        let root = root().canonicalize().unwrap();
+        let playbook_bin = root.join(".cache/ansible-venv/bin/ansible-playbook");
+        let required = std::env::var_os("HOTSPLICE_REQUIRE_ANSIBLE").is_some();
+        let is_root = std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+        if !required && (!playbook_bin.exists() || !is_root) {
+            eprintln!(
+                "skipped: no ansible-core in .cache/ansible-venv (scripts/setup --ansible) or not root"
+            );
+            return;
+        }
+        // Up to date even when only xtask's tests were built (cargo's lock is free while tests run).
+        let built = Command::new("cargo")
+            .args(["build", "-q", "-p", "hotsplice"])
+            .current_dir(&root)
+            .status()
+            .unwrap();
+        assert!(built.success(), "building hotsplice failed");
+        let hs = root.join("target/debug/hotsplice");
+        let work = root.join(format!("target/ansible-module-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work).unwrap();
+        let mut servers = Servers(Vec::new(), work.clone());
+        let made = bundles(&root, &hs, &work).unwrap();
+        for sub in ["trusted", "state", "store"] {
+            std::fs::create_dir_all(work.join(sub)).unwrap();
+        }
+        run(Command::new("chmod")
+            .arg("700")
+            .arg(work.join("state"))
+            .arg(work.join("store")))
+        .unwrap();
+        std::fs::copy(work.join("keys/fleet.pub"), work.join("trusted/fleet.pub")).unwrap();
+        let mut ports = Vec::new();
+        for name in ["a", "b"] {
+            let dir = work.join(name);
+            std::fs::create_dir_all(dir.join("www")).unwrap();
+            std::fs::copy(&made.pristine, dir.join("server")).unwrap();
+            std::fs::copy(
+                root.join("examples/server/www/index.txt"),
+                dir.join("www/index.txt"),
+            )
+            .unwrap();
+            std::fs::write(dir.join("secret.txt"), "secret\n").unwrap();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            servers.0.push(
+                Command::new(dir.join("server"))
+                    .arg(port.to_string())
+                    .current_dir(&dir)
+                    .stdin(Stdio::null())
+                    .stdout(std::fs::File::create(dir.join("server.log")).unwrap())
+                    .spawn()
+                    .unwrap(),
+            );
+            ports.push(port);
+        }
+        for name in ["a", "b"] {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !std::fs::read_to_string(work.join(name).join("server.log"))
+                .is_ok_and(|l| l.contains("serving"))
+            {
+                assert!(Instant::now() < deadline, "server {name} did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let vars = json!({
+            "hs_bin": hs,
+            "bundle": made.fix,
+            "untrusted_bundle": made.untrusted,
+            "server_file": work.join("a/server"),
+            "server_pid": servers.0[0].id(),
+            "server_port": ports[0],
+            "other_file": work.join("b/server"),
+            "other_pid": servers.0[1].id(),
+            "state_dir": work.join("state"),
+            "trust_dir": work.join("trusted"),
+            "store": work.join("store"),
+        });
+        std::fs::write(work.join("vars.json"), vars.to_string()).unwrap();
+        let out = Command::new(&playbook_bin)
+            .arg("-i")
+            .arg("localhost,")
+            .arg(root.join("ansible/ansible_collections/hotsplice/live/tests/module_local.yml"))
+            .arg("-e")
+            .arg(format!("@{}", work.join("vars.json").display()))
+            .arg("-e")
+            .arg("ansible_python_interpreter=/usr/bin/python3")
+            .env("ANSIBLE_COLLECTIONS_PATH", root.join("ansible"))
+            .env("ANSIBLE_HOME", work.join("ansible-home"))
+            .env("ANSIBLE_LOCAL_TEMP", work.join("ansible-home/tmp"))
+            .env("ANSIBLE_REMOTE_TEMP", work.join("ansible-home/remote"))
+            .env("ANSIBLE_NOCOLOR", "1")
+            .env("HOTSPLICE_AUDIT_LOG", work.join("audit.log"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "the module's playbook failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Every assertion task ran (a skipped one would not have failed the playbook).
+        let asserted = stdout.matches("TASK [Assert").count();
+        assert_eq!(asserted, 11, "{stdout}");
+        assert!(stdout.contains("failed=0"), "{stdout}");
+        drop(servers);
+    }
 }
