@@ -12,7 +12,7 @@ type: notification
 short_description: Write a rollout's timeline as JSON lines
 description:
   - Appends one JSON object per line to a file for each play start, each task start and
-    result per host (ok, changed, failed, skipped, unreachable, rescued), and the final recap
+    result per host (ok, changed, failed, ignored, skipped, unreachable), and the final recap
     per host. Times are the controller's clock (C(time), seconds since the epoch).
   - Results of M(hotsplice.live.patch) carry the patch id and the per-process results
     (pid, result, pause).
