@@ -412,15 +412,22 @@ impl Fleet {
             .spawn()
             .with_context(|| format!("starting {label}: {cmd:?}"))?;
         let pid = child.id();
-        let start = starttime(pid).unwrap_or(0);
+        let start = self.ledger(pid, label)?;
+        self.procs.push(Proc { child, start });
+        Ok(pid)
+    }
+
+    /// Writes a process in the ledger (`work/pids`: pid, start time, label), which the next
+    /// run reads to end what an interrupted run left; returns its start time.
+    fn ledger(&self, pid: u32, label: &str) -> Result<u64> {
         use std::io::Write as _;
+        let start = starttime(pid).unwrap_or(0);
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.work.join("pids"))?
             .write_all(format!("{pid} {start} {label}\n").as_bytes())?;
-        self.procs.push(Proc { child, start });
-        Ok(pid)
+        Ok(start)
     }
 
     fn hotsplice(&self) -> Command {
@@ -570,7 +577,9 @@ impl Fleet {
         let load_before = loadavg();
         let t0 = now_unix();
         let started = Instant::now();
-        let status = cmd.status().context("running ansible-playbook")?;
+        let mut child = cmd.spawn().context("running ansible-playbook")?;
+        self.ledger(child.id(), &format!("ansible-playbook {name}"))?;
+        let status = child.wait()?;
         let wall = started.elapsed().as_secs_f64();
         let events = std::fs::read_to_string(&timeline)
             .unwrap_or_default()
