@@ -181,14 +181,20 @@ fn end_tree(pid: u32, start: u64) {
 fn clean_leftovers(work: &Path) {
     let ledger = work.join("pids");
     if let Ok(text) = std::fs::read_to_string(&ledger) {
+        let mut ended = Vec::new();
         for line in text.lines() {
             let mut f = line.split_whitespace();
             if let (Some(Ok(pid)), Some(Ok(start))) = (
                 f.next().map(str::parse::<u32>),
                 f.next().map(str::parse::<u64>),
-            ) {
+            ) && starttime(pid) == Some(start)
+            {
                 end_tree(pid, start);
+                ended.push(f.collect::<Vec<_>>().join(" "));
             }
+        }
+        if !ended.is_empty() {
+            eprintln!("fleet: ended what an interrupted run left: {}", ended.join(", "));
         }
         let _ = std::fs::remove_file(&ledger);
     }
