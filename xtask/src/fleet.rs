@@ -194,7 +194,10 @@ fn clean_leftovers(work: &Path) {
             }
         }
         if !ended.is_empty() {
-            eprintln!("fleet: ended what an interrupted run left: {}", ended.join(", "));
+            eprintln!(
+                "fleet: ended what an interrupted run left: {}",
+                ended.join(", ")
+            );
         }
         let _ = std::fs::remove_file(&ledger);
     }
