@@ -20,8 +20,12 @@
 //! - `eval-debian openssh|curl`: a Debian package's security patch series built with
 //!   `hotsplice build --series`, each outcome against the expected one, every bundle applied
 //!   live in order and undone (`eval/results/{openssh,curl}.{md,json}`).
+//! - `fleet`: the Ansible collection rolling a live patch out over SSH to N hosts made of
+//!   network namespaces — canary, batches, health checks, undo, watch
+//!   (`eval/results/fleet.{md,json}`).
 
 mod debian;
+mod fleet;
 mod kernel;
 mod live;
 mod nginx;
@@ -47,7 +51,8 @@ tasks:
   bad-input-table               eval/results/bad-input.md from the bad-input test (real binary, real processes)
   kernel-test [CASE...]         kernel live patches built and applied in the stock Debian kernel under QEMU
   bench-kernel [BOOTS]          kernel build times (cold/warm tree) and apply/undo transition times
-  eval-debian openssh|curl      a Debian package's patch series built as a series, applied live in order, undone";
+  eval-debian openssh|curl      a Debian package's patch series built as a series, applied live in order, undone
+  fleet [--hosts N]             the Ansible rollout over SSH to N (default 5) network-namespace hosts";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -67,6 +72,7 @@ fn main() -> ExitCode {
         Some("kernel-test") => kernel::kernel_test(&args[1..]),
         Some("bad-input-table") => bad_input_table(),
         Some("eval-debian") => debian::eval_debian(&args[1..]),
+        Some("fleet") => fleet::fleet(&args[1..]),
         Some("bench-kernel") => {
             kernel::bench_kernel(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(5))
         }
