@@ -77,6 +77,56 @@ fn mapped_build_id(
         .clone()
 }
 
+/// A file named by the user, as processes' memory maps show it.
+struct FileId {
+    path: PathBuf,
+    dev: (u32, u32),
+    inode: u64,
+}
+
+impl FileId {
+    fn of(path: &Path) -> Result<FileId, Error> {
+        let meta = std::fs::metadata(path).map_err(|source| Error::File {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(FileId {
+            path: path.to_path_buf(),
+            dev: major_minor(meta.dev()),
+            inode: meta.ino(),
+        })
+    }
+
+    /// Whether a mapping (`plain`: its path without ` (deleted)`) is of this file: the same
+    /// device and inode, or a file that was at the same path.
+    fn is(&self, m: &Mapping, plain: &str) -> bool {
+        (m.dev == self.dev && m.inode == self.inode) || Path::new(plain) == self.path
+    }
+}
+
+/// Those of `pids` that map `path` — by the rule of [`Select::File`], whatever version of the
+/// file they map. When nothing is at `path` any more, by the path alone (a deleted file).
+pub fn mapping_file(path: &Path, pids: &[i32]) -> Vec<i32> {
+    let file = FileId::of(path).unwrap_or(FileId {
+        path: path.to_path_buf(),
+        dev: (u32::MAX, u32::MAX),
+        inode: 0,
+    });
+    pids.iter()
+        .copied()
+        .filter(|&pid| {
+            maps_of(pid).is_some_and(|maps| {
+                maps.iter().any(|m| {
+                    m.inode != 0
+                        && m.path
+                            .as_deref()
+                            .is_some_and(|p| file.is(m, p.strip_suffix(" (deleted)").unwrap_or(p)))
+                })
+            })
+        })
+        .collect()
+}
+
 /// Every process that maps the bundle's file, as `select` says. Hotsplice itself is left out.
 pub fn discover(select: &Select, bundle: &Bundle) -> Result<Vec<Found>, Error> {
     discover_in(select, bundle, &all_pids())
@@ -92,13 +142,7 @@ pub fn discover_in(select: &Select, bundle: &Bundle, pids: &[i32]) -> Result<Vec
             });
         }
         Select::BuildId => None,
-        Select::File(path) => {
-            let meta = std::fs::metadata(path).map_err(|source| Error::File {
-                path: path.clone(),
-                source,
-            })?;
-            Some((path.clone(), major_minor(meta.dev()), meta.ino()))
-        }
+        Select::File(path) => Some(FileId::of(path)?),
     };
     let me = std::process::id() as i32;
     let mut cache = HashMap::new();
@@ -119,12 +163,7 @@ pub fn discover_in(select: &Select, bundle: &Bundle, pids: &[i32]) -> Result<Vec
             }
             seen.push((m.dev, m.inode));
             let plain = path.strip_suffix(" (deleted)").unwrap_or(path);
-            let relevant = match &file {
-                Some((want, dev, inode)) => {
-                    (m.dev == *dev && m.inode == *inode) || Path::new(plain) == want.as_path()
-                }
-                None => true,
-            };
+            let relevant = file.as_ref().is_none_or(|f| f.is(m, plain));
             if !relevant
                 || !maps
                     .iter()

@@ -501,6 +501,14 @@ pub enum Error {
         /// The other hotsplice.
         holder: Option<u32>,
     },
+    /// Another hotsplice holds a directory's lock.
+    #[error("{}: another hotsplice{} is working on it; try again when it is done", path.display(), holder.map(|h| format!(" (pid {h})")).unwrap_or_default())]
+    DirLocked {
+        /// The directory.
+        path: PathBuf,
+        /// The other hotsplice.
+        holder: Option<u32>,
+    },
     /// `recover` for a process with nothing interrupted.
     #[error("process {pid}: no interrupted operation to recover")]
     NotInterrupted {
@@ -561,6 +569,7 @@ impl Error {
             | Error::InsecureState { .. }
             | Error::CorruptState { .. }
             | Error::Locked { .. }
+            | Error::DirLocked { .. }
             | Error::Process(_) => ErrorClass::Environment,
             _ => ErrorClass::Refused,
         }

@@ -466,46 +466,65 @@ impl StateDir {
         let deadline = Instant::now() + timeout;
         let mut files = Vec::new();
         for pid in pids {
-            let path = self.path.join(format!("{pid}.lock"));
-            let mut file = open_nofollow(
-                &path,
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .mode(0o600),
-            )
-            .map_err(io(&path))?;
-            if !file.metadata().map_err(io(&path))?.is_file() {
-                return Err(insecure(&path, "it is not a regular file".into()));
-            }
-            loop {
-                match file.try_lock() {
-                    Ok(()) => break,
-                    Err(std::fs::TryLockError::WouldBlock) => {
-                        if Instant::now() >= deadline {
-                            let mut holder = String::new();
-                            let _ = file.read_to_string(&mut holder);
-                            return Err(Error::Locked {
-                                pid,
-                                holder: holder.trim().parse().ok(),
-                            });
-                        }
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(std::fs::TryLockError::Error(e)) => return Err(io(&path)(e)),
-                }
-            }
-            let _ = file.set_len(0);
-            let _ = std::os::unix::fs::FileExt::write_all_at(
-                &file,
-                format!("{}\n", std::process::id()).as_bytes(),
-                0,
-            );
+            let file = self
+                .lock_file(&format!("{pid}.lock"), deadline)?
+                .map_err(|holder| Error::Locked { pid, holder })?;
             files.push(file);
         }
         Ok(Lock { _files: files })
+    }
+
+    /// Takes the directory's own exclusive lock (`dir.lock`), for work on the directory as a
+    /// whole (a store of installed patches: installing, uninstalling, a watch sweep),
+    /// waiting up to `timeout`.
+    pub fn lock_all(&self, timeout: Duration) -> Result<Lock, Error> {
+        let file = self
+            .lock_file("dir.lock", Instant::now() + timeout)?
+            .map_err(|holder| Error::DirLocked {
+                path: self.path.clone(),
+                holder,
+            })?;
+        Ok(Lock { _files: vec![file] })
+    }
+
+    /// Locks the file `name` of the directory, waiting until `deadline`; `Ok(Err(holder))`
+    /// when another process still holds it then.
+    fn lock_file(&self, name: &str, deadline: Instant) -> Result<Result<File, Option<u32>>, Error> {
+        let path = self.path.join(name);
+        let mut file = open_nofollow(
+            &path,
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600),
+        )
+        .map_err(io(&path))?;
+        if !file.metadata().map_err(io(&path))?.is_file() {
+            return Err(insecure(&path, "it is not a regular file".into()));
+        }
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if Instant::now() >= deadline {
+                        let mut holder = String::new();
+                        let _ = file.read_to_string(&mut holder);
+                        return Ok(Err(holder.trim().parse().ok()));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io(&path)(e)),
+            }
+        }
+        let _ = file.set_len(0);
+        let _ = std::os::unix::fs::FileExt::write_all_at(
+            &file,
+            format!("{}\n", std::process::id()).as_bytes(),
+            0,
+        );
+        Ok(Ok(file))
     }
 }
 

@@ -60,7 +60,11 @@ pub struct InstallArgs {
     options: LiveOptions,
 }
 
-/// Uninstall a patch: undo it in every process that has it, and forget it.
+/// Uninstall a patch: undo it in the processes it was installed for, and forget it.
+///
+/// The patch is undone in every process that has it and maps the installed file (`install
+/// --file`), or a file with the bundle's build-id; the same patch applied elsewhere by hand
+/// stays. Waits for a `watch` sweep in progress to end first.
 #[derive(Debug, Args)]
 pub struct UninstallArgs {
     /// The patch id.
@@ -172,6 +176,17 @@ fn installed_dir(store: &Path) -> Result<PathBuf, Exit> {
         .map_err(|e| env_error(anyhow::Error::new(e)))
 }
 
+/// How long `install` and `uninstall` wait for a `watch` sweep (or another install) to end.
+const STORE_WAIT: Duration = Duration::from_secs(60);
+
+/// The store's lock: `install`, `uninstall` and each pass of `watch` hold it, so a sweep never
+/// applies a patch that is being uninstalled (and undone) meanwhile.
+fn lock_store(store: &Path, wait: Duration) -> Result<hotsplice_apply::state::Lock, Exit> {
+    hotsplice_apply::state::StateDir::open(&store.join("installed"))
+        .and_then(|d| d.lock_all(wait))
+        .map_err(|e| env_error(anyhow::Error::new(e)))
+}
+
 /// Every installed bundle that still passes the trust policy.
 fn load(store: &Path, trust: &TrustOptions) -> Result<Vec<Installed>, Exit> {
     let dir = installed_dir(store)?;
@@ -260,6 +275,7 @@ pub fn install(args: &InstallArgs) -> Result<ExitCode, Exit> {
         return Err(Exit::bad_input(anyhow!("{}: no such file", file.display())));
     }
     let dir = installed_dir(&args.store.store)?;
+    let _lock = lock_store(&args.store.store, STORE_WAIT)?;
     let id = accepted.bundle.id.clone();
     let bytes = std::fs::read(&args.bundle)
         .with_context(|| args.bundle.display().to_string())
@@ -324,6 +340,7 @@ pub fn install(args: &InstallArgs) -> Result<ExitCode, Exit> {
 /// `hotsplice uninstall`.
 pub fn uninstall(args: &UninstallArgs) -> Result<ExitCode, Exit> {
     let dir = installed_dir(&args.store.store)?;
+    let _lock = lock_store(&args.store.store, STORE_WAIT)?;
     let bundle = dir.join(format!("{}.hsp", args.patch));
     if !bundle.exists() || args.patch.contains('/') {
         return Err(Exit {
@@ -331,6 +348,17 @@ pub fn uninstall(args: &UninstallArgs) -> Result<ExitCode, Exit> {
             error: anyhow!("no patch {} is installed", args.patch),
         });
     }
+    // Which processes the installed patch is for: those of its file (or build-id) only — the
+    // same patch applied to another file by hand, or by another store, stays.
+    let meta: Value = std::fs::read_to_string(bundle.with_extension("json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let file = meta["file"].as_str().map(PathBuf::from);
+    let by_build_id = std::fs::read(&bundle)
+        .ok()
+        .and_then(|b| hotsplice_bundle::read(&b).ok())
+        .map(|sealed| sealed.bundle);
     std::fs::remove_file(&bundle)
         .and_then(
             |()| match std::fs::remove_file(bundle.with_extension("json")) {
@@ -344,8 +372,15 @@ pub fn uninstall(args: &UninstallArgs) -> Result<ExitCode, Exit> {
     let mut undone = Vec::new();
     let mut failed = Vec::new();
     if !args.keep_applied {
-        let holders = hotsplice_apply::holders(&args.patch, &options)
+        let mut holders = hotsplice_apply::holders(&args.patch, &options)
             .map_err(|e| env_error(anyhow::Error::new(e)))?;
+        if let Some(file) = &file {
+            holders = hotsplice_apply::discover::mapping_file(file, &holders);
+        } else if let Some(bundle) = &by_build_id {
+            holders = discover_in(&Select::BuildId, bundle, &holders)
+                .map(|found| found.into_iter().map(|f| f.pid).collect())
+                .unwrap_or(holders);
+        }
         for pid in holders {
             let mut pauses = PauseLog::new();
             match hotsplice_apply::undo(&args.patch, &[pid], &options, &mut pauses) {
@@ -529,6 +564,15 @@ pub fn watch(args: &WatchArgs) -> Result<ExitCode, Exit> {
                     std::thread::sleep(wait);
                     continue;
                 }
+            }
+        };
+        // A pass holds the store's lock: an uninstall waits for it, and the next pass no
+        // longer sees the uninstalled patch.
+        let _lock = match lock_store(&args.store.store, Duration::from_secs(5)) {
+            Ok(lock) => lock,
+            Err(e) => {
+                eprintln!("hotsplice watch: {:#}", e.error);
+                continue;
             }
         };
         let installed = match load(&args.store.store, &args.trust) {

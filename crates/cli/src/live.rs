@@ -861,19 +861,8 @@ pub fn undo(args: &UndoArgs) -> Result<ExitCode, Exit> {
         let mut holders = hotsplice_apply::holders(&args.patch, &options)
             .map_err(|e| fail(e, args.options.json, &PauseLog::new()))?;
         if let Some(file) = &args.targets.file {
-            let mapping: Vec<i32> = hotsplice_ptrace::all_pids()
-                .into_iter()
-                .filter(|&pid| {
-                    hotsplice_ptrace::maps_of(pid).is_some_and(|maps| {
-                        maps.iter().any(|m| {
-                            m.path.as_deref().is_some_and(|p| {
-                                Path::new(p.strip_suffix(" (deleted)").unwrap_or(p)) == file
-                            })
-                        })
-                    })
-                })
-                .collect();
-            holders.retain(|p| mapping.contains(p));
+            // The same rule as `apply --file`: the file's device and inode, or its path.
+            holders = hotsplice_apply::discover::mapping_file(file, &holders);
         }
         Chosen {
             pids: holders,

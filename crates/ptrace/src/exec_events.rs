@@ -22,10 +22,17 @@ pub struct ExecEvents {
 }
 
 fn os_error(what: &'static str) -> Error {
-    Error::Events {
-        what,
-        errno: nix::errno::Errno::last() as i32,
-    }
+    let errno = nix::errno::Errno::last() as i32;
+    // The kernel serves process events to the initial network namespace only.
+    let own = std::fs::read_link("/proc/self/ns/net").ok();
+    let init = std::fs::read_link("/proc/1/ns/net").ok();
+    let hint = if own.is_some() && init.is_some() && own != init {
+        "the kernel sends process events to the initial network namespace only, and this \
+         hotsplice runs in another one: run watch in the host's network namespace"
+    } else {
+        "it needs root, and a kernel with CONFIG_PROC_EVENTS"
+    };
+    Error::Events { what, errno, hint }
 }
 
 impl ExecEvents {
@@ -104,6 +111,7 @@ impl ExecEvents {
             Ok(_) => {}
             Err(e) => {
                 return Err(Error::Events {
+                    hint: "the connection to the kernel's process events broke",
                     what: "waiting for exec events",
                     errno: e as i32,
                 });

@@ -226,12 +226,14 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The kernel's process events could not be read.
-    #[error("{what}: {} (it needs root, and a kernel with CONFIG_PROC_EVENTS)", nix::errno::Errno::from_raw(*errno).desc())]
+    #[error("{what}: {} ({hint})", nix::errno::Errno::from_raw(*errno).desc())]
     Events {
         /// What was attempted.
         what: &'static str,
         /// The error number.
         errno: i32,
+        /// The likely cause.
+        hint: &'static str,
     },
     /// Reading a mapped file failed.
     #[error("cannot read {}", path.display())]

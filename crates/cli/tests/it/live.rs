@@ -864,3 +864,102 @@ fn installed_patches_reach_processes_started_later() {
     before.expect("lib 101 hello");
     later.expect("lib 101 hello");
 }
+
+#[test]
+fn uninstall_and_undo_by_file_touch_only_that_file() {
+    let dir = scratch("live-uninstall-scope");
+    let (tree, bundle) = installed_library(&dir);
+    // A second copy of the program and its library (same build-id) elsewhere: another
+    // installation, patched separately.
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    for name in ["app", "libgreet.so"] {
+        std::fs::copy(tree.join(name), other.join(name)).unwrap();
+    }
+    let mine = App::spawn(Command::new(tree.join("app")));
+    let theirs = App::spawn(Command::new(other.join("app")));
+    mine.expect("lib 101 hello");
+    theirs.expect("lib 101 hello");
+    let store = dir.join("store").display().to_string();
+    let state = dir.join("state").display().to_string();
+    let installed = ok(&hotsplice(&[
+        "install",
+        bundle.to_str().unwrap(),
+        "--file",
+        tree.join("libgreet.so").to_str().unwrap(),
+        "--store",
+        &store,
+        "--state-dir",
+        &state,
+        "--json",
+    ]));
+    assert_eq!(installed["patched"], serde_json::json!([mine.pid()]));
+    ok(&hotsplice(&[
+        "apply",
+        bundle.to_str().unwrap(),
+        "--file",
+        other.join("libgreet.so").to_str().unwrap(),
+        "--state-dir",
+        &state,
+        "--json",
+    ]));
+    mine.expect("lib 201 hello");
+    theirs.expect("lib 201 hello");
+    // Uninstalling waits for whoever holds the store (a watch sweep), then undoes the
+    // installed file's processes only.
+    let released = dir.join("released");
+    let lock = dir.join("store/installed/dir.lock");
+    let mut holder = Command::new("flock")
+        .arg(&lock)
+        .args(["sh", "-c"])
+        .arg(format!("sleep 1; touch {}", released.display()))
+        .spawn()
+        .unwrap();
+    let held = || {
+        Command::new("flock")
+            .arg("-n")
+            .arg(&lock)
+            .arg("true")
+            .status()
+            .is_ok_and(|s| !s.success())
+    };
+    while !held() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let id = installed["installed"].as_str().unwrap();
+    let gone = ok(&hotsplice(&[
+        "uninstall",
+        id,
+        "--store",
+        &store,
+        "--state-dir",
+        &state,
+        "--json",
+    ]));
+    assert!(released.exists(), "uninstall ran while the store was held");
+    holder.wait().unwrap();
+    assert_eq!(gone["undone"], serde_json::json!([mine.pid()]), "{gone}");
+    mine.expect("lib 101 hello");
+    theirs.expect("lib 201 hello");
+    // `undo --file` finds a file by device and inode, like `apply --file`: a hard link names
+    // the same library.
+    let link = other.join("link.so");
+    std::fs::hard_link(other.join("libgreet.so"), &link).unwrap();
+    let undone = ok(&hotsplice(&[
+        "undo",
+        id,
+        "--file",
+        link.to_str().unwrap(),
+        "--state-dir",
+        &state,
+        "--json",
+    ]));
+    let pids: Vec<u64> = undone["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(pids, [u64::from(theirs.pid())], "{undone}");
+    theirs.expect("lib 101 hello");
+}
