@@ -177,10 +177,12 @@ pub fn run(args: &BuildArgs) -> Result<ExitCode, Exit> {
     let mut args = args.clone();
     args.diff = args.diff_arg.clone().unwrap_or_default();
     let args = &args;
-    if args.kernel {
-        return crate::kernel::build(args);
-    }
-    match run_user(args) {
+    let result = if args.kernel {
+        crate::kernel::build(args)
+    } else {
+        run_user(args)
+    };
+    match result {
         Ok(code) => Ok(code),
         Err(exit) => {
             if args.json {

@@ -30,6 +30,10 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
         )));
     };
     let config = args.config.clone().unwrap_or_default();
+    // `patch` runs in the prepared tree: the diff's path must not be relative to here.
+    let diff = std::fs::canonicalize(&args.diff)
+        .with_context(|| format!("--diff {}", args.diff.display()))
+        .map_err(Exit::bad_input)?;
     // Read the key before a build that takes minutes, so a bad key fails at once.
     let key = args
         .sign
@@ -79,7 +83,7 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
             .unwrap_or_else(|| PathBuf::from(format!("/lib/modules/{release}"))),
         source,
         config,
-        diff: args.diff.clone(),
+        diff,
         headers,
         kallsyms,
         cache: args
@@ -101,7 +105,7 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
             }
             hotsplice_kernel::Error::MissingSymbol { .. }
             | hotsplice_kernel::Error::Ambiguous { .. }
-            | hotsplice_kernel::Error::Unsupported(_) => EXIT_REFUSED,
+            | hotsplice_kernel::Error::Unsupported { .. } => EXIT_REFUSED,
             _ => EXIT_BAD_INPUT,
         };
         Exit {
@@ -145,6 +149,7 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
                         "module": f.module,
                     })).collect::<Vec<_>>(),
                     "objects": diffs.iter().map(|d| d.object.clone()).collect::<Vec<_>>(),
+                    "changes": changes(&diffs),
                     "klp_relocations": klp_relocations,
                     "run_pre": proven.iter().map(|p| json!({
                         "function": p.name, "address": format!("{:#x}", p.address),
@@ -227,6 +232,26 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
             Ok(ExitCode::from(EXIT_REFUSED))
         }
     }
+}
+
+/// The functions each diff found changed or new, with why, for `--json`.
+fn changes(diffs: &[hotsplice_objdiff::ObjectDiff]) -> Vec<serde_json::Value> {
+    use hotsplice_objdiff::Status;
+    diffs
+        .iter()
+        .flat_map(|d| {
+            d.functions
+                .iter()
+                .filter(|f| matches!(f.status, Status::Changed | Status::New))
+                .map(|f| {
+                    json!({
+                        "object": d.object, "function": f.name,
+                        "status": if f.status == Status::New { "new" } else { "changed" },
+                        "why": f.reasons,
+                    })
+                })
+        })
+        .collect()
 }
 
 /// Apply, undo and list live patches of the running kernel (livepatch modules made by

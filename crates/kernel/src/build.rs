@@ -299,7 +299,11 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
         let patched = hotsplice_build::apply_diff(&tree.dir, &request.diff, &text)
             .map_err(|e| Error::Malformed(e.to_string()))?;
         let _ = patched;
-        kbuild::compile(&tree, &objects)
+        // The same objects compiled before the diff: a failure now is the diff's.
+        kbuild::compile(&tree, &objects).map_err(|e| match e {
+            Error::Command { output, .. } => Error::DiffDoesNotCompile { output },
+            other => other,
+        })
     })();
     kbuild::restore(&tree, &relative, &objects)?;
     let post = post?;
@@ -411,7 +415,18 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
             .find(|p| p.name == name)
             .map_or(0, |p| p.sympos))
     };
-    let patch = module::patch_object(&sets, &modules, &mut resolver, &mut sympos)?;
+    let patch = match module::patch_object(&sets, &modules, &mut resolver, &mut sympos) {
+        Ok(patch) => patch,
+        Err(e) => match refusal_of(&e) {
+            Some(refusal) => {
+                return Ok(Outcome::Refused {
+                    refusals: vec![refusal],
+                    diffs,
+                });
+            }
+            None => return Err(e),
+        },
+    };
     let registration = module::registration_source(&patch.functions, &request.name);
     let work = request.cache.join("kernel-module").join(&request.name);
     let (ko, warnings) = kbuild::link_module(
@@ -432,6 +447,23 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
         timings,
         fresh_tree: tree.fresh,
         proven: run_pre.proven,
+    })
+}
+
+/// The refusal an error of linking the patch stands for (a symbol the kernel does not have,
+/// a name several kernel symbols share, a construct livepatch cannot carry); `None` for real
+/// errors.
+fn refusal_of(e: &Error) -> Option<Refusal> {
+    let (kind, symbol) = match e {
+        Error::MissingSymbol { name, .. } => ("missing-symbol", name.clone()),
+        Error::Ambiguous { name, .. } => ("ambiguous-symbol", name.clone()),
+        Error::Unsupported { symbol, .. } => ("unsupported", symbol.clone()),
+        _ => return None,
+    };
+    Some(Refusal {
+        kind: kind.to_string(),
+        symbol,
+        detail: e.to_string(),
     })
 }
 

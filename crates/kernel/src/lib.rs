@@ -26,8 +26,13 @@ pub enum Error {
     #[error("{0}")]
     Malformed(String),
     /// The patch needs something the kernel backend does not do.
-    #[error("unsupported: {0}")]
-    Unsupported(String),
+    #[error("unsupported: {detail}")]
+    Unsupported {
+        /// The symbol or section concerned.
+        symbol: String,
+        /// Why.
+        detail: String,
+    },
     /// A symbol the patch references is not in the target kernel.
     #[error("symbol {name} (referenced from {object}) is not in the target kernel's symbols")]
     MissingSymbol {
@@ -59,6 +64,13 @@ pub enum Error {
     /// The object is not built on its own by this configuration.
     #[error("{0} is not built on its own with this configuration")]
     NotBuilt(String),
+    /// The diff applies but the patched source does not compile (bad input, not the
+    /// environment: the pre build of the same files compiled).
+    #[error("the patched source does not compile:\n{output}")]
+    DiffDoesNotCompile {
+        /// The end of the compiler's output.
+        output: String,
+    },
     /// A build command failed.
     #[error("{what} failed:\n{output}")]
     Command {

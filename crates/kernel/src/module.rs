@@ -17,7 +17,7 @@ use object::{
 };
 
 use hotsplice_objdiff::PatchSet;
-use hotsplice_objdiff::patchset::{Link, PieceKind, SymbolRef};
+use hotsplice_objdiff::patchset::{Link, PieceKind, PieceReloc, SymbolRef};
 
 use crate::Error;
 
@@ -88,7 +88,11 @@ pub fn patch_object(
     let mut functions = Vec::new();
     let mut undefined: std::collections::HashMap<String, SymbolId> =
         std::collections::HashMap::new();
-    for (o, set) in sets.iter().enumerate() {
+    let keyed: Vec<PatchSet> = sets
+        .iter()
+        .map(|set| static_keys(set, resolve))
+        .collect::<Result<_, _>>()?;
+    for (o, set) in keyed.iter().enumerate() {
         // One section per piece.
         let mut sections: Vec<SectionId> = Vec::with_capacity(set.pieces.len());
         for (i, piece) in set.pieces.iter().enumerate() {
@@ -180,21 +184,6 @@ pub fn patch_object(
                     }
                     Link::Symbol(s) => {
                         let resolution = resolve(&set.object, s)?;
-                        // The module loader reads a jump label's or static call's key when
-                        // the module loads, before livepatch applies its own relocations.
-                        if let (Some(table), Resolution::Klp { .. }) = (
-                            piece
-                                .table
-                                .as_deref()
-                                .and_then(hotsplice_objdiff::table::table_of),
-                            &resolution,
-                        ) && table.key_at_load == Some(reloc.offset % table.entry)
-                        {
-                            return Err(Error::Unsupported(format!(
-                                "{}: the new code uses the static key or static call {} ({}), which vmlinux does not export: the module loader would read it before livepatch resolves it",
-                                set.object, s.name, table.name
-                            )));
-                        }
                         let name = resolution.symbol_name();
                         let id = *undefined.entry(name.clone()).or_insert_with(|| {
                             obj.add_symbol(Symbol {
@@ -211,10 +200,13 @@ pub fn patch_object(
                         (id, reloc.addend)
                     }
                     Link::Nothing => {
-                        return Err(Error::Unsupported(format!(
-                            "{}: a relocation with no symbol at {}+{:#x}",
-                            set.object, piece.name, reloc.offset
-                        )));
+                        return Err(Error::Unsupported {
+                            symbol: piece.name.clone(),
+                            detail: format!(
+                                "{}: a relocation with no symbol at {}+{:#x}",
+                                set.object, piece.name, reloc.offset
+                            ),
+                        });
                     }
                 };
                 obj.add_relocation(
@@ -236,6 +228,99 @@ pub fn patch_object(
         .write()
         .map_err(|e| Error::Malformed(format!("writing the patch object: {e}")))?;
     Ok(PatchObject { bytes, functions })
+}
+
+/// Checks the keys of the jump labels and static calls the patch carries (`__jump_table`,
+/// `.static_call_sites` entries), and returns the set with the inert ones dropped.
+///
+/// The module loader reads those keys when the livepatch module loads (jump-label and
+/// static-call setup at `MODULE_STATE_COMING`). A key vmlinux does not export is reached
+/// through a `.klp.rela.vmlinux.*` relocation, which the loader applies before that
+/// (`apply_relocations` → `klp_apply_section_relocs`, Linux 5.8 and later): it works. A key
+/// in a *module* is reached through `.klp.rela.MODULE.*`, which livepatch applies only when
+/// that module is (or becomes) live — after this module's jump labels were set up from a
+/// key field still zero: refused, except a tracepoint's, whose entry is dropped so the site
+/// stays as compiled (a NOP: the tracepoint does not fire in the new code).
+fn static_keys(
+    set: &PatchSet,
+    resolve: &mut dyn FnMut(&str, &SymbolRef) -> Result<Resolution, Error>,
+) -> Result<PatchSet, Error> {
+    let mut out = set.clone();
+    for piece in &mut out.pieces {
+        let Some(table) = piece
+            .table
+            .as_deref()
+            .and_then(hotsplice_objdiff::table::table_of)
+        else {
+            continue;
+        };
+        let Some(key_at) = table.key_at_load else {
+            continue;
+        };
+        let mut dropped = std::collections::BTreeSet::new();
+        for reloc in &piece.relocs {
+            let Link::Symbol(key) = &reloc.target else {
+                continue;
+            };
+            if reloc.offset % table.entry != key_at {
+                continue;
+            }
+            let Resolution::Klp { object, .. } = resolve(&set.object, key)? else {
+                continue;
+            };
+            if object == "vmlinux" {
+                continue;
+            }
+            if key.name.starts_with("__tracepoint_") && table.name == "__jump_table" {
+                dropped.insert(reloc.offset / table.entry);
+                continue;
+            }
+            return Err(Error::Unsupported {
+                symbol: key.name.clone(),
+                detail: format!(
+                    "{}: the new code uses the {} {} of module {object}: the module loader sets up a livepatch module's {} when it loads, and livepatch writes references into another module only when that module is live, later — so the key would be read as zero (use static_key_enabled() or the static call's function pointer instead)",
+                    set.object,
+                    if table.name == "__jump_table" {
+                        "static key"
+                    } else {
+                        "static call"
+                    },
+                    key.name,
+                    if table.name == "__jump_table" {
+                        "jump labels"
+                    } else {
+                        "static calls"
+                    },
+                ),
+            });
+        }
+        if dropped.is_empty() {
+            continue;
+        }
+        let keep = |offset: u64| !dropped.contains(&(offset / table.entry));
+        let shift = |offset: u64| {
+            let before = dropped.range(..offset / table.entry).count() as u64;
+            offset - before * table.entry
+        };
+        piece.bytes = piece
+            .bytes
+            .chunks(table.entry as usize)
+            .enumerate()
+            .filter(|(i, _)| keep(*i as u64 * table.entry))
+            .flat_map(|(_, chunk)| chunk.iter().copied())
+            .collect();
+        piece.size = piece.bytes.len() as u64;
+        piece.relocs = piece
+            .relocs
+            .iter()
+            .filter(|r| keep(r.offset))
+            .map(|r| PieceReloc {
+                offset: shift(r.offset),
+                ..r.clone()
+            })
+            .collect();
+    }
+    Ok(out)
 }
 
 fn prefix(kind: PieceKind) -> &'static str {
@@ -378,17 +463,44 @@ mod tests {
         }
     }
 
-    #[test]
-    fn jump_label_on_an_unexported_key_is_refused() {
-        let mut resolve = |_: &str, s: &SymbolRef| {
+    fn klp_in(object: &'static str) -> impl FnMut(&str, &SymbolRef) -> Result<Resolution, Error> {
+        move |_: &str, s: &SymbolRef| {
             Ok(Resolution::Klp {
-                object: "vmlinux".into(),
+                object: object.into(),
                 name: s.name.clone(),
                 sympos: 0,
             })
-        };
-        let err = patch_object(&[set()], &[None], &mut resolve, &mut |_, _| Ok(0)).unwrap_err();
-        assert!(err.to_string().contains("some_key"), "{err}");
+        }
+    }
+
+    #[test]
+    fn jump_label_on_an_unexported_vmlinux_key_is_a_livepatch_relocation() {
+        let patch =
+            patch_object(&[set()], &[None], &mut klp_in("vmlinux"), &mut |_, _| Ok(0)).unwrap();
+        let file = object::File::parse(&*patch.bytes).unwrap();
+        let names: Vec<&str> = file.symbols().filter_map(|s| s.name().ok()).collect();
+        assert!(names.contains(&".klp.sym.vmlinux.some_key,0"), "{names:?}");
+    }
+
+    #[test]
+    fn jump_label_on_a_module_key_is_refused_naming_it() {
+        let err =
+            patch_object(&[set()], &[None], &mut klp_in("xfs"), &mut |_, _| Ok(0)).unwrap_err();
+        assert!(
+            matches!(&err, Error::Unsupported { symbol, .. } if symbol == "some_key"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_module_tracepoint_entry_is_dropped() {
+        let mut set = set();
+        if let Link::Symbol(key) = &mut set.pieces[1].relocs[1].target {
+            key.name = "__tracepoint_xfs_thing".into();
+        }
+        let out = static_keys(&set, &mut klp_in("xfs")).unwrap();
+        assert_eq!(out.pieces[1].size, 0);
+        assert!(out.pieces[1].relocs.is_empty());
     }
 
     #[test]

@@ -111,10 +111,12 @@ impl<'c, 'a> Comparer<'c, 'a> {
             };
             let pre_mask = mask(a, pre_refs);
             let post_mask = mask(b, post_refs);
+            let line = (post_section.name == DYNDBG_SECTION).then(|| dyndbg_line_bits(b));
             for i in 0..pre_bytes.len() {
                 let masked = pre_mask.get(i).copied().unwrap_or(false)
                     && post_mask.get(i).copied().unwrap_or(false);
-                if !masked && pre_bytes[i] != post_bytes[i] {
+                let ignored = line.as_ref().and_then(|l| l.get(i)).copied().unwrap_or(0);
+                if !masked && (pre_bytes[i] ^ post_bytes[i]) & !ignored != 0 {
                     return Some(format!("{what} at +{i:#x}"));
                 }
             }
@@ -134,6 +136,12 @@ impl<'c, 'a> Comparer<'c, 'a> {
                     "relocation at +{at:#x} moved to +{:#x}",
                     y.offset - b.start
                 ));
+            }
+            if let Some(why) = self.block_difference(x, y) {
+                match why {
+                    Some(why) => return Some(format!("relocation at +{at:#x}: {why}")),
+                    None => continue,
+                }
             }
             if x.r_type != y.r_type {
                 return Some(format!(
@@ -210,6 +218,43 @@ impl<'c, 'a> Comparer<'c, 'a> {
         }
     }
 
+    /// For two references into a section of blocks (`.altinstr_aux`: the slow paths of
+    /// `static_cpu_has`, one block per use, jumping back into the function that owns it),
+    /// whether the two designated blocks differ: `Some(None)` when equal, `Some(Some(why))`
+    /// when not, `None` when the references are not of that kind. The whole section is not
+    /// compared (another function's block changing would drag in every user), nor the
+    /// addend (an earlier block added or removed moves this one).
+    fn block_difference(&self, x: &Reference<'a>, y: &Reference<'a>) -> Option<Option<String>> {
+        let (Target::Section(p), Target::Section(q)) = (x.target, y.target) else {
+            return None;
+        };
+        let (ps, qs) = (&self.pre.elf.sections[p], &self.post.elf.sections[q]);
+        if ps.name != BLOCK_SECTION || qs.name != BLOCK_SECTION || x.r_type != y.r_type {
+            return None;
+        }
+        let block = |side: &Resolved<'_>, section: usize, r: &Reference<'_>| {
+            let start = u64::try_from(r.designated).ok()?;
+            let size = side.elf.sections[section].size;
+            let end = side
+                .designated_in(section)
+                .into_iter()
+                .find(|&o| o > start)
+                .unwrap_or(size);
+            (start < size).then_some(Range {
+                section,
+                start,
+                end,
+            })
+        };
+        let (Some(a), Some(b)) = (block(self.pre, p, x), block(self.post, q, y)) else {
+            return None;
+        };
+        Some(
+            self.recursive(a, b)
+                .map(|why| format!("{BLOCK_SECTION} block changed: {why}")),
+        )
+    }
+
     fn recursive(&self, a: Range, b: Range) -> Option<String> {
         if let Some(&equal) = self.memo.borrow().get(&(a, b)) {
             return (!equal).then(|| "contents differ".to_string());
@@ -221,6 +266,33 @@ impl<'c, 'a> Comparer<'c, 'a> {
         self.memo.borrow_mut().insert((a, b), result.is_none());
         result
     }
+}
+
+/// The kernel's section of `static_cpu_has` slow paths: blocks, each used by one site.
+const BLOCK_SECTION: &str = ".altinstr_aux";
+
+/// The section of the kernel's dynamic-debug descriptors (`struct _ddebug`, one per
+/// `pr_debug`/`dev_dbg` call site).
+pub const DYNDBG_SECTION: &str = "__dyndbg";
+
+/// Per byte of a range of `__dyndbg`, the bits that hold a descriptor's `lineno` (its 18-bit
+/// bit-field at offset 32 of the 8-byte-aligned 56-byte `struct _ddebug` of Linux 6.1 on
+/// x86-64): a line number is where the call is, not what it does, so two descriptors that
+/// differ only there are the same (`#line` keeps most of them equal; a hunk inside the
+/// function moves the ones below it).
+fn dyndbg_line_bits(range: Range) -> Vec<u8> {
+    const SIZE: u64 = 56;
+    const LINENO: u64 = 32;
+    let mut bits = vec![0u8; range.len() as usize];
+    for (i, b) in bits.iter_mut().enumerate() {
+        let at = (range.start + i as u64) % SIZE;
+        *b = match at.checked_sub(LINENO) {
+            Some(0 | 1) => 0xff,
+            Some(2) => 0x03,
+            _ => 0,
+        };
+    }
+    bits
 }
 
 /// Whether a local symbol is compiler-private data (taken as new by patched functions).

@@ -611,7 +611,12 @@ fn refuse_relocations(
         };
         let mut reported = HashSet::new();
         for r in post.references_in(range.section, range.start, range.end) {
-            if reloc_type::is_supported(r.r_type) || !reported.insert(r.r_type) {
+            // R_X86_64_NONE writes nothing (objtool leaves it where it turned a call into
+            // a NOP): a no-op, not a reference.
+            if r.r_type == reloc_type::R_X86_64_NONE
+                || reloc_type::is_supported(r.r_type)
+                || !reported.insert(r.r_type)
+            {
                 continue;
             }
             let name = &post.elf.symbols[symbol].name;

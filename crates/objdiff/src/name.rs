@@ -53,7 +53,9 @@ fn is_counter(component: &str) -> bool {
 }
 
 /// The name with GCC's numeric counters removed: `count.3` → `count`,
-/// `foo.constprop.0.isra.1` → `foo.constprop.isra`, `.LC7` → `.LC`.
+/// `foo.constprop.0.isra.1` → `foo.constprop.isra`, `.LC7` → `.LC`, and the kernel's
+/// `__COUNTER__` in `__UNIQUE_ID_<prefix><n>` names (`__UNIQUE_ID_ddebug485.47` →
+/// `__UNIQUE_ID_ddebug`): a header that uses `__COUNTER__` shifts every later one.
 pub fn canonical(name: &str) -> String {
     if let Some(rest) = name.strip_prefix(".L") {
         let trimmed = rest.trim_end_matches(|c: char| c.is_ascii_digit());
@@ -67,10 +69,17 @@ pub fn canonical(name: &str) -> String {
         if i > 0 {
             out.push('.');
         }
-        out.push_str(component);
+        if i == 0 && component.starts_with(UNIQUE_ID) {
+            out.push_str(component.trim_end_matches(|c: char| c.is_ascii_digit()));
+        } else {
+            out.push_str(component);
+        }
     }
     out
 }
+
+/// The prefix of the kernel's `__UNIQUE_ID(prefix)` names (`prefix` + `__COUNTER__`).
+const UNIQUE_ID: &str = "__UNIQUE_ID_";
 
 /// The function a clone was made from, and the outermost clone kind:
 /// `foo.constprop.0.isra.0` → (`foo`, Some(Constprop)), `foo.cold` → (`foo`, Some(Cold)),
@@ -131,6 +140,11 @@ mod tests {
         assert_eq!(canonical("main"), "main");
         assert_eq!(canonical("v2"), "v2");
         assert_eq!(canonical("CSWTCH.12"), "CSWTCH");
+        assert_eq!(canonical("__UNIQUE_ID_ddebug485.47"), "__UNIQUE_ID_ddebug");
+        assert_eq!(
+            canonical("__UNIQUE_ID___addressable_f12"),
+            "__UNIQUE_ID___addressable_f"
+        );
     }
 
     #[test]

@@ -345,7 +345,9 @@ impl<'x, 'a> Extractor<'x, 'a> {
             size: end.saturating_sub(start),
             bytes,
             relocs: Vec::new(),
-            table: None,
+            // A dynamic-debug descriptor must sit in `__dyndbg`, where the module loader
+            // registers it (else `pr_debug` in the new code can never be enabled).
+            table: (s.name == crate::compare::DYNDBG_SECTION).then(|| s.name.clone()),
         });
         self.index.insert(Key::Range(section, start), index);
         self.queue.push((index, section, start, end));
@@ -552,7 +554,11 @@ impl<'x, 'a> Extractor<'x, 'a> {
             let references: Vec<Reference<'a>> =
                 self.post.references_in(section, start, end).to_vec();
             let mut relocs = Vec::with_capacity(references.len());
-            for r in &references {
+            // R_X86_64_NONE writes nothing: nothing to carry or resolve.
+            for r in references
+                .iter()
+                .filter(|r| r.r_type != crate::reloc_type::R_X86_64_NONE)
+            {
                 let target = self.link(r);
                 relocs.push(PieceReloc {
                     offset: r.offset - start,

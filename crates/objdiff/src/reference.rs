@@ -44,6 +44,10 @@ pub struct Reference<'a> {
     /// The addend relative to the start of the target (string, constant, symbol); for
     /// [`Target::Section`] relative to the section start.
     pub addend: i64,
+    /// For [`Target::Section`]: the offset in the section of the byte the reference
+    /// designates (the addend, plus for a PC-relative instruction operand the distance from
+    /// the field to the end of the instruction).
+    pub designated: i64,
 }
 
 /// An object with every relocation of its allocated sections resolved.
@@ -100,6 +104,22 @@ impl<'a> Resolved<'a> {
     }
 
     /// References whose field starts inside `[start, end)` of `section`.
+    /// The offsets in `section` that references of the object designate (sorted, unique):
+    /// where the blocks of an anonymous section such as `.altinstr_aux` begin.
+    pub fn designated_in(&self, section: usize) -> Vec<u64> {
+        let mut out: Vec<u64> = self
+            .references
+            .iter()
+            .flatten()
+            .filter(|r| r.target == Target::Section(section))
+            .filter_map(|r| u64::try_from(r.designated).ok())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The references of a byte range of a section, in offset order.
     pub fn references_in(&self, section: usize, start: u64, end: u64) -> &[Reference<'a>] {
         let relocs = &self.elf.sections[section].relocs;
         let refs = &self.references[section];
@@ -211,6 +231,7 @@ fn resolve<'a>(
         r_type: reloc.r_type,
         target,
         addend: reloc.addend,
+        designated: 0,
     };
     if reloc.symbol == 0 {
         return plain(Target::Nothing);
@@ -260,6 +281,7 @@ fn resolve<'a>(
         },
         None => Reference {
             addend: raw,
+            designated,
             ..plain(Target::Section(section_index))
         },
     }

@@ -1,6 +1,8 @@
 //! x86-64 relocation types: field widths, PC-relativity, names, and which ones hotsplice can
 //! resolve when it links a patch into a running process.
 
+/// `R_X86_64_NONE`: no relocation (writes nothing).
+pub const R_X86_64_NONE: u32 = 0;
 /// `R_X86_64_64`: absolute 64-bit address.
 pub const R_X86_64_64: u32 = 1;
 /// `R_X86_64_PC32`: 32-bit PC-relative.
