@@ -119,6 +119,7 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
         Outcome::Module {
             bytes,
             functions,
+            callbacks,
             diffs,
             warnings,
             klp_relocations,
@@ -150,6 +151,15 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
                     })).collect::<Vec<_>>(),
                     "objects": diffs.iter().map(|d| d.object.clone()).collect::<Vec<_>>(),
                     "changes": changes(&diffs),
+                    "callbacks": callbacks.iter().map(|c| json!({
+                        "kind": match c.kind {
+                            hotsplice_objdiff::patchset::HookKind::PreApply => "pre-patch",
+                            hotsplice_objdiff::patchset::HookKind::PostApply => "post-patch",
+                            hotsplice_objdiff::patchset::HookKind::PreUndo => "pre-unpatch",
+                            hotsplice_objdiff::patchset::HookKind::PostUndo => "post-unpatch",
+                        },
+                        "object": c.module.as_deref().unwrap_or("vmlinux"),
+                    })).collect::<Vec<_>>(),
                     "klp_relocations": klp_relocations,
                     "run_pre": proven.iter().map(|p| json!({
                         "function": p.name, "address": format!("{:#x}", p.address),

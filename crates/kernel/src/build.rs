@@ -71,6 +71,8 @@ pub enum Outcome {
         bytes: Vec<u8>,
         /// The replaced functions.
         functions: Vec<KlpFunction>,
+        /// The callbacks registered.
+        callbacks: Vec<module::KlpCallback>,
         /// Per object diff.
         diffs: Vec<ObjectDiff>,
         /// modpost's warnings, besides the expected ones.
@@ -187,6 +189,33 @@ fn kernel_refusals(post: &[u8], diff: &ObjectDiff, set: &PatchSet) -> Vec<Refusa
     refusals
 }
 
+/// Refusals for kpatch's markers hotsplice does not honour (`KPATCH_IGNORE_SECTION`,
+/// `KPATCH_IGNORE_FUNCTION`, `KPATCH_FORCE_UNSAFE` of `kpatch-macros.h` put a pointer in a
+/// `.hotsplice.refuse.*` section).
+fn marker_refusals(post: &[u8]) -> Vec<Refusal> {
+    let Ok(elf) = hotsplice_objdiff::elf::ElfObject::parse(post) else {
+        return Vec::new();
+    };
+    elf.sections
+        .iter()
+        .filter_map(|s| s.name.strip_prefix(".hotsplice.refuse."))
+        .map(|what| Refusal {
+            kind: "unsupported-marker".into(),
+            symbol: what.to_string(),
+            detail: format!(
+                "the patch uses kpatch's {} marker: hotsplice patches every change it finds \
+                 and keeps livepatch's consistency model, so it does not ignore changes or \
+                 force a function unsafe; remove the marker",
+                match what {
+                    "ignore_section" => "KPATCH_IGNORE_SECTION",
+                    "ignore_function" => "KPATCH_IGNORE_FUNCTION",
+                    _ => "KPATCH_FORCE_UNSAFE",
+                }
+            ),
+        })
+        .collect()
+}
+
 /// Builds the module.
 pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcome, Error> {
     let text = std::fs::read_to_string(&request.diff).map_err(|source| Error::Io {
@@ -239,6 +268,7 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
 
     let started = Instant::now();
     progress(&format!("compiling {} before the fix", objects.join(" ")));
+    kbuild::write_headers(&tree)?;
     kbuild::restore(&tree, &relative, &objects)?;
     let pre = match kbuild::compile(&tree, &objects) {
         Err(Error::NotBuilt(object)) => {
@@ -322,22 +352,17 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
             detail: r.detail.clone(),
         }));
         refusals.extend(kernel_refusals(post, &diff, &set));
-        if !set.hooks.is_empty() {
-            refusals.push(Refusal {
-                kind: "unsupported-section".to_string(),
-                symbol: ".hotsplice.*".to_string(),
-                detail:
-                    "hotsplice.h hooks are for processes; a kernel patch uses livepatch callbacks"
-                        .to_string(),
-            });
-        }
+        refusals.extend(marker_refusals(post));
         diffs.push(diff);
         sets.push(set);
     }
     if !refusals.is_empty() {
         return Ok(Outcome::Refused { refusals, diffs });
     }
-    if sets.iter().all(|s| s.replacements.is_empty()) {
+    if sets
+        .iter()
+        .all(|s| s.replacements.is_empty() && s.hooks.is_empty())
+    {
         return Ok(Outcome::NothingToPatch { diffs });
     }
 
@@ -383,7 +408,45 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
         .zip(&modules)
         .filter_map(|(s, m)| Some((s.object.as_str(), m.as_deref()?)))
         .collect();
+    // New globals of the patched objects, by name: the object defining each (another object
+    // of the patch may use it; the running kernel does not have it).
+    let new_globals: std::collections::HashMap<String, String> = diffs
+        .iter()
+        .zip(&post)
+        .flat_map(|(d, bytes)| {
+            let elf = hotsplice_objdiff::elf::ElfObject::parse(bytes).ok();
+            let global = |i: Option<usize>| {
+                elf.as_ref()
+                    .zip(i)
+                    .and_then(|(e, i)| e.symbols.get(i))
+                    .is_some_and(|s| s.is_global())
+            };
+            let functions = d
+                .functions
+                .iter()
+                .filter(|f| f.status == Status::New && f.global)
+                .map(|f| f.name.clone());
+            let data = d
+                .data
+                .iter()
+                .filter(|v| v.status == Status::New && global(v.post_symbol))
+                .map(|v| v.name.clone());
+            functions
+                .chain(data)
+                .map(|n| (n, d.object.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
     let mut resolver = |object: &str, s: &SymbolRef| {
+        if !s.local
+            && let Some(defining) = new_globals.get(&s.name)
+            && defining != object
+        {
+            return Ok(Resolution::Patch {
+                object: defining.clone(),
+                name: s.name.clone(),
+            });
+        }
         // A symbol of the module the object is part of: through livepatch, in that module.
         if let Some(m) = module_of_object.get(object)
             && let Some(image) = images.get(*m)
@@ -427,7 +490,8 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
             None => return Err(e),
         },
     };
-    let registration = module::registration_source(&patch.functions, &request.name);
+    let registration =
+        module::registration_source(&patch.functions, &patch.callbacks, &request.name);
     let work = request.cache.join("kernel-module").join(&request.name);
     let (ko, warnings) = kbuild::link_module(
         &request.headers,
@@ -441,6 +505,7 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
     Ok(Outcome::Module {
         bytes: converted.bytes,
         functions: patch.functions,
+        callbacks: patch.callbacks,
         diffs,
         warnings,
         klp_relocations: converted.relocations,

@@ -130,12 +130,42 @@ pub fn prepare(
     })
 }
 
+/// The headers a kernel patch may include (`#include "hotsplice-klp.h"`, or kpatch's
+/// `"kpatch-macros.h"` and `"kpatch-syscall.h"`), embedded in the binary.
+pub const HEADERS: &[(&str, &str)] = &[
+    ("hotsplice-klp.h", include_str!("../include/hotsplice-klp.h")),
+    ("kpatch-macros.h", include_str!("../include/kpatch-macros.h")),
+    ("kpatch-syscall.h", include_str!("../include/kpatch-syscall.h")),
+];
+
+/// Where the patch headers of a tree are: beside it, searched after every kernel include
+/// directory (`-idirafter`), so they never shadow a kernel header.
+fn headers_dir(tree: &Path) -> PathBuf {
+    tree.parent().unwrap_or(tree).join("hotsplice-include")
+}
+
+/// Writes the patch headers beside the tree (each build: they may be newer than the tree).
+pub fn write_headers(tree: &Tree) -> Result<(), Error> {
+    let dir = headers_dir(&tree.dir);
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    for (name, text) in HEADERS {
+        let path = dir.join(name);
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(text) {
+            std::fs::write(&path, text).map_err(io(&path))?;
+        }
+    }
+    Ok(())
+}
+
 fn make(tree: &Path) -> Command {
     let mut c = Command::new("make");
     c.current_dir(tree)
         .arg("-s")
         .arg(format!("CC={CC}"))
-        .arg(format!("KCFLAGS={KCFLAGS}"));
+        .arg(format!(
+            "KCFLAGS={KCFLAGS} -idirafter {}",
+            headers_dir(tree).display()
+        ));
     c
 }
 

@@ -17,7 +17,7 @@ use object::{
 };
 
 use hotsplice_objdiff::PatchSet;
-use hotsplice_objdiff::patchset::{Link, PieceKind, PieceReloc, SymbolRef};
+use hotsplice_objdiff::patchset::{HookKind, Link, PieceKind, PieceReloc, SymbolRef};
 
 use crate::Error;
 
@@ -26,6 +26,14 @@ use crate::Error;
 pub enum Resolution {
     /// vmlinux exports it: an ordinary undefined symbol the module loader resolves.
     Exported(String),
+    /// A new global the patch itself defines, in another of its translation units (the
+    /// running kernel has no such symbol yet).
+    Patch {
+        /// The translation unit defining it.
+        object: String,
+        /// Its name.
+        name: String,
+    },
     /// Not exported (or static): a livepatch symbol, found by name and position at enable.
     Klp {
         /// The object it is in: `vmlinux` or a module's name.
@@ -41,7 +49,7 @@ impl Resolution {
     /// The undefined symbol name written into the patch object.
     pub fn symbol_name(&self) -> String {
         match self {
-            Resolution::Exported(name) => name.clone(),
+            Resolution::Exported(name) | Resolution::Patch { name, .. } => name.clone(),
             Resolution::Klp {
                 object,
                 name,
@@ -73,6 +81,19 @@ pub struct PatchObject {
     pub bytes: Vec<u8>,
     /// The functions to register with livepatch, in order.
     pub functions: Vec<KlpFunction>,
+    /// The callbacks the patch declares (`hotsplice-klp.h`, `kpatch-macros.h`), in order.
+    pub callbacks: Vec<KlpCallback>,
+}
+
+/// A livepatch callback of the patch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KlpCallback {
+    /// When it runs: pre-patch (`PreApply`), post-patch, pre-unpatch (`PreUndo`), post-unpatch.
+    pub kind: HookKind,
+    /// The global symbol of the function in the patch object.
+    pub symbol: String,
+    /// The object it is a callback of: the module, `None` for vmlinux.
+    pub module: Option<String>,
 }
 
 /// Builds the patch object. `resolve` says how to reach a symbol of the running kernel
@@ -86,12 +107,14 @@ pub fn patch_object(
 ) -> Result<PatchObject, Error> {
     let mut obj = Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
     let mut functions = Vec::new();
+    let mut callbacks = Vec::new();
     let mut undefined: std::collections::HashMap<String, SymbolId> =
         std::collections::HashMap::new();
     let keyed: Vec<PatchSet> = sets
         .iter()
         .map(|set| static_keys(set, resolve))
         .collect::<Result<_, _>>()?;
+    let mut all_sections: Vec<Vec<SectionId>> = Vec::with_capacity(keyed.len());
     for (o, set) in keyed.iter().enumerate() {
         // One section per piece.
         let mut sections: Vec<SectionId> = Vec::with_capacity(set.pieces.len());
@@ -169,6 +192,35 @@ pub fn patch_object(
                 module: modules.get(o).cloned().flatten(),
             });
         }
+        for hook in &set.hooks {
+            let Some(&section) = sections.get(hook.piece) else {
+                return Err(Error::Malformed(format!(
+                    "a callback points at piece {} of {}",
+                    hook.piece,
+                    set.pieces.len()
+                )));
+            };
+            let symbol = format!("__hsp_cb_{}", callbacks.len());
+            obj.add_symbol(Symbol {
+                name: symbol.clone().into_bytes(),
+                value: 0,
+                size: set.pieces[hook.piece].size,
+                kind: SymbolKind::Text,
+                scope: SymbolScope::Linkage,
+                weak: false,
+                section: SymbolSection::Section(section),
+                flags: SymbolFlags::None,
+            });
+            callbacks.push(KlpCallback {
+                kind: hook.kind,
+                symbol,
+                module: modules.get(o).cloned().flatten(),
+            });
+        }
+        all_sections.push(sections);
+    }
+    for (o, set) in keyed.iter().enumerate() {
+        let sections = &all_sections[o];
         for (i, piece) in set.pieces.iter().enumerate() {
             for reloc in &piece.relocs {
                 let (symbol, addend) = match &reloc.target {
@@ -184,6 +236,35 @@ pub fn patch_object(
                     }
                     Link::Symbol(s) => {
                         let resolution = resolve(&set.object, s)?;
+                        if let Resolution::Patch { object, name } = &resolution {
+                            // A new global of another patched object: its piece.
+                            let found = keyed.iter().zip(&all_sections).find_map(|(t, ids)| {
+                                let k = t.pieces.iter().position(|p| {
+                                    t.object == *object && p.symbol.as_deref() == Some(name)
+                                })?;
+                                ids.get(k).copied()
+                            });
+                            let Some(target) = found else {
+                                return Err(Error::MissingSymbol {
+                                    name: name.clone(),
+                                    object: set.object.clone(),
+                                });
+                            };
+                            let symbol = obj.section_symbol(target);
+                            obj.add_relocation(
+                                sections[i],
+                                Relocation {
+                                    offset: reloc.offset,
+                                    symbol,
+                                    addend: reloc.addend,
+                                    flags: RelocationFlags::Elf {
+                                        r_type: elf::RelocationType(reloc.r_type),
+                                    },
+                                },
+                            )
+                            .map_err(|e| Error::Malformed(format!("{}: {e}", piece.name)))?;
+                            continue;
+                        }
                         let name = resolution.symbol_name();
                         let id = *undefined.entry(name.clone()).or_insert_with(|| {
                             obj.add_symbol(Symbol {
@@ -227,7 +308,11 @@ pub fn patch_object(
     let bytes = obj
         .write()
         .map_err(|e| Error::Malformed(format!("writing the patch object: {e}")))?;
-    Ok(PatchObject { bytes, functions })
+    Ok(PatchObject {
+        bytes,
+        functions,
+        callbacks,
+    })
 }
 
 /// Checks the keys of the jump labels and static calls the patch carries (`__jump_table`,
@@ -349,8 +434,16 @@ fn sh_flags(kind: PieceKind) -> elf::SectionFlags {
     }
 }
 
-/// The C file that registers the patch with livepatch (compiled by kbuild with the module).
-pub fn registration_source(functions: &[KlpFunction], module: &str) -> String {
+/// The C file that registers the patch with livepatch (compiled by kbuild with the module):
+/// one `klp_object` per patched object (vmlinux or a module) with its functions and, where
+/// the patch declares any, its callbacks — several of one kind (from several translation
+/// units) run in order through a generated callback; a pre-patch callback's error stops
+/// the rest and refuses the patch.
+pub fn registration_source(
+    functions: &[KlpFunction],
+    callbacks: &[KlpCallback],
+    module: &str,
+) -> String {
     let mut c = String::new();
     c.push_str(&format!(
         "// Generated by hotsplice: registers the live patch {module} with livepatch.\n\
@@ -359,12 +452,26 @@ pub fn registration_source(functions: &[KlpFunction], module: &str) -> String {
     for f in functions {
         c.push_str(&format!("extern char {}[];\n", f.new_symbol));
     }
+    for cb in callbacks {
+        let ret = if cb.kind == HookKind::PreApply { "int" } else { "void" };
+        c.push_str(&format!("extern {ret} {}(struct klp_object *);\n", cb.symbol));
+    }
     let mut objects: Vec<Option<String>> = Vec::new();
-    for f in functions {
-        if !objects.contains(&f.module) {
-            objects.push(f.module.clone());
+    for m in functions
+        .iter()
+        .map(|f| &f.module)
+        .chain(callbacks.iter().map(|cb| &cb.module))
+    {
+        if !objects.contains(m) {
+            objects.push(m.clone());
         }
     }
+    let kinds = [
+        (HookKind::PreApply, "pre_patch"),
+        (HookKind::PostApply, "post_patch"),
+        (HookKind::PreUndo, "pre_unpatch"),
+        (HookKind::PostUndo, "post_unpatch"),
+    ];
     for (i, object) in objects.iter().enumerate() {
         c.push_str(&format!("\nstatic struct klp_func hsp_funcs_{i}[] = {{\n"));
         for f in functions.iter().filter(|f| &f.module == object) {
@@ -374,14 +481,57 @@ pub fn registration_source(functions: &[KlpFunction], module: &str) -> String {
             ));
         }
         c.push_str("\t{ }\n};\n");
+        for (kind, field) in kinds {
+            let ours: Vec<&KlpCallback> = callbacks
+                .iter()
+                .filter(|cb| &cb.module == object && cb.kind == kind)
+                .collect();
+            if ours.is_empty() {
+                continue;
+            }
+            if kind == HookKind::PreApply {
+                c.push_str(&format!(
+                    "\nstatic int hsp_{field}_{i}(struct klp_object *obj)\n{{\n\tint ret;\n\n"
+                ));
+                for cb in &ours {
+                    c.push_str(&format!(
+                        "\tret = {}(obj);\n\tif (ret)\n\t\treturn ret;\n",
+                        cb.symbol
+                    ));
+                }
+                c.push_str("\treturn 0;\n}\n");
+            } else {
+                c.push_str(&format!(
+                    "\nstatic void hsp_{field}_{i}(struct klp_object *obj)\n{{\n"
+                ));
+                for cb in &ours {
+                    c.push_str(&format!("\t{}(obj);\n", cb.symbol));
+                }
+                c.push_str("}\n");
+            }
+        }
     }
     c.push_str("\nstatic struct klp_object hsp_objs[] = {\n");
     for (i, object) in objects.iter().enumerate() {
         let name = object
             .as_ref()
             .map_or("NULL".to_string(), |m| format!("\"{m}\""));
+        let mut fields = String::new();
+        for (kind, field) in kinds {
+            if callbacks
+                .iter()
+                .any(|cb| &cb.module == object && cb.kind == kind)
+            {
+                fields.push_str(&format!(" .{field} = hsp_{field}_{i},"));
+            }
+        }
+        let callbacks = if fields.is_empty() {
+            String::new()
+        } else {
+            format!(", .callbacks = {{{} }}", fields.trim_end_matches(','))
+        };
         c.push_str(&format!(
-            "\t{{ .name = {name}, .funcs = hsp_funcs_{i} }},\n"
+            "\t{{ .name = {name}, .funcs = hsp_funcs_{i}{callbacks} }},\n"
         ));
     }
     c.push_str(
@@ -522,7 +672,7 @@ mod tests {
             .symbol_name(),
             ".klp.sym.vmlinux.file_systems,2"
         );
-        let c = registration_source(&patch.functions, "fix");
+        let c = registration_source(&patch.functions, &patch.callbacks, "fix");
         assert!(c.contains(".old_name = \"f\", .new_func = __hsp_new_0, .old_sympos = 3"));
         assert!(c.contains("{ .name = NULL, .funcs = hsp_funcs_0 }"), "{c}");
         assert!(c.contains("MODULE_INFO(livepatch, \"Y\")"));
