@@ -114,6 +114,26 @@ pub struct Case {
     /// Stock modules (paths under the modules directory) copied into the guest as /NAME.ko
     /// and loaded, in order, before the script.
     pub load: Vec<&'static str>,
+    /// Stock modules copied into the guest as /stock/NAME.ko, not loaded (the script loads
+    /// them while a patch is applied).
+    pub stage: Vec<&'static str>,
+    /// The build must end with this outcome (`nothing-to-patch`), no VM boot then.
+    pub outcome: Option<&'static str>,
+    /// The modules of these (earlier) cases go into the guest too, as /CASE.ko.
+    pub with: Vec<&'static str>,
+    /// The kpatch integration case this one ports, and what it exercises.
+    pub kpatch: Option<KpatchCase>,
+}
+
+/// What a case of `fixtures/kernel/kpatch` ports from kpatch's `test/integration/linux-6.2.0`.
+#[derive(Debug, Clone)]
+pub struct KpatchCase {
+    /// kpatch's case name.
+    pub kpatch: String,
+    /// The kernel feature it exercises.
+    pub feature: String,
+    /// For a case kpatch expects to fail: why ours ends as it does.
+    pub why: Option<String>,
 }
 
 pub struct Built {
@@ -228,6 +248,7 @@ pub fn run_guest(
     hotsplice: &Path,
     modules: &[(&str, &Path)],
     load: &[&str],
+    stage: &[&str],
     script: &str,
     work: &Path,
 ) -> anyhow::Result<qemu::Boot> {
@@ -264,6 +285,17 @@ pub fn run_guest(
             0o644,
         )?);
         loading.push_str(&format!("insmod /stock/{name} && echo LOADED {name}\n"));
+    }
+    for rel in stage {
+        let name = Path::new(rel)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        files.push(File::from_host(
+            &format!("/stock/{name}"),
+            &a.modules().join(rel),
+            0o644,
+        )?);
     }
     let script = format!("{loading}{script}");
     files.push(File {
@@ -320,6 +352,10 @@ pub fn meminfo_case() -> Case {
         refused: None,
         source_edit: None,
         load: Vec::new(),
+        stage: Vec::new(),
+        outcome: None,
+        with: Vec::new(),
+        kpatch: None,
     }
 }
 
@@ -344,6 +380,10 @@ pub fn statics_case() -> Case {
         refused: None,
         source_edit: None,
         load: Vec::new(),
+        stage: Vec::new(),
+        outcome: None,
+        with: Vec::new(),
+        kpatch: None,
     }
 }
 
@@ -368,6 +408,10 @@ pub fn inline_case() -> Case {
         refused: None,
         source_edit: None,
         load: Vec::new(),
+        stage: Vec::new(),
+        outcome: None,
+        with: Vec::new(),
+        kpatch: None,
     }
 }
 
@@ -381,6 +425,10 @@ pub fn initialiser_case() -> Case {
         refused: Some("sysctl_overcommit_ratio"),
         source_edit: None,
         load: Vec::new(),
+        stage: Vec::new(),
+        outcome: None,
+        with: Vec::new(),
+        kpatch: None,
     }
 }
 
@@ -394,6 +442,10 @@ fn refusal(name: &'static str, symbol: &'static str, diff: &str) -> Case {
         refused: Some(symbol),
         source_edit: None,
         load: Vec::new(),
+        stage: Vec::new(),
+        outcome: None,
+        with: Vec::new(),
+        kpatch: None,
     }
 }
 
@@ -522,6 +574,10 @@ pub fn debian_case(
         refused: None,
         source_edit: None,
         load: load.to_vec(),
+        stage: Vec::new(),
+        outcome: None,
+        with: Vec::new(),
+        kpatch: None,
     })
 }
 
@@ -547,6 +603,65 @@ pub const DEBIAN_FIXES: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
+/// The cases of `fixtures/kernel/kpatch/` (ours, one per case of kpatch's
+/// `test/integration/linux-6.2.0`): per directory `fix.patch`, `case` (`kpatch:`,
+/// `feature:`, optional `outcome:`/`why:` for a case kpatch expects to fail, `load:` and
+/// `stage:` stock modules, `with:` other cases whose modules go into the guest), `guest.sh`
+/// and `expect` (console lines, in order).
+pub fn kpatch_cases(root: &Path) -> anyhow::Result<Vec<Case>> {
+    let dir = root.join("fixtures/kernel/kpatch");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    // Cases that use other cases' modules run last.
+    names.sort_by_key(|n| {
+        dir.join(n).join("case").exists()
+            && std::fs::read_to_string(dir.join(n).join("case"))
+                .is_ok_and(|t| t.contains("\nwith:"))
+    });
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    let mut cases = Vec::new();
+    for name in names {
+        let d = dir.join(&name);
+        let meta = std::fs::read_to_string(d.join("case"))
+            .with_context(|| format!("reading {}/case", d.display()))?;
+        let field = |key: &str| -> Vec<String> {
+            meta.lines()
+                .filter_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+                .map(|v| v.trim().to_string())
+                .collect()
+        };
+        let one = |key: &str| field(key).into_iter().next();
+        let read = |file: &str| std::fs::read_to_string(d.join(file)).unwrap_or_default();
+        cases.push(Case {
+            name: leak(name.clone()),
+            diff: read("fix.patch"),
+            script: read("guest.sh"),
+            expect: read("expect").lines().map(str::to_string).collect(),
+            refused: one("refused").map(leak),
+            source_edit: None,
+            load: field("load").into_iter().map(leak).collect(),
+            stage: field("stage").into_iter().map(leak).collect(),
+            outcome: one("outcome").map(leak),
+            with: field("with")
+                .iter()
+                .flat_map(|w| w.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+                .map(leak)
+                .collect(),
+            kpatch: Some(KpatchCase {
+                kpatch: one("kpatch").unwrap_or_default(),
+                feature: one("feature").unwrap_or_default(),
+                why: one("why"),
+            }),
+        });
+    }
+    Ok(cases)
+}
+
 /// What one case did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CaseResult {
@@ -558,6 +673,9 @@ pub struct CaseResult {
     pub boot_seconds: Option<f64>,
     pub apply_seconds: Option<f64>,
     pub undo_seconds: Option<f64>,
+    /// The kpatch case it ports, its feature, and (for kpatch's FAIL cases) why ours ends so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kpatch: Option<(String, String, Option<String>)>,
 }
 
 /// The number in `(X s ...)` after `marker` on the console.
@@ -617,6 +735,7 @@ fn write_results(results: &[CaseResult]) -> anyhow::Result<()> {
             f(r.undo_seconds)
         ));
     }
+    md.push_str(&kpatch_table(results));
     md.push_str(
         "\nBuild times are with the prepared tree cached (the first build of a session \
          prepares it; see `kernel-bench.md`). Boot is the whole QEMU run: boot, the case's \
@@ -624,6 +743,49 @@ fn write_results(results: &[CaseResult]) -> anyhow::Result<()> {
     );
     std::fs::write(dir.join("kernel.md"), md)?;
     Ok(())
+}
+
+/// The section of `kernel.md` mapping kpatch's integration cases to ours.
+fn kpatch_table(results: &[CaseResult]) -> String {
+    let mut md = String::from(
+        "\n## kpatch's integration suite (`test/integration/linux-6.2.0`) on Debian 6.1\n\n\
+         Each case of kpatch's suite for Linux 6.2, the kernel feature it exercises, and our \
+         own case for it (`fixtures/kernel/kpatch/`: our code, the same feature, ported to \
+         Debian's 6.1.187, where every file and function these cases touch exists). A non-FAIL \
+         case passes when its module builds, loads, passes its check in the guest and is \
+         undone; a FAIL case when the build refuses it.\n\n\
+         | kpatch case | feature | our case | result | replaced | build (s) | apply → complete (s) | undo (s) |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    let f = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.2}"));
+    let mut notes = String::new();
+    for r in results {
+        let Some((kpatch, feature, why)) = &r.kpatch else {
+            continue;
+        };
+        let result = match (r.pass, r.outcome.as_str()) {
+            (true, "written") => "**pass**: built, applied, checked, undone".to_string(),
+            (true, other) => format!("**pass**: {other}"),
+            (false, other) => format!("**FAIL** ({other})"),
+        };
+        md.push_str(&format!(
+            "| {kpatch} | {} | `{}` | {result} | {} | {} | {} | {} |\n",
+            feature.replace('|', "\\|"),
+            r.name,
+            r.detail.replace('|', "\\|"),
+            f(r.build_seconds),
+            f(r.apply_seconds),
+            f(r.undo_seconds)
+        ));
+        if let Some(why) = why {
+            notes.push_str(&format!("- `{}` ({kpatch}): {why}.\n", r.name));
+        }
+    }
+    if !notes.is_empty() {
+        md.push_str("\nkpatch's FAIL cases, and where our reason differs:\n\n");
+        md.push_str(&notes);
+    }
+    md
 }
 
 /// Runs the named cases (all when empty) with a release or debug hotsplice.
@@ -655,13 +817,39 @@ pub fn run_cases(names: &[String], release: bool) -> anyhow::Result<Vec<CaseResu
     for (name, patch, load) in DEBIAN_FIXES {
         cases.push(debian_case(&root, name, patch, load)?);
     }
+    cases.extend(kpatch_cases(&root)?);
+    let module_of = |name: &str| {
+        root.join("target/kernel")
+            .join(name)
+            .join(format!("{name}.ko"))
+    };
     let mut results = Vec::new();
     for case in cases
         .iter()
         .filter(|c| names.is_empty() || names.iter().any(|n| n == c.name))
     {
         let work = root.join("target/kernel").join(case.name);
-        let built = build(&a, &hotsplice, case, &work)?;
+        let built = if case.with.is_empty() {
+            build(&a, &hotsplice, case, &work)?
+        } else {
+            // Several cases' modules at once: build the ones not built yet.
+            for w in &case.with {
+                let Some(other) = cases.iter().find(|c| c.name == *w) else {
+                    bail!("{}: no case {w}", case.name);
+                };
+                if !module_of(w).exists() {
+                    build(&a, &hotsplice, other, &root.join("target/kernel").join(w))?;
+                }
+            }
+            std::fs::create_dir_all(&work)?;
+            Built {
+                module: PathBuf::new(),
+                json: serde_json::json!({
+                    "outcome": "written",
+                    "replaced": case.with.iter().map(|w| serde_json::json!({"function": w})).collect::<Vec<_>>(),
+                }),
+            }
+        };
         eprintln!("kernel: {}: build {}", case.name, built.json);
         let mut result = CaseResult {
             name: case.name.to_string(),
@@ -675,7 +863,29 @@ pub fn run_cases(names: &[String], release: bool) -> anyhow::Result<Vec<CaseResu
             boot_seconds: None,
             apply_seconds: None,
             undo_seconds: None,
+            kpatch: case
+                .kpatch
+                .as_ref()
+                .map(|k| (k.kpatch.clone(), k.feature.clone(), k.why.clone())),
         };
+        if case.with.is_empty() && case.diff.is_empty() {
+            bail!("{}: no fix.patch", case.name);
+        }
+        if let Some(expected) = case.outcome {
+            result.pass = result.outcome == expected;
+            result.detail = built.json["error"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("{} (expected {expected})", result.outcome));
+            eprintln!(
+                "kernel: {}: {} ({})",
+                case.name,
+                if result.pass { "PASS" } else { "FAIL" },
+                result.outcome
+            );
+            results.push(result);
+            continue;
+        }
         if let Some(symbol) = case.refused {
             let refusals = built.json["refusals"]
                 .as_array()
@@ -716,11 +926,23 @@ pub fn run_cases(names: &[String], release: bool) -> anyhow::Result<Vec<CaseResu
             results.push(result);
             continue;
         }
+        let mut modules: Vec<(String, PathBuf)> = Vec::new();
+        if case.with.is_empty() {
+            modules.push((format!("{}.ko", case.name), built.module.clone()));
+        }
+        for w in &case.with {
+            modules.push((format!("{w}.ko"), module_of(w)));
+        }
+        let modules: Vec<(&str, &Path)> = modules
+            .iter()
+            .map(|(n, p)| (n.as_str(), p.as_path()))
+            .collect();
         let boot = run_guest(
             &a,
             &hotsplice,
-            &[(&format!("{}.ko", case.name), &built.module)],
+            &modules,
             &case.load,
+            &case.stage,
             &case.script,
             &work,
         )?;
@@ -800,6 +1022,7 @@ pub fn bench_kernel(boots: usize) -> anyhow::Result<()> {
             &a,
             &hotsplice,
             &[("meminfo.ko", &module)],
+            &[],
             &[],
             &meminfo.script,
             &root.join("target/kernel/bench/boot"),

@@ -133,9 +133,18 @@ pub fn prepare(
 /// The headers a kernel patch may include (`#include "hotsplice-klp.h"`, or kpatch's
 /// `"kpatch-macros.h"` and `"kpatch-syscall.h"`), embedded in the binary.
 pub const HEADERS: &[(&str, &str)] = &[
-    ("hotsplice-klp.h", include_str!("../include/hotsplice-klp.h")),
-    ("kpatch-macros.h", include_str!("../include/kpatch-macros.h")),
-    ("kpatch-syscall.h", include_str!("../include/kpatch-syscall.h")),
+    (
+        "hotsplice-klp.h",
+        include_str!("../include/hotsplice-klp.h"),
+    ),
+    (
+        "kpatch-macros.h",
+        include_str!("../include/kpatch-macros.h"),
+    ),
+    (
+        "kpatch-syscall.h",
+        include_str!("../include/kpatch-syscall.h"),
+    ),
 ];
 
 /// Where the patch headers of a tree are: beside it, searched after every kernel include

@@ -453,8 +453,15 @@ pub fn registration_source(
         c.push_str(&format!("extern char {}[];\n", f.new_symbol));
     }
     for cb in callbacks {
-        let ret = if cb.kind == HookKind::PreApply { "int" } else { "void" };
-        c.push_str(&format!("extern {ret} {}(struct klp_object *);\n", cb.symbol));
+        let ret = if cb.kind == HookKind::PreApply {
+            "int"
+        } else {
+            "void"
+        };
+        c.push_str(&format!(
+            "extern {ret} {}(struct klp_object *);\n",
+            cb.symbol
+        ));
     }
     let mut objects: Vec<Option<String>> = Vec::new();
     for m in functions
