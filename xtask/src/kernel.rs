@@ -581,6 +581,46 @@ pub fn debian_case(
     })
 }
 
+/// Acceptance (issue 15): a real stable fix to a `static inline` in a header, reversed and
+/// applied live under the workload: "perf: Fix perf_aux_size() for greater-than 32-bit size"
+/// (Linux 6.1.106, in Debian's changelog), which made `perf_aux_size()` in
+/// kernel/events/internal.h shift an `unsigned long` instead of an `int`. The header is
+/// included by three units (core.c, ring_buffer.c, callchain.c); the two callers inlining it
+/// are patched.
+pub fn stable_header_case() -> Case {
+    let name = "stable_perf_aux_size";
+    Case {
+        name,
+        diff: "--- a/kernel/events/internal.h\n+++ b/kernel/events/internal.h\n@@ -129,7 +129,7 @@\n \n static inline unsigned long perf_aux_size(struct perf_buffer *rb)\n {\n-\treturn (unsigned long)rb->aux_nr_pages << PAGE_SHIFT;\n+\treturn rb->aux_nr_pages << PAGE_SHIFT;\n }\n \n #define __DEFINE_OUTPUT_COPY_BODY(advance_buf, memcpy_func, ...)\t\\\n".into(),
+        script: format!(
+            "{WORKLOAD}progress before\n\
+             hotsplice kernel apply /{name}.ko; echo APPLY-RC $?\n\
+             hotsplice kernel list\n\
+             progress patched\n\
+             hotsplice kernel undo {name}; echo UNDO-RC $?\n\
+             progress after\n\
+             kill %1\n"
+        ),
+        expect: vec![
+            "PROGRESS-before ok".into(),
+            format!("applied {name}"),
+            "APPLY-RC 0".into(),
+            format!("{name}  enabled"),
+            "PROGRESS-patched ok".into(),
+            format!("undone {name}"),
+            "UNDO-RC 0".into(),
+            "PROGRESS-after ok".into(),
+        ],
+        refused: None,
+        source_edit: None,
+        load: Vec::new(),
+        stage: Vec::new(),
+        outcome: None,
+        with: Vec::new(),
+        kpatch: None,
+    }
+}
+
 /// The Debian fixes the evaluation reverses (vmlinux code; the others of
 /// `debian/patches/bugfix/{all,x86}` touch modules, tools or build files, or no longer
 /// reverse-apply to the final tree).
@@ -817,6 +857,7 @@ pub fn run_cases(names: &[String], release: bool) -> anyhow::Result<Vec<CaseResu
     for (name, patch, load) in DEBIAN_FIXES {
         cases.push(debian_case(&root, name, patch, load)?);
     }
+    cases.push(stable_header_case());
     cases.extend(kpatch_cases(&root)?);
     let module_of = |name: &str| {
         root.join("target/kernel")

@@ -126,6 +126,7 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
             timings,
             fresh_tree,
             proven,
+            header_scope,
         } => {
             std::fs::write(&args.output, &bytes)
                 .with_context(|| format!("writing {}", args.output.display()))
@@ -166,6 +167,7 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
                         "sympos": p.sympos, "bytes_matched": p.bytes,
                     })).collect::<Vec<_>>(),
                     "warnings": warnings,
+                    "headers": header_scope.as_ref().map(scope_json),
                     "fresh_tree": fresh_tree,
                     "seconds": {
                         "prepare": timings.prepare, "pre": timings.pre, "post": timings.post,
@@ -223,10 +225,16 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
             }
             Ok(ExitCode::from(EXIT_REFUSED))
         }
-        Outcome::NothingToPatch { diffs } => {
+        Outcome::NothingToPatch {
+            diffs,
+            header_scope,
+        } => {
             let objects: Vec<String> = diffs.iter().map(|d| d.object.clone()).collect();
             if args.json {
-                let summary = json!({ "outcome": "nothing-to-patch", "objects": objects });
+                let summary = json!({
+                    "outcome": "nothing-to-patch", "objects": objects,
+                    "headers": header_scope.as_ref().map(scope_json),
+                });
                 let _ = writeln!(
                     out,
                     "{}",
@@ -242,6 +250,15 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
             Ok(ExitCode::from(EXIT_REFUSED))
         }
     }
+}
+
+/// What a changed header reached and what finding it cost, for `--json`.
+fn scope_json(s: &build::HeaderScope) -> serde_json::Value {
+    json!({
+        "changed": s.headers, "including_units": s.including,
+        "buildable_units": s.candidates, "units_in_running_kernel": s.built,
+        "include_graph_cached": s.graph_cached, "scan_seconds": s.scan_seconds,
+    })
 }
 
 /// The functions each diff found changed or new, with why, for `--json`.

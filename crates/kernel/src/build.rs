@@ -85,6 +85,8 @@ pub enum Outcome {
         fresh_tree: bool,
         /// The replaced functions, proven equal to the pre build in the target vmlinux.
         proven: Vec<Proven>,
+        /// For a changed header: the units it reached and what finding them cost.
+        header_scope: Option<HeaderScope>,
     },
     /// The fix cannot be applied live.
     Refused {
@@ -97,12 +99,18 @@ pub enum Outcome {
     NothingToPatch {
         /// Per object diff.
         diffs: Vec<ObjectDiff>,
+        /// For a changed header: the units it reached and what finding them cost.
+        header_scope: Option<HeaderScope>,
     },
 }
 
-/// The objects a diff changes, or the refusals for files the kernel backend cannot patch.
-fn changed_objects(files: &[PathBuf]) -> Result<Vec<String>, Vec<Refusal>> {
+/// What a diff changes: the objects of its `.c` files and its headers; or the refusals for
+/// files the kernel backend cannot patch.
+type Changed = (Vec<String>, Vec<String>);
+
+fn changed_objects(files: &[PathBuf]) -> Result<Changed, Vec<Refusal>> {
     let mut objects = Vec::new();
+    let mut headers = Vec::new();
     let mut refusals = Vec::new();
     for file in files {
         let name = file.to_string_lossy().into_owned();
@@ -110,14 +118,16 @@ fn changed_objects(files: &[PathBuf]) -> Result<Vec<String>, Vec<Refusal>> {
         match (unified::file_kind(file), ext) {
             (FileKind::Documentation, _) => {}
             (_, "c") => objects.push(format!("{}.o", &name[..name.len() - 2])),
-            (_, "h") => refusals.push(Refusal {
-                kind: "header".into(),
-                symbol: name.clone(),
-                detail: format!(
-                    "{name} is a header: the translation units that include it are not known \
-                     without a full kernel build; patch the .c files instead"
-                ),
-            }),
+            (_, "h") if crate::includes::FORCED.contains(&name.as_str()) => {
+                refusals.push(Refusal {
+                    kind: "header".into(),
+                    symbol: name.clone(),
+                    detail: format!(
+                        "{name} is included in every translation unit (kbuild's -include): a change to it is a change to the whole kernel"
+                    ),
+                })
+            }
+            (_, "h") => headers.push(name),
             (_, "S" | "s") => refusals.push(Refusal {
                 kind: "assembly".into(),
                 symbol: name.clone(),
@@ -133,10 +143,56 @@ fn changed_objects(files: &[PathBuf]) -> Result<Vec<String>, Vec<Refusal>> {
         }
     }
     if refusals.is_empty() {
-        Ok(objects)
+        Ok((objects, headers))
     } else {
         Err(refusals)
     }
+}
+
+/// At most this many translation units are compiled for a changed header (twice each): more
+/// is most of a kernel build.
+pub const HEADER_UNITS: usize = 400;
+
+/// What a header change cost and reached.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderScope {
+    /// The changed headers.
+    pub headers: Vec<String>,
+    /// Translation units that include them (the include graph's answer).
+    pub including: usize,
+    /// Of those, units kbuild builds on their own (named by their Makefile).
+    pub candidates: usize,
+    /// Of those, units this configuration builds into the running kernel (compiled, and
+    /// their code found in vmlinux's symbols or their module's `.ko` present).
+    pub built: usize,
+    /// Whether the include graph came from the tree's cache.
+    pub graph_cached: bool,
+    /// Seconds spent scanning (or loading) the include graph.
+    pub scan_seconds: f64,
+}
+
+/// Whether a compiled object is part of the running kernel: a module whose `.ko` the target
+/// has, or vmlinux code (one of its functions, other than boot-time code, is in kallsyms).
+fn in_running_kernel(
+    tree: &kbuild::Tree,
+    object: &str,
+    bytes: &[u8],
+    kallsyms: &Kallsyms,
+    modules: &Path,
+) -> bool {
+    if let Some(m) = kbuild::module_of(tree, object) {
+        return find_module(modules, &m).is_some();
+    }
+    let Ok(elf) = hotsplice_objdiff::elf::ElfObject::parse(bytes) else {
+        return false;
+    };
+    elf.symbols.iter().any(|s| {
+        s.kind == hotsplice_objdiff::elf::SymbolKind::Func
+            && s.section()
+                .and_then(|i| elf.sections.get(i))
+                .is_some_and(|sec| !sec.name.starts_with(".init."))
+            && kallsyms.named(&s.name).next().is_some()
+    })
 }
 
 /// Kernel-specific refusals of a diffed object: changed `__init`/`__exit` code, functions
@@ -256,8 +312,8 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
         .iter()
         .map(|p| p.components().skip(strip).collect())
         .collect();
-    let objects = match changed_objects(&relative) {
-        Ok(objects) => objects,
+    let (mut objects, headers) = match changed_objects(&relative) {
+        Ok(changed) => changed,
         Err(refusals) => {
             return Ok(Outcome::Refused {
                 refusals,
@@ -267,9 +323,64 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
     };
 
     let started = Instant::now();
-    progress(&format!("compiling {} before the fix", objects.join(" ")));
     kbuild::write_headers(&tree)?;
     kbuild::restore(&tree, &relative, &objects)?;
+    // A changed header: every unit of the running kernel that includes it, compiled too.
+    let mut scope = None;
+    let mut header_pre: Vec<(String, Vec<u8>)> = Vec::new();
+    if !headers.is_empty() {
+        progress(&format!(
+            "finding the translation units that include {}",
+            headers.join(" ")
+        ));
+        let scan = Instant::now();
+        let (graph, graph_cached) = kbuild::include_graph(&tree)?;
+        let scan_seconds = scan.elapsed().as_secs_f64();
+        let including: std::collections::BTreeSet<String> =
+            headers.iter().flat_map(|h| graph.includers(h)).collect();
+        let candidates: Vec<String> = including
+            .iter()
+            .map(|c| format!("{}.o", &c[..c.len() - 2]))
+            .filter(|o| !objects.contains(o) && kbuild::named(&tree, o))
+            .collect();
+        if candidates.len() > HEADER_UNITS {
+            return Ok(Outcome::Refused {
+                refusals: vec![Refusal {
+                    kind: "header-scope".into(),
+                    symbol: headers.join(" "),
+                    detail: format!(
+                        "{} is included by {} translation units kbuild builds on their own: compiling each twice is most of a kernel build (the limit is {HEADER_UNITS}); patch the .c files that matter, or change the header's callers instead",
+                        headers.join(", "),
+                        candidates.len()
+                    ),
+                }],
+                diffs: Vec::new(),
+            });
+        }
+        progress(&format!(
+            "compiling the {} units that include it, before the fix",
+            candidates.len()
+        ));
+        let compiled = kbuild::compile_some(&tree, &candidates);
+        for (o, bytes) in candidates.iter().zip(compiled) {
+            if let Some(bytes) = bytes
+                && in_running_kernel(&tree, o, &bytes, &kallsyms, &request.modules)
+            {
+                header_pre.push((o.clone(), bytes));
+            }
+        }
+        scope = Some(HeaderScope {
+            headers: headers.clone(),
+            including: including.len(),
+            candidates: candidates.len(),
+            built: header_pre.len(),
+            graph_cached,
+            scan_seconds,
+        });
+    }
+    if !objects.is_empty() {
+        progress(&format!("compiling {} before the fix", objects.join(" ")));
+    }
     let pre = match kbuild::compile(&tree, &objects) {
         Err(Error::NotBuilt(object)) => {
             return Ok(Outcome::Refused {
@@ -285,6 +396,11 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
         }
         other => other?,
     };
+    let mut pre = pre;
+    for (o, bytes) in header_pre {
+        objects.push(o);
+        pre.push(bytes);
+    }
     // Objects built into a module are patched in that module (its .ko, from the target's
     // modules directory, stands in for vmlinux).
     let mut modules: Vec<Option<String>> = Vec::new();
@@ -363,7 +479,10 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
         .iter()
         .all(|s| s.replacements.is_empty() && s.hooks.is_empty())
     {
-        return Ok(Outcome::NothingToPatch { diffs });
+        return Ok(Outcome::NothingToPatch {
+            diffs,
+            header_scope: scope,
+        });
     }
 
     progress("run-pre matching the replaced functions against the target vmlinux");
@@ -512,6 +631,7 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
         timings,
         fresh_tree: tree.fresh,
         proven: run_pre.proven,
+        header_scope: scope,
     })
 }
 

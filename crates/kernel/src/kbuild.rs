@@ -184,20 +184,7 @@ pub fn compile(tree: &Tree, objects: &[String]) -> Result<Vec<Vec<u8>>, Error> {
         return Ok(Vec::new());
     }
     for object in objects {
-        // kbuild builds what its directory's Makefile (or Kbuild) names; a .c #included by
-        // another (kernel/sched/*.c) is named nowhere.
-        let path = Path::new(object);
-        let file = path.file_name().map(|f| f.to_string_lossy().into_owned());
-        let dir = tree.dir.join(path.parent().unwrap_or(Path::new("")));
-        let named = ["Makefile", "Kbuild"].iter().any(|m| {
-            std::fs::read_to_string(dir.join(m)).is_ok_and(|text| {
-                file.as_deref().is_some_and(|f| {
-                    text.split(|c: char| c.is_whitespace() || c == '=' || c == ':' || c == '+')
-                        .any(|token| token == f)
-                })
-            })
-        });
-        if !named {
+        if !named(tree, object) {
             return Err(Error::NotBuilt(object.clone()));
         }
     }
@@ -211,6 +198,90 @@ pub fn compile(tree: &Tree, objects: &[String]) -> Result<Vec<Vec<u8>>, Error> {
             let path = tree.dir.join(o);
             std::fs::read(&path).map_err(io(&path))
         })
+        .collect()
+}
+
+/// The `#include` graph of the tree (see [`crate::includes`]), scanned once per prepared
+/// tree and cached beside it (`includes.txt`). Returns it and whether it came from the cache.
+pub fn include_graph(tree: &Tree) -> Result<(crate::includes::Graph, bool), Error> {
+    use crate::includes::{Graph, parse};
+    let cache = tree.dir.parent().unwrap_or(&tree.dir).join("includes.txt");
+    if let Ok(text) = std::fs::read_to_string(&cache) {
+        return Ok((Graph::from_text(&text), true));
+    }
+    let mut files: Vec<(String, Vec<crate::includes::Include>)> = Vec::new();
+    let mut stack = vec![tree.dir.clone()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(rel) = path.strip_prefix(&tree.dir) else {
+                continue;
+            };
+            let rel = rel.to_string_lossy().into_owned();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                let skip = [
+                    "tools",
+                    "Documentation",
+                    "scripts",
+                    "samples",
+                    "usr",
+                    ".git",
+                ];
+                let other_arch =
+                    rel.starts_with("arch/") && rel.matches('/').count() == 1 && rel != "arch/x86";
+                if !skip.contains(&rel.as_str()) && !other_arch {
+                    stack.push(path);
+                }
+            } else if rel.ends_with(".c") || rel.ends_with(".h") {
+                let bytes = std::fs::read(&path).map_err(io(&path))?;
+                files.push((rel, parse(&String::from_utf8_lossy(&bytes))));
+            }
+        }
+    }
+    let known: std::collections::HashSet<&str> = files.iter().map(|(f, _)| f.as_str()).collect();
+    let graph = Graph::build(
+        files.iter().map(|(f, i)| (f.as_str(), i.as_slice())),
+        &|p| known.contains(p),
+    );
+    std::fs::write(&cache, graph.to_text()).map_err(io(&cache))?;
+    Ok((graph, false))
+}
+
+/// Whether kbuild builds `object` on its own: its directory's Makefile (or Kbuild) names it.
+/// A `.c` `#include`d by another (kernel/sched/*.c) is named nowhere.
+pub fn named(tree: &Tree, object: &str) -> bool {
+    let path = Path::new(object);
+    let file = path.file_name().map(|f| f.to_string_lossy().into_owned());
+    let dir = tree.dir.join(path.parent().unwrap_or(Path::new("")));
+    ["Makefile", "Kbuild"].iter().any(|m| {
+        std::fs::read_to_string(dir.join(m)).is_ok_and(|text| {
+            file.as_deref().is_some_and(|f| {
+                text.split(|c: char| c.is_whitespace() || c == '=' || c == ':' || c == '+')
+                    .any(|token| token == f)
+            })
+        })
+    })
+}
+
+/// Compiles what it can of `objects` (`make -k`): the bytes of each that built, `None` for
+/// those that did not (a unit the configuration leaves out may not compile at all).
+pub fn compile_some(tree: &Tree, objects: &[String]) -> Vec<Option<Vec<u8>>> {
+    if objects.is_empty() {
+        return Vec::new();
+    }
+    for object in objects {
+        let _ = std::fs::remove_file(tree.dir.join(object));
+    }
+    let _ = make(&tree.dir).arg("-k").arg("-j2").args(objects).output();
+    objects
+        .iter()
+        .map(|o| std::fs::read(tree.dir.join(o)).ok())
         .collect()
 }
 

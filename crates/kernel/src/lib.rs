@@ -4,6 +4,7 @@
 //! - [`kallsyms`] reads the kernel's symbols and computes livepatch's `sympos`.
 //! - [`module`] writes the patch object (the changed functions, what they carry, the kernel
 //!   tables they own) and the C file that registers it with livepatch.
+//! - [`includes`] finds the translation units a changed header reaches.
 //! - [`kbuild`] prepares a kernel tree, compiles translation units and links the module.
 //! - [`klp`] rewrites the linked module's references to non-exported symbols into
 //!   livepatch's relocation format.
@@ -11,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod build;
+pub mod includes;
 pub mod kallsyms;
 pub mod kbuild;
 pub mod klp;
