@@ -649,7 +649,14 @@ pub const DEBIAN_FIXES: &[(&str, &str, &[&str])] = &[
 /// `stage:` stock modules, `with:` other cases whose modules go into the guest), `guest.sh`
 /// and `expect` (console lines, in order).
 pub fn kpatch_cases(root: &Path) -> anyhow::Result<Vec<Case>> {
-    let dir = root.join("fixtures/kernel/kpatch");
+    let mut cases = fixture_cases(&root.join("fixtures/kernel/cases"))?;
+    cases.extend(fixture_cases(&root.join("fixtures/kernel/kpatch"))?);
+    Ok(cases)
+}
+
+/// The cases of one fixtures directory (the format of [`kpatch_cases`]; `kpatch:` optional).
+fn fixture_cases(dir: &Path) -> anyhow::Result<Vec<Case>> {
+    let dir = dir.to_path_buf();
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok())
@@ -692,8 +699,8 @@ pub fn kpatch_cases(root: &Path) -> anyhow::Result<Vec<Case>> {
                 .flat_map(|w| w.split_whitespace().map(str::to_string).collect::<Vec<_>>())
                 .map(leak)
                 .collect(),
-            kpatch: Some(KpatchCase {
-                kpatch: one("kpatch").unwrap_or_default(),
+            kpatch: one("kpatch").map(|kpatch| KpatchCase {
+                kpatch,
                 feature: one("feature").unwrap_or_default(),
                 why: one("why"),
             }),
