@@ -232,13 +232,20 @@ fn kernel_refusals(post: &[u8], diff: &ObjectDiff, set: &PatchSet) -> Vec<Refusa
             p.offset <= 5 && matches!(&p.target, PreTarget::Symbol(s) if s.name == "__fentry__")
         });
         if !hooked {
-            refusals.push(Refusal {
-                kind: "notrace".into(),
-                symbol: r.name.clone(),
-                detail: format!(
+            let detail = match r.name.strip_prefix("__do_sys_") {
+                Some(call) => format!(
+                    "{} is the body of the syscall {call} (SYSCALL_DEFINE makes it inline, so notrace): livepatch cannot redirect it; define the syscall with HOTSPLICE_SYSCALL_DEFINEn (#include \"hotsplice-klp.h\") or kpatch's KPATCH_SYSCALL_DEFINEn, and the traceable wrappers __x64_sys_{call} and __ia32_sys_{call} are replaced instead",
+                    r.name
+                ),
+                None => format!(
                     "{} has no __fentry__ call at its entry (notrace, or not traceable): livepatch redirects functions through ftrace",
                     r.name
                 ),
+            };
+            refusals.push(Refusal {
+                kind: "notrace".into(),
+                symbol: r.name.clone(),
+                detail,
             });
         }
     }
