@@ -119,6 +119,8 @@ pub struct Case {
     pub stage: Vec<&'static str>,
     /// The build must end with this outcome (`nothing-to-patch`), no VM boot then.
     pub outcome: Option<&'static str>,
+    /// With `outcome`: the exit status `hotsplice build` must report (`"exit"` in its JSON).
+    pub exit: Option<i64>,
     /// The modules of these (earlier) cases go into the guest too, as /CASE.ko.
     pub with: Vec<&'static str>,
     /// The kpatch integration case this one ports, and what it exercises.
@@ -354,6 +356,7 @@ pub fn meminfo_case() -> Case {
         load: Vec::new(),
         stage: Vec::new(),
         outcome: None,
+        exit: None,
         with: Vec::new(),
         kpatch: None,
     }
@@ -382,6 +385,7 @@ pub fn statics_case() -> Case {
         load: Vec::new(),
         stage: Vec::new(),
         outcome: None,
+        exit: None,
         with: Vec::new(),
         kpatch: None,
     }
@@ -410,6 +414,7 @@ pub fn inline_case() -> Case {
         load: Vec::new(),
         stage: Vec::new(),
         outcome: None,
+        exit: None,
         with: Vec::new(),
         kpatch: None,
     }
@@ -427,6 +432,7 @@ pub fn initialiser_case() -> Case {
         load: Vec::new(),
         stage: Vec::new(),
         outcome: None,
+        exit: None,
         with: Vec::new(),
         kpatch: None,
     }
@@ -444,6 +450,7 @@ fn refusal(name: &'static str, symbol: &'static str, diff: &str) -> Case {
         load: Vec::new(),
         stage: Vec::new(),
         outcome: None,
+        exit: None,
         with: Vec::new(),
         kpatch: None,
     }
@@ -576,6 +583,7 @@ pub fn debian_case(
         load: load.to_vec(),
         stage: Vec::new(),
         outcome: None,
+        exit: None,
         with: Vec::new(),
         kpatch: None,
     })
@@ -616,6 +624,7 @@ pub fn stable_header_case() -> Case {
         load: Vec::new(),
         stage: Vec::new(),
         outcome: None,
+        exit: None,
         with: Vec::new(),
         kpatch: None,
     }
@@ -694,6 +703,7 @@ fn fixture_cases(dir: &Path) -> anyhow::Result<Vec<Case>> {
             load: field("load").into_iter().map(leak).collect(),
             stage: field("stage").into_iter().map(leak).collect(),
             outcome: one("outcome").map(leak),
+            exit: one("exit").and_then(|e| e.parse().ok()),
             with: field("with")
                 .iter()
                 .flat_map(|w| w.split_whitespace().map(str::to_string).collect::<Vec<_>>())
@@ -920,10 +930,19 @@ pub fn run_cases(names: &[String], release: bool) -> anyhow::Result<Vec<CaseResu
             bail!("{}: no fix.patch", case.name);
         }
         if let Some(expected) = case.outcome {
-            result.pass = result.outcome == expected;
+            result.pass = result.outcome == expected
+                && case
+                    .exit
+                    .is_none_or(|e| built.json["exit"].as_i64() == Some(e));
             result.detail = built.json["error"]
                 .as_str()
-                .map(str::to_string)
+                .map(|e| {
+                    format!(
+                        "exit {}: {}",
+                        built.json["exit"],
+                        e.lines().next().unwrap_or_default()
+                    )
+                })
                 .unwrap_or_else(|| format!("{} (expected {expected})", result.outcome));
             eprintln!(
                 "kernel: {}: {} ({})",
