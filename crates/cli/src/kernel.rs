@@ -183,11 +183,31 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
                 for w in &warnings {
                     let _ = writeln!(out, "warning: {w}");
                 }
+                if let Some(s) = &header_scope {
+                    let _ = writeln!(
+                        out,
+                        "  header    {}: included by {} units, {} built on their own, {} in the running kernel (all compiled before and after; include graph {} in {:.1} s)",
+                        s.headers.join(", "),
+                        s.including,
+                        s.candidates,
+                        s.built,
+                        if s.graph_cached { "cached" } else { "scanned" },
+                        s.scan_seconds
+                    );
+                }
                 for p in &proven {
                     let _ = writeln!(
                         out,
                         "  run-pre   {} at {:#x}: {} bytes equal to the pre build",
                         p.name, p.address, p.bytes
+                    );
+                }
+                for c in &callbacks {
+                    let _ = writeln!(
+                        out,
+                        "  callback  {:?} of {}",
+                        c.kind,
+                        c.module.as_deref().unwrap_or("vmlinux")
                     );
                 }
                 let _ = writeln!(
