@@ -940,7 +940,11 @@ pub fn run_cases(names: &[String], release: bool) -> anyhow::Result<Vec<CaseResu
                     format!(
                         "exit {}: {}",
                         built.json["exit"],
-                        e.lines().next().unwrap_or_default()
+                        e.lines()
+                            .find(|l| l.contains("error:"))
+                            .or(e.lines().next())
+                            .unwrap_or_default()
+                            .trim()
                     )
                 })
                 .unwrap_or_else(|| format!("{} (expected {expected})", result.outcome));
@@ -988,6 +992,32 @@ pub fn run_cases(names: &[String], release: bool) -> anyhow::Result<Vec<CaseResu
                     .join(", ")
             })
             .unwrap_or_default();
+        if let Some(callbacks) = built.json["callbacks"].as_array()
+            && !callbacks.is_empty()
+        {
+            let list: Vec<String> = callbacks
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} {}",
+                        c["kind"].as_str().unwrap_or(""),
+                        c["object"].as_str().unwrap_or("")
+                    )
+                })
+                .collect();
+            result.detail = format!(
+                "{}{}callbacks: {}",
+                result.detail,
+                if result.detail.is_empty() { "" } else { "; " },
+                list.join(", ")
+            );
+        }
+        if let Some(h) = built.json["headers"].as_object() {
+            result.detail = format!(
+                "{} (header reached {} units, {} in the kernel)",
+                result.detail, h["including_units"], h["units_in_running_kernel"]
+            );
+        }
         if result.outcome != "written" {
             eprintln!("kernel: {}: FAIL: no module", case.name);
             results.push(result);
