@@ -1089,10 +1089,15 @@ fn live_sshd(work: &Path, sshd: &Path, rows: &[Value]) -> Result<Vec<Value>> {
     // One session stays open the whole time.
     let session = Killed(ssh("sleep 100000").stdout(Stdio::null()).spawn()?);
     std::thread::sleep(Duration::from_secs(2));
+    // The open session's sshd processes (its monitor and its unprivileged child; not the
+    // shell and `sleep` they run).
+    let sshd_path = sshd.canonicalize()?;
     let mut session_pids = Vec::new();
     let mut stack = children(master_pid);
     while let Some(p) = stack.pop() {
-        session_pids.push(p);
+        if std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == sshd_path) {
+            session_pids.push(p);
+        }
         stack.extend(children(p));
     }
     let pids = move || {

@@ -310,10 +310,9 @@ impl Workspace {
         Ok(read_log(&text).0)
     }
 
-    /// Replaces the tree by a copy of `from` (same path, so paths baked into objects hold).
+    /// Makes the tree a copy of `from` (same path, so paths baked into objects hold).
     fn restore_tree(&self, from: &Path) -> Result<(), Error> {
-        tree::remove(&self.tree).map_err(io_error(&self.tree))?;
-        tree::copy(from, &self.tree).map_err(io_error(&self.tree))
+        tree::sync(from, &self.tree).map_err(io_error(&self.tree))
     }
 }
 
@@ -527,6 +526,9 @@ struct State {
     replaced: HashMap<String, String>,
     /// Ids of the bundles of the series so far.
     chain: Vec<String>,
+    /// For a target linked with `-flto`: its link-time code in the current state (the
+    /// merged ltrans objects), or why there is none.
+    lto: Option<Result<PathBuf, String>>,
 }
 
 struct Context<'a> {
@@ -649,7 +651,18 @@ pub fn build_series(request: &Request, progress: &mut dyn FnMut(&str)) -> Result
         new_symbols: HashMap::new(),
         replaced: HashMap::new(),
         chain: Vec::new(),
+        lto: None,
     };
+    if ctx.base.closure.lto {
+        let link = Index::new(&ctx.ws.tree, &ctx.base.records)
+            .link_of(&ctx.base.target)
+            .cloned();
+        state.lto = Some(merged_ltrans(
+            link.as_ref(),
+            &ctx.ws.root.join("lto-base.o"),
+            &ctx.base.target,
+        ));
+    }
     ctx.ws.restore_tree(&ctx.ws.pristine)?;
     let mut pre_dir = ctx.ws.pristine.clone();
     let mut results = Vec::new();
@@ -702,8 +715,7 @@ pub fn build_series(request: &Request, progress: &mut dyn FnMut(&str)) -> Result
                 } else {
                     accept(&mut ctx, &mut state, &outcome, post);
                     if !last {
-                        tree::remove(&ctx.ws.prev).map_err(io_error(&ctx.ws.prev))?;
-                        tree::copy(&ctx.ws.tree, &ctx.ws.prev).map_err(io_error(&ctx.ws.prev))?;
+                        tree::sync(&ctx.ws.tree, &ctx.ws.prev).map_err(io_error(&ctx.ws.prev))?;
                         pre_dir = ctx.ws.prev.clone();
                     }
                 }
@@ -969,6 +981,17 @@ fn accept(ctx: &mut Context<'_>, state: &mut State, outcome: &Outcome, post: Pos
         }
     }
     state.clean = post.clean;
+    if let Some(post_lto) = post.lto {
+        let kept = ctx
+            .ws
+            .root
+            .join(format!("lto-state-{}.o", state.chain.len()));
+        state.lto = Some(
+            std::fs::copy(&post_lto, &kept)
+                .map(|_| kept)
+                .map_err(|e| format!("{}: {e}", post_lto.display())),
+        );
+    }
     if outcome.verdict() == Verdict::Written {
         let id = outcome.bundle.id.clone();
         for object in &outcome.report.objects {
@@ -995,10 +1018,84 @@ fn accept(ctx: &mut Context<'_>, state: &mut State, outcome: &Outcome, post: Pos
     }
 }
 
+/// The link-time code of `link` (its ltrans objects merged) at `out`, or why there is none.
+fn merged_ltrans(link: Option<&Record>, out: &Path, target: &str) -> Result<PathBuf, String> {
+    let Some(link) = link else {
+        return Err(format!("hotsplice saw no link of {target}"));
+    };
+    if link.ltrans.is_empty() {
+        return Err(format!(
+            "the link of {target} kept no link-time objects (it must run through the \
+             compiler shims, as cc/gcc/g++ with -flto)"
+        ));
+    }
+    let ltrans: Vec<PathBuf> = link.ltrans.iter().map(PathBuf::from).collect();
+    crate::lto::merge(&ltrans, out)
+        .map(|()| out.to_path_buf())
+        .map_err(|e| e.to_string())
+}
+
+/// Runs the target's recorded LTO link again (the build recompiled, or hotsplice did, but
+/// nothing relinked), keeping its link-time objects.
+fn relink_lto(ctx: &Context<'_>, index: &Index<'_>, target: &str) -> Result<Record, String> {
+    let Some(link) = index.link_of(target) else {
+        return Err(format!("hotsplice saw no link of {target}"));
+    };
+    let compiler = if link.compiler.is_empty() {
+        "gcc"
+    } else {
+        link.compiler.as_str()
+    };
+    let started = SystemTime::now();
+    let out = Command::new(compiler)
+        .args(&link.arguments)
+        .current_dir(&link.directory)
+        .envs(ctx.request.env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .map_err(|e| format!("cannot run {compiler}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "relinking {target} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let output = ctx.ws.tree.join(target);
+    let kept = crate::lto::keep_temps(&output, &ctx.ws.root.join("lto-relink"), started)
+        .map_err(|e| format!("keeping the link-time objects of {target}: {e}"))?;
+    let mut record = link.clone();
+    record.ltrans = kept.iter().map(|p| p.display().to_string()).collect();
+    Ok(record)
+}
+
+/// Whether a compile is C++ with exceptions on (gcc's default for C++).
+fn cxx_with_exceptions(record: &Record) -> bool {
+    let args = &record.arguments;
+    if args.iter().any(|a| a == "-fno-exceptions") {
+        return false;
+    }
+    let forced = args
+        .windows(2)
+        .filter(|w| w[0] == "-x")
+        .map(|w| w[1].as_str())
+        .chain(args.iter().filter_map(|a| a.strip_prefix("-x")))
+        .any(crate::cmdline::is_cxx_language);
+    let by_name = record
+        .sources
+        .first()
+        .and_then(|s| crate::cmdline::language_of(s))
+        .is_some_and(crate::cmdline::is_cxx_language);
+    let driver = Path::new(&record.compiler)
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().contains("++"));
+    forced || by_name || driver
+}
+
 /// What a patch's build leaves for the state, if the patch is kept.
 struct PostState {
     records: Vec<Record>,
     clean: HashMap<PathBuf, Option<Vec<u8>>>,
+    /// The link-time code after the patch (LTO targets).
+    lto: Option<PathBuf>,
 }
 
 fn refusal(kind: &str, symbol: &str, detail: String) -> hotsplice_bundle::Refusal {
@@ -1682,25 +1779,59 @@ fn build_patch(
         set.remove(&closure.target);
         set.into_iter().collect()
     };
-    if closure.lto {
-        refusals.push(refusal(
-            "lto",
-            &closure.target,
-            format!(
-                "{} is linked with link-time optimisation (-flto): its code is produced at link \
-                 time, not by the compiles hotsplice diffs",
-                closure.target
-            ),
-        ));
+    // Link-time optimisation: the code is the link's, not the compiles'. Diff the link-time
+    // objects of the target's link before and after (relinking if the build did not).
+    let mut post_lto = None;
+    let mut lto_pair: Option<(PathBuf, PathBuf)> = None;
+    let lto_object = format!("{} (link-time code)", closure.target);
+    if closure.lto && !rebuilt.is_empty() {
+        let post_link = all_index
+            .link_of(&closure.target)
+            .filter(|l| !l.ltrans.is_empty())
+            .cloned();
+        let post_link = match post_link {
+            Some(l) => Ok(l),
+            None => relink_lto(ctx, &pre_index, &closure.target),
+        };
+        let post_merged = post_link.and_then(|l| {
+            merged_ltrans(Some(&l), &ctx.ws.root.join("lto-post.o"), &closure.target)
+        });
+        match (state.lto.as_ref(), post_merged.as_ref()) {
+            (Some(Ok(pre)), Ok(post)) => {
+                lto_pair = Some((pre.clone(), post.clone()));
+                post_lto = Some(post.clone());
+            }
+            (Some(Err(why)), _) | (_, Err(why)) => refusals.push(refusal(
+                "lto",
+                &closure.target,
+                format!(
+                    "{} is linked with link-time optimisation (-flto), whose code is made at \
+                     link time; {why}",
+                    closure.target
+                ),
+            )),
+            (None, _) => {}
+        }
     }
-    progress(&format!("diffing {} rebuilt object(s)", rebuilt.len()));
-    let mut report = Report::default();
-    let mut objects = Vec::new();
-    for object in &rebuilt {
+    let is_lto_object =
+        |object: &str| closure.lto && all_index.compile_of(object).is_some_and(|r| r.lto);
+    let mut to_diff: Vec<(String, Option<Vec<u8>>, Vec<u8>)> = Vec::new();
+    for object in rebuilt.iter().filter(|o| !is_lto_object(o)) {
         let pre = std::fs::read(pre_dir.join(object)).ok();
         let post_path = ctx.ws.tree.join(object);
         let post = std::fs::read(&post_path).map_err(io_error(&post_path))?;
-        let (diff, set): (ObjectDiff, _) = patch_objects(object, pre.as_deref(), Some(&post))
+        to_diff.push((object.clone(), pre, post));
+    }
+    if let Some((pre, post)) = &lto_pair {
+        let pre = std::fs::read(pre).map_err(io_error(pre))?;
+        let post = std::fs::read(post).map_err(io_error(post))?;
+        to_diff.push((lto_object.clone(), Some(pre), post));
+    }
+    progress(&format!("diffing {} rebuilt object(s)", to_diff.len()));
+    let mut report = Report::default();
+    let mut objects = Vec::new();
+    for (object, pre, post) in &to_diff {
+        let (diff, set): (ObjectDiff, _) = patch_objects(object, pre.as_deref(), Some(post))
             .map_err(|source| Error::Objdiff {
                 object: object.clone(),
                 source,
@@ -1708,7 +1839,33 @@ fn build_patch(
         refusals.extend(convert::refusals(&diff));
         warnings.extend(diff.warnings.iter().map(|w| format!("{object}: {w}")));
         if diff.has_changes() {
-            objects.push(convert::object_patch(&diff, &set));
+            let patch = convert::object_patch(&diff, &set);
+            let cxx = if *object == lto_object {
+                closure
+                    .objects
+                    .iter()
+                    .any(|o| pre_index.compile_of(o).is_some_and(cxx_with_exceptions))
+            } else {
+                all_index
+                    .compile_of(object)
+                    .is_some_and(cxx_with_exceptions)
+            };
+            if cxx {
+                for (function, why) in crate::unwind::may_unwind(&patch) {
+                    refusals.push(hotsplice_bundle::Refusal {
+                        kind: "cxx-unwind".to_string(),
+                        symbol: function.clone(),
+                        object: object.clone(),
+                        detail: format!(
+                            "C++ exceptions may unwind through {function} ({why}): hotsplice \
+                             apply does not register unwind tables (.eh_frame) for patch code, \
+                             so a throw through the new code would end the program"
+                        ),
+                        functions: vec![function],
+                    });
+                }
+            }
+            objects.push(patch);
         }
         report.objects.push(diff);
     }
@@ -1793,6 +1950,10 @@ fn build_patch(
             stacks_on: stacks_on.into_iter().collect(),
             timings,
         },
-        PostState { records, clean },
+        PostState {
+            records,
+            clean,
+            lto: post_lto,
+        },
     ))
 }

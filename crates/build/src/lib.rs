@@ -46,11 +46,13 @@ pub mod debian;
 pub mod deps;
 mod identity;
 pub mod linkmap;
+pub mod lto;
 pub mod record;
 pub mod series;
 pub mod shim;
 pub mod tree;
 pub mod unified;
+pub mod unwind;
 
 use std::path::PathBuf;
 
