@@ -332,3 +332,110 @@ pub fn update_series(old: &Source, new: &Source, dest: &Path) -> Result<Vec<Path
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An unpacked source: `a.c` with `patches` applied, `debian/patches` holding them.
+    fn source(dir: &Path, name: &str, version: &str, patches: &[(&str, &str)]) -> Source {
+        let tree = dir.join(name);
+        std::fs::create_dir_all(tree.join("debian/patches")).unwrap();
+        std::fs::write(tree.join("a.c"), "int a(void)\n{\n    return 0;\n}\n").unwrap();
+        let mut series = String::new();
+        for (patch, text) in patches {
+            std::fs::write(tree.join("debian/patches").join(patch), text).unwrap();
+            series.push_str(patch);
+            series.push('\n');
+            let status = Command::new("patch")
+                .args(["-p1", "--batch", "--silent", "-i"])
+                .arg(tree.join("debian/patches").join(patch))
+                .current_dir(&tree)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        std::fs::write(tree.join("debian/patches/series"), series).unwrap();
+        Source {
+            package: "pkg".to_string(),
+            version: version.to_string(),
+            tree,
+        }
+    }
+
+    fn change(from: &str, to: &str) -> String {
+        format!(
+            "--- a/a.c\n+++ b/a.c\n@@ -1,4 +1,4 @@\n int a(void)\n {{\n-    return {from};\n+    return {to};\n }}\n"
+        )
+    }
+
+    fn applied(tree: &Path, patches: &[PathBuf]) -> String {
+        for p in patches {
+            let status = Command::new("patch")
+                .args(["-p1", "--batch", "--silent", "-i"])
+                .arg(p)
+                .current_dir(tree)
+                .status()
+                .unwrap();
+            assert!(status.success(), "{}", p.display());
+        }
+        std::fs::read_to_string(tree.join("a.c")).unwrap()
+    }
+
+    #[test]
+    fn an_update_is_the_patches_the_newer_version_adds() {
+        let dir = std::env::temp_dir().join(format!("hs-debian-update-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let p1 = change("0", "1");
+        let old = source(&dir.join("old"), "pkg-1.0", "1.0-1", &[("p1.patch", &p1)]);
+        let p2 = change("1", "2");
+        let p3 = change("2", "3");
+        let new = source(
+            &dir.join("new"),
+            "pkg-1.0",
+            "1.0-2",
+            &[("p1.patch", &p1), ("p2.patch", &p2), ("p3.patch", &p3)],
+        );
+        let series = update_series(&old, &new, &dir.join("out")).unwrap();
+        let names: Vec<_> = series
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["p2.patch", "p3.patch"]);
+        assert!(applied(&old.tree, &series).contains("return 3;"));
+
+        // The newer version replaced the last patch: it is reverted first.
+        let old = source(
+            &dir.join("old2"),
+            "pkg-1.0",
+            "1.0-2",
+            &[("p1.patch", &p1), ("p2.patch", &p2)],
+        );
+        let p2b = change("1", "20");
+        let new = source(
+            &dir.join("new2"),
+            "pkg-1.0",
+            "1.0-3",
+            &[("p1.patch", &p1), ("p2.patch", &p2b)],
+        );
+        let series = update_series(&old, &new, &dir.join("out2")).unwrap();
+        assert_eq!(series.len(), 2);
+        assert!(
+            series[0]
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("revert-")
+        );
+        assert!(applied(&old.tree, &series).contains("return 20;"));
+
+        // Another upstream version: one diff of the whole source.
+        let old = source(&dir.join("old3"), "pkg-1.0", "1.0-1", &[]);
+        let new = source(&dir.join("new3"), "pkg-1.1", "1.1-1", &[("p1.patch", &p1)]);
+        let series = update_series(&old, &new, &dir.join("out3")).unwrap();
+        assert_eq!(series.len(), 1);
+        assert!(applied(&old.tree, &series).contains("return 1;"));
+        assert!(update_series(&new, &new, &dir.join("out4")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
