@@ -38,6 +38,7 @@
 #![deny(missing_docs)]
 
 pub mod access;
+pub mod binding;
 mod builder;
 pub mod classify;
 pub mod closure;

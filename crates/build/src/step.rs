@@ -784,6 +784,12 @@ pub(crate) fn build_patch(
         ctx.source_id,
         state.chain.join(" ")
     );
+    // References to globals the link made local (version scripts, hidden visibility).
+    let target_path = ctx.ws.pristine.join(&ctx.base.target);
+    let local_only = std::fs::read(&target_path)
+        .map(|b| crate::binding::local_only(&b))
+        .unwrap_or_default();
+    crate::binding::localize(&mut objects, &local_only);
     let bundle = Bundle {
         id: format!("hs-{}", &sha256_hex(id_seed.as_bytes())[..12]),
         target: ctx.target.clone(),

@@ -189,6 +189,8 @@ fn a_libtool_shared_library_is_patched_in_the_running_program() {
     let v = written(&out);
     assert_eq!(v["replaced"], serde_json::json!(["greet_value"]));
     assert_eq!(v["rebuilt"], serde_json::json!([".libs/greet.o"]));
+    // The fix calls greet_offset(), global in greet.o but local in the library (not
+    // exported): the bundle must say so, or apply would not find it.
 
     let libs = tree.join(".libs");
     let app = start(&libs.join("app"), &[("LD_LIBRARY_PATH", &libs)]);
