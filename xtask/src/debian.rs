@@ -505,9 +505,12 @@ fn base_tree(c: &Corpus, source: &Path, dest: &Path) -> Result<(PathBuf, Vec<Pat
 /// `cargo xtask eval-debian openssh|curl`.
 pub fn eval_debian(args: &[String]) -> Result<()> {
     let Some(name) = args.first() else {
-        bail!("usage: cargo xtask eval-debian openssh|curl");
+        bail!("usage: cargo xtask eval-debian openssh|curl [--update-from VERSION]");
     };
     let c = corpus(name)?;
+    if let (Some("--update-from"), Some(from)) = (args.get(1).map(String::as_str), args.get(2)) {
+        return eval_update(c, from);
+    }
     let source = setup(c)?;
     let work = root().join("target/eval/debian").join(c.name);
     std::fs::create_dir_all(&work)?;
@@ -1319,4 +1322,167 @@ fn live_curl(work: &Path, plain: &Path, library: &Path, rows: &[Value]) -> Resul
             r
         })
         .collect())
+}
+
+/// The binary package whose installed path names the target (`--debian` resolves it).
+fn installed(c: &Corpus) -> (&'static str, &'static str) {
+    match c.live {
+        Live::Sshd => ("openssh-server", "usr/sbin/sshd"),
+        Live::Curl => ("libcurl4", "usr/lib/x86_64-linux-gnu/libcurl.so.4.8.0"),
+    }
+}
+
+/// `cargo xtask eval-debian NAME --update-from VERSION`: the Debian-update form, from an
+/// older version of the package to the corpus' version, as `hotsplice build --debian
+/// PKG=OLD --update-to NEW` does it (sources fetched, the delta of `debian/patches` as the
+/// series). Writes `eval/results/NAME-update.{md,json}`.
+fn eval_update(c: &Corpus, from: &str) -> Result<()> {
+    setup(c)?;
+    let (package, path) = installed(c);
+    let work = root()
+        .join("target/eval/debian")
+        .join(format!("{}-update", c.name));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let mut cmd = hotsplice();
+    cmd.arg("build")
+        .arg("--debian")
+        .arg(format!("{package}={from}"))
+        .args([
+            "--update-to",
+            c.version,
+            "--target",
+            path,
+            "--json",
+            "-j",
+            "2",
+        ]);
+    for (k, v) in c.env {
+        cmd.arg("--env").arg(format!("{k}={v}"));
+    }
+    cmd.arg("--cache")
+        .arg(work.join("cache"))
+        .arg("-o")
+        .arg(work.join("bundles"));
+    eprintln!("eval-debian: {package} {from} → {}", c.version);
+    let started = Instant::now();
+    let out = cmd.stdin(Stdio::null()).output()?;
+    let seconds = started.elapsed().as_secs_f64();
+    std::fs::write(work.join("build.log"), &out.stderr)?;
+    let built: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "hotsplice build printed no JSON (exit {:?}); see {}",
+            out.status.code(),
+            work.join("build.log").display()
+        )
+    })?;
+    let rows: Vec<Value> = built["patches"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|row| {
+            let patch = Path::new(row["diff"].as_str().unwrap_or(""))
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let expected = c.expected.iter().find(|e| e.patch == patch);
+            json!({
+                "patch": patch,
+                "outcome": row["outcome"],
+                "expected": expected.map(|e| e.outcome),
+                "replaced": row["replaced"],
+                "refusals": row["refusals"].as_array().map(|a| a.iter().map(|r| json!({"kind": r["kind"], "symbol": r["symbol"]})).collect::<Vec<_>>()),
+                "other_targets": row["other_targets"],
+                "warnings": row["warnings"],
+                "seconds": row["seconds"],
+            })
+        })
+        .collect();
+    let doc = json!({
+        "package": package,
+        "from": from,
+        "to": c.version,
+        "target": path,
+        "exit": out.status.code(),
+        "seconds": seconds,
+        "build": built["seconds"],
+        "written": built["written"],
+        "machine": crate::machine(),
+        "patches": rows,
+    });
+    let results = root().join("eval/results");
+    std::fs::write(
+        results.join(format!("{}-update.json", c.name)),
+        serde_json::to_string_pretty(&doc)? + "\n",
+    )?;
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# Debian update {package} {from} → {} as a series\n\n`hotsplice build --debian \
+         {package}={from} --update-to {} --target {path}{}`: both sources fetched with \
+         `apt-get source`, the older one built as Debian builds it (`debian/rules build-arch`; \
+         the incremental post build found in `debian/build-*`), and the patches the newer \
+         version's `debian/patches/series` adds built in order on top of it, one bundle each. \
+         Reproduce: `cargo xtask eval-debian {} --update-from {from}`.\n",
+        c.version,
+        c.version,
+        c.env
+            .iter()
+            .map(|(k, v)| format!(" --env {k}={v}"))
+            .collect::<String>(),
+        c.name
+    );
+    let _ = writeln!(
+        md,
+        "{} patches, {} bundles; exit {:?}; {seconds:.0} s in all (the full build of {from}: \
+         {:.0} s).\n",
+        rows.len(),
+        built["written"],
+        out.status.code(),
+        built["seconds"]["pre_build"].as_f64().unwrap_or(0.0)
+    );
+    let _ = writeln!(
+        md,
+        "| patch | hotsplice | as in the full series | replaced | reason |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|");
+    for r in &rows {
+        let reason = r["refusals"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| {
+                        format!(
+                            "{} `{}`",
+                            x["kind"].as_str().unwrap_or(""),
+                            x["symbol"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default();
+        let got = match r["outcome"].as_str().unwrap_or("") {
+            "written" => APPLY,
+            "refused" => REFUSE,
+            "nothing-to-patch" => NOTHING,
+            _ => "ERROR",
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {got} | {} | {} | {} |",
+            r["patch"].as_str().unwrap_or(""),
+            r["expected"].as_str().unwrap_or("?"),
+            strings(&r["replaced"]).join(", "),
+            reason
+        );
+    }
+    let _ = writeln!(md, "\nMachine: {}.", crate::machine());
+    std::fs::write(results.join(format!("{}-update.md", c.name)), md)?;
+    eprintln!(
+        "eval-debian: wrote eval/results/{}-update.{{md,json}}",
+        c.name
+    );
+    Ok(())
 }

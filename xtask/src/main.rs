@@ -37,7 +37,9 @@ tasks:
   soak [CYCLES] [THREADS]       apply/undo cycles on a busy target, checked each step (default 10000, 64)
   kernel-test [CASE...]         kernel live patches built and applied in the stock Debian kernel under QEMU
   bench-kernel [BOOTS]          kernel build times (cold/warm tree) and apply/undo transition times
-  eval-debian openssh|curl      a Debian package's patch series built as a series, applied live in order, undone";
+  eval-debian openssh|curl [--update-from VERSION]
+                                a Debian package's patch series built as a series, applied live in order, undone
+                                (--update-from: the update from VERSION as `build --debian --update-to` builds it)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
