@@ -753,12 +753,14 @@ pub(crate) fn build_patch(
                 needs_new.insert(r.name.clone(), id.clone());
             }
         }
+        // Calls into (or data of) code new in an earlier bundle: apply finds it in that
+        // patch's memory, so the bundle needs the earlier one applied first.
         for piece in &object.pieces {
             for reloc in &piece.relocs {
                 if let Link::Symbol { symbol } = &reloc.target
                     && let Some(id) = state.new_symbols.get(&symbol.name)
                 {
-                    needs_new.insert(symbol.name.clone(), id.clone());
+                    stacks_on.insert(id.clone());
                 }
             }
         }
@@ -768,8 +770,9 @@ pub(crate) fn build_patch(
             "series-new-symbol",
             &name,
             format!(
-                "{name} is new in the earlier patch {id} of this series: it exists only in that \
-                 patch's memory, which hotsplice apply does not link other patches against"
+                "{name} is new in the earlier patch {id} of this series and changed again here: \
+                 apply locates the functions it replaces in the program, not in another patch's \
+                 memory; fold the two patches into one"
             ),
         ));
     }

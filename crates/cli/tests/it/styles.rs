@@ -403,6 +403,7 @@ fn a_series_builds_each_patch_on_the_previous_and_applies_in_order() {
             "refused",
             "written",
             "nothing-to-patch",
+            "written",
             "written"
         ]
     );
@@ -428,8 +429,28 @@ fn a_series_builds_each_patch_on_the_previous_and_applies_in_order() {
     names.sort();
     assert_eq!(
         names,
-        ["01-compute.hsp", "03-compute-again.hsp", "05-greeting.hsp"]
+        [
+            "01-compute.hsp",
+            "03-compute-again.hsp",
+            "05-greeting.hsp",
+            "06-uses-polite.hsp"
+        ]
     );
+    // The sixth calls polite(), new in the fifth: it needs the fifth (and the third, whose
+    // compute() it replaces again) applied first.
+    let mut needs: Vec<&str> = patches[5]["stacks_on"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    needs.sort_unstable();
+    let mut want = [
+        patches[2]["id"].as_str().unwrap(),
+        patches[4]["id"].as_str().unwrap(),
+    ];
+    want.sort_unstable();
+    assert_eq!(needs, want);
 
     let app = App::start(&tree.join("app"), 2);
     let state = dir.join("state");
@@ -448,6 +469,7 @@ fn a_series_builds_each_patch_on_the_previous_and_applies_in_order() {
         ("01-compute.hsp", "value 15 hello"),
         ("03-compute-again.hsp", "value 16 hello"),
         ("05-greeting.hsp", "value 16 hello, patched"),
+        ("06-uses-polite.hsp", "value 17 hello, patched"),
     ] {
         let applied = ok(&live(
             "apply",
@@ -458,11 +480,15 @@ fn a_series_builds_each_patch_on_the_previous_and_applies_in_order() {
         ids.push(applied["patch"].as_str().unwrap().to_string());
         app.expect(expect);
     }
-    for (id, expect) in ids
-        .iter()
-        .rev()
-        .zip(["value 16 hello", "value 15 hello", "value 14 hello"])
-    {
+    // Undone in reverse order; the fifth cannot go before the sixth, which calls into it.
+    let refused = live("undo", &ids[2], pid, &state);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    for (id, expect) in ids.iter().rev().zip([
+        "value 16 hello, patched",
+        "value 16 hello",
+        "value 15 hello",
+        "value 14 hello",
+    ]) {
         ok(&live("undo", id, pid, &state));
         app.expect(expect);
     }
