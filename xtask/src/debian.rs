@@ -653,6 +653,10 @@ pub fn eval_debian(args: &[String]) -> Result<()> {
         Live::Sshd => live_sshd(&work, &program, &rows)?,
         Live::Curl => live_curl(&work, &plain, &program, &rows)?,
     };
+    let everywhere = match c.live {
+        Live::Sshd => Value::Null,
+        Live::Curl => everywhere_curl(&work, &program, &rows)?,
+    };
 
     let mut table = Vec::new();
     for (k, row) in rows.iter().enumerate() {
@@ -704,6 +708,7 @@ pub fn eval_debian(args: &[String]) -> Result<()> {
         "series_exit": out.status.code(),
         "base_build_s": built["seconds"]["pre_build"],
         "patches": table,
+        "everywhere": everywhere,
     });
     let results = root().join("eval/results");
     std::fs::create_dir_all(&results)?;
@@ -917,6 +922,37 @@ fn render(c: &Corpus, doc: &Value) -> String {
             reason.replace('|', "\\|"),
             live_cell,
             s["post_build"].as_f64().unwrap_or(0.0) + s["diff"].as_f64().unwrap_or(0.0),
+        );
+    }
+    let e = &doc["everywhere"];
+    if !e.is_null() {
+        let _ = writeln!(
+            md,
+            "\n## Every process that maps the library\n\n\
+             Bundle {} of the series (`{}`) installed with `hotsplice install --file` for the \
+             built `libcurl.so`, with {} clients fetching every 20 ms — one as built, one whose \
+             executable was deleted after it started, one in a PID namespace of its own: \
+             patched {:?} of {:?} (all: {}); every client kept fetching: {}. `hotsplice watch` \
+             patched a client started afterwards in {} (it kept fetching: {}). `status`: {:?}. \
+             `uninstall` undid {} processes; all kept fetching: {}. Transfers: {} ok, {} failed.",
+            e["bundle_index"],
+            e["patch"].as_str().unwrap_or(""),
+            e["processes"].as_array().map_or(0, Vec::len),
+            e["installed_patched"],
+            e["processes"],
+            e["all_patched"],
+            e["serving_after_install"],
+            e["watch_patched_ms"]
+                .as_f64()
+                .map_or("— (not seen within 20 s)".to_string(), |ms| format!(
+                    "{ms:.0} ms"
+                )),
+            e["later_serves"],
+            e["status_states"],
+            e["uninstall_undone"],
+            e["serving_after_uninstall"],
+            e["transfers_ok"],
+            e["transfers_failed"],
         );
     }
     let _ = writeln!(
@@ -1336,33 +1372,10 @@ fn live_curl(work: &Path, plain: &Path, library: &Path, rows: &[Value]) -> Resul
         .arg(&libs)
         .arg("-lcurl"))?;
     let port = http_server()?;
-    let mut child = Killed(
-        Command::new(dir.join("client"))
-            .arg(format!("http://127.0.0.1:{port}/"))
-            .env("LD_LIBRARY_PATH", &libs)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
+    let mut command = Command::new(dir.join("client"));
+    command.arg(format!("http://127.0.0.1:{port}/"));
+    let (child, service) = spawn_client(command, &libs)?;
     let pid = child.0.id();
-    let service = Arc::new(Service::default());
-    {
-        let service = service.clone();
-        let out = BufReader::new(child.0.stdout.take().context("client stdout")?);
-        std::thread::spawn(move || {
-            for line in out.lines().map_while(Result::ok) {
-                if line.starts_with("ok ") {
-                    service.ok.fetch_add(1, Ordering::SeqCst);
-                } else {
-                    service.failed.fetch_add(1, Ordering::SeqCst);
-                    if let Ok(mut e) = service.last_error.lock() {
-                        *e = line;
-                    }
-                }
-            }
-        });
-    }
     if !service.serves(10, Duration::from_secs(20)) {
         bail!("the libcurl client does not work");
     }
@@ -1387,6 +1400,219 @@ fn live_curl(work: &Path, plain: &Path, library: &Path, rows: &[Value]) -> Resul
             r
         })
         .collect())
+}
+
+/// Starts a libcurl client (`command`, with `libs` as its library path) whose "ok N" / "fail
+/// N" lines are counted by the returned service.
+fn spawn_client(mut command: Command, libs: &Path) -> Result<(Killed, Arc<Service>)> {
+    let mut child = Killed(
+        command
+            .env("LD_LIBRARY_PATH", libs)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let service = Arc::new(Service::default());
+    let counted = service.clone();
+    let out = BufReader::new(child.0.stdout.take().context("client stdout")?);
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            if line.starts_with("ok ") {
+                counted.ok.fetch_add(1, Ordering::SeqCst);
+            } else {
+                counted.failed.fetch_add(1, Ordering::SeqCst);
+                if let Ok(mut e) = counted.last_error.lock() {
+                    *e = line;
+                }
+            }
+        }
+    });
+    Ok((child, service))
+}
+
+/// The pid of the process running `exe` (or its deleted copy), waiting up to 5 s.
+fn pid_running(exe: &Path) -> Option<u32> {
+    let deleted = format!("{} (deleted)", exe.display());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if let Ok(link) = std::fs::read_link(format!("/proc/{pid}/exe"))
+                && (link == exe || link.to_string_lossy() == deleted)
+            {
+                return Some(pid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Issue 12's library case on Debian's libcurl: the first bundle of the series installed for
+/// the built `libcurl.so` (`install --file`) patches every process that maps it — a client
+/// as built, one whose executable was deleted after it started, one in a PID namespace of its
+/// own — while each keeps fetching; `hotsplice watch` then patches a client started later;
+/// `status` sees them all; `uninstall` undoes them all.
+fn everywhere_curl(work: &Path, library: &Path, rows: &[Value]) -> Result<Value> {
+    let Some(row) = rows.iter().find(|r| r["outcome"] == "written") else {
+        return Ok(Value::Null);
+    };
+    let bundle = row["bundle"].as_str().unwrap_or_default().to_string();
+    let id = row["id"].as_str().unwrap_or_default().to_string();
+    let dir = work.join("everywhere");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let libs = library.parent().context("library directory")?.to_path_buf();
+    let client = work.join("live/client");
+    for name in ["client-a", "client-b", "client-c", "client-d"] {
+        std::fs::copy(&client, dir.join(name))?;
+    }
+    let port = http_server()?;
+    let url = format!("http://127.0.0.1:{port}/");
+    let mut clients = Vec::new();
+    for name in ["client-a", "client-b"] {
+        let mut command = Command::new(dir.join(name));
+        command.arg(&url);
+        clients.push(spawn_client(command, &libs)?);
+    }
+    // The second one's executable goes away, as after a package upgrade.
+    std::fs::remove_file(dir.join("client-b"))?;
+    let mut contained = Command::new("unshare");
+    contained
+        .args(["--pid", "--fork", "--kill-child"])
+        .arg(dir.join("client-c"))
+        .arg(&url);
+    clients.push(spawn_client(contained, &libs)?);
+    let contained_pid =
+        pid_running(&dir.join("client-c")).context("the client in a PID namespace")?;
+    let mut pids: Vec<u32> = vec![clients[0].0.0.id(), clients[1].0.0.id(), contained_pid];
+    for (_, service) in &clients {
+        if !service.serves(10, Duration::from_secs(20)) {
+            bail!("a libcurl client does not work");
+        }
+    }
+    let store = dir.join("store").display().to_string();
+    let state = dir.join("state").display().to_string();
+    let lib = library.display().to_string();
+    let (code, installed, err) = hs(&[
+        "install",
+        &bundle,
+        "--file",
+        &lib,
+        "--store",
+        &store,
+        "--state-dir",
+        &state,
+        "--json",
+    ]);
+    if code != 0 {
+        bail!("install failed ({code}): {err} {installed}");
+    }
+    let mut patched: Vec<u32> = installed["patched"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.as_u64())
+                .map(|p| p as u32)
+                .collect()
+        })
+        .unwrap_or_default();
+    patched.sort_unstable();
+    pids.sort_unstable();
+    let serving_after_install = clients
+        .iter()
+        .all(|(_, s)| s.serves(10, Duration::from_secs(20)));
+    // A client started after the install: `watch` patches it.
+    let watch = Killed(
+        hotsplice()
+            .args([
+                "watch",
+                "--interval",
+                "30",
+                "--store",
+                &store,
+                "--state-dir",
+                &state,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let mut command = Command::new(dir.join("client-d"));
+    command.arg(&url);
+    clients.push(spawn_client(command, &libs)?);
+    let later = clients[3].0.0.id();
+    let mut watch_ms = None;
+    while started.elapsed() < Duration::from_secs(20) {
+        let (_, listed, _) = hs(&[
+            "list",
+            "--pid",
+            &later.to_string(),
+            "--state-dir",
+            &state,
+            "--json",
+        ]);
+        if listed.to_string().contains(&id) {
+            watch_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let later_serves = clients[3].1.serves(10, Duration::from_secs(20));
+    drop(watch);
+    let (_, status, _) = hs(&["status", "--store", &store, "--state-dir", &state, "--json"]);
+    let states: Vec<String> = status["installed"][0]["processes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| p["state"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let (code, gone, err) = hs(&[
+        "uninstall",
+        &id,
+        "--store",
+        &store,
+        "--state-dir",
+        &state,
+        "--json",
+    ]);
+    if code != 0 {
+        bail!("uninstall failed ({code}): {err}");
+    }
+    let serving_after_uninstall = clients
+        .iter()
+        .all(|(_, s)| s.serves(10, Duration::from_secs(20)));
+    let ok: u64 = clients
+        .iter()
+        .map(|(_, s)| s.ok.load(Ordering::SeqCst))
+        .sum();
+    let failed: u64 = clients
+        .iter()
+        .map(|(_, s)| s.failed.load(Ordering::SeqCst))
+        .sum();
+    Ok(json!({
+        "bundle_index": rows.iter().position(|r| r["outcome"] == "written").map(|k| k + 1),
+        "patch": id,
+        "processes": pids,
+        "installed_patched": patched,
+        "all_patched": patched == pids,
+        "serving_after_install": serving_after_install,
+        "watch_patched_ms": watch_ms,
+        "later_serves": later_serves,
+        "status_states": states,
+        "uninstall_undone": gone["undone"].as_array().map_or(0, Vec::len),
+        "serving_after_uninstall": serving_after_uninstall,
+        "transfers_ok": ok,
+        "transfers_failed": failed,
+    }))
 }
 
 /// CPU time (user + system, seconds) of this process's waited-for children so far, from
