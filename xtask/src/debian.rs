@@ -505,9 +505,12 @@ fn base_tree(c: &Corpus, source: &Path, dest: &Path) -> Result<(PathBuf, Vec<Pat
 /// `cargo xtask eval-debian openssh|curl`.
 pub fn eval_debian(args: &[String]) -> Result<()> {
     let Some(name) = args.first() else {
-        bail!("usage: cargo xtask eval-debian openssh|curl");
+        bail!("usage: cargo xtask eval-debian openssh|curl [--update-from VERSION]");
     };
     let c = corpus(name)?;
+    if let (Some("--update-from"), Some(from)) = (args.get(1).map(String::as_str), args.get(2)) {
+        return eval_update(c, from);
+    }
     let source = setup(c)?;
     let work = root().join("target/eval/debian").join(c.name);
     std::fs::create_dir_all(&work)?;
@@ -524,27 +527,34 @@ pub fn eval_debian(args: &[String]) -> Result<()> {
     )?;
 
     // One plain Debian build of the base: the time to compare with, and the running program.
-    eprintln!("eval-debian: plain build of the base ({})", base.display());
-    let plain_parent = work.join("plain");
-    let _ = std::fs::remove_dir_all(&plain_parent);
-    std::fs::create_dir_all(&plain_parent)?;
-    run(Command::new("cp").arg("-a").arg(&base).arg(&plain_parent))?;
-    let plain = plain_parent.join(base.file_name().context("base name")?);
-    let started = Instant::now();
-    let out = Command::new("sh")
-        .args(["-c", "debian/rules build-arch"])
-        .current_dir(&plain)
-        .envs(c.env.iter().copied())
-        .env("DEB_BUILD_OPTIONS", "nocheck parallel=2")
-        .env("MAKEFLAGS", "-j2")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?;
-    if !out.success() {
-        bail!("the plain build failed in {}", plain.display());
-    }
-    let plain_s = started.elapsed().as_secs_f64();
-    eprintln!("eval-debian: plain build {plain_s:.1} s");
+    // (Measured again after the series: the machine is shared, one number could mislead.)
+    let plain_build = |name: &str| -> Result<(PathBuf, f64, f64)> {
+        eprintln!("eval-debian: plain build of the base ({name})");
+        let parent = work.join(name);
+        let _ = std::fs::remove_dir_all(&parent);
+        std::fs::create_dir_all(&parent)?;
+        run(Command::new("cp").arg("-a").arg(&base).arg(&parent))?;
+        let plain = parent.join(base.file_name().context("base name")?);
+        let started = Instant::now();
+        let cpu0 = children_cpu_s();
+        let out = Command::new("sh")
+            .args(["-c", "debian/rules build-arch"])
+            .current_dir(&plain)
+            .envs(c.env.iter().copied())
+            .env("DEB_BUILD_OPTIONS", "nocheck parallel=2")
+            .env("MAKEFLAGS", "-j2")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if !out.success() {
+            bail!("the plain build failed in {}", plain.display());
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let cpu = children_cpu_s() - cpu0;
+        eprintln!("eval-debian: plain build {seconds:.1} s ({cpu:.1} s CPU)");
+        Ok((plain, seconds, cpu))
+    };
+    let (plain, plain_before, plain_cpu_before) = plain_build("plain")?;
 
     // The whole series, from a cold cache.
     let cache = work.join("cache");
@@ -573,8 +583,10 @@ pub fn eval_debian(args: &[String]) -> Result<()> {
     }
     cmd.arg("--cache").arg(&cache).arg("-o").arg(&bundles);
     let started = Instant::now();
+    let cpu0 = children_cpu_s();
     let out = cmd.stdin(Stdio::null()).output()?;
     let series_s = started.elapsed().as_secs_f64();
+    let series_cpu = children_cpu_s() - cpu0;
     std::fs::write(work.join("build.log"), &out.stderr)?;
     let built: Value = serde_json::from_slice(&out.stdout).with_context(|| {
         format!(
@@ -588,12 +600,62 @@ pub fn eval_debian(args: &[String]) -> Result<()> {
         out.status.code()
     );
     let rows = built["patches"].as_array().cloned().unwrap_or_default();
+    let (again, plain_after, plain_cpu_after) = plain_build("plain-again")?;
+    // What a plain user pays for the same series: after the full build, each patch applied
+    // (copied into the mirrors) and the incremental build run, with no hotsplice.
+    eprintln!("eval-debian: plain incremental builds of the series");
+    let started = Instant::now();
+    let cpu0 = children_cpu_s();
+    for patch in &patches {
+        let applied = Command::new("patch")
+            .args(["-p1", "--batch", "--silent", "--forward", "-i"])
+            .arg(patch)
+            .current_dir(&again)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if !applied.success() {
+            continue;
+        }
+        let text = std::fs::read_to_string(patch).unwrap_or_default();
+        for file in text
+            .lines()
+            .filter_map(|l| l.strip_prefix("+++ "))
+            .map(|p| p.split('\t').next().unwrap_or(p).trim())
+            .filter(|p| *p != "/dev/null")
+            .map(|p| p.split_once('/').map_or(p, |(_, rest)| rest))
+        {
+            for mirror in c.mirrors {
+                let copy = again.join(mirror).join(file);
+                if copy.is_file() {
+                    std::fs::copy(again.join(file), &copy)?;
+                }
+            }
+        }
+        let _ = Command::new("sh")
+            .args(["-c", c.post_build])
+            .current_dir(&again)
+            .envs(c.env.iter().copied())
+            .env("MAKEFLAGS", "-j2")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+    }
+    let plain_incremental = started.elapsed().as_secs_f64();
+    let plain_incremental_cpu = children_cpu_s() - cpu0;
+    let _ = std::fs::remove_dir_all(again.parent().unwrap_or(&again));
+    let plain_s = (plain_before + plain_after) / 2.0;
+    let plain_cpu = (plain_cpu_before + plain_cpu_after) / 2.0;
 
     // Every bundle, live, in order, on the plain build's program.
     let program = plain.join(c.target);
     let live = match c.live {
         Live::Sshd => live_sshd(&work, &program, &rows)?,
         Live::Curl => live_curl(&work, &plain, &program, &rows)?,
+    };
+    let everywhere = match c.live {
+        Live::Sshd => Value::Null,
+        Live::Curl => everywhere_curl(&work, &program, &rows)?,
     };
 
     let mut table = Vec::new();
@@ -636,10 +698,17 @@ pub fn eval_debian(args: &[String]) -> Result<()> {
         "target": c.target,
         "machine": crate::machine(),
         "plain_build_s": plain_s,
+        "plain_build_runs_s": [plain_before, plain_after],
+        "plain_build_cpu_s": plain_cpu,
+        "plain_build_runs_cpu_s": [plain_cpu_before, plain_cpu_after],
+        "series_build_cpu_s": series_cpu,
+        "plain_incremental_s": plain_incremental,
+        "plain_incremental_cpu_s": plain_incremental_cpu,
         "series_build_s": series_s,
         "series_exit": out.status.code(),
         "base_build_s": built["seconds"]["pre_build"],
         "patches": table,
+        "everywhere": everywhere,
     });
     let results = root().join("eval/results");
     std::fs::create_dir_all(&results)?;
@@ -667,6 +736,10 @@ fn render(c: &Corpus, doc: &Value) -> String {
         .count();
     let plain = doc["plain_build_s"].as_f64().unwrap_or(0.0);
     let series = doc["series_build_s"].as_f64().unwrap_or(0.0);
+    let plain_cpu = doc["plain_build_cpu_s"].as_f64().unwrap_or(0.0);
+    let series_cpu = doc["series_build_cpu_s"].as_f64().unwrap_or(0.0);
+    let incremental = doc["plain_incremental_s"].as_f64().unwrap_or(0.0);
+    let incremental_cpu = doc["plain_incremental_cpu_s"].as_f64().unwrap_or(0.0);
     let _ = writeln!(
         md,
         "# `hotsplice build --series` on Debian {} {}\n",
@@ -716,10 +789,28 @@ fn render(c: &Corpus, doc: &Value) -> String {
         md,
         "**Build time:** the whole series (one full build with hotsplice's shims, then one \
          incremental build and object diff per patch) took {series:.0} s; one plain Debian \
-         build of the base took {plain:.0} s in the same run: **{:.2}× one plain build**. \
-         (The full build inside the series: {:.0} s.)\n",
+         build of the base took {plain:.0} s in the same run (mean of one build before and \
+         one after the series: {}): **{:.2}× one plain build**. (The full build inside the \
+         series: {:.0} s.) In CPU time (user + system of every process, which other work on \
+         the machine does not inflate): series {series_cpu:.0} s, plain build {plain_cpu:.0} s \
+         (mean of the two), **{:.2}×**. For comparison, a plain user applying the same \
+         patches one after the other to a built tree and running `{}` after each spends \
+         {incremental:.0} s ({incremental_cpu:.0} s CPU) on top of the full build: hotsplice's \
+         series is **{:.2}× (CPU {:.2}×) one plain build plus those incremental builds**.\n",
+        doc["plain_build_runs_s"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .map(|v| format!("{:.0} s", v.as_f64().unwrap_or(0.0)))
+                .collect::<Vec<_>>()
+                .join(", "))
+            .unwrap_or_default(),
         series / plain.max(1.0),
-        doc["base_build_s"].as_f64().unwrap_or(0.0)
+        doc["base_build_s"].as_f64().unwrap_or(0.0),
+        series_cpu / plain_cpu.max(1.0),
+        c.post_build,
+        series / (plain + incremental).max(1.0),
+        series_cpu / (plain_cpu + incremental_cpu).max(1.0)
     );
     let _ = writeln!(md, "{}\n", live_setup(c.live));
     let _ = writeln!(
@@ -831,6 +922,37 @@ fn render(c: &Corpus, doc: &Value) -> String {
             reason.replace('|', "\\|"),
             live_cell,
             s["post_build"].as_f64().unwrap_or(0.0) + s["diff"].as_f64().unwrap_or(0.0),
+        );
+    }
+    let e = &doc["everywhere"];
+    if !e.is_null() {
+        let _ = writeln!(
+            md,
+            "\n## Every process that maps the library\n\n\
+             Bundle {} of the series (`{}`) installed with `hotsplice install --file` for the \
+             built `libcurl.so`, with {} clients fetching every 20 ms — one as built, one whose \
+             executable was deleted after it started, one in a PID namespace of its own: \
+             patched {:?} of {:?} (all: {}); every client kept fetching: {}. `hotsplice watch` \
+             patched a client started afterwards in {} (it kept fetching: {}). `status`: {:?}. \
+             `uninstall` undid {} processes; all kept fetching: {}. Transfers: {} ok, {} failed.",
+            e["bundle_index"],
+            e["patch"].as_str().unwrap_or(""),
+            e["processes"].as_array().map_or(0, Vec::len),
+            e["installed_patched"],
+            e["processes"],
+            e["all_patched"],
+            e["serving_after_install"],
+            e["watch_patched_ms"]
+                .as_f64()
+                .map_or("— (not seen within 20 s)".to_string(), |ms| format!(
+                    "{ms:.0} ms"
+                )),
+            e["later_serves"],
+            e["status_states"],
+            e["uninstall_undone"],
+            e["serving_after_uninstall"],
+            e["transfers_ok"],
+            e["transfers_failed"],
         );
     }
     let _ = writeln!(
@@ -1089,10 +1211,15 @@ fn live_sshd(work: &Path, sshd: &Path, rows: &[Value]) -> Result<Vec<Value>> {
     // One session stays open the whole time.
     let session = Killed(ssh("sleep 100000").stdout(Stdio::null()).spawn()?);
     std::thread::sleep(Duration::from_secs(2));
+    // The open session's sshd processes (its monitor and its unprivileged child; not the
+    // shell and `sleep` they run).
+    let sshd_path = sshd.canonicalize()?;
     let mut session_pids = Vec::new();
     let mut stack = children(master_pid);
     while let Some(p) = stack.pop() {
-        session_pids.push(p);
+        if std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == sshd_path) {
+            session_pids.push(p);
+        }
         stack.extend(children(p));
     }
     let pids = move || {
@@ -1245,33 +1372,10 @@ fn live_curl(work: &Path, plain: &Path, library: &Path, rows: &[Value]) -> Resul
         .arg(&libs)
         .arg("-lcurl"))?;
     let port = http_server()?;
-    let mut child = Killed(
-        Command::new(dir.join("client"))
-            .arg(format!("http://127.0.0.1:{port}/"))
-            .env("LD_LIBRARY_PATH", &libs)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
+    let mut command = Command::new(dir.join("client"));
+    command.arg(format!("http://127.0.0.1:{port}/"));
+    let (child, service) = spawn_client(command, &libs)?;
     let pid = child.0.id();
-    let service = Arc::new(Service::default());
-    {
-        let service = service.clone();
-        let out = BufReader::new(child.0.stdout.take().context("client stdout")?);
-        std::thread::spawn(move || {
-            for line in out.lines().map_while(Result::ok) {
-                if line.starts_with("ok ") {
-                    service.ok.fetch_add(1, Ordering::SeqCst);
-                } else {
-                    service.failed.fetch_add(1, Ordering::SeqCst);
-                    if let Ok(mut e) = service.last_error.lock() {
-                        *e = line;
-                    }
-                }
-            }
-        });
-    }
     if !service.serves(10, Duration::from_secs(20)) {
         bail!("the libcurl client does not work");
     }
@@ -1296,4 +1400,398 @@ fn live_curl(work: &Path, plain: &Path, library: &Path, rows: &[Value]) -> Resul
             r
         })
         .collect())
+}
+
+/// Starts a libcurl client (`command`, with `libs` as its library path) whose "ok N" / "fail
+/// N" lines are counted by the returned service.
+fn spawn_client(mut command: Command, libs: &Path) -> Result<(Killed, Arc<Service>)> {
+    let mut child = Killed(
+        command
+            .env("LD_LIBRARY_PATH", libs)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let service = Arc::new(Service::default());
+    let counted = service.clone();
+    let out = BufReader::new(child.0.stdout.take().context("client stdout")?);
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            if line.starts_with("ok ") {
+                counted.ok.fetch_add(1, Ordering::SeqCst);
+            } else {
+                counted.failed.fetch_add(1, Ordering::SeqCst);
+                if let Ok(mut e) = counted.last_error.lock() {
+                    *e = line;
+                }
+            }
+        }
+    });
+    Ok((child, service))
+}
+
+/// The pid of the process running `exe` (or its deleted copy), waiting up to 5 s.
+fn pid_running(exe: &Path) -> Option<u32> {
+    let deleted = format!("{} (deleted)", exe.display());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if let Ok(link) = std::fs::read_link(format!("/proc/{pid}/exe"))
+                && (link == exe || link.to_string_lossy() == deleted)
+            {
+                return Some(pid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Issue 12's library case on Debian's libcurl: the first bundle of the series installed for
+/// the built `libcurl.so` (`install --file`) patches every process that maps it — a client
+/// as built, one whose executable was deleted after it started, one in a PID namespace of its
+/// own — while each keeps fetching; `hotsplice watch` then patches a client started later;
+/// `status` sees them all; `uninstall` undoes them all.
+fn everywhere_curl(work: &Path, library: &Path, rows: &[Value]) -> Result<Value> {
+    let Some(row) = rows.iter().find(|r| r["outcome"] == "written") else {
+        return Ok(Value::Null);
+    };
+    let bundle = row["bundle"].as_str().unwrap_or_default().to_string();
+    let id = row["id"].as_str().unwrap_or_default().to_string();
+    let dir = work.join("everywhere");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let libs = library.parent().context("library directory")?.to_path_buf();
+    let client = work.join("live/client");
+    for name in ["client-a", "client-b", "client-c", "client-d"] {
+        std::fs::copy(&client, dir.join(name))?;
+    }
+    let port = http_server()?;
+    let url = format!("http://127.0.0.1:{port}/");
+    let mut clients = Vec::new();
+    for name in ["client-a", "client-b"] {
+        let mut command = Command::new(dir.join(name));
+        command.arg(&url);
+        clients.push(spawn_client(command, &libs)?);
+    }
+    // The second one's executable goes away, as after a package upgrade.
+    std::fs::remove_file(dir.join("client-b"))?;
+    let mut contained = Command::new("unshare");
+    contained
+        .args(["--pid", "--fork", "--kill-child"])
+        .arg(dir.join("client-c"))
+        .arg(&url);
+    clients.push(spawn_client(contained, &libs)?);
+    let contained_pid =
+        pid_running(&dir.join("client-c")).context("the client in a PID namespace")?;
+    let mut pids: Vec<u32> = vec![clients[0].0.0.id(), clients[1].0.0.id(), contained_pid];
+    for (_, service) in &clients {
+        if !service.serves(10, Duration::from_secs(20)) {
+            bail!("a libcurl client does not work");
+        }
+    }
+    let store = dir.join("store").display().to_string();
+    let state = dir.join("state").display().to_string();
+    let lib = library.display().to_string();
+    let (code, installed, err) = hs(&[
+        "install",
+        &bundle,
+        "--file",
+        &lib,
+        "--store",
+        &store,
+        "--state-dir",
+        &state,
+        "--json",
+    ]);
+    if code != 0 {
+        bail!("install failed ({code}): {err} {installed}");
+    }
+    let mut patched: Vec<u32> = installed["patched"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.as_u64())
+                .map(|p| p as u32)
+                .collect()
+        })
+        .unwrap_or_default();
+    patched.sort_unstable();
+    pids.sort_unstable();
+    let serving_after_install = clients
+        .iter()
+        .all(|(_, s)| s.serves(10, Duration::from_secs(20)));
+    // A client started after the install: `watch` patches it.
+    let watch = Killed(
+        hotsplice()
+            .args([
+                "watch",
+                "--interval",
+                "30",
+                "--store",
+                &store,
+                "--state-dir",
+                &state,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let mut command = Command::new(dir.join("client-d"));
+    command.arg(&url);
+    clients.push(spawn_client(command, &libs)?);
+    let later = clients[3].0.0.id();
+    let mut watch_ms = None;
+    while started.elapsed() < Duration::from_secs(20) {
+        let (_, listed, _) = hs(&[
+            "list",
+            "--pid",
+            &later.to_string(),
+            "--state-dir",
+            &state,
+            "--json",
+        ]);
+        if listed.to_string().contains(&id) {
+            watch_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let later_serves = clients[3].1.serves(10, Duration::from_secs(20));
+    drop(watch);
+    let (_, status, _) = hs(&["status", "--store", &store, "--state-dir", &state, "--json"]);
+    let states: Vec<String> = status["installed"][0]["processes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| p["state"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let (code, gone, err) = hs(&[
+        "uninstall",
+        &id,
+        "--store",
+        &store,
+        "--state-dir",
+        &state,
+        "--json",
+    ]);
+    if code != 0 {
+        bail!("uninstall failed ({code}): {err}");
+    }
+    let serving_after_uninstall = clients
+        .iter()
+        .all(|(_, s)| s.serves(10, Duration::from_secs(20)));
+    let ok: u64 = clients
+        .iter()
+        .map(|(_, s)| s.ok.load(Ordering::SeqCst))
+        .sum();
+    let failed: u64 = clients
+        .iter()
+        .map(|(_, s)| s.failed.load(Ordering::SeqCst))
+        .sum();
+    Ok(json!({
+        "bundle_index": rows.iter().position(|r| r["outcome"] == "written").map(|k| k + 1),
+        "patch": id,
+        "processes": pids,
+        "installed_patched": patched,
+        "all_patched": patched == pids,
+        "serving_after_install": serving_after_install,
+        "watch_patched_ms": watch_ms,
+        "later_serves": later_serves,
+        "status_states": states,
+        "uninstall_undone": gone["undone"].as_array().map_or(0, Vec::len),
+        "serving_after_uninstall": serving_after_uninstall,
+        "transfers_ok": ok,
+        "transfers_failed": failed,
+    }))
+}
+
+/// CPU time (user + system, seconds) of this process's waited-for children so far, from
+/// `/proc/self/stat` (clock ticks of 1/100 s): unlike wall time, it does not grow when other
+/// work shares the machine.
+fn children_cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at state (field 3).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // cutime and cstime are fields 16 and 17: indices 13 and 14 after the state field.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(13) + ticks(14)) / 100.0
+}
+
+/// The binary package whose installed path names the target (`--debian` resolves it).
+fn installed(c: &Corpus) -> (&'static str, &'static str) {
+    match c.live {
+        Live::Sshd => ("openssh-server", "usr/sbin/sshd"),
+        Live::Curl => ("libcurl4", "usr/lib/x86_64-linux-gnu/libcurl.so.4.8.0"),
+    }
+}
+
+/// `cargo xtask eval-debian NAME --update-from VERSION`: the Debian-update form, from an
+/// older version of the package to the corpus' version, as `hotsplice build --debian
+/// PKG=OLD --update-to NEW` does it (sources fetched, the delta of `debian/patches` as the
+/// series). Writes `eval/results/NAME-update.{md,json}`.
+fn eval_update(c: &Corpus, from: &str) -> Result<()> {
+    setup(c)?;
+    let (package, path) = installed(c);
+    let work = root()
+        .join("target/eval/debian")
+        .join(format!("{}-update", c.name));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let mut cmd = hotsplice();
+    cmd.arg("build")
+        .arg("--debian")
+        .arg(format!("{package}={from}"))
+        .args([
+            "--update-to",
+            c.version,
+            "--target",
+            path,
+            "--json",
+            "-j",
+            "2",
+        ]);
+    for (k, v) in c.env {
+        cmd.arg("--env").arg(format!("{k}={v}"));
+    }
+    cmd.arg("--cache")
+        .arg(work.join("cache"))
+        .arg("-o")
+        .arg(work.join("bundles"));
+    eprintln!("eval-debian: {package} {from} → {}", c.version);
+    let started = Instant::now();
+    let out = cmd.stdin(Stdio::null()).output()?;
+    let seconds = started.elapsed().as_secs_f64();
+    std::fs::write(work.join("build.log"), &out.stderr)?;
+    let built: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "hotsplice build printed no JSON (exit {:?}); see {}",
+            out.status.code(),
+            work.join("build.log").display()
+        )
+    })?;
+    let rows: Vec<Value> = built["patches"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|row| {
+            let patch = Path::new(row["diff"].as_str().unwrap_or(""))
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let expected = c.expected.iter().find(|e| e.patch == patch);
+            json!({
+                "patch": patch,
+                "outcome": row["outcome"],
+                "expected": expected.map(|e| e.outcome),
+                "replaced": row["replaced"],
+                "refusals": row["refusals"].as_array().map(|a| a.iter().map(|r| json!({"kind": r["kind"], "symbol": r["symbol"]})).collect::<Vec<_>>()),
+                "other_targets": row["other_targets"],
+                "warnings": row["warnings"],
+                "seconds": row["seconds"],
+            })
+        })
+        .collect();
+    let doc = json!({
+        "package": package,
+        "from": from,
+        "to": c.version,
+        "target": path,
+        "exit": out.status.code(),
+        "seconds": seconds,
+        "build": built["seconds"],
+        "written": built["written"],
+        "machine": crate::machine(),
+        "patches": rows,
+    });
+    let results = root().join("eval/results");
+    std::fs::write(
+        results.join(format!("{}-update.json", c.name)),
+        serde_json::to_string_pretty(&doc)? + "\n",
+    )?;
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# Debian update {package} {from} → {} as a series\n\n`hotsplice build --debian \
+         {package}={from} --update-to {} --target {path}{}`: both sources fetched with \
+         `apt-get source`, the older one built as Debian builds it (`debian/rules build-arch`; \
+         the incremental post build found in `debian/build-*`), and the patches the newer \
+         version's `debian/patches/series` adds built in order on top of it, one bundle each. \
+         Reproduce: `cargo xtask eval-debian {} --update-from {from}`.\n",
+        c.version,
+        c.version,
+        c.env
+            .iter()
+            .map(|(k, v)| format!(" --env {k}={v}"))
+            .collect::<String>(),
+        c.name
+    );
+    let _ = writeln!(
+        md,
+        "{} patches, {} bundles; exit {:?}; {seconds:.0} s in all (the full build of {from}: \
+         {:.0} s).\n",
+        rows.len(),
+        built["written"],
+        out.status.code(),
+        built["seconds"]["pre_build"].as_f64().unwrap_or(0.0)
+    );
+    let _ = writeln!(
+        md,
+        "| patch | hotsplice | as in the full series | replaced | reason |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|");
+    for r in &rows {
+        let reason = r["refusals"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| {
+                        format!(
+                            "{} `{}`",
+                            x["kind"].as_str().unwrap_or(""),
+                            x["symbol"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default();
+        let got = match r["outcome"].as_str().unwrap_or("") {
+            "written" => APPLY,
+            "refused" => REFUSE,
+            "nothing-to-patch" => NOTHING,
+            _ => "ERROR",
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {got} | {} | {} | {} |",
+            r["patch"].as_str().unwrap_or(""),
+            r["expected"].as_str().unwrap_or("?"),
+            strings(&r["replaced"]).join(", "),
+            reason
+        );
+    }
+    let _ = writeln!(md, "\nMachine: {}.", crate::machine());
+    std::fs::write(results.join(format!("{}-update.md", c.name)), md)?;
+    eprintln!(
+        "eval-debian: wrote eval/results/{}-update.{{md,json}}",
+        c.name
+    );
+    Ok(())
 }

@@ -51,7 +51,9 @@ tasks:
   bad-input-table               eval/results/bad-input.md from the bad-input test (real binary, real processes)
   kernel-test [CASE...]         kernel live patches built and applied in the stock Debian kernel under QEMU
   bench-kernel [BOOTS]          kernel build times (cold/warm tree) and apply/undo transition times
-  eval-debian openssh|curl      a Debian package's patch series built as a series, applied live in order, undone
+  eval-debian openssh|curl [--update-from VERSION]
+                                a Debian package's patch series built as a series, applied live in order, undone
+                                (--update-from: the update from VERSION as `build --debian --update-to` builds it)
   fleet [--hosts N]             the Ansible rollout over SSH to N (default 5) network-namespace hosts";
 
 fn main() -> ExitCode {

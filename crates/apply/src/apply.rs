@@ -23,8 +23,8 @@ use crate::redirect::{self, Redirect};
 use crate::resolve::{Lookup, Resolver};
 use crate::safety::{self, Range};
 use crate::state::{
-    self, AppliedFunction, AppliedHook, AppliedPatch, Code5, Journal, Operation, Phase,
-    ProcessState, Region, StateDir, Transaction,
+    self, AppliedFunction, AppliedHook, AppliedPatch, AppliedSymbol, Code5, Journal, Operation,
+    Phase, ProcessState, Region, StateDir, Transaction,
 };
 use crate::switch::{self, Decision, PauseLog, Proceed, SiteWrite, Stage};
 use crate::{Error, FunctionReport, HookReport, Options, ProcessReport, faults, target, undo};
@@ -362,6 +362,8 @@ fn skeleton(id: &str, regions: &[Region]) -> AppliedPatch {
         functions: Vec::new(),
         hooks: Vec::new(),
         runtime: None,
+        symbols: Vec::new(),
+        uses: Vec::new(),
     }
 }
 
@@ -528,6 +530,25 @@ fn link_at(
             functions,
             hooks,
             runtime: layout.runtime.map(|offset| data + offset),
+            symbols: bundle
+                .objects
+                .iter()
+                .enumerate()
+                .flat_map(|(o, object)| {
+                    object
+                        .pieces
+                        .iter()
+                        .enumerate()
+                        .filter_map(move |(p, piece)| {
+                            Some(AppliedSymbol {
+                                name: piece.symbol.clone()?,
+                                source_file: object.source_file.clone(),
+                                address: link::piece_address(layout, o, p, code, data),
+                            })
+                        })
+                })
+                .collect(),
+            uses: resolver.earlier_used(),
         },
     })
 }

@@ -430,7 +430,9 @@ pub enum Error {
         patch: String,
     },
     /// Undo of a patch that a later patch builds on.
-    #[error("process {pid}: {later} replaces functions of {id} again; undo {later} first")]
+    #[error(
+        "process {pid}: {later}, applied after {id}, builds on it (it replaces {id}'s functions again or calls its new code); undo {later} first"
+    )]
     DependentPatch {
         /// Process.
         pid: i32,

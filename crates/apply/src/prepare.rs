@@ -13,7 +13,7 @@ use hotsplice_ptrace::Process;
 
 use crate::Error;
 use crate::mapped::MappedFile;
-use crate::state::ProcessState;
+use crate::state::{AppliedSymbol, ProcessState};
 
 /// Process memory as it was before any hotsplice patch: the bytes that active patches
 /// replaced are shown instead of their jumps.
@@ -89,6 +89,9 @@ pub struct Prepared<'b> {
     pub located: Vec<Located>,
     /// Symbol addresses learnt from the running code.
     pub learned: HashMap<SymbolKey, Learned>,
+    /// What the patches already applied to the same file define, in the order they were
+    /// applied: (patch id, symbol).
+    pub earlier: Vec<(String, AppliedSymbol)>,
 }
 
 /// The matcher's form of a bundle's pre-build relocations.
@@ -302,12 +305,37 @@ pub fn prepare<'b>(
             located.push(entry_located);
         }
     }
+    let earlier = state
+        .patches
+        .iter()
+        .filter(|p| p.module == module.path)
+        .flat_map(|p| p.symbols.iter().map(|s| (p.id.clone(), s.clone())))
+        .collect();
     Ok(Prepared {
         bundle,
         module,
         located,
         learned,
+        earlier,
     })
+}
+
+/// Where a patch already applied to the file defines `name` (the latest such patch,
+/// preferring a definition from the same source file).
+pub fn earlier_definition(
+    earlier: &[(String, AppliedSymbol)],
+    source_file: Option<&str>,
+    name: &str,
+) -> Option<u64> {
+    let mut named = earlier.iter().rev().filter(|(_, s)| s.name == name);
+    let first = named.clone().next()?;
+    Some(
+        named
+            .find(|(_, s)| s.source_file.as_deref() == source_file)
+            .unwrap_or(first)
+            .1
+            .address,
+    )
 }
 
 /// Whether two pieces (of the same or different objects of a bundle) are the same code or
@@ -462,7 +490,7 @@ pub fn prove_referenced(
             &wanted,
             &memory,
         );
-        for (r, outcome) in object.referenced.iter().zip(found) {
+        for ((r, outcome), r_relocs) in object.referenced.iter().zip(found).zip(&relocs) {
             let unproven = |detail: String| Error::Unproven {
                 pid,
                 function: r.name.clone(),
@@ -479,6 +507,27 @@ pub fn prove_referenced(
                     prepared.learned.insert(
                         (r.local.then_some(o), r.name.clone()),
                         Learned::Address(matched.address),
+                    );
+                }
+                Found::NotFound { .. }
+                    if let Some(address) = earlier_definition(
+                        &prepared.earlier,
+                        object.source_file.as_deref(),
+                        &r.name,
+                    )
+                    .filter(|&a| {
+                        let pre = PreCode {
+                            code: &r.pre_code,
+                            relocs: r_relocs,
+                        };
+                        match_function(pre, a, r.pre_code.len() as u64, &memory).is_ok()
+                    }) =>
+                {
+                    // New in a patch applied earlier (the bundle was built on top of it), and
+                    // its code there is the code this bundle was built against.
+                    prepared.learned.insert(
+                        (r.local.then_some(o), r.name.clone()),
+                        Learned::Address(address),
                     );
                 }
                 Found::NotFound { mismatch, .. } => {

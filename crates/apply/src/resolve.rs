@@ -102,6 +102,12 @@ impl<'a, 'b> Resolver<'a, 'b> {
                 Lookup::Found(Resolved::Address(address))
             });
         }
+        if named.is_empty()
+            && symbol.class != SymbolClass::Tls
+            && let Some((_, address)) = self.earlier(source_file, &symbol.name)
+        {
+            return Some(Lookup::Found(Resolved::Address(address)));
+        }
         if symbol.local || symbol.class == SymbolClass::Tls {
             return None;
         }
@@ -121,6 +127,44 @@ impl<'a, 'b> Resolver<'a, 'b> {
             }
         }
         None
+    }
+
+    /// A function or variable new in a patch already applied to the file: (patch id,
+    /// address).
+    fn earlier(&self, source_file: Option<&str>, name: &str) -> Option<(&str, u64)> {
+        let address =
+            crate::prepare::earlier_definition(&self.prepared.earlier, source_file, name)?;
+        let (id, _) = self
+            .prepared
+            .earlier
+            .iter()
+            .rev()
+            .find(|(_, s)| s.name == name && s.address == address)?;
+        Some((id.as_str(), address))
+    }
+
+    /// The patches already applied whose definitions the new code uses (found by their
+    /// symbol tables here, or proven by run-pre matching in their memory).
+    pub fn earlier_used(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (o, object) in self.prepared.bundle.objects.iter().enumerate() {
+            for piece in &object.pieces {
+                for reloc in &piece.relocs {
+                    let Link::Symbol { symbol } = &reloc.target else {
+                        continue;
+                    };
+                    let Some(Resolved::Address(address)) = self.resolve(o, symbol) else {
+                        continue;
+                    };
+                    for (id, s) in &self.prepared.earlier {
+                        if s.name == symbol.name && s.address == address && !out.contains(id) {
+                            out.push(id.clone());
+                        }
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The indirect functions the new code calls: (name, resolver address).

@@ -129,6 +129,25 @@ pub struct AppliedPatch {
     /// Where the `hotsplice.h` runtime state is, if the patch uses it.
     #[serde(default)]
     pub runtime: Option<u64>,
+    /// What the patch defines (its new functions and variables), for patches applied later
+    /// on top of it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub symbols: Vec<AppliedSymbol>,
+    /// Earlier patches whose definitions this one's code uses (it must be undone first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uses: Vec<String>,
+}
+
+/// A function or variable an applied patch defines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppliedSymbol {
+    /// Its name in the patch's build.
+    pub name: String,
+    /// The source file of the object that defines it (to tell apart statics of one name).
+    pub source_file: Option<String>,
+    /// Its address in the patch memory.
+    pub address: u64,
 }
 
 /// A hook of an applied patch.
@@ -682,6 +701,12 @@ mod tests {
             functions: Vec::new(),
             hooks: Vec::new(),
             runtime: None,
+            symbols: vec![AppliedSymbol {
+                name: "helper".into(),
+                source_file: Some("a.c".into()),
+                address: 0x1100,
+            }],
+            uses: vec!["hs-ba9876543210".into()],
         };
         let h = header(&patch, 4096);
         assert_eq!(parse_header(&h), Some(patch.clone()));

@@ -359,7 +359,10 @@ pub fn switch(
 }
 
 /// Decides; while a runnable thread is busy, lets it run alone in growing slices (the others
-/// stay stopped) within the let-run budget, and decides again.
+/// stay stopped) within the let-run budget, and decides again. A thread still busy after its
+/// slice may be waiting for another stopped one (a lock it holds), so the next slice goes to
+/// another busy thread when there is one; the decision returned is always made over every
+/// thread.
 fn decide_with_let_run(
     stopped: &mut Stopped,
     cfi: &Cfi,
@@ -370,21 +373,54 @@ fn decide_with_let_run(
     let mut views = thread_views(stopped, cfi, maps, None);
     let started = Instant::now();
     let mut slice = Duration::ZERO;
+    // Threads let run that did not leave.
+    let mut stuck: Vec<i32> = Vec::new();
+    let mut last: Option<i32> = None;
     loop {
         let decision = decide(&views);
-        let Decision::Busy(busy) = &decision else {
+        let Decision::Busy(first) = &decision else {
             return Ok(decision);
         };
-        let runnable = !busy.blocked
-            && !matches!(busy.how, safety::How::StackWord(_))
-            && stopped
-                .threads()
-                .iter()
-                .any(|t| t.tid == busy.tid && !t.job_stopped);
-        if !runnable || started.elapsed() >= options.let_run {
+        if started.elapsed() >= options.let_run {
             return Ok(decision);
         }
+        let runnable = |busy: &Busy| {
+            !busy.blocked
+                && !matches!(busy.how, safety::How::StackWord(_))
+                && stopped
+                    .threads()
+                    .iter()
+                    .any(|t| t.tid == busy.tid && !t.job_stopped)
+        };
+        // Was the thread let run last still busy when its slice ended?
+        if let Some(tid) = last
+            && !stuck.contains(&tid)
+            && views
+                .iter()
+                .find(|v| v.tid == tid)
+                .is_some_and(|v| matches!(decide(std::slice::from_ref(v)), Decision::Busy(_)))
+        {
+            stuck.push(tid);
+        }
+        // A busy thread that has not had its turn yet, if any; else start the round again.
+        let others: Vec<ThreadView> = views
+            .iter()
+            .filter(|v| !stuck.contains(&v.tid))
+            .cloned()
+            .collect();
+        let busy = match decide(&others) {
+            Decision::Busy(b) if runnable(&b) => b,
+            _ => {
+                stuck.clear();
+                first.clone()
+            }
+        };
+        if !runnable(&busy) {
+            // The decision over every thread, made last (`decide` may keep state).
+            return Ok(decide(&views));
+        }
         let tid = busy.tid;
+        last = Some(tid);
         let alive = stopped.let_run(tid, slice)?;
         slice = (slice * 2)
             .max(Duration::from_micros(20))

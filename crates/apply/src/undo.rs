@@ -60,9 +60,10 @@ fn find(
     };
     let patch = &state.patches[index];
     if let Some(later) = state.patches[index + 1..].iter().find(|p| {
-        p.functions
-            .iter()
-            .any(|f| patch.functions.iter().any(|g| g.site == f.site))
+        p.uses.contains(&patch.id)
+            || p.functions
+                .iter()
+                .any(|f| patch.functions.iter().any(|g| g.site == f.site))
     }) {
         return Err(Error::DependentPatch {
             pid,

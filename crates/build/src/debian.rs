@@ -202,20 +202,62 @@ fn run_ok(cmd: &mut Command, what: &str) -> Result<std::process::Output, Error> 
     Ok(out)
 }
 
+/// Whether two unpacked sources have the same files outside `debian/` (and quilt's `.pc`).
+fn same_source(a: &Path, b: &Path) -> bool {
+    Command::new("diff")
+        .args([
+            "-rq",
+            "--no-dereference",
+            "--exclude=debian",
+            "--exclude=.pc",
+            "--exclude=.git",
+        ])
+        .arg(a)
+        .arg(b)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// The series that takes the source of `old` (as `apt-get source` unpacks it: its patches
 /// applied) to `new`, written under `dest` where needed:
 ///
-/// - same upstream version: the patches both series share at their start (same name, same
-///   content) are left alone; if `old` has more after that, one diff reverting them comes
-///   first; then every later patch of `new`, in order (each its own bundle);
-/// - another upstream version: one diff of the whole source (outside `debian/`), as the
-///   upstream change and the packaging change cannot be told apart patch by patch.
+/// - same upstream version: the patches at the end of `new`'s series that `old`'s does not
+///   have are the update, each its own bundle, in series order. They are taken off `new`'s
+///   source (`patch -R`); if what is left differs from `old`'s source (the newer version also
+///   changed patches both have — Debian often fixes a vulnerability in its own patch), one
+///   diff of that difference comes first.
+/// - another upstream version (or the added patches cannot be taken off): one diff of the
+///   whole source outside `debian/`.
 pub fn update_series(old: &Source, new: &Source, dest: &Path) -> Result<Vec<PathBuf>, Error> {
-    std::fs::create_dir_all(dest).map_err(|source| Error::Io {
-        path: dest.to_path_buf(),
-        source,
-    })?;
-    let whole_diff = |name: &str, from: &Path, to: &Path| -> Result<PathBuf, Error> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    std::fs::create_dir_all(dest).map_err(io(dest))?;
+    if same_source(&old.tree, &new.tree) {
+        return Err(Error::Debian {
+            message: format!(
+                "{} {} and {} have the same source: nothing to update",
+                new.package, old.version, new.version
+            ),
+        });
+    }
+    let parent = old.tree.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let scratch = parent.join(format!("new-{}", new.version.replace(':', "_")));
+    let _ = crate::tree::remove(&scratch);
+    crate::tree::copy(&new.tree, &scratch).map_err(io(&scratch))?;
+    let name = |what: &str| {
+        format!(
+            "{}-{}-to-{}-{what}.diff",
+            new.package,
+            old.version.replace(':', "_"),
+            new.version.replace(':', "_")
+        )
+    };
+    // One diff from `old`'s source to the tree in `scratch`.
+    let diff_to_scratch = |file: &str| -> Result<Option<PathBuf>, Error> {
         let out = run_ok(
             Command::new("diff")
                 .args([
@@ -224,111 +266,221 @@ pub fn update_series(old: &Source, new: &Source, dest: &Path) -> Result<Vec<Path
                     "--exclude=.pc",
                     "--exclude=.git",
                 ])
-                .arg(from.file_name().unwrap_or_default())
-                .arg(to.file_name().unwrap_or_default())
-                .current_dir(from.parent().unwrap_or(Path::new("/"))),
+                .arg(old.tree.file_name().unwrap_or_default())
+                .arg(scratch.file_name().unwrap_or_default())
+                .current_dir(&parent),
             "diff",
         )?;
-        if out.status.code() == Some(2) {
-            return Err(Error::Debian {
+        match out.status.code() {
+            Some(0) => Ok(None),
+            Some(1) => {
+                let path = dest.join(file);
+                std::fs::write(&path, &out.stdout).map_err(io(&path))?;
+                Ok(Some(path))
+            }
+            _ => Err(Error::Debian {
                 message: format!(
                     "diff {} {} failed: {}",
-                    from.display(),
-                    to.display(),
+                    old.tree.display(),
+                    scratch.display(),
                     String::from_utf8_lossy(&out.stderr).trim()
                 ),
-            });
+            }),
         }
-        let path = dest.join(name);
-        std::fs::write(&path, &out.stdout).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
-        Ok(path)
     };
-    if upstream_version(&old.version) != upstream_version(&new.version) {
-        // Both trees must sit side by side for a -p1 diff: copy the new one next to the old.
-        let side = old
-            .tree
-            .parent()
-            .unwrap_or(Path::new("/"))
-            .join(format!("new-{}", new.version.replace(':', "_")));
-        let _ = crate::tree::remove(&side);
-        crate::tree::copy(&new.tree, &side).map_err(|source| Error::Io {
-            path: side.clone(),
-            source,
-        })?;
-        let name = format!(
-            "{}-{}-to-{}.diff",
-            new.package,
-            old.version.replace(':', "_"),
-            new.version.replace(':', "_")
-        );
-        let diff = whole_diff(&name, &old.tree, &side);
-        let _ = crate::tree::remove(&side);
-        return Ok(vec![diff?]);
-    }
-    let old_series = series_of(&old.tree);
-    let new_series = series_of(&new.tree);
-    let same = |name: &String| {
-        crate::tree::same_contents(
-            &old.tree.join("debian/patches").join(name),
-            &new.tree.join("debian/patches").join(name),
-        )
-    };
-    let common = old_series
-        .iter()
-        .zip(&new_series)
-        .take_while(|(a, b)| a == b && same(a))
-        .count();
-    let mut out = Vec::new();
-    if old_series.len() > common {
-        // Revert old's own later patches: diff of its tree against a copy with them reversed.
-        let reverted = old
-            .tree
-            .parent()
-            .unwrap_or(Path::new("/"))
-            .join(format!("reverted-{}", old.version.replace(':', "_")));
-        let _ = crate::tree::remove(&reverted);
-        crate::tree::copy(&old.tree, &reverted).map_err(|source| Error::Io {
-            path: reverted.clone(),
-            source,
-        })?;
-        for name in old_series[common..].iter().rev() {
-            let out = run_ok(
-                Command::new("patch")
-                    .args(["-R", "-p1", "--batch", "--silent", "-i"])
-                    .arg(old.tree.join("debian/patches").join(name))
-                    .current_dir(&reverted),
-                "patch -R",
-            )?;
-            if !out.status.success() {
-                let _ = crate::tree::remove(&reverted);
-                return Err(Error::Debian {
-                    message: format!(
-                        "cannot revert {name} of {} {}: {}",
-                        old.package,
-                        old.version,
-                        String::from_utf8_lossy(&out.stdout).trim()
-                    ),
-                });
+    let result = (|| -> Result<Vec<PathBuf>, Error> {
+        if upstream_version(&old.version) == upstream_version(&new.version) {
+            let old_series = series_of(&old.tree);
+            let new_series = series_of(&new.tree);
+            let added = new_series
+                .iter()
+                .rev()
+                .take_while(|p| !old_series.contains(p))
+                .count();
+            let added = &new_series[new_series.len() - added..];
+            let mut reversed_all = true;
+            for patch in added.iter().rev() {
+                let reversed = run_ok(
+                    Command::new("patch")
+                        .args([
+                            "-R",
+                            "-p1",
+                            "--batch",
+                            "--silent",
+                            "--no-backup-if-mismatch",
+                            "-i",
+                        ])
+                        .arg(new.tree.join("debian/patches").join(patch))
+                        .current_dir(&scratch),
+                    "patch -R",
+                )?;
+                if !reversed.status.success() {
+                    reversed_all = false;
+                    break;
+                }
             }
+            if reversed_all {
+                let mut out: Vec<PathBuf> = diff_to_scratch(&name("changed-patches"))?
+                    .into_iter()
+                    .collect();
+                out.extend(
+                    added
+                        .iter()
+                        .map(|p| new.tree.join("debian/patches").join(p)),
+                );
+                if !out.is_empty() {
+                    return Ok(out);
+                }
+            }
+            crate::tree::remove(&scratch).map_err(io(&scratch))?;
+            crate::tree::copy(&new.tree, &scratch).map_err(io(&scratch))?;
         }
-        let name = format!("revert-{}-patches.diff", old.version.replace(':', "_"));
-        let diff = whole_diff(&name, &old.tree, &reverted);
-        let _ = crate::tree::remove(&reverted);
-        out.push(diff?);
+        Ok(diff_to_scratch(&name("source"))?.into_iter().collect())
+    })();
+    let _ = crate::tree::remove(&scratch);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An unpacked source: `a.c` with `patches` applied, `debian/patches` holding them.
+    fn source(dir: &Path, name: &str, version: &str, patches: &[(&str, &str)]) -> Source {
+        let tree = dir.join(name);
+        std::fs::create_dir_all(tree.join("debian/patches")).unwrap();
+        std::fs::write(tree.join("a.c"), "int a(void)\n{\n    return 0;\n}\n").unwrap();
+        let mut series = String::new();
+        for (patch, text) in patches {
+            std::fs::write(tree.join("debian/patches").join(patch), text).unwrap();
+            series.push_str(patch);
+            series.push('\n');
+            let status = Command::new("patch")
+                .args(["-p1", "--batch", "--silent", "-i"])
+                .arg(tree.join("debian/patches").join(patch))
+                .current_dir(&tree)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        std::fs::write(tree.join("debian/patches/series"), series).unwrap();
+        Source {
+            package: "pkg".to_string(),
+            version: version.to_string(),
+            tree,
+        }
     }
-    for name in &new_series[common..] {
-        out.push(new.tree.join("debian/patches").join(name));
+
+    fn change(from: &str, to: &str) -> String {
+        format!(
+            "--- a/a.c\n+++ b/a.c\n@@ -1,4 +1,4 @@\n int a(void)\n {{\n-    return {from};\n+    return {to};\n }}\n"
+        )
     }
-    if out.is_empty() {
-        return Err(Error::Debian {
-            message: format!(
-                "{} {} and {} have the same patch series: nothing to update",
-                new.package, old.version, new.version
-            ),
-        });
+
+    fn applied(tree: &Path, patches: &[PathBuf]) -> String {
+        for p in patches {
+            let status = Command::new("patch")
+                .args(["-p1", "--batch", "--silent", "-i"])
+                .arg(p)
+                .current_dir(tree)
+                .status()
+                .unwrap();
+            assert!(status.success(), "{}", p.display());
+        }
+        std::fs::read_to_string(tree.join("a.c")).unwrap()
     }
-    Ok(out)
+
+    #[test]
+    fn an_update_is_the_patches_the_newer_version_adds() {
+        let dir = std::env::temp_dir().join(format!("hs-debian-update-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let p1 = change("0", "1");
+        let p2 = change("1", "2");
+        let p3 = change("2", "3");
+        let old = source(&dir.join("old"), "pkg-1.0", "1.0-1", &[("p1.patch", &p1)]);
+        let new = source(
+            &dir.join("new"),
+            "pkg-1.0",
+            "1.0-2",
+            &[("p1.patch", &p1), ("p2.patch", &p2), ("p3.patch", &p3)],
+        );
+        let series = update_series(&old, &new, &dir.join("out")).unwrap();
+        let names: Vec<_> = series
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["p2.patch", "p3.patch"]);
+        assert!(applied(&old.tree, &series).contains("return 3;"));
+
+        // Patch files are compared by what they do: the newer version's p1 has another header.
+        let p1_again = format!("Description: the same change, regenerated\n{p1}");
+        let old = source(&dir.join("old2"), "pkg-1.0", "1.0-2", &[("p1.patch", &p1)]);
+        let new = source(
+            &dir.join("new2"),
+            "pkg-1.0",
+            "1.0-3",
+            &[("p1.patch", &p1_again), ("p2.patch", &p2)],
+        );
+        let series = update_series(&old, &new, &dir.join("out2")).unwrap();
+        assert_eq!(series.len(), 1);
+        assert!(series[0].ends_with("p2.patch"));
+        assert!(applied(&old.tree, &series).contains("return 2;"));
+
+        // The newer version changed a patch the older one has: that change is one diff.
+        let p2b = change("1", "20");
+        let old = source(
+            &dir.join("old3"),
+            "pkg-1.0",
+            "1.0-2",
+            &[("p1.patch", &p1), ("p2.patch", &p2)],
+        );
+        let new = source(
+            &dir.join("new3"),
+            "pkg-1.0",
+            "1.0-3",
+            &[("p1.patch", &p1), ("p2.patch", &p2b)],
+        );
+        let series = update_series(&old, &new, &dir.join("out3")).unwrap();
+        assert_eq!(series.len(), 1);
+        assert!(
+            series[0]
+                .to_string_lossy()
+                .ends_with("changed-patches.diff")
+        );
+        assert!(applied(&old.tree, &series).contains("return 20;"));
+
+        // Both: a changed patch, then the added ones.
+        let old = source(&dir.join("old5"), "pkg-1.0", "1.0-2", &[("p1.patch", &p1)]);
+        let p1b = change("0", "10");
+        let p2c = change("10", "2");
+        let new = source(
+            &dir.join("new5"),
+            "pkg-1.0",
+            "1.0-3",
+            &[("p1.patch", &p1b), ("p2.patch", &p2c), ("p3.patch", &p3)],
+        );
+        let series = update_series(&old, &new, &dir.join("out6")).unwrap();
+        let names: Vec<_> = series
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "pkg-1.0-2-to-1.0-3-changed-patches.diff",
+                "p2.patch",
+                "p3.patch"
+            ]
+        );
+        assert!(applied(&old.tree, &series).contains("return 3;"));
+
+        // Another upstream version: one diff of the whole source.
+        let old = source(&dir.join("old4"), "pkg-1.0", "1.0-1", &[]);
+        let new = source(&dir.join("new4"), "pkg-1.1", "1.1-1", &[("p1.patch", &p1)]);
+        let series = update_series(&old, &new, &dir.join("out4")).unwrap();
+        assert_eq!(series.len(), 1);
+        assert!(applied(&old.tree, &series).contains("return 1;"));
+        assert!(update_series(&new, &new, &dir.join("out5")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -38,6 +38,7 @@
 #![deny(missing_docs)]
 
 pub mod access;
+pub mod binding;
 mod builder;
 pub mod classify;
 pub mod closure;
@@ -46,19 +47,24 @@ pub mod debian;
 pub mod deps;
 mod identity;
 pub mod linkmap;
+pub mod lto;
+mod patching;
 pub mod record;
 pub mod series;
 pub mod shim;
+mod step;
 pub mod tree;
 pub mod unified;
+pub mod unwind;
+mod workspace;
 
 use std::path::PathBuf;
 
 pub use builder::{
-    FileReport, Outcome, PatchResult, Request, Series, Timings, Verdict, apply_diff, build,
-    build_series,
+    FileReport, Outcome, PatchResult, Request, Series, Timings, Verdict, build, build_series,
 };
 pub use identity::identify;
+pub use patching::apply_diff;
 
 /// Why a build failed. Each variant names the file, command or object involved.
 #[derive(Debug, thiserror::Error)]

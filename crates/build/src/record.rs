@@ -42,6 +42,9 @@ pub struct Record {
     /// A relocatable (partial) link, `-r`.
     #[serde(default)]
     pub relocatable: bool,
+    /// For a link with `-flto`: the ltrans objects it linked (absolute; see [`crate::lto`]).
+    #[serde(default)]
+    pub ltrans: Vec<String>,
 }
 
 /// Reads a shim log: one record per line; lines that do not parse are skipped and counted.

@@ -108,6 +108,7 @@ fn compile_records(cl: &CommandLine, compiler: &str, directory: &str) -> Vec<Rec
                 map: None,
                 lto: cl.lto,
                 relocatable: false,
+                ltrans: Vec::new(),
             })
         })
         .collect()
@@ -131,6 +132,7 @@ fn link_record(
         map,
         lto: cl.lto,
         relocatable: cl.relocatable,
+        ltrans: Vec::new(),
     }
 }
 
@@ -342,28 +344,82 @@ pub fn run(argv0: &str, args: Vec<OsString>) -> i32 {
             if in_tree(&output).is_none() {
                 return exec(&real, &args);
             }
-            let map = map_file(&output);
-            let mut link_args = args.clone();
-            if let Some(map) = &map {
-                if let Some(dir) = map.parent() {
-                    let _ = std::fs::create_dir_all(dir);
-                }
-                link_args.push(format!("-Wl,-Map={}", map.display()));
-            }
-            let record = link_record(
-                &cl,
-                &compiler,
-                &directory,
-                link_args.clone(),
-                map.map(|m| m.display().to_string()),
-            );
-            if let Err(e) = append_records(&[record]) {
-                eprintln!("hotsplice shim: {e}");
-                return 1;
-            }
-            exec(&real, &link_args)
+            let record = link_record(&cl, &compiler, &directory, args.clone(), None);
+            link(&real, &cl, &cwd, record, Vec::new())
         }
     }
+}
+
+/// Runs a link writing into the tree: with a map, and for `-flto` with `-save-temps` and the
+/// section flags so the link-time code generator's objects are kept (see [`crate::lto`]).
+/// Appends `earlier` records (the compiles of a split call) and the link's.
+fn link(
+    real: &Path,
+    cl: &CommandLine,
+    cwd: &Path,
+    mut record: Record,
+    earlier: Vec<Record>,
+) -> i32 {
+    let output = absolute(cwd, &cl.link_output());
+    let map = map_file(&output);
+    let mut link_args = record.arguments.clone();
+    if let Some(map) = &map {
+        if let Some(dir) = map.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        link_args.push(format!("-Wl,-Map={}", map.display()));
+    }
+    record.map = map.as_ref().map(|m| m.display().to_string());
+    if !cl.lto {
+        record.arguments = link_args.clone();
+        let mut records = earlier;
+        records.push(record);
+        if let Err(e) = append_records(&records) {
+            eprintln!("hotsplice shim: {e}");
+            return 1;
+        }
+        return exec(real, &link_args);
+    }
+    link_args.push("-save-temps".to_string());
+    for flag in SECTION_FLAGS {
+        if !link_args.iter().any(|a| a == flag) {
+            link_args.push((*flag).to_string());
+        }
+    }
+    record.arguments = link_args.clone();
+    let started = std::time::SystemTime::now();
+    let status = match Command::new(real)
+        .args(&link_args)
+        .current_dir(cwd)
+        .status()
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("hotsplice shim: cannot run {}: {e}", real.display());
+            return 127;
+        }
+    };
+    let dest = map
+        .as_ref()
+        .map(|m| m.with_extension("ltrans"))
+        .unwrap_or_else(|| output.with_extension("hotsplice-ltrans"));
+    match crate::lto::keep_temps(&output, &dest, started) {
+        Ok(kept) => record.ltrans = kept.iter().map(|p| p.display().to_string()).collect(),
+        Err(e) => eprintln!(
+            "hotsplice shim: keeping the LTO objects of {}: {e}",
+            output.display()
+        ),
+    }
+    if !status.success() {
+        return status_code(status);
+    }
+    let mut records = earlier;
+    records.push(record);
+    if let Err(e) = append_records(&records) {
+        eprintln!("hotsplice shim: {e}");
+        return 1;
+    }
+    0
 }
 
 fn exec(real: &Path, args: &[String]) -> i32 {
@@ -411,6 +467,7 @@ fn compile_to_stdout(real: &Path, cl: &CommandLine, cwd: &Path) -> i32 {
         map: None,
         lto: cl.lto,
         relocatable: false,
+        ltrans: Vec::new(),
     };
     if let Err(e) = append_records(&[record]) {
         eprintln!("hotsplice shim: {e}");
@@ -473,33 +530,16 @@ fn compile_then_link(real: &Path, cl: &CommandLine, cwd: &Path, tree: &Path) -> 
             map: None,
             lto: cl.lto,
             relocatable: false,
+            ltrans: Vec::new(),
         });
         objects.push(object_arg);
     }
-    let mut link_args = cl.link_args(&objects);
-    let map = map_file(&absolute(cwd, &output));
-    if let Some(map) = &map {
-        if let Some(dir) = map.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        link_args.push(format!("-Wl,-Map={}", map.display()));
-    }
-    let mut link = link_record(
-        cl,
-        &compiler,
-        &directory,
-        link_args.clone(),
-        map.map(|m| m.display().to_string()),
-    );
+    let link_args = cl.link_args(&objects);
+    let mut record = link_record(cl, &compiler, &directory, link_args, None);
     let mut inputs = objects.clone();
     inputs.extend(cl.inputs.iter().cloned());
-    link.inputs = inputs;
-    records.push(link);
-    if let Err(e) = append_records(&records) {
-        eprintln!("hotsplice shim: {e}");
-        return 1;
-    }
-    exec(real, &link_args)
+    record.inputs = inputs;
+    link(real, cl, cwd, record, records)
 }
 
 #[cfg(test)]

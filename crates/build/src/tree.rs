@@ -127,3 +127,101 @@ pub fn modified_since(root: &Path, since: std::time::SystemTime) -> io::Result<V
     }
     Ok(out)
 }
+
+/// Makes the tree at `to` identical to the one at `from`, copying only the files whose type,
+/// size or modification time differ (with their times and modes) and removing the files
+/// `from` does not have. For two trees that were identical before a build changed one of
+/// them, this costs a walk of both instead of a full copy.
+pub fn sync(from: &Path, to: &Path) -> io::Result<()> {
+    if !to.is_dir() {
+        return copy(from, to);
+    }
+    let listing =
+        |root: &Path| -> io::Result<std::collections::BTreeMap<PathBuf, std::fs::Metadata>> {
+            let mut out = std::collections::BTreeMap::new();
+            let mut stack = vec![PathBuf::new()];
+            while let Some(rel) = stack.pop() {
+                for entry in std::fs::read_dir(root.join(&rel))? {
+                    let entry = entry?;
+                    let path = rel.join(entry.file_name());
+                    let meta = entry.metadata()?;
+                    if meta.is_dir() {
+                        stack.push(path.clone());
+                    }
+                    out.insert(path, meta);
+                }
+            }
+            Ok(out)
+        };
+    let source = listing(from)?;
+    let target = listing(to)?;
+    // Remove what `from` does not have (deepest first), or has as another kind of file.
+    for (rel, meta) in target.iter().rev() {
+        let keep = source
+            .get(rel)
+            .is_some_and(|m| m.is_dir() == meta.is_dir() && m.is_symlink() == meta.is_symlink());
+        if !keep {
+            let path = to.join(rel);
+            if meta.is_dir() {
+                std::fs::remove_dir_all(&path).or_else(|e| {
+                    if e.kind() == io::ErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })?;
+            } else {
+                std::fs::remove_file(&path).or_else(|e| {
+                    if e.kind() == io::ErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })?;
+            }
+        }
+    }
+    let mut changed = Vec::new();
+    for (rel, meta) in &source {
+        if meta.is_dir() {
+            if !to.join(rel).is_dir() {
+                std::fs::create_dir_all(to.join(rel))?;
+            }
+            continue;
+        }
+        let same = target.get(rel).is_some_and(|t| {
+            t.is_symlink() == meta.is_symlink()
+                && t.len() == meta.len()
+                && t.modified().ok() == meta.modified().ok()
+                && t.permissions() == meta.permissions()
+        });
+        if !same {
+            changed.push(rel.clone());
+        }
+    }
+    // `cp -a` per batch keeps modes, times and symlinks as the full copy does.
+    for batch in changed.chunks(200) {
+        for rel in batch {
+            let dest = to.join(rel);
+            if dest.symlink_metadata().is_ok() {
+                std::fs::remove_file(&dest)?;
+            }
+        }
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg("--reflink=auto")
+            .arg("--parents")
+            .arg("--")
+            .args(batch)
+            .arg(to)
+            .current_dir(from)
+            .status()?;
+        if !status.success() {
+            return Err(io::Error::other(format!(
+                "cp -a --parents into {} failed ({status})",
+                to.display()
+            )));
+        }
+    }
+    Ok(())
+}

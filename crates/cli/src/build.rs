@@ -514,8 +514,17 @@ fn write_accounting(
             outcome.other_targets.join(", ")
         )?;
     }
+    // The object diff's own refusals are in its report; these are the build's.
+    const BUILD_KINDS: &[&str] = &[
+        "build-changed",
+        "incomplete-build",
+        "generator-not-run",
+        "series-new-symbol",
+        "lto",
+        "cxx-unwind",
+    ];
     for r in &outcome.bundle.refusals {
-        if r.object.is_empty() || all_refusals {
+        if r.object.is_empty() || all_refusals || BUILD_KINDS.contains(&r.kind.as_str()) {
             writeln!(out, "refused ({}): {}", r.kind, r.detail)?;
         }
     }

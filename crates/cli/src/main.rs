@@ -31,7 +31,8 @@ Exit status:
   2  bad input: unreadable or malformed files, wrong architecture, bad arguments
   3  environment: the project's build failed, permissions, I/O errors
 
-Not supported: architectures other than x86-64, clang, C++ exceptions, LTO builds.";
+Not supported: architectures other than x86-64, clang; C++ patches an exception could unwind
+through are refused (cxx-unwind).";
 
 /// Live patching for Linux: turn a source diff into a patch for running programs.
 #[derive(Debug, Parser)]

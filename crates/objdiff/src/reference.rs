@@ -103,7 +103,6 @@ impl<'a> Resolved<'a> {
         }
     }
 
-    /// References whose field starts inside `[start, end)` of `section`.
     /// The offsets in `section` that references of the object designate (sorted, unique):
     /// where the blocks of an anonymous section such as `.altinstr_aux` begin.
     pub fn designated_in(&self, section: usize) -> Vec<u64> {
@@ -119,7 +118,7 @@ impl<'a> Resolved<'a> {
         out
     }
 
-    /// The references of a byte range of a section, in offset order.
+    /// References whose field starts inside `[start, end)` of `section`, in offset order.
     pub fn references_in(&self, section: usize, start: u64, end: u64) -> &[Reference<'a>] {
         let relocs = &self.elf.sections[section].relocs;
         let refs = &self.references[section];

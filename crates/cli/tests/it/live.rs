@@ -963,3 +963,78 @@ fn uninstall_and_undo_by_file_touch_only_that_file() {
     assert_eq!(pids, [u64::from(theirs.pid())], "{undone}");
     theirs.expect("lib 101 hello");
 }
+
+#[test]
+fn a_later_patch_calls_a_function_new_in_an_earlier_one() {
+    let setup = Setup::new("live-uses-new", "");
+    let (greeting, greeting_id) = setup.bundle("greeting.patch", "");
+    // Built on top of greeting.patch: compute() now calls polite(), which exists only in the
+    // first patch's memory in a running program.
+    let source = setup.dir.join("greeting-source");
+    assert!(
+        Command::new("cp")
+            .arg("-r")
+            .arg(fixtures().join("app"))
+            .arg(&source)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        Command::new("patch")
+            .args(["-p1", "-s", "-i"])
+            .arg(fixtures().join("patches/greeting.patch"))
+            .current_dir(&source)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let later = setup.dir.join("uses-new.hsp");
+    let out = crate::hs()
+        .arg("build")
+        .arg("--source")
+        .arg(&source)
+        .arg("--diff")
+        .arg(fixtures().join("patches/uses-new.patch"))
+        .args(["--target", "app", "--json", "--cache"])
+        .arg(setup.dir.join("cache"))
+        .arg("-o")
+        .arg(&later)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let later_id = json(&out)["id"].as_str().unwrap().to_string();
+
+    let app = App::start(&setup.app, 2);
+    let pid = app.pid();
+    app.expect("value 14 hello");
+    // Without the first patch, polite() is nowhere: refused, nothing changed.
+    let refused = setup.live("apply", later.to_str().unwrap(), pid);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("polite"),
+        "{refused:?}"
+    );
+    app.expect("value 14 hello");
+    ok(&setup.live("apply", greeting.to_str().unwrap(), pid));
+    app.expect("value 14 hello, patched");
+    ok(&setup.live("apply", later.to_str().unwrap(), pid));
+    app.expect("value 16 hello, patched");
+    // The first patch cannot go while the later one calls into it.
+    let refused = setup.live("undo", &greeting_id, pid);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains(&format!("undo {later_id} first")),
+        "{refused:?}"
+    );
+    app.expect("value 16 hello, patched");
+    ok(&setup.live("undo", &later_id, pid));
+    app.expect("value 14 hello, patched");
+    ok(&setup.live("undo", &greeting_id, pid));
+    app.expect("value 14 hello");
+}

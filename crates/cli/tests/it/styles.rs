@@ -189,6 +189,8 @@ fn a_libtool_shared_library_is_patched_in_the_running_program() {
     let v = written(&out);
     assert_eq!(v["replaced"], serde_json::json!(["greet_value"]));
     assert_eq!(v["rebuilt"], serde_json::json!([".libs/greet.o"]));
+    // The fix calls greet_offset(), global in greet.o but local in the library (not
+    // exported): the bundle must say so, or apply would not find it.
 
     let libs = tree.join(".libs");
     let app = start(&libs.join("app"), &[("LD_LIBRARY_PATH", &libs)]);
@@ -401,6 +403,7 @@ fn a_series_builds_each_patch_on_the_previous_and_applies_in_order() {
             "refused",
             "written",
             "nothing-to-patch",
+            "written",
             "written"
         ]
     );
@@ -426,8 +429,28 @@ fn a_series_builds_each_patch_on_the_previous_and_applies_in_order() {
     names.sort();
     assert_eq!(
         names,
-        ["01-compute.hsp", "03-compute-again.hsp", "05-greeting.hsp"]
+        [
+            "01-compute.hsp",
+            "03-compute-again.hsp",
+            "05-greeting.hsp",
+            "06-uses-polite.hsp"
+        ]
     );
+    // The sixth calls polite(), new in the fifth: it needs the fifth (and the third, whose
+    // compute() it replaces again) applied first.
+    let mut needs: Vec<&str> = patches[5]["stacks_on"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    needs.sort_unstable();
+    let mut want = [
+        patches[2]["id"].as_str().unwrap(),
+        patches[4]["id"].as_str().unwrap(),
+    ];
+    want.sort_unstable();
+    assert_eq!(needs, want);
 
     let app = App::start(&tree.join("app"), 2);
     let state = dir.join("state");
@@ -446,6 +469,7 @@ fn a_series_builds_each_patch_on_the_previous_and_applies_in_order() {
         ("01-compute.hsp", "value 15 hello"),
         ("03-compute-again.hsp", "value 16 hello"),
         ("05-greeting.hsp", "value 16 hello, patched"),
+        ("06-uses-polite.hsp", "value 17 hello, patched"),
     ] {
         let applied = ok(&live(
             "apply",
@@ -456,12 +480,98 @@ fn a_series_builds_each_patch_on_the_previous_and_applies_in_order() {
         ids.push(applied["patch"].as_str().unwrap().to_string());
         app.expect(expect);
     }
-    for (id, expect) in ids
-        .iter()
-        .rev()
-        .zip(["value 16 hello", "value 15 hello", "value 14 hello"])
-    {
+    // Undone in reverse order; the fifth cannot go before the sixth, which calls into it.
+    let refused = live("undo", &ids[2], pid, &state);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    for (id, expect) in ids.iter().rev().zip([
+        "value 16 hello, patched",
+        "value 16 hello",
+        "value 15 hello",
+        "value 14 hello",
+    ]) {
         ok(&live("undo", id, pid, &state));
         app.expect(expect);
     }
+}
+
+#[test]
+fn a_link_time_optimised_program_is_patched_from_its_link_time_code() {
+    let dir = scratch("style-lto");
+    let tree = built_copy(&dir, "lto");
+    let out = build(&dir, "lto", "fix.patch", "app", &[]);
+    let v = written(&out);
+    assert_eq!(v["replaced"], serde_json::json!(["compute"]));
+    // label() is inlined into main() at link time, across files: the fix changes main.
+    let out = build(&dir, "lto", "inlined.patch", "app", &[]);
+    let inlined = written(&out);
+    assert_eq!(inlined["replaced"], serde_json::json!(["main"]));
+
+    let app = start(&tree.join("app"), &[]);
+    app.expect("value 14 lto");
+    let state = dir.join("state");
+    apply_and_undo(
+        &app,
+        &dir.join("fix.patch.hsp"),
+        "value 14 lto",
+        "value 15 lto",
+        &state,
+    );
+    // main never returns: run-pre matching proves the code, the safety check refuses it.
+    let busy = live(
+        "apply",
+        dir.join("inlined.patch.hsp").to_str().unwrap(),
+        app.pid(),
+        &state,
+    );
+    assert_eq!(busy.status.code(), Some(1), "{}", stderr(&busy));
+    assert!(stderr(&busy).contains("main"), "{}", stderr(&busy));
+    app.expect("value 14 lto");
+}
+
+#[test]
+fn a_cxx_program_is_patched_and_exceptions_through_patch_code_are_refused() {
+    let dir = scratch("style-cxx");
+    let tree = built_copy(&dir, "cxx");
+    let out = build(&dir, "cxx", "fix.patch", "app", &[]);
+    let v = written(&out);
+    assert_eq!(
+        v["replaced"],
+        serde_json::json!(["_ZNK4shop7Counter5scaleEi"])
+    );
+    // An inline member function, emitted by both files: both copies are replaced.
+    let out = build(&dir, "cxx", "inline.patch", "app", &[]);
+    let inline = written(&out);
+    assert_eq!(
+        inline["replaced"].as_array().unwrap().len(),
+        2,
+        "{inline:#}"
+    );
+    // label() calls checked(), which throws: an exception would unwind through the new
+    // code, which has no registered unwind table.
+    let out = build(&dir, "cxx", "throw.patch", "app", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let refused = json(&out);
+    assert_eq!(refused["outcome"], "refused");
+    assert_eq!(refused["refusals"][0]["kind"], "cxx-unwind");
+    assert_eq!(refused["refusals"][0]["symbol"], "_ZN4shop5labelB5cxx11Ei");
+    assert!(!dir.join("throw.patch.hsp").exists());
+
+    let app = start(&tree.join("app"), &[]);
+    app.expect("value 14 n7 caught");
+    let state = dir.join("state");
+    apply_and_undo(
+        &app,
+        &dir.join("fix.patch.hsp"),
+        "value 14 n7 caught",
+        "value 15 n7 caught",
+        &state,
+    );
+    // The exception thrown by checked() is still caught with the inline patch applied.
+    apply_and_undo(
+        &app,
+        &dir.join("inline.patch.hsp"),
+        "value 14 n7 caught",
+        "value 16 n9 caught",
+        &state,
+    );
 }
