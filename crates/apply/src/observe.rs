@@ -4,8 +4,10 @@
 
 use std::collections::HashMap;
 
+use hotsplice_matcher::Memory;
 use hotsplice_ptrace::{AddressSpace, Process};
 
+use crate::prepare::LiveMemory;
 use crate::state::{self, AppliedPatch, ProcessState, StateDir};
 use crate::{Error, Options, link, target};
 
@@ -34,16 +36,37 @@ pub fn observe(
 ) -> Result<Observed, Error> {
     let pid = process.pid();
     let recorded = dir.load(pid, start_time)?;
+    let candidates: Vec<u64> = process
+        .maps()?
+        .iter()
+        .filter(|m| m.exec && m.inode == 0 && m.path.is_none())
+        .map(|m| m.start)
+        .collect();
+    let memory = LiveMemory {
+        process,
+        overlay: Vec::new(),
+    };
+    let observed = derive(&recorded, &candidates, &memory);
+    if save && !observed.stale.is_empty() {
+        let mut kept = recorded.clone();
+        kept.patches
+            .retain(|p| !observed.stale.iter().any(|s| s.id == p.id));
+        dir.save(&kept)?;
+    }
+    Ok(observed)
+}
+
+/// The pure part of [`observe`]: the record, the start addresses of the anonymous executable
+/// mappings (where patch memory may be) and the process's memory → what is applied.
+fn derive(recorded: &ProcessState, candidates: &[u64], memory: &dyn Memory) -> Observed {
     let mut in_memory = Vec::new();
-    for m in process.maps()? {
-        if m.exec && m.inode == 0 && m.path.is_none() {
-            let mut head = vec![0u8; link::HEADER_SIZE as usize];
-            if process.read(m.start, &mut head).is_ok()
-                && let Some(patch) = state::parse_header(&head)
-                && !recorded.patches.iter().any(|p| p.id == patch.id)
-            {
-                in_memory.push(patch);
-            }
+    for &start in candidates {
+        let mut head = vec![0u8; link::HEADER_SIZE as usize];
+        if memory.read(start, &mut head)
+            && let Some(patch) = state::parse_header(&head)
+            && !recorded.patches.iter().any(|p| p.id == patch.id)
+        {
+            in_memory.push(patch);
         }
     }
     in_memory.sort_by_key(|p| p.applied_unix);
@@ -67,7 +90,7 @@ pub fn observe(
     }
     for (&site, &(i, jump)) in &top {
         let mut now = [0u8; 5];
-        if process.read(site, &mut now).is_err() || now != jump {
+        if !memory.read(site, &mut now) || now != jump {
             live[i] = false;
         }
     }
@@ -79,8 +102,8 @@ pub fn observe(
     }
     let mut observed = Observed {
         state: ProcessState {
-            pid,
-            start_time,
+            pid: recorded.pid,
+            start_time: recorded.start_time,
             patches: Vec::new(),
         },
         ..Observed::default()
@@ -92,13 +115,7 @@ pub fn observe(
             (false, false) => observed.stale.push(p),
         }
     }
-    if save && !observed.stale.is_empty() {
-        let mut kept = recorded.clone();
-        kept.patches
-            .retain(|p| !observed.stale.iter().any(|s| s.id == p.id));
-        dir.save(&kept)?;
-    }
-    Ok(observed)
+    observed
 }
 
 /// What `list` shows for each process: every recorded process when `pids` is empty.
@@ -179,3 +196,6 @@ pub fn holders(id: &str, options: &Options) -> Result<Vec<i32>, Error> {
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests;
