@@ -315,3 +315,6 @@ pub fn piece_address(
         code_base + offset
     }
 }
+
+#[cfg(test)]
+mod tests;
