@@ -171,3 +171,6 @@ pub fn walk(
     out.unknown_from = Some(sp);
     out
 }
+
+#[cfg(test)]
+mod tests;

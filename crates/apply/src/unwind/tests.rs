@@ -1,0 +1,237 @@
+//! The unwinder on a real stack: `fixtures/unwind/stack.c` is compiled by gcc (a PIE, so the
+//! load bias is not 0) and run; it saves its own registers and stack from inside a leaf four
+//! calls deep, and the return address and CFA of each frame as the compiler knows them. The
+//! walk over the executable's `.eh_frame` must find exactly those return addresses and stop
+//! where call-frame information ends (main's caller, in libc, which is not given as a module).
+//! Then the saved stack is edited to put code without CFI in the way, or cut short.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use hotsplice_matcher::Image;
+
+use super::*;
+
+/// What the fixture printed, and its executable.
+struct Saved {
+    exe: Vec<u8>,
+    bias: u64,
+    module: (u64, u64),
+    rip: u64,
+    rsp: u64,
+    rbp: u64,
+    /// Return addresses of capture, work, framed, main (the oracle).
+    ra: [u64; 4],
+    /// CFAs of capture, work, framed, main (the oracle).
+    cfa: [u64; 4],
+    nocfi: u64,
+    /// Stack words from `rsp` up.
+    stack: Vec<u64>,
+}
+
+fn saved() -> &'static Saved {
+    static SAVED: OnceLock<Saved> = OnceLock::new();
+    SAVED.get_or_init(|| {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/unwind/stack.c");
+        let dir = std::env::temp_dir().join(format!("hotsplice-unwind-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join("stack");
+        let gcc = Command::new("gcc")
+            .args(["-O2", "-fPIE", "-pie"])
+            .arg(&source)
+            .arg("-o")
+            .arg(&exe)
+            .output()
+            .expect("gcc must be installed (scripts/setup installs it)");
+        assert!(
+            gcc.status.success(),
+            "{}",
+            String::from_utf8_lossy(&gcc.stderr)
+        );
+        let run = Command::new(&exe).output().unwrap();
+        assert!(run.status.success());
+        let bytes = std::fs::read(&exe).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        parse(bytes, &String::from_utf8(run.stdout).unwrap())
+    })
+}
+
+fn parse(exe: Vec<u8>, text: &str) -> Saved {
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
+    let mut fields: HashMap<&str, Vec<u64>> = HashMap::new();
+    let mut stack = Vec::new();
+    let mut lines = text.lines();
+    for line in lines.by_ref() {
+        let mut words = line.split_whitespace();
+        let key = words.next().unwrap();
+        if key == "stack" {
+            break;
+        }
+        fields.insert(key, words.map(hex).collect());
+    }
+    for line in lines {
+        stack.push(hex(line));
+    }
+    let one = |k: &str| fields[k][0];
+    let four = |k: &str| <[u64; 4]>::try_from(fields[k].as_slice()).unwrap();
+    Saved {
+        exe,
+        bias: one("bias"),
+        module: (fields["module"][0], fields["module"][1]),
+        rip: one("rip"),
+        rsp: one("rsp"),
+        rbp: one("rbp"),
+        ra: four("ra"),
+        cfa: four("cfa"),
+        nocfi: one("nocfi"),
+        stack,
+    }
+}
+
+impl Saved {
+    /// Reads a stack word, as the safety check does from a stopped thread's saved stack;
+    /// `edits` replace words, and nothing at or above `limit` is readable.
+    fn read(&self, address: u64, edits: &HashMap<u64, u64>, limit: u64) -> Option<u64> {
+        if let Some(&v) = edits.get(&address) {
+            return Some(v);
+        }
+        if address < self.rsp || address + 8 > limit || !(address - self.rsp).is_multiple_of(8) {
+            return None;
+        }
+        self.stack.get(((address - self.rsp) / 8) as usize).copied()
+    }
+
+    fn top(&self) -> u64 {
+        self.rsp + 8 * self.stack.len() as u64
+    }
+
+    /// The run-time range of a function of the executable.
+    fn function(&self, name: &str) -> std::ops::Range<u64> {
+        let image = Image::parse(&self.exe).unwrap();
+        let s = image.symbols_named(name).next().unwrap();
+        self.bias + s.address..self.bias + s.address + s.size
+    }
+}
+
+fn walk_saved(
+    saved: &Saved,
+    (rip, rsp, rbp): (u64, u64, u64),
+    edits: &HashMap<u64, u64>,
+    limit: u64,
+) -> Walk {
+    let image = Image::parse(&saved.exe).unwrap();
+    let eh_frame = image.eh_frame.expect("the fixture has .eh_frame");
+    let modules = [CfiModule {
+        start: saved.module.0,
+        end: saved.module.1,
+        bias: saved.bias,
+        eh_frame: &eh_frame,
+    }];
+    let mut cache = StepCache::default();
+    let read = |a: u64| saved.read(a, edits, limit);
+    let first = walk(rip, rsp, rbp, &modules, &mut cache, &read);
+    // The step cache changes nothing: a second walk through it finds the same.
+    let again = walk(rip, rsp, rbp, &modules, &mut cache, &read);
+    assert_eq!(first, again);
+    first
+}
+
+/// Addresses in hex, for readable assertion failures.
+fn hex(addresses: &[u64]) -> Vec<String> {
+    addresses.iter().map(|a| format!("{a:#x}")).collect()
+}
+
+fn registers(s: &Saved) -> (u64, u64, u64) {
+    (s.rip, s.rsp, s.rbp)
+}
+
+#[test]
+fn a_saved_stack_unwinds_to_where_cfi_ends() {
+    let s = saved();
+    assert_ne!(s.bias, 0, "a PIE, loaded at a bias");
+    let w = walk_saved(s, registers(s), &HashMap::new(), s.top());
+    assert_eq!(
+        hex(&w.return_addresses),
+        hex(&s.ra),
+        "capture → work → framed → main → libc"
+    );
+    // main's caller is in libc, which has no module here: unknown from main's CFA up.
+    assert_eq!(w.unknown_from, Some(s.cfa[3]));
+}
+
+#[test]
+fn the_frames_inside_functions_being_replaced_are_found() {
+    let s = saved();
+    let w = walk_saved(s, registers(s), &HashMap::new(), s.top());
+    let work = s.function("work");
+    let framed = s.function("framed");
+    assert_eq!(
+        w.return_addresses
+            .iter()
+            .filter(|a| work.contains(a))
+            .count(),
+        1,
+        "one frame returns into work"
+    );
+    assert!(w.return_addresses.iter().any(|a| framed.contains(a)));
+    assert!(
+        s.function("capture").contains(&s.rip),
+        "stopped in the leaf"
+    );
+}
+
+#[test]
+fn a_leaf_at_its_first_instruction() {
+    // A thread stopped on work's entry: rsp points at its return address (CFA = rsp + 8), and
+    // rbp is still framed's frame pointer (framed's CFA - 16).
+    let s = saved();
+    let entry = s.function("work").start;
+    let w = walk_saved(
+        s,
+        (entry, s.cfa[1] - 8, s.cfa[2] - 16),
+        &HashMap::new(),
+        s.top(),
+    );
+    assert_eq!(hex(&w.return_addresses), hex(&s.ra[1..]));
+    assert_eq!(w.unknown_from, Some(s.cfa[3]));
+}
+
+#[test]
+fn stopped_in_code_without_cfi() {
+    // Patch memory: no module covers it; the whole stack is to be scanned.
+    let s = saved();
+    let patch_memory = 0x7f00_0000_1000;
+    let w = walk_saved(s, (patch_memory, s.rsp, s.rbp), &HashMap::new(), s.top());
+    assert_eq!(hex(&w.return_addresses), hex(&[]));
+    assert_eq!(w.unknown_from, Some(s.rsp));
+    // In the program but outside every FDE.
+    let w = walk_saved(s, (s.nocfi, s.rsp, s.rbp), &HashMap::new(), s.top());
+    assert_eq!((w.return_addresses.len(), w.unknown_from), (0, Some(s.rsp)));
+}
+
+#[test]
+fn a_return_into_code_without_cfi_ends_the_walk_there() {
+    let s = saved();
+    // work returns into a function without FDE (as it would into a patch's new code).
+    for target in [s.nocfi + 1, 0x7f00_0000_1234] {
+        let edits = HashMap::from([(s.cfa[1] - 8, target)]);
+        let w = walk_saved(s, registers(s), &edits, s.top());
+        assert_eq!(hex(&w.return_addresses), hex(&[s.ra[0], target]));
+        assert_eq!(
+            w.unknown_from,
+            Some(s.cfa[1]),
+            "scan from work's caller's frame up"
+        );
+    }
+}
+
+#[test]
+fn an_unreadable_stack_ends_the_walk() {
+    // Only capture's frame is readable: work's return address is not.
+    let s = saved();
+    let w = walk_saved(s, registers(s), &HashMap::new(), s.cfa[1] - 8);
+    assert_eq!(hex(&w.return_addresses), hex(&[s.ra[0]]));
+    assert_eq!(w.unknown_from, Some(s.cfa[0]));
+}
