@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use clap::{Args, Subcommand};
-use hotsplice_kernel::build::{self, Outcome, Request};
-use hotsplice_ptrace::livepatch;
+use hotsplice_kernel::build::{self, Outcome, Request, TargetFiles};
+use hotsplice_kernel::livepatch::{self, NotLoadable};
 use serde_json::json;
 
 use crate::build::BuildArgs;
@@ -40,21 +40,15 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
         .as_deref()
         .map(crate::trust::read_secret)
         .transpose()?;
-    let release = livepatch::kernel_release();
-    let headers = args
-        .headers
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("/lib/modules/{release}/build")));
+    let running = TargetFiles::for_running_kernel(&livepatch::kernel_release());
+    let headers = args.headers.clone().unwrap_or(running.headers);
     if !headers.join("Module.symvers").exists() {
         return Err(Exit::bad_input(anyhow!(
             "{}: not a kernel headers tree with Module.symvers (install linux-headers-<version> of the target kernel, or pass --headers)",
             headers.display()
         )));
     }
-    let symbols = args
-        .symbols
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("/proc/kallsyms"));
+    let symbols = args.symbols.clone().unwrap_or(running.symbols);
     let kallsyms = std::fs::read_to_string(&symbols)
         .with_context(|| format!("reading the kernel's symbols from {}", symbols.display()))
         .map_err(Exit::bad_input)?;
@@ -64,10 +58,7 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
             symbols.display()
         )));
     }
-    let vmlinux = args
-        .vmlinux
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("/boot/vmlinuz-{release}")));
+    let vmlinux = args.vmlinux.clone().unwrap_or(running.vmlinux);
     if !vmlinux.exists() {
         return Err(Exit::bad_input(anyhow!(
             "{}: no such kernel image; pass the target kernel's vmlinux or vmlinuz with --vmlinux",
@@ -77,10 +68,7 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
     let name = build::module_name(&args.output);
     let request = Request {
         vmlinux,
-        modules: args
-            .modules
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(format!("/lib/modules/{release}"))),
+        modules: args.modules.clone().unwrap_or(running.modules),
         source,
         config,
         diff,
@@ -474,34 +462,15 @@ fn apply(
             return Err(exit);
         }
     };
-    let info = hotsplice_kernel::klp::modinfo(&bytes)
-        .with_context(|| module.display().to_string())
-        .map_err(Exit::bad_input)?;
-    let get = |k: &str| {
-        info.iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.clone())
-    };
-    if get("livepatch").as_deref() != Some("Y") {
-        return Err(Exit::bad_input(anyhow!(
-            "{} is not a livepatch module (no livepatch=Y in its .modinfo)",
-            module.display()
-        )));
-    }
-    let name = get("name").unwrap_or_default();
-    let release = livepatch::kernel_release();
-    if let Some(vermagic) = get("vermagic")
-        && !vermagic.starts_with(&format!("{release} "))
-    {
-        return Err(Exit {
-            code: EXIT_REFUSED,
-            error: anyhow!(
-                "{} was built for kernel {} but this kernel is {release}",
-                module.display(),
-                vermagic.split(' ').next().unwrap_or("?")
-            ),
-        });
-    }
+    let name = livepatch::check_loadable(module, &bytes, &livepatch::kernel_release())
+        .map_err(|e| Exit {
+            code: match e {
+                NotLoadable::OtherKernel { .. } => EXIT_REFUSED,
+                _ => EXIT_BAD_INPUT,
+            },
+            error: anyhow::Error::new(e),
+        })?
+        .name;
     let sha = hotsplice_bundle::sha256_hex(&bytes);
     let started = Instant::now();
     if let Err(e) = livepatch::load(module) {

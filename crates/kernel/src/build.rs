@@ -37,6 +37,34 @@ pub struct Request {
     pub name: String,
 }
 
+/// The target kernel's files where a Debian-like system keeps those of the running kernel:
+/// what `hotsplice build --kernel` uses unless told otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetFiles {
+    /// Its headers (a kbuild tree with `Module.symvers`): `/lib/modules/RELEASE/build`.
+    pub headers: PathBuf,
+    /// Its symbols: `/proc/kallsyms`.
+    pub symbols: PathBuf,
+    /// Its image: `/boot/vmlinuz-RELEASE`.
+    pub vmlinux: PathBuf,
+    /// Its modules: `/lib/modules/RELEASE`.
+    pub modules: PathBuf,
+}
+
+impl TargetFiles {
+    /// The files of the running kernel, of release `release` (`uname -r`, see
+    /// [`kernel_release`](crate::livepatch::kernel_release)).
+    pub fn for_running_kernel(release: &str) -> TargetFiles {
+        let modules = PathBuf::from(format!("/lib/modules/{release}"));
+        TargetFiles {
+            headers: modules.join("build"),
+            symbols: PathBuf::from("/proc/kallsyms"),
+            vmlinux: PathBuf::from(format!("/boot/vmlinuz-{release}")),
+            modules,
+        }
+    }
+}
+
 /// Why the fix is refused, per thing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
