@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::qemu::{self, File};
 use anyhow::{Context, bail};
-use hotsplice_kernel::qemu::{self, File};
 
 /// The Debian kernel the harness uses (`scripts/setup --kernel` fetches it; keep in sync).
 pub const ABI: &str = "6.1.0-53-amd64";
@@ -308,14 +308,14 @@ pub fn run_guest(
         .into_bytes(),
         mode: 0o755,
     });
-    Ok(qemu::boot(
+    qemu::boot(
         &a.vmlinuz,
         &qemu::initramfs(&files),
         "quiet",
         work,
         false,
         Duration::from_secs(240),
-    )?)
+    )
 }
 
 /// Checks that `expect` lines appear in order in `console`.

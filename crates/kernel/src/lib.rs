@@ -31,7 +31,6 @@ pub mod kbuild;
 pub mod klp;
 pub mod livepatch;
 pub mod module;
-pub mod qemu;
 pub mod runpre;
 
 /// Why a kernel live patch cannot be made.
