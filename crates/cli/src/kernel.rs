@@ -126,7 +126,7 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
                 .map_err(env_error)?;
             if signature.is_none() {
                 // A stale signature of an earlier build must not sit beside the new module.
-                let _ = std::fs::remove_file(crate::trust::detached_path(&args.output));
+                let _ = std::fs::remove_file(hotsplice_trust::detached_path(&args.output));
             }
             let replaced: Vec<String> = functions.iter().map(|f| f.old_name.clone()).collect();
             if args.json {
@@ -387,59 +387,23 @@ fn stalled_json(stalled: &[livepatch::StalledTask]) -> serde_json::Value {
         .collect()
 }
 
-/// Who vouches for a module: the trusted key whose detached signature verifies.
+/// Who vouches for a module: the trusted key whose detached signature verifies
+/// (`hotsplice_trust::Policy::accept_module`).
 fn accept_module(
     module: &Path,
     bytes: &[u8],
     signature: Option<&Path>,
     trust: &crate::live::TrustOptions,
 ) -> Result<String, Exit> {
-    let path = signature.map_or_else(|| crate::trust::detached_path(module), Path::to_path_buf);
-    let why = match crate::live::read_regular(&path, 1 << 20) {
-        Err(_) => format!("it has no signature ({} not found)", path.display()),
-        Ok(text) => {
-            let keys = match crate::trust::trusted_keys(&trust.trust_dir) {
-                Ok(keys) => keys,
-                Err(_) if trust.allow_unsigned => Vec::new(),
-                Err(e) => {
-                    return Err(Exit {
-                        code: EXIT_REFUSED,
-                        error: e.context(format!(
-                            "cannot use the trusted keys (create {} with root-owned *.pub files, or pass --allow-unsigned)",
-                            trust.trust_dir.display()
-                        )),
-                    });
-                }
-            };
-            match hotsplice_bundle::signature::verify_detached(
-                bytes,
-                &String::from_utf8_lossy(&text),
-                &keys,
-            ) {
-                Ok(id) => return Ok(id),
-                Err(hotsplice_bundle::signature::Untrusted::Unsigned) => {
-                    format!("{} is not a hotsplice signature", path.display())
-                }
-                Err(hotsplice_bundle::signature::Untrusted::UnknownSigners(ids)) => format!(
-                    "it is signed by {}, which is not a trusted key",
-                    ids.join(", ")
-                ),
-                Err(hotsplice_bundle::signature::Untrusted::BadSignature(id)) => format!(
-                    "its signature by {id} does not match the module (modified after signing?)"
-                ),
-            }
-        }
-    };
-    if trust.allow_unsigned {
-        return Ok(format!("unverified ({why}; --allow-unsigned)"));
+    hotsplice_trust::Policy {
+        trust_dir: &trust.trust_dir,
+        allow_unsigned: trust.allow_unsigned,
     }
-    Err(Exit {
+    .accept_module(module, bytes, signature)
+    .map(|signer| signer.to_string())
+    .map_err(|e| Exit {
         code: EXIT_REFUSED,
-        error: anyhow!(
-            "{}: {why}; trusted keys: {} — refusing to load it into the kernel (sign it with `hotsplice sign`, trust the key, or pass --allow-unsigned)",
-            module.display(),
-            trust.trust_dir.display()
-        ),
+        error: anyhow::Error::new(e),
     })
 }
 
