@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::qemu::{self, File};
 use anyhow::{Context, bail};
-use hotsplice_kernel::qemu::{self, File};
 
 /// The Debian kernel the harness uses (`scripts/setup --kernel` fetches it; keep in sync).
 pub const ABI: &str = "6.1.0-53-amd64";
@@ -308,14 +308,14 @@ pub fn run_guest(
         .into_bytes(),
         mode: 0o755,
     });
-    Ok(qemu::boot(
+    qemu::boot(
         &a.vmlinuz,
         &qemu::initramfs(&files),
         "quiet",
         work,
         false,
         Duration::from_secs(240),
-    )?)
+    )
 }
 
 /// Checks that `expect` lines appear in order in `console`.
@@ -500,31 +500,11 @@ pub fn wrong_source_case() -> Case {
 }
 
 /// A unified diff with its direction reversed (what `patch -R` applies).
-pub fn reverse_diff(text: &str) -> String {
-    let mut out = String::new();
-    for line in text.lines() {
-        let reversed = if line.starts_with("--- ") || line.starts_with("+++ ") {
-            line.to_string()
-        } else if let Some(rest) = line.strip_prefix("@@ -") {
-            // @@ -a,b +c,d @@ tail  →  @@ -c,d +a,b @@ tail
-            match rest
-                .split_once(" +")
-                .and_then(|(old, r)| r.split_once(" @@").map(|(new, tail)| (old, new, tail)))
-            {
-                Some((old, new, tail)) => format!("@@ -{new} +{old} @@{tail}"),
-                None => line.to_string(),
-            }
-        } else if let Some(rest) = line.strip_prefix('+') {
-            format!("-{rest}")
-        } else if let Some(rest) = line.strip_prefix('-') {
-            format!("+{rest}")
-        } else {
-            line.to_string()
-        };
-        out.push_str(&reversed);
-        out.push('\n');
-    }
-    out
+pub fn reverse_diff(text: &str) -> anyhow::Result<String> {
+    let files = hotsplice_srcpatch::parse(text).context("not a unified diff")?;
+    Ok(hotsplice_srcpatch::render(&hotsplice_srcpatch::reverse(
+        &files,
+    )))
 }
 
 /// A workload for the Debian-fix cases: a loop that forks and execs, reads /proc and moves
@@ -554,7 +534,7 @@ pub fn debian_case(
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     Ok(Case {
         name,
-        diff: reverse_diff(&text),
+        diff: reverse_diff(&text).with_context(|| path.display().to_string())?,
         script: format!(
             "{WORKLOAD}progress before\n\
              hotsplice kernel apply /{name}.ko; echo APPLY-RC $?\n\

@@ -793,74 +793,6 @@ pub fn write_results(
     Ok(())
 }
 
-/// The reverse of a unified diff: what undoes it.
-pub fn reverse_diff(text: &str) -> String {
-    let mut out = String::new();
-    let lines: Vec<&str> = text.lines().collect();
-    let mut i = 0;
-    let mut in_hunk = 0usize;
-    while i < lines.len() {
-        let line = lines[i];
-        if in_hunk == 0 {
-            if let (Some(old), Some(new)) = (
-                line.strip_prefix("--- "),
-                lines.get(i + 1).and_then(|l| l.strip_prefix("+++ ")),
-            ) {
-                let _ = writeln!(out, "--- {new}\n+++ {old}");
-                i += 2;
-                continue;
-            }
-            if let Some(rest) = line.strip_prefix("@@ ") {
-                let mut parts = rest.splitn(3, ' ');
-                let (old, new, tail) = (
-                    parts.next().unwrap_or(""),
-                    parts.next().unwrap_or(""),
-                    parts.next().unwrap_or(""),
-                );
-                let _ = writeln!(
-                    out,
-                    "@@ -{} +{} {tail}",
-                    new.trim_start_matches('+'),
-                    old.trim_start_matches('-')
-                );
-                // Count the hunk's lines from its header.
-                let count = |r: &str| {
-                    r.trim_start_matches(['-', '+'])
-                        .split(',')
-                        .nth(1)
-                        .and_then(|c| c.parse::<usize>().ok())
-                        .unwrap_or(1)
-                };
-                in_hunk = count(old).max(count(new)) * 2 + 1;
-                i += 1;
-                continue;
-            }
-            let _ = writeln!(out, "{line}");
-            i += 1;
-            continue;
-        }
-        match line.chars().next() {
-            Some('-') => {
-                let _ = writeln!(out, "+{}", &line[1..]);
-            }
-            Some('+') => {
-                let _ = writeln!(out, "-{}", &line[1..]);
-            }
-            Some(' ') | Some('\\') | None => {
-                let _ = writeln!(out, "{line}");
-            }
-            Some(_) => {
-                // The end of the hunk (a new file header, mail trailer...).
-                in_hunk = 0;
-                continue;
-            }
-        }
-        in_hunk = in_hunk.saturating_sub(1);
-        i += 1;
-    }
-    out
-}
-
 fn stock_binaries(root: &Path, version: &str) -> Result<PathBuf> {
     let dir = root.join(".cache/nginx-stock").join(version);
     if dir.join("usr/sbin/nginx").is_file() {
@@ -915,7 +847,11 @@ pub fn eval_stock(only: &[String]) -> Result<()> {
         eprintln!("eval-nginx-stock: {patch}");
         let text = std::fs::read_to_string(source.join("debian/patches").join(patch))?;
         let reverse = work.join(format!("{patch}.reverse"));
-        std::fs::write(&reverse, reverse_diff(&text))?;
+        let files = hotsplice_srcpatch::parse(&text).with_context(|| patch.to_string())?;
+        std::fs::write(
+            &reverse,
+            hotsplice_srcpatch::render(&hotsplice_srcpatch::reverse(&files)),
+        )?;
         let mut targets = vec!["usr/sbin/nginx".to_string()];
         let mut done = 0;
         while done < targets.len() {
@@ -1159,17 +1095,4 @@ pub fn bench_throughput(patch: Option<&str>) -> Result<()> {
     std::fs::write(root.join("eval/results/nginx-throughput.md"), &md)?;
     print!("{md}");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn reverse_swaps_sides() {
-        let d = "--- a/x.c\n+++ b/x.c\n@@ -1,3 +1,4 @@ f\n a\n-b\n+c\n+d\n e\n";
-        let r = super::reverse_diff(d);
-        assert_eq!(
-            r,
-            "--- b/x.c\n+++ a/x.c\n@@ -1,4 +1,3 @@ f\n a\n+b\n-c\n-d\n e\n"
-        );
-    }
 }

@@ -30,6 +30,7 @@ mod kernel;
 mod live;
 mod nginx;
 mod pause;
+mod qemu;
 mod semantic;
 mod soak;
 

@@ -34,11 +34,11 @@ use hotsplice_objdiff::{Report, Status};
 
 use crate::classify::Role;
 use crate::closure::{Closure, Index};
-use crate::patching::applies_after;
+use crate::patching::{applies_after, parse_diff};
 use crate::record::{Record, RecordKind};
 use crate::step::{build_patch, merged_ltrans};
 use crate::workspace::{BaseState, Workspace, base_for_target, make_shims, pre_build};
-use crate::{Error, access, identity, shim, tree, unified};
+use crate::{Error, access, identity, shim, tree};
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -281,10 +281,7 @@ pub fn build_series(request: &Request, progress: &mut dyn FnMut(&str)) -> Result
     for diff in &request.diffs {
         let bytes = std::fs::read(diff).map_err(io_error(diff))?;
         let text = String::from_utf8_lossy(&bytes).into_owned();
-        unified::parse(&text).map_err(|message| Error::DiffParse {
-            path: diff.clone(),
-            message,
-        })?;
+        parse_diff(diff, &text)?;
         // `patch` runs inside the build tree: give it an absolute path.
         let absolute = diff.canonicalize().map_err(io_error(diff))?;
         diffs.push((diff.clone(), absolute, text, sha256_hex(&bytes)));

@@ -13,8 +13,9 @@
 //! - [`closure`] finds the objects a binary is linked from (archives through the link map,
 //!   partial links); [`classify`] says what each file of a diff is to the build; [`deps`]
 //!   lists what a compile includes; [`access`] tells which files a build read.
-//! - [`unified`] parses unified diffs and inserts the `#line` directives that keep
-//!   `__LINE__` stable below each hunk; [`series`] reads patch series and Debian updates.
+//! - [`series`] reads patch series and Debian updates; diffs themselves (parsing, `patch`,
+//!   the `#line` directives that keep `__LINE__` stable below each hunk) are
+//!   `hotsplice-srcpatch`'s, shared with the kernel builder.
 //!
 //! ```no_run
 //! use hotsplice_build::{Request, build};
@@ -54,7 +55,6 @@ pub mod series;
 pub mod shim;
 mod step;
 pub mod tree;
-pub mod unified;
 pub mod unwind;
 mod workspace;
 
@@ -64,7 +64,6 @@ pub use builder::{
     FileReport, Outcome, PatchResult, Request, Series, Timings, Verdict, build, build_series,
 };
 pub use identity::identify;
-pub use patching::apply_diff;
 
 /// Why a build failed. Each variant names the file, command or object involved.
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,4 @@
-//! Applying a diff in the build tree: `patch` with the strip level found by a dry run,
+//! Applying a diff in the build tree: `patch` at `hotsplice-srcpatch`'s strip level,
 //! `#line` directives that keep `__LINE__` below each hunk at its value in the running
 //! program (relative to the base of a series, whatever earlier patches did to the file),
 //! copies into the build's own source copies (mirrors), and the test of whether a diff that
@@ -9,9 +9,11 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use hotsplice_srcpatch::{self as srcpatch, ApplyError, FileDiff, Hunk, is_c_like, stripped};
+
 use crate::builder::{Context, State, io_error};
 use crate::workspace::Workspace;
-use crate::{Error, tree, unified};
+use crate::{Error, tree};
 
 /// One file a diff touches.
 pub(crate) struct Patched {
@@ -20,106 +22,30 @@ pub(crate) struct Patched {
     pub(crate) deleted: bool,
 }
 
-pub(crate) fn is_c_like(path: &Path) -> bool {
-    [
-        "c", "h", "cc", "cpp", "cxx", "hh", "hpp", "hxx", "inc", "inl", "ipp",
-    ]
-    .iter()
-    .any(|e| path.extension().is_some_and(|x| x == *e))
-        || path.extension().is_some_and(|x| x == "C" || x == "H")
+/// The diff at `path` (text `text`), parsed.
+pub(crate) fn parse_diff(path: &Path, text: &str) -> Result<Vec<FileDiff>, Error> {
+    srcpatch::parse(text).map_err(|e| Error::DiffParse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
-/// Applies the diff in `tree_dir` with `patch` (strip level found by dry run). Returns the
-/// level and the parsed file diffs.
-pub(crate) fn run_patch(
-    tree_dir: &Path,
-    diff: &Path,
-    text: &str,
-) -> Result<(usize, Vec<unified::FileDiff>), Error> {
-    let files = unified::parse(text).map_err(|message| Error::DiffParse {
-        path: diff.to_path_buf(),
-        message,
-    })?;
-    let mut last_output = String::new();
-    let mut level = None;
-    for p in [1, 0, 2] {
-        let out = Command::new("patch")
-            .arg(format!("-p{p}"))
-            .args(["--dry-run", "--batch", "--forward", "--silent", "-i"])
-            .arg(diff)
-            .current_dir(tree_dir)
-            .output()
-            .map_err(io_error(tree_dir))?;
-        if out.status.success() {
-            level = Some(p);
-            break;
-        }
-        if p == 1 {
-            last_output = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
-    let Some(level) = level else {
-        return Err(Error::DiffDoesNotApply {
-            path: diff.to_path_buf(),
-            output: last_output.trim().to_string(),
-        });
-    };
-    let out = Command::new("patch")
-        .arg(format!("-p{level}"))
-        .args([
-            "--batch",
-            "--forward",
-            "--silent",
-            "--no-backup-if-mismatch",
-            "-i",
-        ])
-        .arg(diff)
-        .current_dir(tree_dir)
-        .output()
-        .map_err(io_error(tree_dir))?;
-    if !out.status.success() {
-        return Err(Error::DiffDoesNotApply {
-            path: diff.to_path_buf(),
-            output: String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        });
-    }
-    Ok((level, files))
-}
-
-pub(crate) fn stripped(path: &str, level: usize) -> PathBuf {
-    Path::new(path).components().skip(level).collect()
-}
-
-/// Applies the diff in `tree`: finds the strip level with a dry run, applies it, and adds
-/// `#line` directives to the patched C files. Returns the patched files (tree-relative).
-pub fn apply_diff(tree_dir: &Path, diff: &Path, text: &str) -> Result<Vec<PathBuf>, Error> {
-    let (level, files) = run_patch(tree_dir, diff, text)?;
-    let mut patched = Vec::new();
-    for file in files.iter().filter(|f| !f.deletes()) {
-        let path_rel = stripped(&file.new_path, level);
-        patched.push(path_rel.clone());
-        if file.creates() || !is_c_like(&path_rel) {
-            continue;
-        }
-        let path = tree_dir.join(&path_rel);
-        let Ok(content) = std::fs::read_to_string(&path) else {
-            continue;
-        };
-        let updated = unified::with_line_directives(&content, &file.hunks);
-        if updated != content {
-            std::fs::write(&path, updated).map_err(io_error(&path))?;
-        }
-    }
-    Ok(patched)
+/// Applies the diff in `tree_dir` with `patch` (at `hotsplice-srcpatch`'s strip level).
+/// Returns the level.
+pub(crate) fn run_patch(tree_dir: &Path, diff: &Path) -> Result<usize, Error> {
+    srcpatch::run_patch(tree_dir, diff).map_err(|e| match e {
+        ApplyError::DoesNotApply { diff, output } => Error::DiffDoesNotApply { path: diff, output },
+        ApplyError::Io { path, source } => Error::Io { path, source },
+        other => Error::Io {
+            path: tree_dir.to_path_buf(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    })
 }
 
 /// The hunks taking `base` to `current` (`diff -u`), for `#line` directives relative to the
 /// base after several patches of a series touched a file.
-pub(crate) fn hunks_between(base: &Path, current: &Path) -> Option<Vec<unified::Hunk>> {
+pub(crate) fn hunks_between(base: &Path, current: &Path) -> Option<Vec<Hunk>> {
     let out = Command::new("diff")
         .args(["-U3", "--"])
         .arg(base)
@@ -128,7 +54,7 @@ pub(crate) fn hunks_between(base: &Path, current: &Path) -> Option<Vec<unified::
         .ok()?;
     match out.status.code() {
         Some(0) => Some(Vec::new()),
-        Some(1) => unified::parse(&String::from_utf8_lossy(&out.stdout))
+        Some(1) => srcpatch::parse(&String::from_utf8_lossy(&out.stdout))
             .ok()
             .and_then(|mut f| f.pop())
             .map(|f| f.hunks),
@@ -147,17 +73,16 @@ pub(crate) fn apply_in_series(
     text: &str,
 ) -> Result<(Vec<Patched>, CleanTexts), Error> {
     let tree_dir = &ctx.ws.tree;
-    let files = unified::parse(text).map_err(|message| Error::DiffParse {
-        path: diff_path.to_path_buf(),
-        message,
-    })?;
+    let files = parse_diff(diff_path, text)?;
     // Files an earlier patch of the series touched hold `#line` directives: give `patch` their
     // clean text (the files this diff may touch, whatever its strip level), and restore the
     // others afterwards with their times, so the build does not recompile them.
     let maybe_touched: BTreeSet<PathBuf> = files
         .iter()
         .flat_map(|f| {
-            (0..3).flat_map(move |p| [stripped(&f.old_path, p), stripped(&f.new_path, p)])
+            srcpatch::STRIP_LEVELS
+                .into_iter()
+                .flat_map(move |p| [stripped(&f.old_path, p), stripped(&f.new_path, p)])
         })
         .collect();
     let mut swapped: Vec<(PathBuf, Vec<u8>, Option<std::fs::FileTimes>)> = Vec::new();
@@ -191,7 +116,7 @@ pub(crate) fn apply_in_series(
             }
         }
     };
-    let (level, _) = match run_patch(tree_dir, diff_path, text) {
+    let level = match run_patch(tree_dir, diff_path) {
         Ok(r) => r,
         Err(e) => {
             restore(&swapped);
@@ -240,7 +165,7 @@ pub(crate) fn apply_in_series(
         } else {
             file.hunks.clone()
         };
-        let updated = unified::with_line_directives(&content, &hunks);
+        let updated = srcpatch::with_line_directives(&content, &hunks);
         if updated != content {
             std::fs::write(&full, updated).map_err(io_error(&full))?;
         }
@@ -309,14 +234,14 @@ pub(crate) fn applies_after(
     diff: &Path,
     text: &str,
 ) -> Vec<String> {
-    let Ok(files) = unified::parse(text) else {
+    let Ok(files) = srcpatch::parse(text) else {
         return Vec::new();
     };
     let scratch = ws.root.join("depends");
     let _ = tree::remove(&scratch);
     let mut wanted = BTreeSet::new();
     for file in &files {
-        for level in 0..3 {
+        for level in srcpatch::STRIP_LEVELS {
             for path in [&file.old_path, &file.new_path] {
                 let rel = stripped(path, level);
                 let from = ws.tree.join(&rel);
@@ -359,17 +284,7 @@ pub(crate) fn applies_after(
             );
         }
     }
-    let applies = [1, 0, 2].iter().any(|level| {
-        Command::new("patch")
-            .arg(format!("-p{level}"))
-            .args(["--dry-run", "--batch", "--forward", "--silent", "-i"])
-            .arg(diff)
-            .current_dir(&scratch)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    });
+    let applies = srcpatch::strip_level(&scratch, diff).is_ok();
     let _ = tree::remove(&scratch);
     if applies { needed } else { Vec::new() }
 }

@@ -260,7 +260,7 @@ fn series_diffs(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Exit> {
     for path in paths {
         let is_patch = path.is_file()
             && std::fs::read(path)
-                .map(|b| hotsplice_build::unified::parse(&String::from_utf8_lossy(&b)).is_ok())
+                .map(|b| hotsplice_srcpatch::parse(&String::from_utf8_lossy(&b)).is_ok())
                 .unwrap_or(false);
         if is_patch {
             out.push(path.clone());

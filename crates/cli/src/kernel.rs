@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use clap::{Args, Subcommand};
-use hotsplice_kernel::build::{self, Outcome, Request};
-use hotsplice_ptrace::livepatch;
+use hotsplice_kernel::build::{self, Outcome, Request, TargetFiles};
+use hotsplice_kernel::livepatch::{self, NotLoadable};
 use serde_json::json;
 
 use crate::build::BuildArgs;
@@ -40,21 +40,15 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
         .as_deref()
         .map(crate::trust::read_secret)
         .transpose()?;
-    let release = livepatch::kernel_release();
-    let headers = args
-        .headers
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("/lib/modules/{release}/build")));
+    let running = TargetFiles::for_running_kernel(&livepatch::kernel_release());
+    let headers = args.headers.clone().unwrap_or(running.headers);
     if !headers.join("Module.symvers").exists() {
         return Err(Exit::bad_input(anyhow!(
             "{}: not a kernel headers tree with Module.symvers (install linux-headers-<version> of the target kernel, or pass --headers)",
             headers.display()
         )));
     }
-    let symbols = args
-        .symbols
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("/proc/kallsyms"));
+    let symbols = args.symbols.clone().unwrap_or(running.symbols);
     let kallsyms = std::fs::read_to_string(&symbols)
         .with_context(|| format!("reading the kernel's symbols from {}", symbols.display()))
         .map_err(Exit::bad_input)?;
@@ -64,10 +58,7 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
             symbols.display()
         )));
     }
-    let vmlinux = args
-        .vmlinux
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("/boot/vmlinuz-{release}")));
+    let vmlinux = args.vmlinux.clone().unwrap_or(running.vmlinux);
     if !vmlinux.exists() {
         return Err(Exit::bad_input(anyhow!(
             "{}: no such kernel image; pass the target kernel's vmlinux or vmlinuz with --vmlinux",
@@ -77,10 +68,7 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
     let name = build::module_name(&args.output);
     let request = Request {
         vmlinux,
-        modules: args
-            .modules
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(format!("/lib/modules/{release}"))),
+        modules: args.modules.clone().unwrap_or(running.modules),
         source,
         config,
         diff,
@@ -138,7 +126,7 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
                 .map_err(env_error)?;
             if signature.is_none() {
                 // A stale signature of an earlier build must not sit beside the new module.
-                let _ = std::fs::remove_file(crate::trust::detached_path(&args.output));
+                let _ = std::fs::remove_file(hotsplice_trust::detached_path(&args.output));
             }
             let replaced: Vec<String> = functions.iter().map(|f| f.old_name.clone()).collect();
             if args.json {
@@ -399,59 +387,23 @@ fn stalled_json(stalled: &[livepatch::StalledTask]) -> serde_json::Value {
         .collect()
 }
 
-/// Who vouches for a module: the trusted key whose detached signature verifies.
+/// Who vouches for a module: the trusted key whose detached signature verifies
+/// (`hotsplice_trust::Policy::accept_module`).
 fn accept_module(
     module: &Path,
     bytes: &[u8],
     signature: Option<&Path>,
     trust: &crate::live::TrustOptions,
 ) -> Result<String, Exit> {
-    let path = signature.map_or_else(|| crate::trust::detached_path(module), Path::to_path_buf);
-    let why = match crate::live::read_regular(&path, 1 << 20) {
-        Err(_) => format!("it has no signature ({} not found)", path.display()),
-        Ok(text) => {
-            let keys = match crate::trust::trusted_keys(&trust.trust_dir) {
-                Ok(keys) => keys,
-                Err(_) if trust.allow_unsigned => Vec::new(),
-                Err(e) => {
-                    return Err(Exit {
-                        code: EXIT_REFUSED,
-                        error: e.context(format!(
-                            "cannot use the trusted keys (create {} with root-owned *.pub files, or pass --allow-unsigned)",
-                            trust.trust_dir.display()
-                        )),
-                    });
-                }
-            };
-            match hotsplice_bundle::signature::verify_detached(
-                bytes,
-                &String::from_utf8_lossy(&text),
-                &keys,
-            ) {
-                Ok(id) => return Ok(id),
-                Err(hotsplice_bundle::signature::Untrusted::Unsigned) => {
-                    format!("{} is not a hotsplice signature", path.display())
-                }
-                Err(hotsplice_bundle::signature::Untrusted::UnknownSigners(ids)) => format!(
-                    "it is signed by {}, which is not a trusted key",
-                    ids.join(", ")
-                ),
-                Err(hotsplice_bundle::signature::Untrusted::BadSignature(id)) => format!(
-                    "its signature by {id} does not match the module (modified after signing?)"
-                ),
-            }
-        }
-    };
-    if trust.allow_unsigned {
-        return Ok(format!("unverified ({why}; --allow-unsigned)"));
+    hotsplice_trust::Policy {
+        trust_dir: &trust.trust_dir,
+        allow_unsigned: trust.allow_unsigned,
     }
-    Err(Exit {
+    .accept_module(module, bytes, signature)
+    .map(|signer| signer.to_string())
+    .map_err(|e| Exit {
         code: EXIT_REFUSED,
-        error: anyhow!(
-            "{}: {why}; trusted keys: {} — refusing to load it into the kernel (sign it with `hotsplice sign`, trust the key, or pass --allow-unsigned)",
-            module.display(),
-            trust.trust_dir.display()
-        ),
+        error: anyhow::Error::new(e),
     })
 }
 
@@ -474,34 +426,15 @@ fn apply(
             return Err(exit);
         }
     };
-    let info = hotsplice_kernel::klp::modinfo(&bytes)
-        .with_context(|| module.display().to_string())
-        .map_err(Exit::bad_input)?;
-    let get = |k: &str| {
-        info.iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.clone())
-    };
-    if get("livepatch").as_deref() != Some("Y") {
-        return Err(Exit::bad_input(anyhow!(
-            "{} is not a livepatch module (no livepatch=Y in its .modinfo)",
-            module.display()
-        )));
-    }
-    let name = get("name").unwrap_or_default();
-    let release = livepatch::kernel_release();
-    if let Some(vermagic) = get("vermagic")
-        && !vermagic.starts_with(&format!("{release} "))
-    {
-        return Err(Exit {
-            code: EXIT_REFUSED,
-            error: anyhow!(
-                "{} was built for kernel {} but this kernel is {release}",
-                module.display(),
-                vermagic.split(' ').next().unwrap_or("?")
-            ),
-        });
-    }
+    let name = livepatch::check_loadable(module, &bytes, &livepatch::kernel_release())
+        .map_err(|e| Exit {
+            code: match e {
+                NotLoadable::OtherKernel { .. } => EXIT_REFUSED,
+                _ => EXIT_BAD_INPUT,
+            },
+            error: anyhow::Error::new(e),
+        })?
+        .name;
     let sha = hotsplice_bundle::sha256_hex(&bytes);
     let started = Instant::now();
     if let Err(e) = livepatch::load(module) {

@@ -361,35 +361,10 @@ pub(crate) struct Accepted {
     signer: String,
 }
 
-/// Reads a regular file of at most `cap` bytes, without blocking on a FIFO or device.
+/// Reads a regular file of at most `cap` bytes, without blocking on a FIFO or device
+/// (`hotsplice_trust::read_regular`).
 pub fn read_regular(path: &Path, cap: u64) -> anyhow::Result<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let meta = file
-        .metadata()
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    if !meta.is_file() {
-        return Err(anyhow!("{} is not a regular file", path.display()));
-    }
-    if meta.len() > cap {
-        return Err(anyhow!(
-            "{} is {} bytes, more than the {} MiB hotsplice reads",
-            path.display(),
-            meta.len(),
-            cap >> 20
-        ));
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    Read::by_ref(&mut file)
-        .take(cap + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(bytes)
+    Ok(hotsplice_trust::read_regular(path, cap)?)
 }
 
 pub(crate) fn read_bundle(

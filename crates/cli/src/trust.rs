@@ -1,27 +1,27 @@
-//! Keys, signing, trusted keys and the audit log.
+//! Keys, signing and the audit log.
 //!
 //! `hotsplice key generate` makes an ed25519 key pair; `hotsplice build --sign KEY` and
 //! `hotsplice sign` sign bundles. `check` and `apply` accept a bundle only when it is signed by
 //! a key in the trusted-keys directory (`/etc/hotsplice/trusted-keys`, `*.pub`), which must
 //! belong to root (or to the user running hotsplice) and be writable by no one else;
-//! `--allow-unsigned` overrides that, explicitly, and the audit log says so. Every apply, undo,
-//! refusal and recovery is recorded in the audit log: syslog (`/dev/log`) when present, else a
-//! root-only file (`/var/log/hotsplice/audit.log`).
+//! `--allow-unsigned` overrides that, explicitly, and the audit log says so. That policy is
+//! `hotsplice_trust`'s; [`accept`] calls it. Every apply, undo, refusal and recovery is
+//! recorded in the audit log: syslog (`/dev/log`) when present, else a root-only file
+//! (`/var/log/hotsplice/audit.log`).
 
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
 use clap::{Args, Subcommand};
-use hotsplice_bundle::signature::{PublicKey, SecretKey, verify};
+use hotsplice_bundle::signature::SecretKey;
+pub use hotsplice_trust::DEFAULT_TRUST_DIR;
+use hotsplice_trust::{MAX_KEY, Policy, detached_path};
 use serde_json::{Value, json};
 
 use crate::{EXIT_ENVIRONMENT, EXIT_OK, EXIT_REFUSED, Exit};
-
-/// The default directory of trusted public keys.
-pub const DEFAULT_TRUST_DIR: &str = "/etc/hotsplice/trusted-keys";
 
 /// Manage signing keys.
 #[derive(Debug, Args)]
@@ -99,18 +99,8 @@ pub fn key(args: &KeyArgs) -> Result<ExitCode, Exit> {
     Ok(ExitCode::from(EXIT_OK))
 }
 
-/// The largest key file read.
-const MAX_KEY: u64 = 4096;
-
 /// The largest file `sign` reads (a bundle or a kernel module).
 const MAX_SIGNED: u64 = 256 << 20;
-
-/// Where a file's detached signature is: `FILE.hsig`.
-pub fn detached_path(file: &Path) -> PathBuf {
-    let mut name = file.as_os_str().to_owned();
-    name.push(".hsig");
-    PathBuf::from(name)
-}
 
 /// Writes (or adds a signer to) the detached signature of a kernel module.
 pub fn sign_module(module: &Path, bytes: &[u8], key: &SecretKey) -> anyhow::Result<PathBuf> {
@@ -159,107 +149,23 @@ pub fn sign(args: &SignArgs) -> Result<ExitCode, Exit> {
     Ok(ExitCode::from(EXIT_OK))
 }
 
-/// Whether a path may hold trusted keys: owned by root (or by us), writable by no one else.
-fn check_owner(path: &Path) -> anyhow::Result<()> {
-    let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
-    let me = nix::unistd::geteuid().as_raw();
-    if meta.uid() != 0 && meta.uid() != me {
-        return Err(anyhow!(
-            "{} belongs to uid {}, not root: refusing to trust keys from it",
-            path.display(),
-            meta.uid()
-        ));
-    }
-    let mode = meta.permissions().mode();
-    // A sticky directory (like /tmp) lets no one rename or remove entries of others.
-    let sticky_dir = meta.is_dir() && mode & 0o1000 != 0;
-    if mode & 0o022 != 0 && !sticky_dir {
-        return Err(anyhow!(
-            "{} is writable by group or others (mode {:o}): refusing to trust keys from it",
-            path.display(),
-            mode & 0o7777
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a path and every directory above it, as sshd's StrictModes does: a writable parent
-/// would let someone swap what it holds.
-fn check_path(path: &Path) -> anyhow::Result<()> {
-    let real = path
-        .canonicalize()
-        .with_context(|| format!("{}", path.display()))?;
-    for ancestor in real.ancestors() {
-        check_owner(ancestor)?;
-    }
-    Ok(())
-}
-
-/// Reads one trusted key: a regular file of at most 4 KiB (never a FIFO or device, which
-/// could block or feed anything), where it really is (a symbolic link is followed only when
-/// every directory of its target is as safe as the trusted-keys directory).
-fn read_key(path: &Path) -> anyhow::Result<PublicKey> {
-    let real = path
-        .canonicalize()
-        .with_context(|| format!("{}", path.display()))?;
-    if real != path {
-        check_path(&real)
-            .with_context(|| format!("{} is a link to {}", path.display(), real.display()))?;
-    }
-    check_owner(&real)?;
-    let bytes = crate::live::read_regular(&real, MAX_KEY)?;
-    PublicKey::from_text(&String::from_utf8_lossy(&bytes))
-        .with_context(|| path.display().to_string())
-}
-
-/// The trusted public keys of a directory (`*.pub`), after checking its permissions.
-pub fn trusted_keys(dir: &Path) -> anyhow::Result<Vec<PublicKey>> {
-    check_path(dir).with_context(|| format!("trusted-keys directory {}", dir.display()))?;
-    let dir = dir.canonicalize()?;
-    let mut keys = Vec::new();
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("{}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "pub"))
-        .collect();
-    paths.sort();
-    for path in paths {
-        keys.push(read_key(&path)?);
-    }
-    Ok(keys)
-}
-
-/// Who vouches for a bundle: the id of the trusted key that signed it, or "unsigned".
+/// Who vouches for a bundle: the id of the trusted key that signed it, or "unverified (...)"
+/// with `--allow-unsigned` (`hotsplice_trust::Policy::accept_bundle`).
 pub fn accept(
     sealed: &hotsplice_bundle::Sealed,
     trust_dir: &Path,
     allow_unsigned: bool,
 ) -> Result<String, Exit> {
-    let keys = match trusted_keys(trust_dir) {
-        Ok(keys) => keys,
-        // With --allow-unsigned an unusable directory only means nothing can be verified.
-        Err(_) if allow_unsigned => Vec::new(),
-        Err(e) => {
-            return Err(Exit {
-                code: EXIT_REFUSED,
-                error: e.context(format!(
-                    "cannot use the trusted keys (create {} with root-owned *.pub files, or pass --allow-unsigned)",
-                    trust_dir.display()
-                )),
-            });
-        }
-    };
-    match verify(sealed, &keys) {
-        Ok(id) => Ok(id),
-        Err(why) if allow_unsigned => Ok(format!("unverified ({why}; --allow-unsigned)")),
-        Err(why) => Err(Exit {
-            code: EXIT_REFUSED,
-            error: anyhow!(
-                "{why}; trusted keys: {} — refusing to apply (sign it with `hotsplice sign`, trust the key, or pass --allow-unsigned)",
-                trust_dir.display()
-            ),
-        }),
+    Policy {
+        trust_dir,
+        allow_unsigned,
     }
+    .accept_bundle(sealed)
+    .map(|signer| signer.to_string())
+    .map_err(|e| Exit {
+        code: EXIT_REFUSED,
+        error: anyhow::Error::new(e),
+    })
 }
 
 /// Appends a record to the audit log: syslog (`/dev/log`) when present, else a root-only file

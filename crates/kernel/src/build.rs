@@ -5,9 +5,9 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use hotsplice_build::unified::{self, FileKind};
 use hotsplice_objdiff::patchset::{PreTarget, SymbolRef};
 use hotsplice_objdiff::{ObjectDiff, PatchSet, Status, patch_objects};
+use hotsplice_srcpatch::{self as srcpatch, FileKind};
 
 use crate::kallsyms::Kallsyms;
 use crate::module::{self, KlpFunction, Resolution};
@@ -35,6 +35,34 @@ pub struct Request {
     pub cache: PathBuf,
     /// The module's name (a C identifier).
     pub name: String,
+}
+
+/// The target kernel's files where a Debian-like system keeps those of the running kernel:
+/// what `hotsplice build --kernel` uses unless told otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetFiles {
+    /// Its headers (a kbuild tree with `Module.symvers`): `/lib/modules/RELEASE/build`.
+    pub headers: PathBuf,
+    /// Its symbols: `/proc/kallsyms`.
+    pub symbols: PathBuf,
+    /// Its image: `/boot/vmlinuz-RELEASE`.
+    pub vmlinux: PathBuf,
+    /// Its modules: `/lib/modules/RELEASE`.
+    pub modules: PathBuf,
+}
+
+impl TargetFiles {
+    /// The files of the running kernel, of release `release` (`uname -r`, see
+    /// [`kernel_release`](crate::livepatch::kernel_release)).
+    pub fn for_running_kernel(release: &str) -> TargetFiles {
+        let modules = PathBuf::from(format!("/lib/modules/{release}"));
+        TargetFiles {
+            headers: modules.join("build"),
+            symbols: PathBuf::from("/proc/kallsyms"),
+            vmlinux: PathBuf::from(format!("/boot/vmlinuz-{release}")),
+            modules,
+        }
+    }
 }
 
 /// Why the fix is refused, per thing.
@@ -115,7 +143,7 @@ fn changed_objects(files: &[PathBuf]) -> Result<Changed, Vec<Refusal>> {
     for file in files {
         let name = file.to_string_lossy().into_owned();
         let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("");
-        match (unified::file_kind(file), ext) {
+        match (srcpatch::file_kind(file), ext) {
             (FileKind::Documentation, _) => {}
             (_, "c") => objects.push(format!("{}.o", &name[..name.len() - 2])),
             (_, "h") if crate::includes::FORCED.contains(&name.as_str()) => {
@@ -285,7 +313,7 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
         path: request.diff.clone(),
         source,
     })?;
-    let files = unified::parse(&text)
+    let files = srcpatch::parse(&text)
         .map_err(|m| Error::Malformed(format!("{}: {m}", request.diff.display())))?;
     let kallsyms = Kallsyms::parse(&request.kallsyms);
     if kallsyms.vmlinux.is_empty() {
@@ -300,21 +328,14 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
     let tree = kbuild::prepare(&request.source, &request.config, &request.cache, progress)?;
     timings.prepare = started.elapsed().as_secs_f64();
 
-    // Which objects: the diff's paths, before the strip level is known, tried at 1, 0, 2.
+    // Which objects: the diff's paths at the strip level `patch` will use.
+    let strip = srcpatch::strip_level(&tree.dir, &request.diff)
+        .map_err(|e| Error::Malformed(e.to_string()))?;
     let paths: Vec<PathBuf> = files
         .iter()
         .filter(|f| !f.deletes())
         .map(|f| PathBuf::from(&f.new_path))
         .collect();
-    let strip = [1usize, 0, 2]
-        .into_iter()
-        .find(|&level| {
-            paths.iter().all(|p| {
-                let rel: PathBuf = p.components().skip(level).collect();
-                tree.dir.join(rel).exists()
-            })
-        })
-        .unwrap_or(1);
     let relative: Vec<PathBuf> = paths
         .iter()
         .map(|p| p.components().skip(strip).collect())
@@ -449,9 +470,8 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
     let started = Instant::now();
     progress("applying the fix and compiling again");
     let post = (|| {
-        let patched = hotsplice_build::apply_diff(&tree.dir, &request.diff, &text)
+        srcpatch::apply(&tree.dir, &request.diff, &files)
             .map_err(|e| Error::Malformed(e.to_string()))?;
-        let _ = patched;
         // The same objects compiled before the diff: a failure now is the diff's.
         kbuild::compile(&tree, &objects).map_err(|e| match e {
             Error::Command { output, .. } => Error::DiffDoesNotCompile { output },

@@ -8,6 +8,19 @@
 //! - [`kbuild`] prepares a kernel tree, compiles translation units and links the module.
 //! - [`klp`] rewrites the linked module's references to non-exported symbols into
 //!   livepatch's relocation format.
+//! - [`livepatch`] is the running kernel's side: [`livepatch::check_loadable`] checks a
+//!   module file before it is loaded, then `load`, `wait`, `disable`, `unload` and `list` go
+//!   through `finit_module`, `/sys/kernel/livepatch` and `delete_module`.
+//!
+//! ```no_run
+//! use hotsplice_kernel::livepatch;
+//! let path = std::path::Path::new("fix.ko");
+//! let bytes = std::fs::read(path).unwrap();
+//! let module = livepatch::check_loadable(path, &bytes, &livepatch::kernel_release()).unwrap();
+//! livepatch::load(path).unwrap();
+//! let stalled = livepatch::wait(&module.name, false, std::time::Duration::from_secs(60)).unwrap();
+//! println!("{} tasks still run the old code", stalled.len());
+//! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -16,8 +29,8 @@ pub mod includes;
 pub mod kallsyms;
 pub mod kbuild;
 pub mod klp;
+pub mod livepatch;
 pub mod module;
-pub mod qemu;
 pub mod runpre;
 
 /// Why a kernel live patch cannot be made.

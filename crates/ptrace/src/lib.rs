@@ -4,7 +4,8 @@
 //! memory writes, system calls run inside the target after evaluating its seccomp filters,
 //! per-thread pause accounting), real-time scheduling of the tracer ([`Realtime`]) and
 //! hotsplice's own signal mask ([`signals`]). This is the only crate of the workspace with
-//! `unsafe` code, and it knows nothing of ELF, diffs or patches.
+//! `unsafe` code, and it knows nothing of ELF, diffs or patches (the kernel's livepatch
+//! interface is `hotsplice_kernel::livepatch`).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -21,7 +22,6 @@
 
 pub mod exec_events;
 mod kcmp;
-pub mod livepatch;
 mod process;
 mod realtime;
 pub mod seccomp;

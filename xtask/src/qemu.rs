@@ -2,14 +2,14 @@
 //! busybox, hotsplice and the files a test needs, running a shell script as `/init` and
 //! powering off. The serial console is the result.
 //!
-//! Used by the kernel tests and `cargo xtask kernel-*`; not by hotsplice itself.
+//! Used by the kernel harness (`kernel.rs`); hotsplice itself never boots anything.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::Error;
+use anyhow::Context;
 
 /// A file of the initramfs.
 #[derive(Debug, Clone)]
@@ -24,13 +24,10 @@ pub struct File {
 
 impl File {
     /// A file copied from the host.
-    pub fn from_host(guest: &str, host: &Path, mode: u32) -> Result<File, Error> {
+    pub fn from_host(guest: &str, host: &Path, mode: u32) -> anyhow::Result<File> {
         Ok(File {
             path: guest.to_string(),
-            bytes: std::fs::read(host).map_err(|source| Error::Io {
-                path: host.to_path_buf(),
-                source,
-            })?,
+            bytes: std::fs::read(host).with_context(|| host.display().to_string())?,
             mode,
         })
     }
@@ -116,15 +113,12 @@ pub fn init_script(body: &str) -> String {
 }
 
 /// The files hotsplice needs in the guest: the binary and the shared libraries it links.
-pub fn hotsplice_files(binary: &Path) -> Result<Vec<File>, Error> {
+pub fn hotsplice_files(binary: &Path) -> anyhow::Result<Vec<File>> {
     let mut files = vec![File::from_host("/bin/hotsplice", binary, 0o755)?];
     let out = Command::new("ldd")
         .arg(binary)
         .output()
-        .map_err(|source| Error::Io {
-            path: binary.to_path_buf(),
-            source,
-        })?;
+        .with_context(|| format!("ldd {}", binary.display()))?;
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let path = line
             .split_whitespace()
@@ -160,16 +154,10 @@ pub fn boot(
     work: &Path,
     second_port: bool,
     timeout: Duration,
-) -> Result<Boot, Error> {
-    std::fs::create_dir_all(work).map_err(|source| Error::Io {
-        path: work.to_path_buf(),
-        source,
-    })?;
+) -> anyhow::Result<Boot> {
+    std::fs::create_dir_all(work).with_context(|| work.display().to_string())?;
     let initrd_path = work.join("initrd.cpio");
-    std::fs::write(&initrd_path, initrd).map_err(|source| Error::Io {
-        path: initrd_path.clone(),
-        source,
-    })?;
+    std::fs::write(&initrd_path, initrd).with_context(|| initrd_path.display().to_string())?;
     let second = work.join("ttyS1.out");
     let _ = std::fs::remove_file(&second);
     let mut cmd = Command::new("qemu-system-x86_64");
@@ -188,10 +176,7 @@ pub fn boot(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let started = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| Error::Command {
-        what: "starting qemu-system-x86_64".into(),
-        output: e.to_string(),
-    })?;
+    let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
     let mut stdout = child.stdout.take().expect("piped");
     let reader = std::thread::spawn(move || {
         let mut buf = Vec::new();
@@ -222,4 +207,32 @@ pub fn boot(
         seconds: started.elapsed().as_secs_f64(),
         timed_out,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initramfs_is_newc_with_parent_directories_and_a_trailer() {
+        let cpio = initramfs(&[File {
+            path: "/etc/hotsplice/key.pub".into(),
+            bytes: b"abc".to_vec(),
+            mode: 0o644,
+        }]);
+        assert!(cpio.len().is_multiple_of(4));
+        let text = String::from_utf8_lossy(&cpio);
+        // Every header starts with the newc magic: two directories, the file, the trailer.
+        assert_eq!(text.matches("070701").count(), 4);
+        let etc = text.find("etc\0").unwrap();
+        let dir = text.find("etc/hotsplice\0").unwrap();
+        let file = text.find("etc/hotsplice/key.pub\0").unwrap();
+        assert!(etc < dir && dir < file);
+        assert!(text[file..].contains("abc"));
+        assert!(text[file..].contains("TRAILER!!!\0"));
+        // The file's header: regular file 0644, size 3.
+        let header = &text[file - 110..file];
+        assert_eq!(&header[14..22], "000081a4");
+        assert_eq!(&header[54..62], "00000003");
+    }
 }

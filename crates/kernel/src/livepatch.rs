@@ -1,6 +1,8 @@
-//! The running kernel's livepatch interface: loading a livepatch module (`finit_module`),
-//! `/sys/kernel/livepatch/NAME/{enabled,transition}`, tasks' `/proc/PID/task/TID/patch_state`,
-//! and unloading (`delete_module`).
+//! The running kernel's livepatch interface: whether a module file may be loaded into this
+//! kernel ([`check_loadable`]: a livepatch module, built for this release), loading it
+//! (`finit_module`), `/sys/kernel/livepatch/NAME/{enabled,transition}`, tasks'
+//! `/proc/PID/task/TID/patch_state`, and unloading (`delete_module`). Every call is one of
+//! nix's safe wrappers or a file of sysfs or `/proc`: no `unsafe`, and nothing of ptrace.
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -44,6 +46,76 @@ pub enum LivepatchError {
         /// The error.
         errno: nix::errno::Errno,
     },
+}
+
+/// Why a module file is not a live patch this kernel can load. Each variant names the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotLoadable {
+    /// Not a kernel module, or its `.modinfo` cannot be read.
+    #[error("{}", module.display())]
+    Malformed {
+        /// The module file.
+        module: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: crate::Error,
+    },
+    /// A kernel module, but not a livepatch one.
+    #[error("{} is not a livepatch module (no livepatch=Y in its .modinfo)", module.display())]
+    NotLivepatch {
+        /// The module file.
+        module: PathBuf,
+    },
+    /// A livepatch module for another kernel release (its `vermagic`).
+    #[error("{} was built for kernel {built_for} but this kernel is {running}", module.display())]
+    OtherKernel {
+        /// The module file.
+        module: PathBuf,
+        /// The release its `vermagic` names.
+        built_for: String,
+        /// The running kernel's release.
+        running: String,
+    },
+}
+
+/// A module [`check_loadable`] accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loadable {
+    /// Its name (`.modinfo`'s `name`): the patch's name in `/sys/kernel/livepatch`.
+    pub name: String,
+}
+
+/// Checks a module file's bytes before loading it into the kernel of release `release`
+/// ([`kernel_release`]): an ELF kernel module with `livepatch=Y` in its `.modinfo`, and a
+/// `vermagic` (when it has one) for that release. `module` only names the file in errors.
+pub fn check_loadable(module: &Path, bytes: &[u8], release: &str) -> Result<Loadable, NotLoadable> {
+    let info = crate::klp::modinfo(bytes).map_err(|source| NotLoadable::Malformed {
+        module: module.to_path_buf(),
+        source,
+    })?;
+    let get = |k: &str| {
+        info.iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    if get("livepatch").as_deref() != Some("Y") {
+        return Err(NotLoadable::NotLivepatch {
+            module: module.to_path_buf(),
+        });
+    }
+    if let Some(vermagic) = get("vermagic")
+        && !vermagic.starts_with(&format!("{release} "))
+    {
+        return Err(NotLoadable::OtherKernel {
+            module: module.to_path_buf(),
+            built_for: vermagic.split(' ').next().unwrap_or("?").to_string(),
+            running: release.to_string(),
+        });
+    }
+    Ok(Loadable {
+        name: get("name").unwrap_or_default(),
+    })
 }
 
 /// A patch as `/sys/kernel/livepatch` shows it.
@@ -249,4 +321,95 @@ pub fn kernel_release() -> String {
     nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A relocatable ELF object whose `.modinfo` holds `entries`.
+    fn module(entries: &[&str]) -> Vec<u8> {
+        use object::write::Object;
+        use object::{Architecture, BinaryFormat, Endianness, SectionKind};
+        let mut o = Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+        let section = o.add_section(Vec::new(), b".modinfo".to_vec(), SectionKind::ReadOnlyData);
+        let mut data = Vec::new();
+        for e in entries {
+            data.extend_from_slice(e.as_bytes());
+            data.push(0);
+        }
+        o.set_section_data(section, data, 1);
+        o.write().unwrap()
+    }
+
+    const RELEASE: &str = "6.1.0-53-amd64";
+
+    #[test]
+    fn accepts_a_livepatch_module_for_this_release() {
+        let ko = module(&[
+            "livepatch=Y",
+            "name=fix",
+            "vermagic=6.1.0-53-amd64 SMP preempt mod_unload modversions ",
+        ]);
+        let ok = check_loadable(Path::new("fix.ko"), &ko, RELEASE).unwrap();
+        assert_eq!(ok.name, "fix");
+        // No vermagic: nothing to compare, the kernel itself checks.
+        let ko = module(&["livepatch=Y", "name=bare"]);
+        assert_eq!(
+            check_loadable(Path::new("bare.ko"), &ko, RELEASE)
+                .unwrap()
+                .name,
+            "bare"
+        );
+    }
+
+    #[test]
+    fn refuses_other_modules_naming_the_file() {
+        let plain = module(&["name=plain", "vermagic=6.1.0-53-amd64 SMP "]);
+        let e = check_loadable(Path::new("plain.ko"), &plain, RELEASE).unwrap_err();
+        assert!(matches!(e, NotLoadable::NotLivepatch { .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "plain.ko is not a livepatch module (no livepatch=Y in its .modinfo)"
+        );
+        let other = module(&["livepatch=Y", "name=fix", "vermagic=6.1.0-52-amd64 SMP "]);
+        let e = check_loadable(Path::new("fix.ko"), &other, RELEASE).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "fix.ko was built for kernel 6.1.0-52-amd64 but this kernel is 6.1.0-53-amd64"
+        );
+        // A release that is a prefix of the module's is another release.
+        let longer = module(&["livepatch=Y", "vermagic=6.1.0-53-amd64-rt SMP "]);
+        assert!(matches!(
+            check_loadable(Path::new("rt.ko"), &longer, RELEASE),
+            Err(NotLoadable::OtherKernel { .. })
+        ));
+        let e = check_loadable(Path::new("x.ko"), b"not a module", RELEASE).unwrap_err();
+        assert!(matches!(e, NotLoadable::Malformed { .. }));
+        assert!(
+            anyhow_like(&e).starts_with("x.ko: not a kernel module"),
+            "{}",
+            anyhow_like(&e)
+        );
+    }
+
+    /// The error and its sources joined by `: `, as the binary prints them.
+    fn anyhow_like(e: &dyn std::error::Error) -> String {
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            text = format!("{text}: {s}");
+            source = s.source();
+        }
+        text
+    }
+
+    #[test]
+    fn default_target_files_follow_the_release() {
+        let t = crate::build::TargetFiles::for_running_kernel(RELEASE);
+        assert_eq!(t.headers, Path::new("/lib/modules/6.1.0-53-amd64/build"));
+        assert_eq!(t.modules, Path::new("/lib/modules/6.1.0-53-amd64"));
+        assert_eq!(t.vmlinux, Path::new("/boot/vmlinuz-6.1.0-53-amd64"));
+        assert_eq!(t.symbols, Path::new("/proc/kallsyms"));
+    }
 }
