@@ -23,6 +23,8 @@
 //! - `fleet`: the Ansible collection rolling a live patch out over SSH to N hosts made of
 //!   network namespaces — canary, batches, health checks, undo, watch
 //!   (`eval/results/fleet.{md,json}`).
+//! - `check-structure`: no module cycles, no bare relocation numbers (also run by the unit
+//!   tests of `structure.rs`).
 
 mod debian;
 mod fleet;
@@ -32,6 +34,7 @@ mod nginx;
 mod pause;
 mod semantic;
 mod soak;
+mod structure;
 
 use std::process::ExitCode;
 
@@ -54,7 +57,8 @@ tasks:
   eval-debian openssh|curl [--update-from VERSION]
                                 a Debian package's patch series built as a series, applied live in order, undone
                                 (--update-from: the update from VERSION as `build --debian --update-to` builds it)
-  fleet [--hosts N]             the Ansible rollout over SSH to N (default 5) network-namespace hosts";
+  fleet [--hosts N]             the Ansible rollout over SSH to N (default 5) network-namespace hosts
+  check-structure               no module cycles in any crate, no bare relocation numbers";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
         Some("bad-input-table") => bad_input_table(),
         Some("eval-debian") => debian::eval_debian(&args[1..]),
         Some("fleet") => fleet::fleet(&args[1..]),
+        Some("check-structure") => structure::check_structure(),
         Some("bench-kernel") => {
             kernel::bench_kernel(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(5))
         }

@@ -2,6 +2,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
+use hotsplice_reloc::{Op, RelocClass};
+use object::elf::{
+    SHF_TLS, SHF_WRITE, SHT_FINI_ARRAY, SHT_INIT_ARRAY, SHT_NOTE, SHT_PREINIT_ARRAY,
+    SHT_X86_64_UNWIND, SectionType,
+};
+
 use crate::compare::{Comparer, Range, is_private_data};
 use crate::correlate::{self, Correlation};
 use crate::elf::{self, Definition, ElfObject, SymbolKind};
@@ -10,16 +16,9 @@ use crate::layout;
 use crate::name::{self, CloneKind};
 use crate::patchset::{self, PatchSet};
 use crate::reference::{Resolved, Target};
-use crate::reloc_type;
 use crate::report::{
     DataDiff, DataKind, FunctionDiff, ObjectDiff, Refusal, RefusalKind, StaticBinding, Status,
 };
-
-const SHT_INIT_ARRAY: u32 = 14;
-const SHT_FINI_ARRAY: u32 = 15;
-const SHT_PREINIT_ARRAY: u32 = 16;
-const SHT_NOTE: u32 = 7;
-const SHT_X86_64_UNWIND: u32 = 0x7000_0001;
 
 /// Diffs one object pair. `None` stands for an object that exists in one build only (all its
 /// functions are then new, or removed).
@@ -243,11 +242,11 @@ fn data_kind(side: &Resolved<'_>, index: usize) -> DataKind {
     match sym.section() {
         Some(s) => {
             let section = &side.elf.sections[s];
-            if section.flags & elf::SHF_TLS != 0 {
+            if section.flags & SHF_TLS.0 != 0 {
                 DataKind::Tls
             } else if section.is_nobits() {
                 DataKind::Bss
-            } else if section.flags & elf::SHF_WRITE == 0 {
+            } else if section.flags & SHF_WRITE.0 == 0 {
                 DataKind::ReadOnly
             } else {
                 DataKind::Data
@@ -451,7 +450,7 @@ fn refuse_data(post: &Resolved<'_>, data: &[DataDiff], changed: &[usize]) -> Vec
 
 fn is_init_section(section: &elf::Section<'_>) -> bool {
     matches!(
-        section.sh_type,
+        SectionType(section.sh_type),
         SHT_INIT_ARRAY | SHT_PREINIT_ARRAY | SHT_FINI_ARRAY
     ) || section.name.starts_with(".ctors")
         || section.name.starts_with(".dtors")
@@ -460,7 +459,7 @@ fn is_init_section(section: &elf::Section<'_>) -> bool {
 }
 
 fn is_fini_section(section: &elf::Section<'_>) -> bool {
-    section.sh_type == SHT_FINI_ARRAY
+    section.sh_type == SHT_FINI_ARRAY.0
         || section.name.starts_with(".fini_array")
         || section.name.starts_with(".dtors")
 }
@@ -557,8 +556,8 @@ fn refuse_sections(
             || section.is_merge_strings()
             || section.is_merge_constants()
             || is_init_section(section)
-            || section.sh_type == SHT_NOTE
-            || section.sh_type == SHT_X86_64_UNWIND
+            || section.sh_type == SHT_NOTE.0
+            || section.sh_type == SHT_X86_64_UNWIND.0
             || section.name == ".eh_frame"
             || section.name.starts_with(".note")
             || crate::table::is_table_section(&section.name)
@@ -613,10 +612,8 @@ fn refuse_relocations(
         for r in post.references_in(range.section, range.start, range.end) {
             // R_X86_64_NONE writes nothing (objtool leaves it where it turned a call into
             // a NOP): a no-op, not a reference.
-            if r.r_type == reloc_type::R_X86_64_NONE
-                || reloc_type::is_supported(r.r_type)
-                || !reported.insert(r.r_type)
-            {
+            let class = RelocClass::of(r.r_type);
+            if class.op == Op::None || class.linked || !reported.insert(r.r_type) {
                 continue;
             }
             let name = &post.elf.symbols[symbol].name;
@@ -625,10 +622,10 @@ fn refuse_relocations(
                 symbol: name.clone(),
                 detail: format!(
                     "{} at {name}+{:#x} (to {}): {}",
-                    reloc_type::name(r.r_type),
+                    hotsplice_reloc::name(r.r_type),
                     r.offset - range.start,
                     crate::compare::describe(post, r),
-                    reloc_type::unsupported_reason(r.r_type)
+                    hotsplice_reloc::unsupported_reason(r.r_type)
                 ),
                 functions: vec![name.clone()],
             });

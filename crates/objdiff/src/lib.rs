@@ -39,7 +39,6 @@ mod layout;
 pub mod name;
 pub mod patchset;
 mod reference;
-pub mod reloc_type;
 mod report;
 pub mod table;
 

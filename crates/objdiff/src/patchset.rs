@@ -11,6 +11,8 @@
 
 use std::collections::HashMap;
 
+use hotsplice_reloc::{Op, RelocClass};
+
 use crate::correlate::Correlation;
 use crate::diff::cold_owner;
 use crate::elf::{self, SymbolKind};
@@ -287,7 +289,7 @@ fn class_of(kind: SymbolKind) -> SymbolClass {
 fn piece_kind(section: &elf::Section<'_>) -> PieceKind {
     if section.is_code() {
         PieceKind::Code
-    } else if section.flags & elf::SHF_WRITE == 0 {
+    } else if section.flags & object::elf::SHF_WRITE.0 == 0 {
         PieceKind::ReadOnly
     } else if section.is_nobits() {
         PieceKind::Bss
@@ -557,7 +559,7 @@ impl<'x, 'a> Extractor<'x, 'a> {
             // R_X86_64_NONE writes nothing: nothing to carry or resolve.
             for r in references
                 .iter()
-                .filter(|r| r.r_type != crate::reloc_type::R_X86_64_NONE)
+                .filter(|r| RelocClass::of(r.r_type).op != Op::None)
             {
                 let target = self.link(r);
                 relocs.push(PieceReloc {
