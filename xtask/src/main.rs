@@ -58,7 +58,7 @@ tasks:
                                 a Debian package's patch series built as a series, applied live in order, undone
                                 (--update-from: the update from VERSION as `build --debian --update-to` builds it)
   fleet [--hosts N]             the Ansible rollout over SSH to N (default 5) network-namespace hosts
-  check-structure               no module cycles in any crate, no bare relocation numbers";
+  check-structure [ROOT]        no module cycles in any crate, no bare relocation numbers";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -79,7 +79,7 @@ fn main() -> ExitCode {
         Some("bad-input-table") => bad_input_table(),
         Some("eval-debian") => debian::eval_debian(&args[1..]),
         Some("fleet") => fleet::fleet(&args[1..]),
-        Some("check-structure") => structure::check_structure(),
+        Some("check-structure") => structure::check_structure(args.get(1).map(String::as_str)),
         Some("bench-kernel") => {
             kernel::bench_kernel(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(5))
         }

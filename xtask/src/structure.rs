@@ -19,6 +19,10 @@ const ALLOWED_CYCLES: &[(&str, &[&str])] = &[
     // Issue 14: cli `build.rs` <-> `kernel.rs`, broken by the `args.rs` work (the clap
     // structs both modules import); remove this entry when that branch is merged.
     ("crates/cli", &["build", "kernel"]),
+    // Issue 14: cli `live.rs` (`trust::accept`, `trust::audit`) <-> `trust.rs`
+    // (`live::read_regular`), left to the branch that moves the trust policy into a library;
+    // remove this entry when that branch is merged.
+    ("crates/cli", &["live", "trust"]),
 ];
 
 /// The crate that owns relocation numbers: its sources are exempt from the number rule.
@@ -27,16 +31,21 @@ const RELOC_CRATE: &str = "crates/reloc";
 /// This file: its tests hold bare relocation numbers on purpose.
 const THIS_FILE: &str = "xtask/src/structure.rs";
 
-/// `cargo xtask check-structure`: prints every violation, fails if there is one.
-pub fn check_structure() -> anyhow::Result<()> {
-    let root = workspace_root();
+/// `cargo xtask check-structure [ROOT]`: prints every violation (in the workspace at `ROOT`,
+/// by default this one), fails if there is one.
+pub fn check_structure(root: Option<&str>) -> anyhow::Result<()> {
+    let root = root.map_or_else(workspace_root, PathBuf::from);
     let mut problems = Vec::new();
     for cycle in module_cycles(&root)? {
-        problems.push(cycle.to_string());
+        if cycle.allowed {
+            println!("{cycle}");
+        } else {
+            problems.push(cycle.to_string());
+        }
     }
     problems.extend(bare_relocation_numbers(&root)?);
     if problems.is_empty() {
-        println!("structure: no module cycles, no bare relocation numbers");
+        println!("structure: no module cycles (but the allowed ones), no bare relocation numbers");
         return Ok(());
     }
     for p in &problems {
@@ -69,8 +78,9 @@ impl std::fmt::Display for Cycle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}: module cycle {}{}",
+            "{}: module cycle among {{{}}}: {}{}",
             self.krate,
+            self.modules.join(", "),
             self.path.join(" -> "),
             if self.allowed { " (allowed)" } else { "" }
         )

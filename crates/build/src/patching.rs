@@ -9,9 +9,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::builder::{Context, State, io_error};
+use crate::state::{Context, State};
 use crate::workspace::Workspace;
-use crate::{Error, tree, unified};
+use crate::{Error, io_error, tree, unified};
 
 /// One file a diff touches.
 pub(crate) struct Patched {

@@ -12,12 +12,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hotsplice_bundle::{Bundle, Link, ObjectProvenance, Provenance, convert, sha256_hex};
 use hotsplice_objdiff::{ObjectDiff, Report, patch_objects};
 
-use crate::builder::{Context, FileReport, Outcome, PostState, State, Timings, io_error};
 use crate::classify::{self, Reads, Role};
 use crate::closure::{self, Index};
 use crate::patching::{Patched, apply_in_series, update_mirrors};
 use crate::record::Record;
-use crate::{Error, access, deps, tree};
+use crate::request::{FileReport, Outcome, Timings};
+use crate::state::{Context, PostState, State};
+use crate::{Error, access, deps, io_error, tree};
 
 /// Runs `f` over `items` on up to `jobs` threads; results in order.
 pub(crate) fn parallel<T: Sync, R: Send>(

@@ -14,7 +14,6 @@ use crate::elf::{self, Definition, ElfObject, SymbolKind};
 use crate::error::{Error, Side};
 use crate::layout;
 use crate::name::{self, CloneKind};
-use crate::patchset::{self, PatchSet};
 use crate::reference::{Resolved, Target};
 use crate::report::{
     DataDiff, DataKind, FunctionDiff, ObjectDiff, Refusal, RefusalKind, StaticBinding, Status,
@@ -35,24 +34,8 @@ pub fn diff_objects(
     Ok(analyze(object, &pre, &post, &correlation))
 }
 
-/// Diffs one object pair and extracts the [`PatchSet`] that applies its change: the code of
-/// the changed and new functions with everything they carry, and the pre code of every
-/// replaced function.
-pub fn patch_objects(
-    object: &str,
-    pre: Option<&[u8]>,
-    post: Option<&[u8]>,
-) -> Result<(ObjectDiff, PatchSet), Error> {
-    let pre = parse(pre, Side::Pre)?;
-    let post = parse(post, Side::Post)?;
-    let correlation = correlate::correlate(&pre, &post);
-    let diff = analyze(object, &pre, &post, &correlation);
-    let set = patchset::extract(&pre, &post, &correlation, &diff);
-    Ok((diff, set))
-}
-
 /// The diff of a parsed, correlated pair.
-fn analyze(
+pub(crate) fn analyze(
     object: &str,
     pre: &Resolved<'_>,
     post: &Resolved<'_>,
@@ -110,7 +93,8 @@ fn analyze(
     diff
 }
 
-fn parse(bytes: Option<&[u8]>, side: Side) -> Result<Resolved<'_>, Error> {
+/// One object of the pair, parsed and resolved (`None`: the object does not exist on this side).
+pub(crate) fn parse(bytes: Option<&[u8]>, side: Side) -> Result<Resolved<'_>, Error> {
     let elf = match bytes {
         Some(bytes) => ElfObject::parse(bytes).map_err(|e| e.in_build(side))?,
         None => ElfObject::empty(),
@@ -136,17 +120,6 @@ fn is_data(side: &Resolved<'_>, index: usize) -> bool {
         }
 }
 
-/// The owning function of a `.cold` part: `foo.cold` → `foo`, `foo.isra.0.cold.1` →
-/// `foo.isra.0`.
-pub(crate) fn cold_owner(name: &str) -> Option<&str> {
-    let trimmed = name.trim_end_matches(|c: char| c.is_ascii_digit());
-    let trimmed = trimmed.strip_suffix('.').unwrap_or(trimmed);
-    if trimmed.len() < name.len() && !name[trimmed.len()..].starts_with('.') {
-        return None;
-    }
-    trimmed.strip_suffix(".cold")
-}
-
 fn function_statuses(
     pre: &Resolved<'_>,
     post: &Resolved<'_>,
@@ -156,7 +129,7 @@ fn function_statuses(
     let mut functions = Vec::new();
     let entry = |side: &Resolved<'_>, index: usize, status: Status| {
         let sym = &side.elf.symbols[index];
-        let (parent, clone) = match cold_owner(&sym.name) {
+        let (parent, clone) = match name::cold_owner(&sym.name) {
             Some(owner) => (Some(owner.to_string()), Some(CloneKind::Cold)),
             None => match name::clone_parent(&sym.name) {
                 (parent, Some(kind)) => (Some(parent.to_string()), Some(kind)),
@@ -632,18 +605,4 @@ fn refuse_relocations(
         }
     }
     refusals
-}
-
-#[cfg(test)]
-mod tests {
-    use super::cold_owner;
-
-    #[test]
-    fn cold_owners() {
-        assert_eq!(cold_owner("foo.cold"), Some("foo"));
-        assert_eq!(cold_owner("foo.isra.0.cold"), Some("foo.isra.0"));
-        assert_eq!(cold_owner("foo.cold.1"), Some("foo"));
-        assert_eq!(cold_owner("foo"), None);
-        assert_eq!(cold_owner("coldfoo"), None);
-    }
 }

@@ -42,10 +42,10 @@ mod reference;
 mod report;
 pub mod table;
 
-pub use diff::{diff_objects, patch_objects};
+pub use diff::diff_objects;
 pub use error::{Error, Side};
 pub use name::CloneKind;
-pub use patchset::PatchSet;
+pub use patchset::{PatchSet, patch_objects};
 pub use report::{
     DataDiff, DataKind, FunctionDiff, ObjectDiff, Refusal, RefusalKind, Report, StaticBinding,
     Status,

@@ -9,17 +9,34 @@
 //! symbol). Each [`Replacement`] names a function to redirect and carries its pre-build code
 //! and relocations, which run-pre matching compares against the running code.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use hotsplice_reloc::{Op, RelocClass};
 
-use crate::correlate::Correlation;
-use crate::diff::cold_owner;
+use crate::correlate::{self, Correlation};
+use crate::diff::{analyze, parse};
 use crate::elf::{self, SymbolKind};
-use crate::name::CloneKind;
+use crate::error::{Error, Side};
+use crate::name::{CloneKind, cold_owner};
 use crate::reference::{Reference, Resolved, Target};
 use crate::report::{ObjectDiff, Status};
 use crate::table;
+
+/// Diffs one object pair and extracts the [`PatchSet`] that applies its change: the code of
+/// the changed and new functions with everything they carry, and the pre code of every
+/// replaced function.
+pub fn patch_objects(
+    object: &str,
+    pre: Option<&[u8]>,
+    post: Option<&[u8]>,
+) -> Result<(ObjectDiff, PatchSet), Error> {
+    let pre = parse(pre, Side::Pre)?;
+    let post = parse(post, Side::Post)?;
+    let correlation = correlate::correlate(&pre, &post);
+    let diff = analyze(object, &pre, &post, &correlation);
+    let set = extract(&pre, &post, &correlation, &diff);
+    Ok((diff, set))
+}
 
 /// What kind of memory a piece needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -249,8 +266,8 @@ pub fn function_pre_code(
     bytes: &[u8],
     name: &str,
     local: bool,
-) -> Result<Option<Referenced>, crate::Error> {
-    let elf = crate::elf::ElfObject::parse(bytes).map_err(|e| e.in_build(crate::Side::Pre))?;
+) -> Result<Option<Referenced>, Error> {
+    let elf = crate::elf::ElfObject::parse(bytes).map_err(|e| e.in_build(Side::Pre))?;
     let Some(index) = elf.symbols.iter().position(|s| {
         s.name == name
             && s.kind == crate::elf::SymbolKind::Func
@@ -303,7 +320,7 @@ struct Extractor<'x, 'a> {
     post: &'x Resolved<'a>,
     correlation: &'x Correlation,
     /// Post symbols whose code or data the patch carries.
-    carried: HashMap<usize, ()>,
+    carried: HashSet<usize>,
     set: PatchSet,
     index: HashMap<Key<'a>, usize>,
     queue: Vec<(usize, usize, u64, u64)>,
@@ -423,7 +440,7 @@ impl<'x, 'a> Extractor<'x, 'a> {
             }
             Target::Symbol(symbol) => {
                 let sym = &self.post.elf.symbols[symbol];
-                if self.carried.contains_key(&symbol) {
+                if self.carried.contains(&symbol) {
                     return Link::Piece(self.piece_for_symbol(symbol));
                 }
                 if sym.section().is_none() {
@@ -438,15 +455,11 @@ impl<'x, 'a> Extractor<'x, 'a> {
                 let private = is_data && crate::compare::is_private_data(sym.kind, &sym.name);
                 match self.correlation.post_to_pre.get(&symbol) {
                     Some(&pre) if !private => Link::Symbol(self.symbol_ref_pre(pre)),
-                    _ if sym.kind == SymbolKind::Func => {
-                        // A new function not selected as new (cannot happen for a correct
-                        // diff); carry it rather than link to nothing.
-                        self.carried.insert(symbol, ());
-                        Link::Piece(self.piece_for_symbol(symbol))
-                    }
+                    // New or compiler-private data: the patch brings its own copy. (A new
+                    // function not selected as new cannot happen for a correct diff; it is
+                    // carried too rather than linked to nothing.)
                     _ => {
-                        // New or compiler-private data: the patch brings its own copy.
-                        self.carried.insert(symbol, ());
+                        self.carried.insert(symbol);
                         Link::Piece(self.piece_for_symbol(symbol))
                     }
                 }
@@ -460,7 +473,7 @@ impl<'x, 'a> Extractor<'x, 'a> {
         let Target::Symbol(symbol) = reference.target else {
             return None;
         };
-        if !self.carried.contains_key(&symbol) {
+        if !self.carried.contains(&symbol) {
             return None;
         }
         let sym = &self.post.elf.symbols[symbol];
@@ -575,7 +588,7 @@ impl<'x, 'a> Extractor<'x, 'a> {
 }
 
 /// Extracts the patch set of a diffed pair.
-pub fn extract(
+fn extract(
     pre: &Resolved<'_>,
     post: &Resolved<'_>,
     correlation: &Correlation,
@@ -585,7 +598,7 @@ pub fn extract(
         pre,
         post,
         correlation,
-        carried: HashMap::new(),
+        carried: HashSet::new(),
         set: PatchSet {
             object: diff.object.clone(),
             source_file: pre
@@ -606,14 +619,14 @@ pub fn extract(
         .collect();
     for f in &included {
         if let Some(j) = f.post_symbol {
-            x.carried.insert(j, ());
+            x.carried.insert(j);
         }
     }
     for f in &diff.functions {
         if let (Some(j), Some(owner)) = (f.post_symbol, cold_owner(&f.name))
             && included.iter().any(|g| g.name == owner)
         {
-            x.carried.insert(j, ());
+            x.carried.insert(j);
         }
     }
     for f in &included {
