@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use hotsplice_build::unified::{self, FileKind};
 use hotsplice_objdiff::patchset::{PreTarget, SymbolRef};
-use hotsplice_objdiff::{ObjectDiff, PatchSet, Status, patch_objects};
+use hotsplice_objdiff::{ObjectDiff, PatchSet, PostSym, Status, patch_objects};
 
 use crate::kallsyms::Kallsyms;
 use crate::module::{self, KlpFunction, Resolution};
@@ -209,7 +209,7 @@ fn kernel_refusals(post: &[u8], diff: &ObjectDiff, set: &PatchSet) -> Vec<Refusa
     {
         let section = f
             .post_symbol
-            .and_then(|j| elf.symbols.get(j))
+            .and_then(|j| elf.symbols.get(j.0))
             .and_then(|s| s.section())
             .and_then(|s| elf.sections.get(s));
         if let Some(section) = section
@@ -541,10 +541,10 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
         .zip(&post)
         .flat_map(|(d, bytes)| {
             let elf = hotsplice_objdiff::elf::ElfObject::parse(bytes).ok();
-            let global = |i: Option<usize>| {
+            let global = |i: Option<PostSym>| {
                 elf.as_ref()
                     .zip(i)
-                    .and_then(|(e, i)| e.symbols.get(i))
+                    .and_then(|(e, i)| e.symbols.get(i.0))
                     .is_some_and(|s| s.is_global())
             };
             let functions = d

@@ -15,6 +15,7 @@ use crate::correlate::Correlation;
 use crate::elf::SymbolKind;
 use crate::name;
 use crate::reference::{Reference, Resolved, Target};
+use crate::report::{PostSym, PreSym};
 
 /// A byte range of one section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -192,7 +193,7 @@ impl<'c, 'a> Comparer<'c, 'a> {
                 .map(|why| format!("{} changed: {why}", qs.name))
             }
             (Target::Symbol(p), Target::Symbol(q)) => {
-                let paired = self.correlation.pre_to_post.get(&p) == Some(&q);
+                let paired = self.correlation.post_of(PreSym(p)) == Some(PostSym(q));
                 let (ps, qs) = (&self.pre.elf.symbols[p], &self.post.elf.symbols[q]);
                 let private =
                     is_private_data(ps.kind, &ps.name) && is_private_data(qs.kind, &qs.name);

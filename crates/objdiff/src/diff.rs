@@ -16,7 +16,8 @@ use crate::layout;
 use crate::name::{self, CloneKind};
 use crate::reference::{Resolved, Target};
 use crate::report::{
-    DataDiff, DataKind, FunctionDiff, ObjectDiff, Refusal, RefusalKind, StaticBinding, Status,
+    DataDiff, DataKind, FunctionDiff, ObjectDiff, PostSym, PreSym, Refusal, RefusalKind,
+    StaticBinding, Status,
 };
 
 /// Diffs one object pair. `None` stands for an object that exists in one build only (all its
@@ -49,7 +50,7 @@ pub(crate) fn analyze(
     diff.functions = function_statuses(pre, post, correlation, &comparer);
     diff.data = data_statuses(pre, post, correlation, &comparer);
 
-    let changed: Vec<usize> = diff
+    let changed: Vec<PostSym> = diff
         .functions
         .iter()
         .filter(|f| matches!(f.status, Status::Changed | Status::New))
@@ -61,7 +62,7 @@ pub(crate) fn analyze(
     refusals.extend(refuse_sections(pre, post, &comparer));
     refusals.extend(refuse_relocations(post, &diff.functions, &diff.data));
     diff.refusals = refusals;
-    let changed_pre: Vec<usize> = diff
+    let changed_pre: Vec<PreSym> = diff
         .functions
         .iter()
         .filter(|f| f.status == Status::Changed)
@@ -150,14 +151,13 @@ fn function_statuses(
     };
     for j in (0..post.elf.symbols.len()).filter(|&j| is_function(post, j)) {
         let paired = correlation
-            .post_to_pre
-            .get(&j)
-            .copied()
+            .pre_of(PostSym(j))
+            .map(|i| i.0)
             .filter(|&i| is_function(pre, i));
         let mut f = entry(post, j, Status::New);
-        f.post_symbol = Some(j);
+        f.post_symbol = Some(PostSym(j));
         if let Some(i) = paired {
-            f.pre_symbol = Some(i);
+            f.pre_symbol = Some(PreSym(i));
             let pre_name = &pre.elf.symbols[i].name;
             if *pre_name != f.name {
                 f.pre_name = Some(pre_name.clone());
@@ -177,12 +177,11 @@ fn function_statuses(
     }
     for i in (0..pre.elf.symbols.len()).filter(|&i| is_function(pre, i)) {
         let paired = correlation
-            .pre_to_post
-            .get(&i)
-            .is_some_and(|&j| is_function(post, j));
+            .post_of(PreSym(i))
+            .is_some_and(|j| is_function(post, j.0));
         if !paired {
             let mut f = entry(pre, i, Status::Removed);
-            f.pre_symbol = Some(i);
+            f.pre_symbol = Some(PreSym(i));
             functions.push(f);
         }
     }
@@ -251,14 +250,13 @@ fn data_statuses(
     };
     for j in (0..post.elf.symbols.len()).filter(|&j| is_data(post, j)) {
         let mut d = entry(post, j, Status::New);
-        d.post_symbol = Some(j);
+        d.post_symbol = Some(PostSym(j));
         if let Some(i) = correlation
-            .post_to_pre
-            .get(&j)
-            .copied()
+            .pre_of(PostSym(j))
+            .map(|i| i.0)
             .filter(|&i| is_data(pre, i))
         {
-            d.pre_symbol = Some(i);
+            d.pre_symbol = Some(PreSym(i));
             let (pre_sym, post_sym) = (&pre.elf.symbols[i], &post.elf.symbols[j]);
             if pre_sym.name != post_sym.name {
                 d.pre_name = Some(pre_sym.name.clone());
@@ -294,12 +292,11 @@ fn data_statuses(
     }
     for i in (0..pre.elf.symbols.len()).filter(|&i| is_data(pre, i)) {
         if !correlation
-            .pre_to_post
-            .get(&i)
-            .is_some_and(|&j| is_data(post, j))
+            .post_of(PreSym(i))
+            .is_some_and(|j| is_data(post, j.0))
         {
             let mut d = entry(pre, i, Status::Removed);
-            d.pre_symbol = Some(i);
+            d.pre_symbol = Some(PreSym(i));
             data.push(d);
         }
     }
@@ -308,8 +305,8 @@ fn data_statuses(
 }
 
 /// Symbols referenced by the code of a post function.
-pub(crate) fn referenced_symbols(post: &Resolved<'_>, function: usize) -> Vec<usize> {
-    let Some(range) = Range::of_symbol(post, function) else {
+fn referenced_symbols(post: &Resolved<'_>, function: PostSym) -> Vec<PostSym> {
+    let Some(range) = Range::of_symbol(post, function.0) else {
         return Vec::new();
     };
     post.references_in(
@@ -319,7 +316,7 @@ pub(crate) fn referenced_symbols(post: &Resolved<'_>, function: usize) -> Vec<us
     )
     .iter()
     .filter_map(|r| match r.target {
-        Target::Symbol(s) => Some(s),
+        Target::Symbol(s) => Some(PostSym(s)),
         _ => None,
     })
     .collect()
@@ -329,27 +326,26 @@ fn bindings(
     pre: &Resolved<'_>,
     post: &Resolved<'_>,
     correlation: &Correlation,
-    changed: &[usize],
+    changed: &[PostSym],
 ) -> Vec<StaticBinding> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for &function in changed {
         for target in referenced_symbols(post, function) {
-            if !correlate::is_static_local(post, target) || !seen.insert((function, target)) {
+            if !correlate::is_static_local(post, target.0) || !seen.insert((function, target)) {
                 continue;
             }
-            let sym = &post.elf.symbols[target];
+            let sym = &post.elf.symbols[target.0];
             let private = is_private_data(sym.kind, &sym.name);
             let existing = if private {
                 None
             } else {
                 correlation
-                    .post_to_pre
-                    .get(&target)
-                    .map(|&i| pre.elf.symbols[i].name.clone())
+                    .pre_of(target)
+                    .map(|i| pre.elf.symbols[i.0].name.clone())
             };
             out.push(StaticBinding {
-                function: post.elf.symbols[function].name.clone(),
+                function: post.elf.symbols[function.0].name.clone(),
                 symbol: sym.name.clone(),
                 existing,
                 compiler_private: private,
@@ -361,17 +357,17 @@ fn bindings(
 }
 
 /// Changed post functions whose code references `symbol`.
-fn users(post: &Resolved<'_>, changed: &[usize], symbol: usize) -> Vec<String> {
+fn users(post: &Resolved<'_>, changed: &[PostSym], symbol: PostSym) -> Vec<String> {
     let mut names: BTreeSet<String> = BTreeSet::new();
     for &f in changed {
         if referenced_symbols(post, f).contains(&symbol) {
-            names.insert(post.elf.symbols[f].name.clone());
+            names.insert(post.elf.symbols[f.0].name.clone());
         }
     }
     names.into_iter().collect()
 }
 
-fn refuse_data(post: &Resolved<'_>, data: &[DataDiff], changed: &[usize]) -> Vec<Refusal> {
+fn refuse_data(post: &Resolved<'_>, data: &[DataDiff], changed: &[PostSym]) -> Vec<Refusal> {
     let mut refusals = Vec::new();
     for d in data {
         let functions = d
@@ -444,11 +440,11 @@ fn refuse_init(
     functions: &[FunctionDiff],
 ) -> Vec<Refusal> {
     let mut refusals = Vec::new();
-    let mut constructors: BTreeMap<usize, bool> = BTreeMap::new();
+    let mut constructors: BTreeMap<PostSym, bool> = BTreeMap::new();
     for section in post.elf.sections.iter().filter(|s| is_init_section(s)) {
         for reference in &post.references[section.index] {
             if let Target::Symbol(s) = reference.target {
-                constructors.insert(s, is_fini_section(section));
+                constructors.insert(PostSym(s), is_fini_section(section));
             }
         }
         let pre_section = pre.elf.section_by_name(&section.name);
@@ -578,7 +574,7 @@ fn refuse_relocations(
                 .filter_map(|d| d.post_symbol),
         );
     for symbol in elements {
-        let Some(range) = Range::of_symbol(post, symbol) else {
+        let Some(range) = Range::of_symbol(post, symbol.0) else {
             continue;
         };
         let mut reported = HashSet::new();
@@ -589,7 +585,7 @@ fn refuse_relocations(
             if class.op == Op::None || class.linked || !reported.insert(r.r_type) {
                 continue;
             }
-            let name = &post.elf.symbols[symbol].name;
+            let name = &post.elf.symbols[symbol.0].name;
             refusals.push(Refusal {
                 kind: RefusalKind::UnsupportedRelocation,
                 symbol: name.clone(),

@@ -47,6 +47,6 @@ pub use error::{Error, Side};
 pub use name::CloneKind;
 pub use patchset::{PatchSet, patch_objects};
 pub use report::{
-    DataDiff, DataKind, FunctionDiff, ObjectDiff, Refusal, RefusalKind, Report, StaticBinding,
-    Status,
+    DataDiff, DataKind, FunctionDiff, ObjectDiff, PostSym, PreSym, Refusal, RefusalKind, Report,
+    StaticBinding, Status,
 };

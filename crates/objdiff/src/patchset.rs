@@ -19,7 +19,7 @@ use crate::elf::{self, SymbolKind};
 use crate::error::{Error, Side};
 use crate::name::{CloneKind, cold_owner};
 use crate::reference::{Reference, Resolved, Target};
-use crate::report::{ObjectDiff, Status};
+use crate::report::{ObjectDiff, PostSym, PreSym, Status};
 use crate::table;
 
 /// Diffs one object pair and extracts the [`PatchSet`] that applies its change: the code of
@@ -231,8 +231,8 @@ pub struct PatchSet {
 }
 
 /// The pre-build code and relocations of a function of `pre`, for run-pre matching.
-fn pre_code_of(pre: &Resolved<'_>, index: usize) -> Option<(Vec<u8>, Vec<PreReloc>)> {
-    let sym = &pre.elf.symbols[index];
+fn pre_code_of(pre: &Resolved<'_>, index: PreSym) -> Option<(Vec<u8>, Vec<PreReloc>)> {
+    let sym = &pre.elf.symbols[index.0];
     let section = sym.section()?;
     let end = sym.value.saturating_add(sym.size);
     let code = pre.elf.sections[section].bytes(sym.value, end)?.to_vec();
@@ -278,7 +278,7 @@ pub fn function_pre_code(
     };
     let resolved = Resolved::new(elf);
     Ok(
-        pre_code_of(&resolved, index).map(|(pre_code, pre_relocs)| Referenced {
+        pre_code_of(&resolved, PreSym(index)).map(|(pre_code, pre_relocs)| Referenced {
             name: name.to_string(),
             local,
             pre_code,
@@ -320,15 +320,15 @@ struct Extractor<'x, 'a> {
     post: &'x Resolved<'a>,
     correlation: &'x Correlation,
     /// Post symbols whose code or data the patch carries.
-    carried: HashSet<usize>,
+    carried: HashSet<PostSym>,
     set: PatchSet,
     index: HashMap<Key<'a>, usize>,
     queue: Vec<(usize, usize, u64, u64)>,
 }
 
 impl<'x, 'a> Extractor<'x, 'a> {
-    fn symbol_ref_pre(&self, index: usize) -> SymbolRef {
-        let sym = &self.pre.elf.symbols[index];
+    fn symbol_ref_pre(&self, index: PreSym) -> SymbolRef {
+        let sym = &self.pre.elf.symbols[index.0];
         SymbolRef {
             name: sym.name.clone(),
             class: class_of(sym.kind),
@@ -373,8 +373,8 @@ impl<'x, 'a> Extractor<'x, 'a> {
         index
     }
 
-    fn piece_for_symbol(&mut self, symbol: usize) -> usize {
-        let sym = &self.post.elf.symbols[symbol];
+    fn piece_for_symbol(&mut self, symbol: PostSym) -> usize {
+        let sym = &self.post.elf.symbols[symbol.0];
         let section = sym.section().unwrap_or(0);
         let (name, start, end) = (
             sym.name.clone(),
@@ -438,8 +438,9 @@ impl<'x, 'a> Extractor<'x, 'a> {
                 let name = s.name.clone();
                 Link::Piece(self.piece_for_range(name, None, section, 0, s.size))
             }
-            Target::Symbol(symbol) => {
-                let sym = &self.post.elf.symbols[symbol];
+            Target::Symbol(index) => {
+                let symbol = PostSym(index);
+                let sym = &self.post.elf.symbols[index];
                 if self.carried.contains(&symbol) {
                     return Link::Piece(self.piece_for_symbol(symbol));
                 }
@@ -453,8 +454,8 @@ impl<'x, 'a> Extractor<'x, 'a> {
                 }
                 let is_data = matches!(sym.kind, SymbolKind::Object | SymbolKind::Tls);
                 let private = is_data && crate::compare::is_private_data(sym.kind, &sym.name);
-                match self.correlation.post_to_pre.get(&symbol) {
-                    Some(&pre) if !private => Link::Symbol(self.symbol_ref_pre(pre)),
+                match self.correlation.pre_of(symbol) {
+                    Some(pre) if !private => Link::Symbol(self.symbol_ref_pre(pre)),
                     // New or compiler-private data: the patch brings its own copy. (A new
                     // function not selected as new cannot happen for a correct diff; it is
                     // carried too rather than linked to nothing.)
@@ -470,13 +471,13 @@ impl<'x, 'a> Extractor<'x, 'a> {
     /// The piece holding the carried function a table entry's owner field points into, if
     /// the patch carries it.
     fn owner_piece(&self, reference: &Reference<'a>) -> Option<usize> {
-        let Target::Symbol(symbol) = reference.target else {
+        let Target::Symbol(index) = reference.target else {
             return None;
         };
-        if !self.carried.contains(&symbol) {
+        if !self.carried.contains(&PostSym(index)) {
             return None;
         }
-        let sym = &self.post.elf.symbols[symbol];
+        let sym = &self.post.elf.symbols[index];
         self.index
             .get(&Key::Range(sym.section()?, sym.value))
             .copied()
@@ -638,7 +639,7 @@ fn extract(
             continue;
         }
         let Some(i) = f.pre_symbol else { continue };
-        let sym = &pre.elf.symbols[i];
+        let sym = &pre.elf.symbols[i.0];
         if sym.section().is_none() {
             continue;
         }
@@ -663,7 +664,7 @@ fn extract(
             if let Target::Symbol(s) = r.target
                 && post.elf.symbols[s].kind == SymbolKind::Func
             {
-                let piece = x.piece_for_symbol(s);
+                let piece = x.piece_for_symbol(PostSym(s));
                 x.set.hooks.push(Hook { kind, piece });
             }
         }
@@ -693,7 +694,7 @@ fn extract(
         }) else {
             continue;
         };
-        if let Some((pre_code, pre_relocs)) = pre_code_of(pre, index) {
+        if let Some((pre_code, pre_relocs)) = pre_code_of(pre, PreSym(index)) {
             x.set.referenced.push(Referenced {
                 name: s.name,
                 local: s.local,

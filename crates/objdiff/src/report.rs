@@ -4,6 +4,15 @@ use std::fmt;
 
 use crate::name::CloneKind;
 
+/// The index of a symbol in the pre build's object (its symbol table), as object's
+/// `SymbolIndex`: a pre index cannot be used where a post one is meant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PreSym(pub usize);
+
+/// The index of a symbol in the post build's object (its symbol table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PostSym(pub usize);
+
 /// How an element of the post build relates to the pre build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Status {
@@ -53,9 +62,9 @@ pub struct FunctionDiff {
     /// Why it is changed.
     pub reasons: Vec<String>,
     /// Symbol index in the pre object.
-    pub pre_symbol: Option<usize>,
+    pub pre_symbol: Option<PreSym>,
     /// Symbol index in the post object.
-    pub post_symbol: Option<usize>,
+    pub post_symbol: Option<PostSym>,
 }
 
 /// The storage class of a variable.
@@ -99,9 +108,9 @@ pub struct DataDiff {
     /// Why it is changed, or how it is treated.
     pub reasons: Vec<String>,
     /// Symbol index in the pre object.
-    pub pre_symbol: Option<usize>,
+    pub pre_symbol: Option<PreSym>,
     /// Symbol index in the post object.
-    pub post_symbol: Option<usize>,
+    pub post_symbol: Option<PostSym>,
 }
 
 /// Which instance of a function-local static a patched function uses.
