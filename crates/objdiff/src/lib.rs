@@ -48,5 +48,5 @@ pub use name::CloneKind;
 pub use patchset::{PatchSet, patch_objects};
 pub use report::{
     DataDiff, DataKind, FunctionDiff, ObjectDiff, PostSym, PreSym, Refusal, RefusalKind, Report,
-    StaticBinding, Status,
+    StaticBinding, Status, UnknownRefusalKind,
 };
