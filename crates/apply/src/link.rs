@@ -317,3 +317,23 @@ pub fn piece_address(
         code_base + offset
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use object::elf::R_X86_64_TLSGD;
+
+    use crate::Error;
+
+    /// Messages name relocation types; numbers mean nothing to a user.
+    #[test]
+    fn an_unsupported_relocation_is_named() {
+        let error = Error::UnsupportedRelocation {
+            r_type: R_X86_64_TLSGD.0,
+            piece: "handle".into(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "relocation type R_X86_64_TLSGD in handle is not supported"
+        );
+    }
+}

@@ -402,3 +402,66 @@ pub fn match_function(
         branch_targets,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use object::elf::{
+        R_X86_64_32, R_X86_64_32S, R_X86_64_64, R_X86_64_GOTPCRELX, R_X86_64_GOTTPOFF,
+        R_X86_64_NONE, R_X86_64_PC16, R_X86_64_PC32, R_X86_64_TLSGD, R_X86_64_TPOFF32,
+        RelocationType,
+    };
+
+    use super::*;
+
+    fn reloc(r_type: RelocationType, addend: i64) -> PreReloc {
+        PreReloc {
+            offset: 0,
+            r_type: r_type.0,
+            symbol: Some("x".into()),
+            addend,
+        }
+    }
+
+    #[test]
+    fn fields_are_read_as_their_type_reads_them() {
+        let bytes = [0xf0, 0xff, 0xff, 0xff, 0, 0, 0, 0];
+        // `PC32` and `32S` sign-extend, `32` zero-extends, `64` takes 8 bytes.
+        assert_eq!(read_field(&bytes, 0, R_X86_64_PC32.0), Some(-16));
+        assert_eq!(read_field(&bytes, 0, R_X86_64_32S.0), Some(-16));
+        assert_eq!(read_field(&bytes, 0, R_X86_64_32.0), Some(0xffff_fff0));
+        assert_eq!(read_field(&bytes, 0, R_X86_64_64.0), Some(0xffff_fff0));
+        assert_eq!(read_field(&bytes, 0, R_X86_64_PC16.0), Some(-16));
+        assert_eq!(read_field(&bytes, 4, R_X86_64_64.0), None);
+        // `NONE` writes nothing: no bytes are a field.
+        assert_eq!(field_width(R_X86_64_NONE.0), 0);
+    }
+
+    #[test]
+    fn a_field_teaches_what_its_class_says() {
+        let at = 0x1000;
+        // S + A - P = 0x20 with A = -4: S = 0x1020 + 4.
+        assert_eq!(
+            learn_plain(&reloc(R_X86_64_PC32, -4), 0x20, at),
+            Some(Learned::Address(0x1024))
+        );
+        assert_eq!(
+            learn_plain(&reloc(R_X86_64_GOTPCRELX, -4), 0x20, at),
+            Some(Learned::GotSlot(0x1024))
+        );
+        assert_eq!(
+            learn_plain(&reloc(R_X86_64_GOTTPOFF, -4), 0x20, at),
+            Some(Learned::TpOffsetSlot(0x1024))
+        );
+        assert_eq!(
+            learn_plain(&reloc(R_X86_64_TPOFF32, 0), -8, at),
+            Some(Learned::TpOffset(-8))
+        );
+        assert_eq!(
+            learn_plain(&reloc(R_X86_64_32, 8), 0x40_2000, at),
+            Some(Learned::Address(0x40_1ff8))
+        );
+        // Dynamic TLS and fields narrower than an address teach nothing.
+        assert_eq!(learn_plain(&reloc(R_X86_64_TLSGD, -4), 0x20, at), None);
+        assert_eq!(learn_plain(&reloc(R_X86_64_PC16, -2), 0x20, at), None);
+    }
+}
