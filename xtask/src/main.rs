@@ -23,6 +23,8 @@
 //! - `fleet`: the Ansible collection rolling a live patch out over SSH to N hosts made of
 //!   network namespaces — canary, batches, health checks, undo, watch
 //!   (`eval/results/fleet.{md,json}`).
+//! - `check-structure`: no module cycles, no bare relocation numbers (also run by the unit
+//!   tests of `structure.rs`).
 
 mod debian;
 mod fleet;
@@ -33,6 +35,7 @@ mod pause;
 mod qemu;
 mod semantic;
 mod soak;
+mod structure;
 
 use std::process::ExitCode;
 
@@ -55,7 +58,8 @@ tasks:
   eval-debian openssh|curl [--update-from VERSION]
                                 a Debian package's patch series built as a series, applied live in order, undone
                                 (--update-from: the update from VERSION as `build --debian --update-to` builds it)
-  fleet [--hosts N]             the Ansible rollout over SSH to N (default 5) network-namespace hosts";
+  fleet [--hosts N]             the Ansible rollout over SSH to N (default 5) network-namespace hosts
+  check-structure [ROOT]        no module cycles in any crate, no bare relocation numbers";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
         Some("bad-input-table") => bad_input_table(),
         Some("eval-debian") => debian::eval_debian(&args[1..]),
         Some("fleet") => fleet::fleet(&args[1..]),
+        Some("check-structure") => structure::check_structure(args.get(1).map(String::as_str)),
         Some("bench-kernel") => {
             kernel::bench_kernel(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(5))
         }

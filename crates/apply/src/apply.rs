@@ -91,7 +91,7 @@ pub fn plan<'b>(
     let process = space.primary();
     let pid = process.pid();
     let start_time = process.start_time()?;
-    refuse_if_interrupted(dir, pid, start_time)?;
+    dir.refuse_if_interrupted(pid, start_time)?;
     let state = observe(process, start_time, dir, true)?.state;
     if state.patches.iter().any(|p| p.id == bundle.id) {
         return Err(Error::AlreadyApplied {
@@ -114,19 +114,6 @@ pub fn plan<'b>(
         others,
         cfi,
     })
-}
-
-/// An earlier operation on this process was interrupted: it must be recovered first.
-pub fn refuse_if_interrupted(dir: &StateDir, pid: i32, start_time: u64) -> Result<(), Error> {
-    match dir.read_journal(pid)? {
-        Some(j) if j.start_time == start_time => Err(Error::Interrupted {
-            pid,
-            id: j.patch.id,
-        }),
-        // A journal of an earlier process with the same pid: stale.
-        Some(_) => dir.remove_journal(pid),
-        None => Ok(()),
-    }
 }
 
 /// `hotsplice apply` over several processes.
@@ -734,19 +721,6 @@ struct Done {
     warnings: Vec<String>,
 }
 
-/// Runs post hooks: they cannot refuse (the switch is done); a failure is a warning.
-pub fn post_hooks(
-    stopped: &mut Stopped,
-    patch: &AppliedPatch,
-    kind: HookKind,
-    runs: &mut Vec<HookRun>,
-    warnings: &mut Vec<String>,
-) {
-    if let Err(e) = hooks::run(stopped, patch, kind, runs) {
-        warnings.push(e.to_string());
-    }
-}
-
 /// Journals the jumps about to be written (before the stop), then switches.
 #[allow(clippy::too_many_arguments)]
 fn journal_and_switch(
@@ -851,7 +825,7 @@ fn apply_in_one_stop(
                     replan => Ok(replan),
                 },
                 Stage::AfterWrites => {
-                    post_hooks(
+                    hooks::run_post(
                         stopped,
                         &linked.applied,
                         HookKind::PostApply,
@@ -938,7 +912,7 @@ fn apply_in_two(
                 Stage::BeforeWrites => {
                     hooks::run(stopped, &linked.applied, HookKind::PreApply, &mut runs)?;
                 }
-                Stage::AfterWrites => post_hooks(
+                Stage::AfterWrites => hooks::run_post(
                     stopped,
                     &linked.applied,
                     HookKind::PostApply,

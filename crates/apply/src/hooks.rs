@@ -33,6 +33,19 @@ pub fn trap(patch: &AppliedPatch) -> Option<u64> {
         .map(|code| code.address + link::HEADER_SIZE - 1)
 }
 
+/// Runs post hooks: they cannot refuse (the switch is done); a failure is a warning.
+pub fn run_post(
+    stopped: &mut Stopped,
+    patch: &AppliedPatch,
+    kind: HookKind,
+    runs: &mut Vec<HookRun>,
+    warnings: &mut Vec<String>,
+) {
+    if let Err(e) = run(stopped, patch, kind, runs) {
+        warnings.push(e.to_string());
+    }
+}
+
 /// Runs every hook of `kind`, in order. For a pre hook, a non-zero result refuses.
 pub fn run(
     stopped: &mut Stopped,

@@ -320,7 +320,10 @@ pub enum Error {
         from: u64,
     },
     /// The new code uses a relocation type this linker does not handle.
-    #[error("relocation type {r_type} in {piece} is not supported")]
+    #[error(
+        "relocation type {} in {piece} is not supported",
+        hotsplice_reloc::name(*r_type)
+    )]
     UnsupportedRelocation {
         /// Type.
         r_type: u32,

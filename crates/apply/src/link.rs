@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use hotsplice_bundle::{Link, ObjectPatch, PieceKind, SymbolRef};
+use hotsplice_reloc::{Op, RelocClass};
 
 use crate::Error;
 
@@ -53,14 +54,6 @@ fn align(value: u64, to: u64) -> u64 {
     value.div_ceil(to.max(1)) * to.max(1)
 }
 
-fn is_got(r_type: u32) -> bool {
-    matches!(r_type, 9 | 41 | 42 | 22)
-}
-
-fn is_call_like(r_type: u32) -> bool {
-    r_type == 4
-}
-
 /// Plans the layout of `objects`: pieces, then one slot per GOT-relative symbol, then a stub
 /// per called symbol that `far` says may be out of rel32 range.
 pub fn plan(objects: &[ObjectPatch], far: &dyn Fn(usize, &SymbolRef) -> bool) -> Layout {
@@ -93,15 +86,16 @@ pub fn plan(objects: &[ObjectPatch], far: &dyn Fn(usize, &SymbolRef) -> bool) ->
                 let Link::Symbol { symbol } = &reloc.target else {
                     continue;
                 };
-                if is_got(reloc.r_type) {
+                let class = RelocClass::of(reloc.r_type);
+                if class.uses_got() {
                     slots
-                        .entry((key(o, symbol), reloc.r_type == 22))
+                        .entry((key(o, symbol), class.op == Op::GotTp))
                         .or_insert_with(|| {
                             let at = code;
                             code += 8;
                             at
                         });
-                } else if is_call_like(reloc.r_type) && far(o, symbol) {
+                } else if class.op == Op::Plt && far(o, symbol) {
                     stubs.entry(key(o, symbol)).or_insert_with(|| {
                         let at = align(code, 16);
                         code = at + 16; // ff 25 02 00 00 00, 2 bytes pad, 8-byte address
@@ -208,19 +202,20 @@ pub fn link(
             let mut bytes = piece.bytes.clone();
             for reloc in &piece.relocs {
                 let place = base + reloc.offset;
+                let class = RelocClass::of(reloc.r_type);
                 let (s, pc_target) = match &reloc.target {
                     Link::Piece { index } => (piece_address(o, *index), None),
                     Link::Nothing => (0, None),
                     Link::Symbol { symbol } => {
-                        if is_got(reloc.r_type) {
-                            let slot = layout.slots[&(key(o, symbol), reloc.r_type == 22)];
+                        if class.uses_got() {
+                            let slot = layout.slots[&(key(o, symbol), class.op == Op::GotTp)];
                             (code_base + slot, None)
                         } else if let Some(stub) = layout.stubs.get(&key(o, symbol)) {
                             (code_base + stub, None)
                         } else {
                             match resolve(o, symbol) {
                                 Some(Resolved::Address(a)) => (a, Some(a)),
-                                Some(Resolved::TpOffset(t)) if reloc.r_type == 23 => {
+                                Some(Resolved::TpOffset(t)) if class.op == Op::TpOff => {
                                     (t as u64, None)
                                 }
                                 _ => {
@@ -233,25 +228,32 @@ pub fn link(
                         }
                     }
                 };
-                let value: i128 = match reloc.r_type {
-                    // PC-relative: S + A - P (GOT forms: S is the slot).
-                    2 | 4 | 9 | 22 | 41 | 42 => s as i128 + reloc.addend as i128 - place as i128,
-                    24 => s as i128 + reloc.addend as i128 - place as i128,
-                    // Absolute.
-                    1 | 10 | 11 => s as i128 + reloc.addend as i128,
-                    // TP offset.
-                    23 => (s as i64) as i128 + reloc.addend as i128,
-                    other => {
+                let value: i128 = match class.op {
+                    _ if !class.linked => {
                         return Err(Error::UnsupportedRelocation {
-                            r_type: other,
+                            r_type: reloc.r_type,
+                            piece: piece.name.clone(),
+                        });
+                    }
+                    // PC-relative: S + A - P (GOT forms: S is the slot).
+                    Op::PcRel | Op::Plt | Op::Got | Op::GotTp => {
+                        s as i128 + reloc.addend as i128 - place as i128
+                    }
+                    Op::Abs => s as i128 + reloc.addend as i128,
+                    // TP offset (negative: below the thread pointer).
+                    Op::TpOff => (s as i64) as i128 + reloc.addend as i128,
+                    Op::None | Op::DynamicTls | Op::Other => {
+                        return Err(Error::UnsupportedRelocation {
+                            r_type: reloc.r_type,
                             piece: piece.name.clone(),
                         });
                     }
                 };
-                let (width, fits) = match reloc.r_type {
-                    1 | 24 => (8, true),
-                    10 => (4, (0..=u32::MAX as i128).contains(&value)),
-                    _ => (4, (i32::MIN as i128..=i32::MAX as i128).contains(&value)),
+                let width = usize::from(class.width);
+                let fits = match (class.width, class.signed) {
+                    (8, _) => true,
+                    (_, false) => (0..=u32::MAX as i128).contains(&value),
+                    (_, true) => (i32::MIN as i128..=i32::MAX as i128).contains(&value),
                 };
                 if !fits {
                     let name = match &reloc.target {

@@ -436,6 +436,20 @@ impl StateDir {
         self.remove(&self.journal_path(pid))
     }
 
+    /// Refuses to work on a process an earlier, interrupted operation left a journal for (it
+    /// must be recovered first); a journal of an earlier process with the same pid is stale
+    /// and removed.
+    pub fn refuse_if_interrupted(&self, pid: i32, start_time: u64) -> Result<(), Error> {
+        match self.read_journal(pid)? {
+            Some(j) if j.start_time == start_time => Err(Error::Interrupted {
+                pid,
+                id: j.patch.id,
+            }),
+            Some(_) => self.remove_journal(pid),
+            None => Ok(()),
+        }
+    }
+
     /// The journal of a process, if an operation on it was interrupted. A journal that does
     /// not parse is an error (it is never silently ignored).
     pub fn read_journal(&self, pid: i32) -> Result<Option<Journal>, Error> {

@@ -6,8 +6,6 @@ use std::cell::Cell;
 
 use hotsplice_ptrace::{AddressSpace, Realtime, Stopped};
 
-use crate::apply::post_hooks;
-use crate::apply::refuse_if_interrupted;
 use crate::mapped::Cfi;
 use crate::observe::observe;
 use crate::safety::{self, Range};
@@ -50,7 +48,7 @@ fn find(
     let process = space.primary();
     let pid = process.pid();
     let start_time = process.start_time()?;
-    refuse_if_interrupted(dir, pid, start_time)?;
+    dir.refuse_if_interrupted(pid, start_time)?;
     let state = observe(process, start_time, dir, true)?.state;
     let Some(index) = state.patches.iter().position(|p| p.id == id) else {
         return Err(Error::NotApplied {
@@ -162,7 +160,7 @@ pub fn undo_locked(
                     shadows = patch.runtime.and_then(|rt| runtime::stats(stopped, rt));
                 }
                 Stage::AfterWrites => {
-                    post_hooks(
+                    hooks::run_post(
                         stopped,
                         &patch,
                         HookKind::PostUndo,

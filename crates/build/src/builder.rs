@@ -20,198 +20,27 @@
 //!    their patch sets become the bundle. A bundle that is refused (or a patch whose build
 //!    fails) is taken out of the tree again, so the next patch builds on what is live.
 //!
-//! This module holds the public types and the series loop; `workspace` the cache entry and
-//! the pre build, `patching` the application of a diff, `step` one patch (steps 2 to 4).
+//! This module holds the series loop; `request` the public types, `state` what a series
+//! carries from patch to patch, `workspace` the cache entry and the pre build, `patching` the
+//! application of a diff, `step` one patch (steps 2 to 4).
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hotsplice_bundle::{Bundle, TargetIdentity, sha256_hex};
-use hotsplice_objdiff::{Report, Status};
+use hotsplice_bundle::sha256_hex;
+use hotsplice_objdiff::Status;
 
-use crate::classify::Role;
-use crate::closure::{Closure, Index};
+use crate::closure::Index;
 use crate::patching::{applies_after, parse_diff};
-use crate::record::{Record, RecordKind};
+use crate::record::RecordKind;
+use crate::request::{Outcome, PatchResult, Request, Series, Verdict};
+use crate::state::{Context, PostState, State};
 use crate::step::{build_patch, merged_ltrans};
-use crate::workspace::{BaseState, Workspace, base_for_target, make_shims, pre_build};
-use crate::{Error, access, identity, shim, tree};
-
-/// What to build.
-#[derive(Debug, Clone)]
-pub struct Request {
-    /// The source tree (never modified).
-    pub source: PathBuf,
-    /// The unified diffs, applied in this order (a series); usually one.
-    pub diffs: Vec<PathBuf>,
-    /// The target binary, relative to the build tree (`objs/nginx`).
-    pub target: String,
-    /// The build command, run with `sh -c` in the tree (default `make`).
-    pub build_command: String,
-    /// The command for the incremental post build, when it differs from `build_command`
-    /// (e.g. `make -C debian/build-bin` after a `debian/rules build-arch` pre build).
-    pub post_build_command: Option<String>,
-    /// Directories of the tree (relative) holding copies of the sources that the build made
-    /// (Debian's `debian/build-bin`): patched files are copied into them too.
-    pub mirrors: Vec<String>,
-    /// Extra environment for both builds (`DEB_BUILD_OPTIONS`, ...).
-    pub env: Vec<(String, String)>,
-    /// A Debian package build: after the pre build, find the source copies and the post-build
-    /// command (`debian/build-*`), and resolve an installed path (`usr/sbin/nginx`) given as
-    /// the target to the built file.
-    pub debian: bool,
-    /// Where pre builds are cached.
-    pub cache: PathBuf,
-    /// Parallel jobs (`MAKEFLAGS=-jN`, and hotsplice's own recompiles).
-    pub jobs: usize,
-    /// The program the compiler shims run (the hotsplice binary).
-    pub shim_program: PathBuf,
-}
-
-/// How long each step took.
-#[derive(Debug, Clone, Default)]
-pub struct Timings {
-    /// The pre build (zero when cached, and for every patch of a series but the first).
-    pub pre_build: Duration,
-    /// Restoring the tree and applying the diff.
-    pub prepare: Duration,
-    /// The post (incremental) build, with hotsplice's own recompiles.
-    pub post_build: Duration,
-    /// Diffing the rebuilt objects.
-    pub diff: Duration,
-}
-
-/// What became of one file the diff touches.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileReport {
-    /// The file, relative to the tree.
-    pub path: String,
-    /// What it is to the build.
-    pub role: Role,
-    /// `rebuilt` (objects of the target recompiled and diffed), `regenerated` (a generator
-    /// input whose outputs changed), `not-in-target`, `not-used` (compiled or included by no
-    /// object of the target), `ignored` (tests, documentation, unread), `refused`.
-    pub status: &'static str,
-    /// Details: the objects, the binaries, the reason.
-    pub detail: String,
-}
-
-/// The verdict on one patch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// A bundle can be written.
-    Written,
-    /// The change cannot be applied live.
-    Refused,
-    /// The diff changes no function of the target.
-    NothingToPatch,
-}
-
-impl Verdict {
-    /// The name used in reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Written => "written",
-            Verdict::Refused => "refused",
-            Verdict::NothingToPatch => "nothing-to-patch",
-        }
-    }
-}
-
-/// The result of building one patch.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    /// The diff.
-    pub diff: PathBuf,
-    /// The bundle (its `refusals` say whether it can be applied).
-    pub bundle: Bundle,
-    /// The object diff of every rebuilt object of the target.
-    pub report: Report,
-    /// Whether the pre build came from the cache.
-    pub pre_cached: bool,
-    /// Objects of the target recompiled after the diff and diffed (relative to the tree).
-    pub rebuilt: Vec<String>,
-    /// Those hotsplice recompiled itself because the build did not (a sub-make built once,
-    /// no dependency tracking).
-    pub recompiled: Vec<String>,
-    /// Objects recompiled by the post build that are not linked into the target (ignored).
-    pub not_in_target: Vec<String>,
-    /// Other binaries of the build those objects are linked into (relative to the tree): the
-    /// targets to build a patch for instead (a dynamic module, a library).
-    pub other_targets: Vec<String>,
-    /// Every file of the diff: its role and what became of it.
-    pub files: Vec<FileReport>,
-    /// Earlier bundles of the series whose functions this one replaces again (it must be
-    /// applied after them).
-    pub stacks_on: Vec<String>,
-    /// Step durations.
-    pub timings: Timings,
-}
-
-impl Outcome {
-    /// Whether the diff changes any function of the target.
-    pub fn has_changes(&self) -> bool {
-        self.report
-            .objects
-            .iter()
-            .any(|o| o.functions.iter().any(|f| f.status != Status::Unchanged))
-    }
-
-    /// Written, refused or nothing to patch. A diff that only adds functions no existing
-    /// function calls has nothing to patch: the new code could never run.
-    pub fn verdict(&self) -> Verdict {
-        let replaces = self
-            .bundle
-            .objects
-            .iter()
-            .any(|o| !o.replacements.is_empty());
-        if !self.bundle.refusals.is_empty() {
-            Verdict::Refused
-        } else if !self.has_changes() || !replaces {
-            Verdict::NothingToPatch
-        } else {
-            Verdict::Written
-        }
-    }
-}
-
-/// The result of one patch of a series: built (whatever the verdict), or an error (the diff
-/// does not apply, its build failed).
-#[derive(Debug)]
-pub enum PatchResult {
-    /// Built; see the outcome's verdict.
-    Built(Box<Outcome>),
-    /// Not built.
-    Failed {
-        /// The diff.
-        diff: PathBuf,
-        /// Why.
-        error: Error,
-    },
-}
-
-/// The result of a series.
-#[derive(Debug)]
-pub struct Series {
-    /// The target (the binary of the base build, which every bundle applies to).
-    pub target: TargetIdentity,
-    /// Whether the base build came from the cache.
-    pub pre_cached: bool,
-    /// The base build's duration (zero when cached).
-    pub pre_build: Duration,
-    /// One result per diff, in order.
-    pub patches: Vec<PatchResult>,
-}
-
-pub(crate) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
+use crate::workspace::{Workspace, base_for_target, make_shims, pre_build};
+use crate::{Error, access, identity, io_error, shim, tree};
 
 fn compiler_version() -> String {
     Command::new("gcc")
@@ -221,39 +50,6 @@ fn compiler_version() -> String {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.lines().next().map(str::to_string))
         .unwrap_or_else(|| "unknown compiler".to_string())
-}
-
-/// The state of the series as it goes: what the tree holds now.
-#[derive(Clone)]
-pub(crate) struct State {
-    /// Compile and link records of every build of the current state (later ones win).
-    pub(crate) records: Vec<Record>,
-    /// The target's closure in the current state.
-    pub(crate) closure: Closure,
-    /// Patched files without hotsplice's `#line` directives (the series' source text).
-    pub(crate) clean: HashMap<PathBuf, Option<Vec<u8>>>,
-    /// Names new in an earlier bundle of the series (they live only in that bundle's memory):
-    /// name → bundle id.
-    pub(crate) new_symbols: HashMap<String, String>,
-    /// Functions replaced by an earlier bundle of the series: name → bundle id.
-    pub(crate) replaced: HashMap<String, String>,
-    /// Ids of the bundles of the series so far.
-    pub(crate) chain: Vec<String>,
-    /// For a target linked with `-flto`: its link-time code in the current state (the
-    /// merged ltrans objects), or why there is none.
-    pub(crate) lto: Option<Result<PathBuf, String>>,
-}
-
-pub(crate) struct Context<'a> {
-    pub(crate) request: &'a Request,
-    pub(crate) ws: Workspace,
-    pub(crate) base: BaseState,
-    pub(crate) target: TargetIdentity,
-    pub(crate) source_id: String,
-    pub(crate) compiler: String,
-    pub(crate) atime: bool,
-    /// Dependencies of objects, computed on demand: object → files (tree-relative).
-    pub(crate) deps: HashMap<String, Vec<String>>,
 }
 
 /// Builds the live patch of one diff (`request.diffs` must hold exactly one).
@@ -518,12 +314,4 @@ fn accept(ctx: &mut Context<'_>, state: &mut State, outcome: &Outcome, post: Pos
         }
         state.chain.push(id);
     }
-}
-
-/// What a patch's build leaves for the state, if the patch is kept.
-pub(crate) struct PostState {
-    pub(crate) records: Vec<Record>,
-    pub(crate) clean: HashMap<PathBuf, Option<Vec<u8>>>,
-    /// The link-time code after the patch (LTO targets).
-    pub(crate) lto: Option<PathBuf>,
 }

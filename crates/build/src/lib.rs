@@ -51,19 +51,20 @@ pub mod linkmap;
 pub mod lto;
 mod patching;
 pub mod record;
+mod request;
 pub mod series;
 pub mod shim;
+mod state;
 mod step;
 pub mod tree;
 pub mod unwind;
 mod workspace;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-pub use builder::{
-    FileReport, Outcome, PatchResult, Request, Series, Timings, Verdict, build, build_series,
-};
+pub use builder::{build, build_series};
 pub use identity::identify;
+pub use request::{FileReport, Outcome, PatchResult, Request, Series, Timings, Verdict};
 
 /// Why a build failed. Each variant names the file, command or object involved.
 #[derive(Debug, thiserror::Error)]
@@ -215,5 +216,13 @@ fn outputs_hint(outputs: &[String]) -> String {
              (`make clean && make`)",
             outputs.join(", ")
         )
+    }
+}
+
+/// The error of an IO operation on `path`, for `map_err`.
+pub(crate) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
     }
 }

@@ -11,9 +11,9 @@ use std::process::{Command, Stdio};
 
 use hotsplice_srcpatch::{self as srcpatch, ApplyError, FileDiff, Hunk, is_c_like, stripped};
 
-use crate::builder::{Context, State, io_error};
+use crate::state::{Context, State};
 use crate::workspace::Workspace;
-use crate::{Error, tree};
+use crate::{Error, io_error, tree};
 
 /// One file a diff touches.
 pub(crate) struct Patched {

@@ -10,14 +10,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hotsplice_bundle::{Bundle, Link, ObjectProvenance, Provenance, convert, sha256_hex};
-use hotsplice_objdiff::{ObjectDiff, Report, patch_objects};
+use hotsplice_objdiff::{ObjectDiff, RefusalKind, Report, patch_objects};
 
-use crate::builder::{Context, FileReport, Outcome, PostState, State, Timings, io_error};
 use crate::classify::{self, Reads, Role};
 use crate::closure::{self, Index};
 use crate::patching::{Patched, apply_in_series, update_mirrors};
 use crate::record::Record;
-use crate::{Error, access, deps, tree};
+use crate::request::{FileReport, Outcome, Timings};
+use crate::state::{Context, PostState, State};
+use crate::{Error, access, deps, io_error, tree};
 
 /// Runs `f` over `items` on up to `jobs` threads; results in order.
 pub(crate) fn parallel<T: Sync, R: Send>(
@@ -129,9 +130,13 @@ pub(crate) fn cxx_with_exceptions(record: &Record) -> bool {
     forced || by_name || driver
 }
 
-pub(crate) fn refusal(kind: &str, symbol: &str, detail: String) -> hotsplice_bundle::Refusal {
+pub(crate) fn refusal(
+    kind: RefusalKind,
+    symbol: &str,
+    detail: String,
+) -> hotsplice_bundle::Refusal {
     hotsplice_bundle::Refusal {
-        kind: kind.to_string(),
+        kind,
         symbol: symbol.to_string(),
         object: String::new(),
         detail,
@@ -425,7 +430,7 @@ pub(crate) fn build_patch(
                     recompiled.push(object);
                 }
                 Err(e) => refusals.push(refusal(
-                    "incomplete-build",
+                    RefusalKind::IncompleteBuild,
                     &source_of(&object).unwrap_or(object.clone()),
                     format!(
                         "the diff changes what {object} is compiled from, the build did not \
@@ -457,7 +462,7 @@ pub(crate) fn build_patch(
                      re-run the build's configuration or register what it adds (modules, files, \
                      flags)"
                 );
-                refusals.push(refusal("build-changed", &path, detail.clone()));
+                refusals.push(refusal(RefusalKind::BuildChanged, &path, detail.clone()));
                 ("refused", detail)
             }
             Role::Source if file.deleted => {
@@ -476,7 +481,7 @@ pub(crate) fn build_patch(
                     let detail = format!(
                         "the diff deletes {path}, a source of the target: the build itself changes"
                     );
-                    refusals.push(refusal("build-changed", &path, detail.clone()));
+                    refusals.push(refusal(RefusalKind::BuildChanged, &path, detail.clone()));
                     ("refused", detail)
                 }
             }
@@ -521,7 +526,7 @@ pub(crate) fn build_patch(
                             "{path} is not compiled by this build, and hotsplice cannot show it \
                              is not part of the target: {why}"
                         );
-                        refusals.push(refusal("incomplete-build", &path, detail.clone()));
+                        refusals.push(refusal(RefusalKind::IncompleteBuild, &path, detail.clone()));
                         ("refused", detail)
                     } else {
                         (
@@ -555,7 +560,7 @@ pub(crate) fn build_patch(
                         "{path} is a generator input, but the build regenerated nothing from it \
                          (no generated C file changed): the fix would not reach the binary"
                     );
-                    refusals.push(refusal("generator-not-run", &path, detail.clone()));
+                    refusals.push(refusal(RefusalKind::GeneratorNotRun, &path, detail.clone()));
                     ("refused", detail)
                 } else {
                     (
@@ -612,7 +617,7 @@ pub(crate) fn build_patch(
     for object in &needs {
         if !rebuilt.contains(object) && !recompiled.contains(object) {
             refusals.push(refusal(
-                "incomplete-build",
+                RefusalKind::IncompleteBuild,
                 &source_of(object).unwrap_or(object.clone()),
                 format!("{object} must be recompiled after the diff, but it is not in the tree after the build"),
             ));
@@ -672,7 +677,7 @@ pub(crate) fn build_patch(
                 post_lto = Some(post.clone());
             }
             (Some(Err(why)), _) | (_, Err(why)) => refusals.push(refusal(
-                "lto",
+                RefusalKind::Lto,
                 &closure.target,
                 format!(
                     "{} is linked with link-time optimisation (-flto), whose code is made at \
@@ -723,7 +728,7 @@ pub(crate) fn build_patch(
             if cxx {
                 for (function, why) in crate::unwind::may_unwind(&patch) {
                     refusals.push(hotsplice_bundle::Refusal {
-                        kind: "cxx-unwind".to_string(),
+                        kind: RefusalKind::CxxUnwind,
                         symbol: function.clone(),
                         object: object.clone(),
                         detail: format!(
@@ -767,7 +772,7 @@ pub(crate) fn build_patch(
     }
     for (name, id) in needs_new {
         refusals.push(refusal(
-            "series-new-symbol",
+            RefusalKind::SeriesNewSymbol,
             &name,
             format!(
                 "{name} is new in the earlier patch {id} of this series and changed again here: \

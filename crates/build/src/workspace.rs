@@ -15,10 +15,10 @@ use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
-use crate::builder::{Request, io_error};
 use crate::closure::{Closure, Index};
 use crate::record::{Record, RecordKind, read_log};
-use crate::{Error, access, debian, shim, tree};
+use crate::request::Request;
+use crate::{Error, access, debian, io_error, shim, tree};
 
 /// Creates the shim directory: links named like compilers, pointing at the shim program, and
 /// `include/hotsplice.h`.

@@ -136,7 +136,7 @@ pub fn refusals(diff: &ObjectDiff) -> Vec<Refusal> {
     diff.refusals
         .iter()
         .map(|r| Refusal {
-            kind: r.kind.as_str().to_string(),
+            kind: r.kind,
             symbol: r.symbol.clone(),
             object: diff.object.clone(),
             detail: r.detail.clone(),

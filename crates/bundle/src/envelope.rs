@@ -58,20 +58,19 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Serialises a bundle into the file format, unsigned.
 pub fn write(bundle: &Bundle) -> Result<Vec<u8>, Error> {
-    write_signed(bundle, None)
+    write_with(bundle, |_| Vec::new())
 }
 
-/// Serialises a bundle into the file format, signed by `key` when given.
-pub fn write_signed(
+/// Serialises a bundle into the file format with the signatures `sign` makes of its content
+/// hash.
+pub(crate) fn write_with(
     bundle: &Bundle,
-    key: Option<&crate::signature::SecretKey>,
+    sign: impl FnOnce(&str) -> Vec<Signature>,
 ) -> Result<Vec<u8>, Error> {
     validate::check(bundle)?;
     let content = serde_json::to_vec(bundle).map_err(|e| Error::Malformed(e.to_string()))?;
     let content_sha256 = sha256_hex(&content);
-    let signatures = key
-        .map(|k| vec![crate::signature::sign(&content_sha256, k)])
-        .unwrap_or_default();
+    let signatures = sign(&content_sha256);
     let envelope = Envelope {
         content_sha256,
         content_length: content.len() as u64,
@@ -126,15 +125,16 @@ pub fn read(bytes: &[u8]) -> Result<Sealed, Error> {
     Ok(Sealed { envelope, bundle })
 }
 
-/// Adds a signature by `key` to a bundle file, keeping its content byte for byte.
-pub fn add_signature(bytes: &[u8], key: &crate::signature::SecretKey) -> Result<Vec<u8>, Error> {
+/// Rewrites the envelope of a bundle file with `change`, keeping its content byte for byte.
+pub(crate) fn rewrite_envelope(
+    bytes: &[u8],
+    change: impl FnOnce(&mut Envelope),
+) -> Result<Vec<u8>, Error> {
     let sealed = read(bytes)?;
     let (magic, rest) = line(bytes).ok_or(Error::NotABundle)?;
     let (_, content) = line(rest).ok_or(Error::Truncated("no envelope line".into()))?;
     let mut envelope = sealed.envelope;
-    let signature = crate::signature::sign(&envelope.content_sha256, key);
-    envelope.signatures.retain(|s| s.key_id != signature.key_id);
-    envelope.signatures.push(signature);
+    change(&mut envelope);
     let mut out = magic.to_vec();
     out.push(b'\n');
     out.extend(serde_json::to_vec(&envelope).map_err(|e| Error::Malformed(e.to_string()))?);

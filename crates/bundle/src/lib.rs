@@ -25,11 +25,9 @@ mod model;
 pub mod signature;
 mod validate;
 
-pub use envelope::{
-    Envelope, FORMAT_VERSION, Sealed, Signature, add_signature, read, sha256_hex, write,
-    write_signed,
-};
+pub use envelope::{Envelope, FORMAT_VERSION, Sealed, Signature, read, sha256_hex, write};
 pub use model::*;
+pub use signature::{add_signature, write_signed};
 
 /// Why a bundle cannot be read or written.
 #[derive(Debug, thiserror::Error)]

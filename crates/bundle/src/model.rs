@@ -4,9 +4,26 @@
 //! separate from the object diff's in-memory types so that the format changes only on purpose,
 //! with [`FORMAT_VERSION`](crate::FORMAT_VERSION).
 
+use hotsplice_objdiff::RefusalKind;
 use serde::{Deserialize, Serialize};
 
 use crate::hex;
+
+/// A [`RefusalKind`] on disk: its kebab-case name (`data-changed`); a name this version does
+/// not know is an error.
+mod refusal_kind {
+    use hotsplice_objdiff::RefusalKind;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(kind: &RefusalKind, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(kind.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<RefusalKind, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 /// A live patch: what it applies to, what it loads and redirects, and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -310,8 +327,9 @@ pub struct Binding {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Refusal {
-    /// `data-changed`, `layout-changed`, ... (see the object diff).
-    pub kind: String,
+    /// `data-changed`, `layout-changed`, `build-changed`, ...: stored as its kebab-case name.
+    #[serde(with = "refusal_kind")]
+    pub kind: RefusalKind,
     /// The symbol, type or section at fault.
     pub symbol: String,
     /// The object.
@@ -356,4 +374,31 @@ pub struct ObjectProvenance {
     pub arguments: Vec<String>,
     /// The directory the compiler ran in, relative to the build tree.
     pub directory: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refusal's kind is its kebab-case name on disk, byte for byte as before the enum; a
+    /// name this version does not know is refused.
+    #[test]
+    fn refusal_kinds_are_their_names_on_disk() {
+        let refusal = Refusal {
+            kind: RefusalKind::DataChanged,
+            symbol: "max_length".into(),
+            object: "a.o".into(),
+            detail: "changed".into(),
+            functions: vec!["f".into()],
+        };
+        let json = serde_json::to_string(&refusal).unwrap();
+        assert_eq!(
+            json,
+            r#"{"kind":"data-changed","symbol":"max_length","object":"a.o","detail":"changed","functions":["f"]}"#
+        );
+        assert_eq!(serde_json::from_str::<Refusal>(&json).unwrap(), refusal);
+        let unknown = json.replace("data-changed", "no-such-kind");
+        let error = serde_json::from_str::<Refusal>(&unknown).unwrap_err();
+        assert!(error.to_string().contains("no-such-kind"), "{error}");
+    }
 }

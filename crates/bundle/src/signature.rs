@@ -8,7 +8,7 @@
 
 use ed25519_dalek::{Signature as Ed25519Signature, Signer, SigningKey, Verifier, VerifyingKey};
 
-use crate::{Error, Sealed, Signature, hex, sha256_hex};
+use crate::{Bundle, Error, Sealed, Signature, hex, sha256_hex};
 
 const SECRET_HEADER: &str = "hotsplice-ed25519-secret v1";
 const PUBLIC_HEADER: &str = "hotsplice-ed25519-public v1";
@@ -96,6 +96,23 @@ fn key_body(text: &str, header: &str) -> Result<[u8; 32], Error> {
 
 fn message(content_sha256: &str) -> Vec<u8> {
     format!("hotsplice-bundle-v1:{content_sha256}").into_bytes()
+}
+
+/// Serialises a bundle into the file format, signed by `key` when given.
+pub fn write_signed(bundle: &Bundle, key: Option<&SecretKey>) -> Result<Vec<u8>, Error> {
+    crate::envelope::write_with(bundle, |content_sha256| {
+        key.map(|k| vec![sign(content_sha256, k)])
+            .unwrap_or_default()
+    })
+}
+
+/// Adds a signature by `key` to a bundle file, keeping its content byte for byte.
+pub fn add_signature(bytes: &[u8], key: &SecretKey) -> Result<Vec<u8>, Error> {
+    crate::envelope::rewrite_envelope(bytes, |envelope| {
+        let signature = sign(&envelope.content_sha256, key);
+        envelope.signatures.retain(|s| s.key_id != signature.key_id);
+        envelope.signatures.push(signature);
+    })
 }
 
 /// The signature of a sealed bundle's content by `key`.

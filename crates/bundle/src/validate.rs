@@ -2,9 +2,14 @@
 //! relocation field inside its piece, sizes consistent. A bundle that passes can be indexed
 //! without panicking.
 
-use hotsplice_objdiff::reloc_type::field_width;
+use hotsplice_reloc::RelocClass;
 
 use crate::{Bundle, Error, Link, PieceKind};
+
+/// Bytes of the field a relocation of type `r_type` writes.
+fn field_width(r_type: u32) -> u64 {
+    u64::from(RelocClass::of(r_type).width)
+}
 
 fn invalid(what: String) -> Error {
     Error::Invalid(what)

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, anyhow};
 use clap::Args;
 use hotsplice_build::{Error as BuildError, Outcome, PatchResult, Request, Verdict};
-use hotsplice_objdiff::Status;
+use hotsplice_objdiff::{RefusalKind, Status};
 use serde_json::{Value, json};
 
 use crate::{EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_OK, EXIT_REFUSED, Exit};
@@ -515,16 +515,8 @@ fn write_accounting(
         )?;
     }
     // The object diff's own refusals are in its report; these are the build's.
-    const BUILD_KINDS: &[&str] = &[
-        "build-changed",
-        "incomplete-build",
-        "generator-not-run",
-        "series-new-symbol",
-        "lto",
-        "cxx-unwind",
-    ];
     for r in &outcome.bundle.refusals {
-        if r.object.is_empty() || all_refusals || BUILD_KINDS.contains(&r.kind.as_str()) {
+        if r.object.is_empty() || all_refusals || r.kind.is_build() {
             writeln!(out, "refused ({}): {}", r.kind, r.detail)?;
         }
     }
@@ -640,7 +632,7 @@ fn run_series(
                     rows.push(json!({
                         "outcome": "refused",
                         "diff": diff.display().to_string(),
-                        "refusals": [{"kind": "depends-on-refused", "symbol": on.join(", "), "object": "", "detail": detail, "functions": []}],
+                        "refusals": [{"kind": RefusalKind::DependsOnRefused.as_str(), "symbol": on.join(", "), "object": "", "detail": detail, "functions": []}],
                         "replaced": [],
                         "files": [],
                     }));

@@ -213,7 +213,7 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
                 let summary = json!({
                     "outcome": "refused",
                     "refusals": refusals.iter().map(|r| json!({
-                        "kind": r.kind, "symbol": r.symbol, "detail": r.detail,
+                        "kind": r.kind.as_str(), "symbol": r.symbol, "detail": r.detail,
                     })).collect::<Vec<_>>(),
                     "objects": diffs.iter().map(|d| d.object.clone()).collect::<Vec<_>>(),
                 });

@@ -57,7 +57,8 @@ pub struct SignArgs {
 
 /// Reads a secret key file.
 pub fn read_secret(path: &Path) -> Result<SecretKey, Exit> {
-    let bytes = crate::live::read_regular(path, MAX_KEY)
+    let bytes = hotsplice_trust::read_regular(path, MAX_KEY)
+        .map_err(anyhow::Error::new)
         .with_context(|| format!("key {}", path.display()))
         .map_err(Exit::bad_input)?;
     let text = String::from_utf8_lossy(&bytes);
@@ -114,7 +115,8 @@ pub fn sign_module(module: &Path, bytes: &[u8], key: &SecretKey) -> anyhow::Resu
 /// `hotsplice sign`.
 pub fn sign(args: &SignArgs) -> Result<ExitCode, Exit> {
     let key = read_secret(&args.key)?;
-    let bytes = crate::live::read_regular(&args.bundle, MAX_SIGNED).map_err(Exit::bad_input)?;
+    let bytes = hotsplice_trust::read_regular(&args.bundle, MAX_SIGNED)
+        .map_err(|e| Exit::bad_input(anyhow::Error::new(e)))?;
     if !bytes.starts_with(b"hotsplice-bundle ") {
         if !bytes.starts_with(b"\x7fELF") {
             return Err(Exit::bad_input(anyhow!(

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use hotsplice_objdiff::patchset::{PreTarget, SymbolRef};
-use hotsplice_objdiff::{ObjectDiff, PatchSet, Status, patch_objects};
+use hotsplice_objdiff::{ObjectDiff, PatchSet, PostSym, RefusalKind, Status, patch_objects};
 use hotsplice_srcpatch::{self as srcpatch, FileKind};
 
 use crate::kallsyms::Kallsyms;
@@ -68,9 +68,9 @@ impl TargetFiles {
 /// Why the fix is refused, per thing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// A short kind (`header`, `assembly`, `build-changed`, `init`, `notrace`,
-    /// or an object-diff refusal kind).
-    pub kind: String,
+    /// What kind of refusal (`header`, `assembly`, `build-changed`, `init`, `notrace`, or an
+    /// object-diff kind).
+    pub kind: RefusalKind,
     /// The function, variable, type or file concerned.
     pub symbol: String,
     /// Why.
@@ -148,7 +148,7 @@ fn changed_objects(files: &[PathBuf]) -> Result<Changed, Vec<Refusal>> {
             (_, "c") => objects.push(format!("{}.o", &name[..name.len() - 2])),
             (_, "h") if crate::includes::FORCED.contains(&name.as_str()) => {
                 refusals.push(Refusal {
-                    kind: "header".into(),
+                    kind: RefusalKind::Header,
                     symbol: name.clone(),
                     detail: format!(
                         "{name} is included in every translation unit (kbuild's -include): a change to it is a change to the whole kernel"
@@ -157,14 +157,14 @@ fn changed_objects(files: &[PathBuf]) -> Result<Changed, Vec<Refusal>> {
             }
             (_, "h") => headers.push(name),
             (_, "S" | "s") => refusals.push(Refusal {
-                kind: "assembly".into(),
+                kind: RefusalKind::Assembly,
                 symbol: name.clone(),
                 detail: format!(
                     "{name} is assembly: it has no ftrace entry and no ORC data from the compiler, so livepatch cannot switch its functions"
                 ),
             }),
             _ => refusals.push(Refusal {
-                kind: "build-changed".into(),
+                kind: RefusalKind::BuildChanged,
                 symbol: name.clone(),
                 detail: format!("{name} is part of the build configuration, not code"),
             }),
@@ -237,14 +237,14 @@ fn kernel_refusals(post: &[u8], diff: &ObjectDiff, set: &PatchSet) -> Vec<Refusa
     {
         let section = f
             .post_symbol
-            .and_then(|j| elf.symbols.get(j))
+            .and_then(|j| elf.symbols.get(j.0))
             .and_then(|s| s.section())
             .and_then(|s| elf.sections.get(s));
         if let Some(section) = section
             && (section.name.starts_with(".init.") || section.name.starts_with(".exit."))
         {
             refusals.push(Refusal {
-                kind: "init".into(),
+                kind: RefusalKind::Init,
                 symbol: f.name.clone(),
                 detail: format!(
                     "{} is {} code ({}): it ran at boot or module load, or is discarded, so a change to it cannot take effect",
@@ -271,7 +271,7 @@ fn kernel_refusals(post: &[u8], diff: &ObjectDiff, set: &PatchSet) -> Vec<Refusa
                 ),
             };
             refusals.push(Refusal {
-                kind: "notrace".into(),
+                kind: RefusalKind::Notrace,
                 symbol: r.name.clone(),
                 detail,
             });
@@ -291,7 +291,7 @@ fn marker_refusals(post: &[u8]) -> Vec<Refusal> {
         .iter()
         .filter_map(|s| s.name.strip_prefix(".hotsplice.refuse."))
         .map(|what| Refusal {
-            kind: "unsupported-marker".into(),
+            kind: RefusalKind::UnsupportedMarker,
             symbol: what.to_string(),
             detail: format!(
                 "the patch uses kpatch's {} marker: hotsplice patches every change it finds \
@@ -374,7 +374,7 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
         if candidates.len() > HEADER_UNITS {
             return Ok(Outcome::Refused {
                 refusals: vec![Refusal {
-                    kind: "header-scope".into(),
+                    kind: RefusalKind::HeaderScope,
                     symbol: headers.join(" "),
                     detail: format!(
                         "{} is included by {} translation units kbuild builds on their own: compiling each twice is most of a kernel build (the limit is {HEADER_UNITS}); patch the .c files that matter, or change the header's callers instead",
@@ -413,7 +413,7 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
         Err(Error::NotBuilt(object)) => {
             return Ok(Outcome::Refused {
                 refusals: vec![Refusal {
-                    kind: "not-built".into(),
+                    kind: RefusalKind::NotBuilt,
                     symbol: object.clone(),
                     detail: format!(
                         "kbuild does not build {object} on its own with this configuration: its source is #included by another file (as kernel/sched/*.c are), or the configuration leaves it out"
@@ -448,7 +448,7 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
                     module_files.insert(m.clone(), bytes);
                 }
                 None => missing.push(Refusal {
-                    kind: "module".into(),
+                    kind: RefusalKind::Module,
                     symbol: o.clone(),
                     detail: format!(
                         "{o} is part of the module {m}, and no {m}.ko is under {} to prove its code against",
@@ -490,7 +490,7 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
         let (diff, set) = patch_objects(object, Some(pre), Some(post))
             .map_err(|e| Error::Malformed(format!("{object}: {e}")))?;
         refusals.extend(diff.refusals.iter().map(|r| Refusal {
-            kind: r.kind.to_string(),
+            kind: r.kind,
             symbol: r.symbol.clone(),
             detail: r.detail.clone(),
         }));
@@ -539,7 +539,7 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
                 .mismatches
                 .iter()
                 .map(|(name, detail)| Refusal {
-                    kind: "run-pre".into(),
+                    kind: RefusalKind::RunPre,
                     symbol: name.clone(),
                     detail: detail.clone(),
                 })
@@ -561,10 +561,10 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
         .zip(&post)
         .flat_map(|(d, bytes)| {
             let elf = hotsplice_objdiff::elf::ElfObject::parse(bytes).ok();
-            let global = |i: Option<usize>| {
+            let global = |i: Option<PostSym>| {
                 elf.as_ref()
                     .zip(i)
-                    .and_then(|(e, i)| e.symbols.get(i))
+                    .and_then(|(e, i)| e.symbols.get(i.0))
                     .is_some_and(|s| s.is_global())
             };
             let functions = d
@@ -667,13 +667,13 @@ pub fn build(request: &Request, progress: &mut dyn FnMut(&str)) -> Result<Outcom
 /// errors.
 fn refusal_of(e: &Error) -> Option<Refusal> {
     let (kind, symbol) = match e {
-        Error::MissingSymbol { name, .. } => ("missing-symbol", name.clone()),
-        Error::Ambiguous { name, .. } => ("ambiguous-symbol", name.clone()),
-        Error::Unsupported { symbol, .. } => ("unsupported", symbol.clone()),
+        Error::MissingSymbol { name, .. } => (RefusalKind::MissingSymbol, name.clone()),
+        Error::Ambiguous { name, .. } => (RefusalKind::AmbiguousSymbol, name.clone()),
+        Error::Unsupported { symbol, .. } => (RefusalKind::Unsupported, symbol.clone()),
         _ => return None,
     };
     Some(Refusal {
-        kind: kind.to_string(),
+        kind,
         symbol,
         detail: e.to_string(),
     })

@@ -177,7 +177,7 @@ mod tests {
                     symbol,
                     addend: -4,
                     flags: RelocationFlags::Elf {
-                        r_type: elf::RelocationType(4),
+                        r_type: elf::R_X86_64_PLT32,
                     },
                 },
             )

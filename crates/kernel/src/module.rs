@@ -595,13 +595,13 @@ mod tests {
                     relocs: vec![
                         PieceReloc {
                             offset: 0,
-                            r_type: 2,
+                            r_type: elf::R_X86_64_PC32.0,
                             target: Link::Piece(0),
                             addend: 0,
                         },
                         PieceReloc {
                             offset: 8,
-                            r_type: 24,
+                            r_type: elf::R_X86_64_PC64.0,
                             target: Link::Symbol(key),
                             addend: 0,
                         },

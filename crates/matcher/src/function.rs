@@ -12,6 +12,7 @@
 
 use std::fmt;
 
+use hotsplice_reloc::{Op, RelocClass};
 use iced_x86::{
     Decoder, DecoderOptions, FlowControl, Formatter, GasFormatter, Instruction, Mnemonic, OpKind,
 };
@@ -161,17 +162,23 @@ fn is_relative_branch(i: &Instruction) -> bool {
 }
 
 fn field_width(r_type: u32) -> usize {
-    match r_type {
-        1 | 24 => 8,
-        _ => 4,
-    }
+    usize::from(RelocClass::of(r_type).width)
 }
 
-fn read_field(bytes: &[u8], at: usize, width: usize) -> Option<i64> {
-    let field = bytes.get(at..at + width)?;
-    Some(match width {
-        8 => i64::from_le_bytes(field.try_into().ok()?),
-        _ => i32::from_le_bytes(field.try_into().ok()?) as i64,
+/// The value of a relocation field of type `r_type` at `at`, sign- or zero-extended as the
+/// type reads it.
+fn read_field(bytes: &[u8], at: usize, r_type: u32) -> Option<i64> {
+    let class = RelocClass::of(r_type);
+    let field = bytes.get(at..at + usize::from(class.width))?;
+    let mut raw = [0u8; 8];
+    raw[..field.len()].copy_from_slice(field);
+    let value = i64::from_le_bytes(raw);
+    let bits = 8 * u32::from(class.width);
+    Some(if class.signed && (1..64).contains(&bits) {
+        // Shift the field's sign bit up to bit 63 and back.
+        (value << (64 - bits)) >> (64 - bits)
+    } else {
+        value
     })
 }
 
@@ -180,15 +187,19 @@ fn learn_plain(r: &PreReloc, value: i64, field_address: u64) -> Option<Learned> 
     let pc_relative = value
         .wrapping_add(field_address as i64)
         .wrapping_sub(r.addend) as u64;
-    Some(match r.r_type {
-        2 | 4 | 24 => Learned::Address(pc_relative),
-        9 | 41 | 42 => Learned::GotSlot(pc_relative),
-        22 => Learned::TpOffsetSlot(pc_relative),
-        23 => Learned::TpOffset(value.wrapping_sub(r.addend)),
-        1 => Learned::Address(value.wrapping_sub(r.addend) as u64),
-        10 => Learned::Address((value as u32 as i64).wrapping_sub(r.addend) as u64),
-        11 => Learned::Address(value.wrapping_sub(r.addend) as u64),
-        _ => return None,
+    let class = RelocClass::of(r.r_type);
+    // A field narrower than 4 bytes (`PC16`, `8`) does not hold an address.
+    if class.width < 4 {
+        return None;
+    }
+    Some(match class.op {
+        Op::PcRel | Op::Plt => Learned::Address(pc_relative),
+        Op::Got => Learned::GotSlot(pc_relative),
+        Op::GotTp => Learned::TpOffsetSlot(pc_relative),
+        Op::TpOff => Learned::TpOffset(value.wrapping_sub(r.addend)),
+        // `read_field` zero-extended a `32` field and sign-extended a `32S` one.
+        Op::Abs => Learned::Address(value.wrapping_sub(r.addend) as u64),
+        Op::None | Op::DynamicTls | Op::Other => return None,
     })
 }
 
@@ -201,9 +212,13 @@ fn learn_relaxed(p: &Instruction, r: &Instruction, reloc: &PreReloc) -> Option<L
             _ => None,
         }
     };
-    match reloc.r_type {
+    let class = RelocClass::of(reloc.r_type);
+    if !class.relaxable {
+        return None;
+    }
+    match class.op {
         // (REX_)GOTPCRELX
-        41 | 42 => match (p.mnemonic(), r.mnemonic()) {
+        Op::Got => match (p.mnemonic(), r.mnemonic()) {
             (Mnemonic::Mov, Mnemonic::Lea)
                 if p.op0_register() == r.op0_register() && r.is_ip_rel_memory_operand() =>
             {
@@ -222,7 +237,7 @@ fn learn_relaxed(p: &Instruction, r: &Instruction, reloc: &PreReloc) -> Option<L
             _ => None,
         },
         // GOTTPOFF relaxed to local exec: `mov/add $tpoff, %reg`.
-        22 => match (p.mnemonic(), r.mnemonic()) {
+        Op::GotTp => match (p.mnemonic(), r.mnemonic()) {
             (Mnemonic::Mov, Mnemonic::Mov) | (Mnemonic::Add, Mnemonic::Add)
                 if p.op0_register() == r.op0_register() && !r.is_ip_rel_memory_operand() =>
             {
@@ -316,7 +331,7 @@ pub fn match_function(
         // A branch to another function: the assembler of a build without
         // -ffunction-sections may have used a short encoding for a nearby target.
         if let [x] = relocs.as_slice()
-            && matches!(x.r_type, 2 | 4)
+            && RelocClass::of(x.r_type).is_branch32()
             && is_relative_branch(p)
             && is_relative_branch(r)
             && p.mnemonic() == r.mnemonic()
@@ -350,7 +365,7 @@ pub fn match_function(
         if same_shape {
             for x in &relocs {
                 let at = (x.offset - p_start) as usize;
-                let Some(value) = read_field(r_bytes, at, field_width(x.r_type)) else {
+                let Some(value) = read_field(r_bytes, at, x.r_type) else {
                     return Err(mismatch(found()));
                 };
                 if let (Some(symbol), Some(value)) =
@@ -386,4 +401,67 @@ pub fn match_function(
         learned,
         branch_targets,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use object::elf::{
+        R_X86_64_32, R_X86_64_32S, R_X86_64_64, R_X86_64_GOTPCRELX, R_X86_64_GOTTPOFF,
+        R_X86_64_NONE, R_X86_64_PC16, R_X86_64_PC32, R_X86_64_TLSGD, R_X86_64_TPOFF32,
+        RelocationType,
+    };
+
+    use super::*;
+
+    fn reloc(r_type: RelocationType, addend: i64) -> PreReloc {
+        PreReloc {
+            offset: 0,
+            r_type: r_type.0,
+            symbol: Some("x".into()),
+            addend,
+        }
+    }
+
+    #[test]
+    fn fields_are_read_as_their_type_reads_them() {
+        let bytes = [0xf0, 0xff, 0xff, 0xff, 0, 0, 0, 0];
+        // `PC32` and `32S` sign-extend, `32` zero-extends, `64` takes 8 bytes.
+        assert_eq!(read_field(&bytes, 0, R_X86_64_PC32.0), Some(-16));
+        assert_eq!(read_field(&bytes, 0, R_X86_64_32S.0), Some(-16));
+        assert_eq!(read_field(&bytes, 0, R_X86_64_32.0), Some(0xffff_fff0));
+        assert_eq!(read_field(&bytes, 0, R_X86_64_64.0), Some(0xffff_fff0));
+        assert_eq!(read_field(&bytes, 0, R_X86_64_PC16.0), Some(-16));
+        assert_eq!(read_field(&bytes, 4, R_X86_64_64.0), None);
+        // `NONE` writes nothing: no bytes are a field.
+        assert_eq!(field_width(R_X86_64_NONE.0), 0);
+    }
+
+    #[test]
+    fn a_field_teaches_what_its_class_says() {
+        let at = 0x1000;
+        // S + A - P = 0x20 with A = -4: S = 0x1020 + 4.
+        assert_eq!(
+            learn_plain(&reloc(R_X86_64_PC32, -4), 0x20, at),
+            Some(Learned::Address(0x1024))
+        );
+        assert_eq!(
+            learn_plain(&reloc(R_X86_64_GOTPCRELX, -4), 0x20, at),
+            Some(Learned::GotSlot(0x1024))
+        );
+        assert_eq!(
+            learn_plain(&reloc(R_X86_64_GOTTPOFF, -4), 0x20, at),
+            Some(Learned::TpOffsetSlot(0x1024))
+        );
+        assert_eq!(
+            learn_plain(&reloc(R_X86_64_TPOFF32, 0), -8, at),
+            Some(Learned::TpOffset(-8))
+        );
+        assert_eq!(
+            learn_plain(&reloc(R_X86_64_32, 8), 0x40_2000, at),
+            Some(Learned::Address(0x40_1ff8))
+        );
+        // Dynamic TLS and fields narrower than an address teach nothing.
+        assert_eq!(learn_plain(&reloc(R_X86_64_TLSGD, -4), 0x20, at), None);
+        assert_eq!(learn_plain(&reloc(R_X86_64_PC16, -2), 0x20, at), None);
+    }
 }

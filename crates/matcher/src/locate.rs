@@ -129,7 +129,7 @@ fn consistent(image: &Image, bias: u64, matched: &Matched) -> bool {
 /// short of the opcode a linker relaxation may rewrite).
 fn prefix_agrees(pre: &PreCode<'_>, address: u64, memory: &dyn Memory) -> bool {
     let first_reloc = pre.relocs.first().map_or(u64::MAX, |r| {
-        if matches!(r.r_type, 9 | 22 | 41 | 42) {
+        if hotsplice_reloc::RelocClass::of(r.r_type).uses_got() {
             r.offset.saturating_sub(3)
         } else {
             r.offset

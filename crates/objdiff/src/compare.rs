@@ -9,11 +9,13 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt::Write;
 
+use hotsplice_reloc::RelocClass;
+
 use crate::correlate::Correlation;
 use crate::elf::SymbolKind;
 use crate::name;
 use crate::reference::{Reference, Resolved, Target};
-use crate::reloc_type;
+use crate::report::{PostSym, PreSym};
 
 /// A byte range of one section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -96,7 +98,7 @@ impl<'c, 'a> Comparer<'c, 'a> {
                 "initialiser became non-zero (moved out of .bss)".to_string()
             });
         }
-        if (pre_section.flags ^ post_section.flags) & crate::elf::SHF_WRITE != 0 {
+        if (pre_section.flags ^ post_section.flags) & object::elf::SHF_WRITE.0 != 0 {
             return Some("writability changed (const added or removed)".to_string());
         }
         let pre_refs = self.pre.references_in(a.section, a.start, a.end);
@@ -146,8 +148,8 @@ impl<'c, 'a> Comparer<'c, 'a> {
             if x.r_type != y.r_type {
                 return Some(format!(
                     "relocation at +{at:#x}: {} → {}",
-                    reloc_type::name(x.r_type),
-                    reloc_type::name(y.r_type)
+                    hotsplice_reloc::name(x.r_type),
+                    hotsplice_reloc::name(y.r_type)
                 ));
             }
             if x.addend != y.addend {
@@ -191,7 +193,7 @@ impl<'c, 'a> Comparer<'c, 'a> {
                 .map(|why| format!("{} changed: {why}", qs.name))
             }
             (Target::Symbol(p), Target::Symbol(q)) => {
-                let paired = self.correlation.pre_to_post.get(&p) == Some(&q);
+                let paired = self.correlation.post_of(PreSym(p)) == Some(PostSym(q));
                 let (ps, qs) = (&self.pre.elf.symbols[p], &self.post.elf.symbols[q]);
                 let private =
                     is_private_data(ps.kind, &ps.name) && is_private_data(qs.kind, &qs.name);
@@ -304,7 +306,7 @@ fn mask(range: Range, refs: &[Reference<'_>]) -> Vec<bool> {
     let mut mask = vec![false; range.len() as usize];
     for r in refs {
         let start = (r.offset - range.start) as usize;
-        let end = (start + reloc_type::field_width(r.r_type) as usize).min(mask.len());
+        let end = (start + usize::from(RelocClass::of(r.r_type).width)).min(mask.len());
         for m in mask.iter_mut().take(end).skip(start) {
             *m = true;
         }

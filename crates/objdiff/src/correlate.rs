@@ -10,20 +10,31 @@ use std::collections::{BTreeSet, HashMap};
 use crate::elf::{Binding, SymbolKind};
 use crate::name;
 use crate::reference::{Resolved, Target};
+use crate::report::{PostSym, PreSym};
 
 /// The pairing of symbols between the two builds.
 #[derive(Debug, Default)]
 pub struct Correlation {
-    /// Pre symbol index → post symbol index.
-    pub pre_to_post: HashMap<usize, usize>,
-    /// Post symbol index → pre symbol index.
-    pub post_to_pre: HashMap<usize, usize>,
+    /// Pre symbol → post symbol.
+    pre_to_post: HashMap<PreSym, PostSym>,
+    /// Post symbol → pre symbol.
+    post_to_pre: HashMap<PostSym, PreSym>,
 }
 
 impl Correlation {
-    fn pair(&mut self, pre: usize, post: usize) {
+    fn pair(&mut self, pre: PreSym, post: PostSym) {
         self.pre_to_post.insert(pre, post);
         self.post_to_pre.insert(post, pre);
+    }
+
+    /// The post symbol paired with pre symbol `pre`.
+    pub fn post_of(&self, pre: PreSym) -> Option<PostSym> {
+        self.pre_to_post.get(&pre).copied()
+    }
+
+    /// The pre symbol paired with post symbol `post`.
+    pub fn pre_of(&self, post: PostSym) -> Option<PreSym> {
+        self.post_to_pre.get(&post).copied()
     }
 }
 
@@ -125,24 +136,24 @@ pub fn correlate(pre: &Resolved<'_>, post: &Resolved<'_>) -> Correlation {
     for k in keys {
         let (pres, posts) = &groups[k];
         for (&a, &b) in pres.iter().zip(posts) {
-            correlation.pair(a, b);
+            correlation.pair(PreSym(a), PostSym(b));
         }
     }
 
     // Pass 2: static locals whose owner set changed (a caller gained or lost an inlined
     // copy) still pair when the owner sets overlap and the name agrees.
     let unpaired_pre: Vec<usize> = (0..pre.elf.symbols.len())
-        .filter(|&i| is_static_local(pre, i) && !correlation.pre_to_post.contains_key(&i))
+        .filter(|&i| is_static_local(pre, i) && correlation.post_of(PreSym(i)).is_none())
         .collect();
     let unpaired_post: Vec<usize> = (0..post.elf.symbols.len())
-        .filter(|&j| is_static_local(post, j) && !correlation.post_to_pre.contains_key(&j))
+        .filter(|&j| is_static_local(post, j) && correlation.pre_of(PostSym(j)).is_none())
         .collect();
     for j in unpaired_post {
         let post_sym = &post.elf.symbols[j];
         let post_set = post_owners.get(&j);
         let found = unpaired_pre.iter().copied().find(|&i| {
             let pre_sym = &pre.elf.symbols[i];
-            !correlation.pre_to_post.contains_key(&i)
+            correlation.post_of(PreSym(i)).is_none()
                 && class(pre_sym.kind) == class(post_sym.kind)
                 && name::canonical(&pre_sym.name) == name::canonical(&post_sym.name)
                 && match (pre_owners.get(&i), post_set) {
@@ -151,7 +162,7 @@ pub fn correlate(pre: &Resolved<'_>, post: &Resolved<'_>) -> Correlation {
                 }
         });
         if let Some(i) = found {
-            correlation.pair(i, j);
+            correlation.pair(PreSym(i), PostSym(j));
         }
     }
     correlation

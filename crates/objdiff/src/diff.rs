@@ -2,24 +2,23 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
+use hotsplice_reloc::{Op, RelocClass};
+use object::elf::{
+    SHF_TLS, SHF_WRITE, SHT_FINI_ARRAY, SHT_INIT_ARRAY, SHT_NOTE, SHT_PREINIT_ARRAY,
+    SHT_X86_64_UNWIND, SectionType,
+};
+
 use crate::compare::{Comparer, Range, is_private_data};
 use crate::correlate::{self, Correlation};
 use crate::elf::{self, Definition, ElfObject, SymbolKind};
 use crate::error::{Error, Side};
 use crate::layout;
 use crate::name::{self, CloneKind};
-use crate::patchset::{self, PatchSet};
 use crate::reference::{Resolved, Target};
-use crate::reloc_type;
 use crate::report::{
-    DataDiff, DataKind, FunctionDiff, ObjectDiff, Refusal, RefusalKind, StaticBinding, Status,
+    DataDiff, DataKind, FunctionDiff, ObjectDiff, PostSym, PreSym, Refusal, RefusalKind,
+    StaticBinding, Status,
 };
-
-const SHT_INIT_ARRAY: u32 = 14;
-const SHT_FINI_ARRAY: u32 = 15;
-const SHT_PREINIT_ARRAY: u32 = 16;
-const SHT_NOTE: u32 = 7;
-const SHT_X86_64_UNWIND: u32 = 0x7000_0001;
 
 /// Diffs one object pair. `None` stands for an object that exists in one build only (all its
 /// functions are then new, or removed).
@@ -36,24 +35,8 @@ pub fn diff_objects(
     Ok(analyze(object, &pre, &post, &correlation))
 }
 
-/// Diffs one object pair and extracts the [`PatchSet`] that applies its change: the code of
-/// the changed and new functions with everything they carry, and the pre code of every
-/// replaced function.
-pub fn patch_objects(
-    object: &str,
-    pre: Option<&[u8]>,
-    post: Option<&[u8]>,
-) -> Result<(ObjectDiff, PatchSet), Error> {
-    let pre = parse(pre, Side::Pre)?;
-    let post = parse(post, Side::Post)?;
-    let correlation = correlate::correlate(&pre, &post);
-    let diff = analyze(object, &pre, &post, &correlation);
-    let set = patchset::extract(&pre, &post, &correlation, &diff);
-    Ok((diff, set))
-}
-
 /// The diff of a parsed, correlated pair.
-fn analyze(
+pub(crate) fn analyze(
     object: &str,
     pre: &Resolved<'_>,
     post: &Resolved<'_>,
@@ -67,7 +50,7 @@ fn analyze(
     diff.functions = function_statuses(pre, post, correlation, &comparer);
     diff.data = data_statuses(pre, post, correlation, &comparer);
 
-    let changed: Vec<usize> = diff
+    let changed: Vec<PostSym> = diff
         .functions
         .iter()
         .filter(|f| matches!(f.status, Status::Changed | Status::New))
@@ -79,7 +62,7 @@ fn analyze(
     refusals.extend(refuse_sections(pre, post, &comparer));
     refusals.extend(refuse_relocations(post, &diff.functions, &diff.data));
     diff.refusals = refusals;
-    let changed_pre: Vec<usize> = diff
+    let changed_pre: Vec<PreSym> = diff
         .functions
         .iter()
         .filter(|f| f.status == Status::Changed)
@@ -111,7 +94,8 @@ fn analyze(
     diff
 }
 
-fn parse(bytes: Option<&[u8]>, side: Side) -> Result<Resolved<'_>, Error> {
+/// One object of the pair, parsed and resolved (`None`: the object does not exist on this side).
+pub(crate) fn parse(bytes: Option<&[u8]>, side: Side) -> Result<Resolved<'_>, Error> {
     let elf = match bytes {
         Some(bytes) => ElfObject::parse(bytes).map_err(|e| e.in_build(side))?,
         None => ElfObject::empty(),
@@ -137,17 +121,6 @@ fn is_data(side: &Resolved<'_>, index: usize) -> bool {
         }
 }
 
-/// The owning function of a `.cold` part: `foo.cold` → `foo`, `foo.isra.0.cold.1` →
-/// `foo.isra.0`.
-pub(crate) fn cold_owner(name: &str) -> Option<&str> {
-    let trimmed = name.trim_end_matches(|c: char| c.is_ascii_digit());
-    let trimmed = trimmed.strip_suffix('.').unwrap_or(trimmed);
-    if trimmed.len() < name.len() && !name[trimmed.len()..].starts_with('.') {
-        return None;
-    }
-    trimmed.strip_suffix(".cold")
-}
-
 fn function_statuses(
     pre: &Resolved<'_>,
     post: &Resolved<'_>,
@@ -157,7 +130,7 @@ fn function_statuses(
     let mut functions = Vec::new();
     let entry = |side: &Resolved<'_>, index: usize, status: Status| {
         let sym = &side.elf.symbols[index];
-        let (parent, clone) = match cold_owner(&sym.name) {
+        let (parent, clone) = match name::cold_owner(&sym.name) {
             Some(owner) => (Some(owner.to_string()), Some(CloneKind::Cold)),
             None => match name::clone_parent(&sym.name) {
                 (parent, Some(kind)) => (Some(parent.to_string()), Some(kind)),
@@ -178,14 +151,13 @@ fn function_statuses(
     };
     for j in (0..post.elf.symbols.len()).filter(|&j| is_function(post, j)) {
         let paired = correlation
-            .post_to_pre
-            .get(&j)
-            .copied()
+            .pre_of(PostSym(j))
+            .map(|i| i.0)
             .filter(|&i| is_function(pre, i));
         let mut f = entry(post, j, Status::New);
-        f.post_symbol = Some(j);
+        f.post_symbol = Some(PostSym(j));
         if let Some(i) = paired {
-            f.pre_symbol = Some(i);
+            f.pre_symbol = Some(PreSym(i));
             let pre_name = &pre.elf.symbols[i].name;
             if *pre_name != f.name {
                 f.pre_name = Some(pre_name.clone());
@@ -205,12 +177,11 @@ fn function_statuses(
     }
     for i in (0..pre.elf.symbols.len()).filter(|&i| is_function(pre, i)) {
         let paired = correlation
-            .pre_to_post
-            .get(&i)
-            .is_some_and(|&j| is_function(post, j));
+            .post_of(PreSym(i))
+            .is_some_and(|j| is_function(post, j.0));
         if !paired {
             let mut f = entry(pre, i, Status::Removed);
-            f.pre_symbol = Some(i);
+            f.pre_symbol = Some(PreSym(i));
             functions.push(f);
         }
     }
@@ -243,11 +214,11 @@ fn data_kind(side: &Resolved<'_>, index: usize) -> DataKind {
     match sym.section() {
         Some(s) => {
             let section = &side.elf.sections[s];
-            if section.flags & elf::SHF_TLS != 0 {
+            if section.flags & SHF_TLS.0 != 0 {
                 DataKind::Tls
             } else if section.is_nobits() {
                 DataKind::Bss
-            } else if section.flags & elf::SHF_WRITE == 0 {
+            } else if section.flags & SHF_WRITE.0 == 0 {
                 DataKind::ReadOnly
             } else {
                 DataKind::Data
@@ -279,14 +250,13 @@ fn data_statuses(
     };
     for j in (0..post.elf.symbols.len()).filter(|&j| is_data(post, j)) {
         let mut d = entry(post, j, Status::New);
-        d.post_symbol = Some(j);
+        d.post_symbol = Some(PostSym(j));
         if let Some(i) = correlation
-            .post_to_pre
-            .get(&j)
-            .copied()
+            .pre_of(PostSym(j))
+            .map(|i| i.0)
             .filter(|&i| is_data(pre, i))
         {
-            d.pre_symbol = Some(i);
+            d.pre_symbol = Some(PreSym(i));
             let (pre_sym, post_sym) = (&pre.elf.symbols[i], &post.elf.symbols[j]);
             if pre_sym.name != post_sym.name {
                 d.pre_name = Some(pre_sym.name.clone());
@@ -322,12 +292,11 @@ fn data_statuses(
     }
     for i in (0..pre.elf.symbols.len()).filter(|&i| is_data(pre, i)) {
         if !correlation
-            .pre_to_post
-            .get(&i)
-            .is_some_and(|&j| is_data(post, j))
+            .post_of(PreSym(i))
+            .is_some_and(|j| is_data(post, j.0))
         {
             let mut d = entry(pre, i, Status::Removed);
-            d.pre_symbol = Some(i);
+            d.pre_symbol = Some(PreSym(i));
             data.push(d);
         }
     }
@@ -336,8 +305,8 @@ fn data_statuses(
 }
 
 /// Symbols referenced by the code of a post function.
-pub(crate) fn referenced_symbols(post: &Resolved<'_>, function: usize) -> Vec<usize> {
-    let Some(range) = Range::of_symbol(post, function) else {
+fn referenced_symbols(post: &Resolved<'_>, function: PostSym) -> Vec<PostSym> {
+    let Some(range) = Range::of_symbol(post, function.0) else {
         return Vec::new();
     };
     post.references_in(
@@ -347,7 +316,7 @@ pub(crate) fn referenced_symbols(post: &Resolved<'_>, function: usize) -> Vec<us
     )
     .iter()
     .filter_map(|r| match r.target {
-        Target::Symbol(s) => Some(s),
+        Target::Symbol(s) => Some(PostSym(s)),
         _ => None,
     })
     .collect()
@@ -357,27 +326,26 @@ fn bindings(
     pre: &Resolved<'_>,
     post: &Resolved<'_>,
     correlation: &Correlation,
-    changed: &[usize],
+    changed: &[PostSym],
 ) -> Vec<StaticBinding> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for &function in changed {
         for target in referenced_symbols(post, function) {
-            if !correlate::is_static_local(post, target) || !seen.insert((function, target)) {
+            if !correlate::is_static_local(post, target.0) || !seen.insert((function, target)) {
                 continue;
             }
-            let sym = &post.elf.symbols[target];
+            let sym = &post.elf.symbols[target.0];
             let private = is_private_data(sym.kind, &sym.name);
             let existing = if private {
                 None
             } else {
                 correlation
-                    .post_to_pre
-                    .get(&target)
-                    .map(|&i| pre.elf.symbols[i].name.clone())
+                    .pre_of(target)
+                    .map(|i| pre.elf.symbols[i.0].name.clone())
             };
             out.push(StaticBinding {
-                function: post.elf.symbols[function].name.clone(),
+                function: post.elf.symbols[function.0].name.clone(),
                 symbol: sym.name.clone(),
                 existing,
                 compiler_private: private,
@@ -389,17 +357,17 @@ fn bindings(
 }
 
 /// Changed post functions whose code references `symbol`.
-fn users(post: &Resolved<'_>, changed: &[usize], symbol: usize) -> Vec<String> {
+fn users(post: &Resolved<'_>, changed: &[PostSym], symbol: PostSym) -> Vec<String> {
     let mut names: BTreeSet<String> = BTreeSet::new();
     for &f in changed {
         if referenced_symbols(post, f).contains(&symbol) {
-            names.insert(post.elf.symbols[f].name.clone());
+            names.insert(post.elf.symbols[f.0].name.clone());
         }
     }
     names.into_iter().collect()
 }
 
-fn refuse_data(post: &Resolved<'_>, data: &[DataDiff], changed: &[usize]) -> Vec<Refusal> {
+fn refuse_data(post: &Resolved<'_>, data: &[DataDiff], changed: &[PostSym]) -> Vec<Refusal> {
     let mut refusals = Vec::new();
     for d in data {
         let functions = d
@@ -451,7 +419,7 @@ fn refuse_data(post: &Resolved<'_>, data: &[DataDiff], changed: &[usize]) -> Vec
 
 fn is_init_section(section: &elf::Section<'_>) -> bool {
     matches!(
-        section.sh_type,
+        SectionType(section.sh_type),
         SHT_INIT_ARRAY | SHT_PREINIT_ARRAY | SHT_FINI_ARRAY
     ) || section.name.starts_with(".ctors")
         || section.name.starts_with(".dtors")
@@ -460,7 +428,7 @@ fn is_init_section(section: &elf::Section<'_>) -> bool {
 }
 
 fn is_fini_section(section: &elf::Section<'_>) -> bool {
-    section.sh_type == SHT_FINI_ARRAY
+    section.sh_type == SHT_FINI_ARRAY.0
         || section.name.starts_with(".fini_array")
         || section.name.starts_with(".dtors")
 }
@@ -472,11 +440,11 @@ fn refuse_init(
     functions: &[FunctionDiff],
 ) -> Vec<Refusal> {
     let mut refusals = Vec::new();
-    let mut constructors: BTreeMap<usize, bool> = BTreeMap::new();
+    let mut constructors: BTreeMap<PostSym, bool> = BTreeMap::new();
     for section in post.elf.sections.iter().filter(|s| is_init_section(s)) {
         for reference in &post.references[section.index] {
             if let Target::Symbol(s) = reference.target {
-                constructors.insert(s, is_fini_section(section));
+                constructors.insert(PostSym(s), is_fini_section(section));
             }
         }
         let pre_section = pre.elf.section_by_name(&section.name);
@@ -557,8 +525,8 @@ fn refuse_sections(
             || section.is_merge_strings()
             || section.is_merge_constants()
             || is_init_section(section)
-            || section.sh_type == SHT_NOTE
-            || section.sh_type == SHT_X86_64_UNWIND
+            || section.sh_type == SHT_NOTE.0
+            || section.sh_type == SHT_X86_64_UNWIND.0
             || section.name == ".eh_frame"
             || section.name.starts_with(".note")
             || crate::table::is_table_section(&section.name)
@@ -606,47 +574,31 @@ fn refuse_relocations(
                 .filter_map(|d| d.post_symbol),
         );
     for symbol in elements {
-        let Some(range) = Range::of_symbol(post, symbol) else {
+        let Some(range) = Range::of_symbol(post, symbol.0) else {
             continue;
         };
         let mut reported = HashSet::new();
         for r in post.references_in(range.section, range.start, range.end) {
             // R_X86_64_NONE writes nothing (objtool leaves it where it turned a call into
             // a NOP): a no-op, not a reference.
-            if r.r_type == reloc_type::R_X86_64_NONE
-                || reloc_type::is_supported(r.r_type)
-                || !reported.insert(r.r_type)
-            {
+            let class = RelocClass::of(r.r_type);
+            if class.op == Op::None || class.linked || !reported.insert(r.r_type) {
                 continue;
             }
-            let name = &post.elf.symbols[symbol].name;
+            let name = &post.elf.symbols[symbol.0].name;
             refusals.push(Refusal {
                 kind: RefusalKind::UnsupportedRelocation,
                 symbol: name.clone(),
                 detail: format!(
                     "{} at {name}+{:#x} (to {}): {}",
-                    reloc_type::name(r.r_type),
+                    hotsplice_reloc::name(r.r_type),
                     r.offset - range.start,
                     crate::compare::describe(post, r),
-                    reloc_type::unsupported_reason(r.r_type)
+                    hotsplice_reloc::unsupported_reason(r.r_type)
                 ),
                 functions: vec![name.clone()],
             });
         }
     }
     refusals
-}
-
-#[cfg(test)]
-mod tests {
-    use super::cold_owner;
-
-    #[test]
-    fn cold_owners() {
-        assert_eq!(cold_owner("foo.cold"), Some("foo"));
-        assert_eq!(cold_owner("foo.isra.0.cold"), Some("foo.isra.0"));
-        assert_eq!(cold_owner("foo.cold.1"), Some("foo"));
-        assert_eq!(cold_owner("foo"), None);
-        assert_eq!(cold_owner("coldfoo"), None);
-    }
 }

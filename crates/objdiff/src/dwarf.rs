@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use gimli::{AttributeValue, DwAt, DwTag, EndianSlice, LittleEndian, SectionId};
 
 use crate::elf::ElfObject;
-use crate::reloc_type;
 
 /// One debugging information entry.
 #[derive(Debug, Clone)]
@@ -91,7 +90,7 @@ fn relocated_sections(elf: &ElfObject<'_>) -> HashMap<String, Vec<u8>> {
                 .get(reloc.symbol)
                 .map_or(0, |s| s.value as i64)
                 .wrapping_add(reloc.addend);
-            let width = reloc_type::field_width(reloc.r_type) as usize;
+            let width = usize::from(hotsplice_reloc::RelocClass::of(reloc.r_type).width);
             let Ok(at) = usize::try_from(reloc.offset) else {
                 continue;
             };

@@ -10,21 +10,6 @@ use object::{LittleEndian, read::StringTable};
 
 use crate::Error;
 
-/// ELF section flag: the section occupies memory at run time.
-pub const SHF_ALLOC: u64 = 0x2;
-/// ELF section flag: the section is writable at run time.
-pub const SHF_WRITE: u64 = 0x1;
-/// ELF section flag: the section holds machine code.
-pub const SHF_EXECINSTR: u64 = 0x4;
-/// ELF section flag: identical entries may be merged by the linker.
-pub const SHF_MERGE: u64 = 0x10;
-/// ELF section flag: entries are NUL-terminated strings.
-pub const SHF_STRINGS: u64 = 0x20;
-/// ELF section flag: member of a section group (COMDAT).
-pub const SHF_GROUP: u64 = 0x200;
-/// ELF section flag: thread-local storage.
-pub const SHF_TLS: u64 = 0x400;
-
 /// One relocatable x86-64 ELF object, parsed and validated.
 #[derive(Debug)]
 pub struct ElfObject<'a> {
@@ -152,24 +137,25 @@ impl Symbol {
 impl Section<'_> {
     /// Whether the section is loaded into memory.
     pub fn is_alloc(&self) -> bool {
-        self.flags & SHF_ALLOC != 0
+        self.flags & elf::SHF_ALLOC.0 != 0
     }
 
     /// Whether the section holds code.
     pub fn is_code(&self) -> bool {
-        self.flags & SHF_EXECINSTR != 0
+        self.flags & elf::SHF_EXECINSTR.0 != 0
     }
 
     /// Whether the section is a merge section of strings (`.rodata.str1.1`) of characters
     /// 1, 2 or 4 bytes wide (any other width is malformed: the section is then plain data).
     pub fn is_merge_strings(&self) -> bool {
-        self.flags & (SHF_MERGE | SHF_STRINGS) == SHF_MERGE | SHF_STRINGS
+        self.flags & (elf::SHF_MERGE.0 | elf::SHF_STRINGS.0)
+            == elf::SHF_MERGE.0 | elf::SHF_STRINGS.0
             && matches!(self.entsize, 0 | 1 | 2 | 4)
     }
 
     /// Whether the section is a merge section of fixed-size constants (`.rodata.cst8`).
     pub fn is_merge_constants(&self) -> bool {
-        self.flags & (SHF_MERGE | SHF_STRINGS) == SHF_MERGE && self.entsize > 0
+        self.flags & (elf::SHF_MERGE.0 | elf::SHF_STRINGS.0) == elf::SHF_MERGE.0 && self.entsize > 0
     }
 
     /// Whether the section has no bytes in the file (`.bss`).

@@ -16,7 +16,7 @@ use gimli::DwTag;
 use crate::dwarf::{DieTree, read};
 use crate::name;
 use crate::reference::{Resolved, Target};
-use crate::report::{Refusal, RefusalKind};
+use crate::report::{PostSym, PreSym, Refusal, RefusalKind};
 
 /// One member of a laid-out aggregate, flattened through anonymous members.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -321,6 +321,11 @@ fn index_names(tree: &DieTree) -> (HashMap<String, Vec<usize>>, HashMap<String, 
     (functions, variables)
 }
 
+/// The bare symbol indices of one side's typed ones.
+fn indices<T: Copy>(symbols: &[T], index: impl Fn(T) -> usize) -> Vec<usize> {
+    symbols.iter().map(|&s| index(s)).collect()
+}
+
 /// Type roots of the given functions of one build: their own types and those of the globals
 /// their code references.
 fn roots_for(
@@ -453,8 +458,8 @@ pub enum Checked {
 pub fn check(
     pre: &Resolved<'_>,
     post: &Resolved<'_>,
-    changed_post: &[usize],
-    changed_pre: &[usize],
+    changed_post: &[PostSym],
+    changed_pre: &[PreSym],
 ) -> Checked {
     if changed_post.is_empty() && changed_pre.is_empty() {
         return Checked::NotNeeded;
@@ -467,12 +472,17 @@ pub fn check(
 
     // Which functions reach which aggregate, on either side.
     let mut users: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (function, roots) in roots_for(post, &post_tree, &post_types, changed_post) {
+    for (function, roots) in roots_for(
+        post,
+        &post_tree,
+        &post_types,
+        &indices(changed_post, |s| s.0),
+    ) {
         for aggregate in post_types.reachable_aggregates(&roots) {
             users.entry(aggregate).or_default().insert(function.clone());
         }
     }
-    for (function, roots) in roots_for(pre, &pre_tree, &pre_types, changed_pre) {
+    for (function, roots) in roots_for(pre, &pre_tree, &pre_types, &indices(changed_pre, |s| s.0)) {
         for aggregate in pre_types.reachable_aggregates(&roots) {
             users.entry(aggregate).or_default().insert(function.clone());
         }

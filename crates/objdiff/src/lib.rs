@@ -39,15 +39,14 @@ mod layout;
 pub mod name;
 pub mod patchset;
 mod reference;
-pub mod reloc_type;
 mod report;
 pub mod table;
 
-pub use diff::{diff_objects, patch_objects};
+pub use diff::diff_objects;
 pub use error::{Error, Side};
 pub use name::CloneKind;
-pub use patchset::PatchSet;
+pub use patchset::{PatchSet, patch_objects};
 pub use report::{
-    DataDiff, DataKind, FunctionDiff, ObjectDiff, Refusal, RefusalKind, Report, StaticBinding,
-    Status,
+    DataDiff, DataKind, FunctionDiff, ObjectDiff, PostSym, PreSym, Refusal, RefusalKind, Report,
+    StaticBinding, Status, UnknownRefusalKind,
 };

@@ -127,6 +127,17 @@ pub fn is_compiler_private(name: &str) -> bool {
         || canonical.starts_with(".L")
 }
 
+/// The owning function of a `.cold` part: `foo.cold` → `foo`, `foo.isra.0.cold.1` →
+/// `foo.isra.0`.
+pub fn cold_owner(name: &str) -> Option<&str> {
+    let trimmed = name.trim_end_matches(|c: char| c.is_ascii_digit());
+    let trimmed = trimmed.strip_suffix('.').unwrap_or(trimmed);
+    if trimmed.len() < name.len() && !name[trimmed.len()..].starts_with('.') {
+        return None;
+    }
+    trimmed.strip_suffix(".cold")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,5 +176,14 @@ mod tests {
         assert!(is_compiler_private("CSWTCH.44"));
         assert!(!is_compiler_private("count.1"));
         assert!(!is_compiler_private("table"));
+    }
+
+    #[test]
+    fn cold_owners() {
+        assert_eq!(cold_owner("foo.cold"), Some("foo"));
+        assert_eq!(cold_owner("foo.isra.0.cold"), Some("foo.isra.0"));
+        assert_eq!(cold_owner("foo.cold.1"), Some("foo"));
+        assert_eq!(cold_owner("foo"), None);
+        assert_eq!(cold_owner("coldfoo"), None);
     }
 }

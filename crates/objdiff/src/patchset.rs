@@ -9,15 +9,34 @@
 //! symbol). Each [`Replacement`] names a function to redirect and carries its pre-build code
 //! and relocations, which run-pre matching compares against the running code.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use crate::correlate::Correlation;
-use crate::diff::cold_owner;
+use hotsplice_reloc::{Op, RelocClass};
+
+use crate::correlate::{self, Correlation};
+use crate::diff::{analyze, parse};
 use crate::elf::{self, SymbolKind};
-use crate::name::CloneKind;
+use crate::error::{Error, Side};
+use crate::name::{CloneKind, cold_owner};
 use crate::reference::{Reference, Resolved, Target};
-use crate::report::{ObjectDiff, Status};
+use crate::report::{ObjectDiff, PostSym, PreSym, Status};
 use crate::table;
+
+/// Diffs one object pair and extracts the [`PatchSet`] that applies its change: the code of
+/// the changed and new functions with everything they carry, and the pre code of every
+/// replaced function.
+pub fn patch_objects(
+    object: &str,
+    pre: Option<&[u8]>,
+    post: Option<&[u8]>,
+) -> Result<(ObjectDiff, PatchSet), Error> {
+    let pre = parse(pre, Side::Pre)?;
+    let post = parse(post, Side::Post)?;
+    let correlation = correlate::correlate(&pre, &post);
+    let diff = analyze(object, &pre, &post, &correlation);
+    let set = extract(&pre, &post, &correlation, &diff);
+    Ok((diff, set))
+}
 
 /// What kind of memory a piece needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -212,8 +231,8 @@ pub struct PatchSet {
 }
 
 /// The pre-build code and relocations of a function of `pre`, for run-pre matching.
-fn pre_code_of(pre: &Resolved<'_>, index: usize) -> Option<(Vec<u8>, Vec<PreReloc>)> {
-    let sym = &pre.elf.symbols[index];
+fn pre_code_of(pre: &Resolved<'_>, index: PreSym) -> Option<(Vec<u8>, Vec<PreReloc>)> {
+    let sym = &pre.elf.symbols[index.0];
     let section = sym.section()?;
     let end = sym.value.saturating_add(sym.size);
     let code = pre.elf.sections[section].bytes(sym.value, end)?.to_vec();
@@ -247,8 +266,8 @@ pub fn function_pre_code(
     bytes: &[u8],
     name: &str,
     local: bool,
-) -> Result<Option<Referenced>, crate::Error> {
-    let elf = crate::elf::ElfObject::parse(bytes).map_err(|e| e.in_build(crate::Side::Pre))?;
+) -> Result<Option<Referenced>, Error> {
+    let elf = crate::elf::ElfObject::parse(bytes).map_err(|e| e.in_build(Side::Pre))?;
     let Some(index) = elf.symbols.iter().position(|s| {
         s.name == name
             && s.kind == crate::elf::SymbolKind::Func
@@ -259,7 +278,7 @@ pub fn function_pre_code(
     };
     let resolved = Resolved::new(elf);
     Ok(
-        pre_code_of(&resolved, index).map(|(pre_code, pre_relocs)| Referenced {
+        pre_code_of(&resolved, PreSym(index)).map(|(pre_code, pre_relocs)| Referenced {
             name: name.to_string(),
             local,
             pre_code,
@@ -287,7 +306,7 @@ fn class_of(kind: SymbolKind) -> SymbolClass {
 fn piece_kind(section: &elf::Section<'_>) -> PieceKind {
     if section.is_code() {
         PieceKind::Code
-    } else if section.flags & elf::SHF_WRITE == 0 {
+    } else if section.flags & object::elf::SHF_WRITE.0 == 0 {
         PieceKind::ReadOnly
     } else if section.is_nobits() {
         PieceKind::Bss
@@ -301,15 +320,15 @@ struct Extractor<'x, 'a> {
     post: &'x Resolved<'a>,
     correlation: &'x Correlation,
     /// Post symbols whose code or data the patch carries.
-    carried: HashMap<usize, ()>,
+    carried: HashSet<PostSym>,
     set: PatchSet,
     index: HashMap<Key<'a>, usize>,
     queue: Vec<(usize, usize, u64, u64)>,
 }
 
 impl<'x, 'a> Extractor<'x, 'a> {
-    fn symbol_ref_pre(&self, index: usize) -> SymbolRef {
-        let sym = &self.pre.elf.symbols[index];
+    fn symbol_ref_pre(&self, index: PreSym) -> SymbolRef {
+        let sym = &self.pre.elf.symbols[index.0];
         SymbolRef {
             name: sym.name.clone(),
             class: class_of(sym.kind),
@@ -354,8 +373,8 @@ impl<'x, 'a> Extractor<'x, 'a> {
         index
     }
 
-    fn piece_for_symbol(&mut self, symbol: usize) -> usize {
-        let sym = &self.post.elf.symbols[symbol];
+    fn piece_for_symbol(&mut self, symbol: PostSym) -> usize {
+        let sym = &self.post.elf.symbols[symbol.0];
         let section = sym.section().unwrap_or(0);
         let (name, start, end) = (
             sym.name.clone(),
@@ -419,9 +438,10 @@ impl<'x, 'a> Extractor<'x, 'a> {
                 let name = s.name.clone();
                 Link::Piece(self.piece_for_range(name, None, section, 0, s.size))
             }
-            Target::Symbol(symbol) => {
-                let sym = &self.post.elf.symbols[symbol];
-                if self.carried.contains_key(&symbol) {
+            Target::Symbol(index) => {
+                let symbol = PostSym(index);
+                let sym = &self.post.elf.symbols[index];
+                if self.carried.contains(&symbol) {
                     return Link::Piece(self.piece_for_symbol(symbol));
                 }
                 if sym.section().is_none() {
@@ -434,17 +454,13 @@ impl<'x, 'a> Extractor<'x, 'a> {
                 }
                 let is_data = matches!(sym.kind, SymbolKind::Object | SymbolKind::Tls);
                 let private = is_data && crate::compare::is_private_data(sym.kind, &sym.name);
-                match self.correlation.post_to_pre.get(&symbol) {
-                    Some(&pre) if !private => Link::Symbol(self.symbol_ref_pre(pre)),
-                    _ if sym.kind == SymbolKind::Func => {
-                        // A new function not selected as new (cannot happen for a correct
-                        // diff); carry it rather than link to nothing.
-                        self.carried.insert(symbol, ());
-                        Link::Piece(self.piece_for_symbol(symbol))
-                    }
+                match self.correlation.pre_of(symbol) {
+                    Some(pre) if !private => Link::Symbol(self.symbol_ref_pre(pre)),
+                    // New or compiler-private data: the patch brings its own copy. (A new
+                    // function not selected as new cannot happen for a correct diff; it is
+                    // carried too rather than linked to nothing.)
                     _ => {
-                        // New or compiler-private data: the patch brings its own copy.
-                        self.carried.insert(symbol, ());
+                        self.carried.insert(symbol);
                         Link::Piece(self.piece_for_symbol(symbol))
                     }
                 }
@@ -455,13 +471,13 @@ impl<'x, 'a> Extractor<'x, 'a> {
     /// The piece holding the carried function a table entry's owner field points into, if
     /// the patch carries it.
     fn owner_piece(&self, reference: &Reference<'a>) -> Option<usize> {
-        let Target::Symbol(symbol) = reference.target else {
+        let Target::Symbol(index) = reference.target else {
             return None;
         };
-        if !self.carried.contains_key(&symbol) {
+        if !self.carried.contains(&PostSym(index)) {
             return None;
         }
-        let sym = &self.post.elf.symbols[symbol];
+        let sym = &self.post.elf.symbols[index];
         self.index
             .get(&Key::Range(sym.section()?, sym.value))
             .copied()
@@ -557,7 +573,7 @@ impl<'x, 'a> Extractor<'x, 'a> {
             // R_X86_64_NONE writes nothing: nothing to carry or resolve.
             for r in references
                 .iter()
-                .filter(|r| r.r_type != crate::reloc_type::R_X86_64_NONE)
+                .filter(|r| RelocClass::of(r.r_type).op != Op::None)
             {
                 let target = self.link(r);
                 relocs.push(PieceReloc {
@@ -573,7 +589,7 @@ impl<'x, 'a> Extractor<'x, 'a> {
 }
 
 /// Extracts the patch set of a diffed pair.
-pub fn extract(
+fn extract(
     pre: &Resolved<'_>,
     post: &Resolved<'_>,
     correlation: &Correlation,
@@ -583,7 +599,7 @@ pub fn extract(
         pre,
         post,
         correlation,
-        carried: HashMap::new(),
+        carried: HashSet::new(),
         set: PatchSet {
             object: diff.object.clone(),
             source_file: pre
@@ -604,14 +620,14 @@ pub fn extract(
         .collect();
     for f in &included {
         if let Some(j) = f.post_symbol {
-            x.carried.insert(j, ());
+            x.carried.insert(j);
         }
     }
     for f in &diff.functions {
         if let (Some(j), Some(owner)) = (f.post_symbol, cold_owner(&f.name))
             && included.iter().any(|g| g.name == owner)
         {
-            x.carried.insert(j, ());
+            x.carried.insert(j);
         }
     }
     for f in &included {
@@ -623,7 +639,7 @@ pub fn extract(
             continue;
         }
         let Some(i) = f.pre_symbol else { continue };
-        let sym = &pre.elf.symbols[i];
+        let sym = &pre.elf.symbols[i.0];
         if sym.section().is_none() {
             continue;
         }
@@ -648,7 +664,7 @@ pub fn extract(
             if let Target::Symbol(s) = r.target
                 && post.elf.symbols[s].kind == SymbolKind::Func
             {
-                let piece = x.piece_for_symbol(s);
+                let piece = x.piece_for_symbol(PostSym(s));
                 x.set.hooks.push(Hook { kind, piece });
             }
         }
@@ -678,7 +694,7 @@ pub fn extract(
         }) else {
             continue;
         };
-        if let Some((pre_code, pre_relocs)) = pre_code_of(pre, index) {
+        if let Some((pre_code, pre_relocs)) = pre_code_of(pre, PreSym(index)) {
             x.set.referenced.push(Referenced {
                 name: s.name,
                 local: s.local,

@@ -8,10 +8,10 @@
 
 use std::collections::HashMap;
 
+use hotsplice_reloc::RelocClass;
 use iced_x86::{Decoder, DecoderOptions, Instruction};
 
 use crate::elf::{ElfObject, Reloc, Section, SymbolKind};
-use crate::reloc_type;
 
 /// What a relocation points at, after normalisation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,10 +244,11 @@ fn resolve<'a>(
     // really designates (for an instruction operand, PC-relative values are relative to the
     // end of the instruction, not of the field).
     let raw = (sym.value as i64).wrapping_add(reloc.addend);
-    let pc_adjust = if reloc_type::is_pc_relative(reloc.r_type) {
+    let class = RelocClass::of(reloc.r_type);
+    let pc_adjust = if class.pc_relative {
         match instruction_ends.get(&reloc.offset) {
             Some(end) => (end - reloc.offset) as i64,
-            None => reloc_type::field_width(reloc.r_type) as i64,
+            None => i64::from(class.width),
         }
     } else {
         0

@@ -4,6 +4,15 @@ use std::fmt;
 
 use crate::name::CloneKind;
 
+/// The index of a symbol in the pre build's object (its symbol table), as object's
+/// `SymbolIndex`: a pre index cannot be used where a post one is meant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PreSym(pub usize);
+
+/// The index of a symbol in the post build's object (its symbol table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PostSym(pub usize);
+
 /// How an element of the post build relates to the pre build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Status {
@@ -53,9 +62,9 @@ pub struct FunctionDiff {
     /// Why it is changed.
     pub reasons: Vec<String>,
     /// Symbol index in the pre object.
-    pub pre_symbol: Option<usize>,
+    pub pre_symbol: Option<PreSym>,
     /// Symbol index in the post object.
-    pub post_symbol: Option<usize>,
+    pub post_symbol: Option<PostSym>,
 }
 
 /// The storage class of a variable.
@@ -99,9 +108,9 @@ pub struct DataDiff {
     /// Why it is changed, or how it is treated.
     pub reasons: Vec<String>,
     /// Symbol index in the pre object.
-    pub pre_symbol: Option<usize>,
+    pub pre_symbol: Option<PreSym>,
     /// Symbol index in the post object.
-    pub post_symbol: Option<usize>,
+    pub post_symbol: Option<PostSym>,
 }
 
 /// Which instance of a function-local static a patched function uses.
@@ -118,9 +127,13 @@ pub struct StaticBinding {
     pub compiler_private: bool,
 }
 
-/// Why a change cannot be applied live.
+/// Why a change cannot be applied live: the one list of refusal kinds of the object diff, the
+/// user-space builder and the kernel builder. Its kebab-case name ([`RefusalKind::as_str`],
+/// parsed back by [`str::parse`]) is what reports, JSON output and bundles carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum RefusalKind {
+    // The object diff.
     /// The size or initialiser of an existing variable changed.
     DataChanged,
     /// The layout of a struct or union used by changed code changed.
@@ -135,10 +148,82 @@ pub enum RefusalKind {
     UnsupportedSection,
     /// Patched code uses a relocation type hotsplice cannot link.
     UnsupportedRelocation,
+
+    // The builders.
+    /// The diff changes the build itself (a Makefile, a deleted source), not code.
+    BuildChanged,
+    /// An object the diff affects could not be (re)compiled, or is missing after the build.
+    IncompleteBuild,
+    /// The diff changes a generator's input, and the build did not regenerate its output.
+    GeneratorNotRun,
+    /// A name new in an earlier patch of the series is changed again.
+    SeriesNewSymbol,
+    /// The target is linked with link-time optimisation and its link-time code is unknown.
+    Lto,
+    /// C++ exceptions may unwind through patched code (no unwind tables are registered).
+    CxxUnwind,
+    /// A patch of a series that stacks on a refused one.
+    DependsOnRefused,
+
+    // The kernel builder.
+    /// A header kbuild includes in every translation unit changed.
+    Header,
+    /// A changed header reaches too many translation units.
+    HeaderScope,
+    /// An assembly file changed.
+    Assembly,
+    /// `__init`/`__exit` (or discarded) code changed.
+    Init,
+    /// A changed function cannot be traced (`notrace`), so livepatch cannot redirect it.
+    Notrace,
+    /// The patch uses a kpatch marker hotsplice does not honour.
+    UnsupportedMarker,
+    /// kbuild does not build the changed file on its own.
+    NotBuilt,
+    /// The changed code is in a module whose `.ko` is not there to prove it against.
+    Module,
+    /// Run-pre matching could not prove a replaced function against the running kernel.
+    RunPre,
+    /// The patch references a symbol the kernel does not have.
+    MissingSymbol,
+    /// The patch references a name several kernel symbols share, and none could be chosen.
+    AmbiguousSymbol,
+    /// A construct the livepatch module cannot carry.
+    Unsupported,
 }
 
 impl RefusalKind {
-    /// The kebab-case name, as used in reports.
+    /// Every kind, in declaration order.
+    pub const ALL: [RefusalKind; 26] = [
+        RefusalKind::DataChanged,
+        RefusalKind::LayoutChanged,
+        RefusalKind::InitChanged,
+        RefusalKind::TlsNew,
+        RefusalKind::TlsChanged,
+        RefusalKind::UnsupportedSection,
+        RefusalKind::UnsupportedRelocation,
+        RefusalKind::BuildChanged,
+        RefusalKind::IncompleteBuild,
+        RefusalKind::GeneratorNotRun,
+        RefusalKind::SeriesNewSymbol,
+        RefusalKind::Lto,
+        RefusalKind::CxxUnwind,
+        RefusalKind::DependsOnRefused,
+        RefusalKind::Header,
+        RefusalKind::HeaderScope,
+        RefusalKind::Assembly,
+        RefusalKind::Init,
+        RefusalKind::Notrace,
+        RefusalKind::UnsupportedMarker,
+        RefusalKind::NotBuilt,
+        RefusalKind::Module,
+        RefusalKind::RunPre,
+        RefusalKind::MissingSymbol,
+        RefusalKind::AmbiguousSymbol,
+        RefusalKind::Unsupported,
+    ];
+
+    /// The kebab-case name, as used in reports, JSON and bundles.
     pub fn as_str(self) -> &'static str {
         match self {
             RefusalKind::DataChanged => "data-changed",
@@ -148,13 +233,68 @@ impl RefusalKind {
             RefusalKind::TlsChanged => "tls-changed",
             RefusalKind::UnsupportedSection => "unsupported-section",
             RefusalKind::UnsupportedRelocation => "unsupported-relocation",
+            RefusalKind::BuildChanged => "build-changed",
+            RefusalKind::IncompleteBuild => "incomplete-build",
+            RefusalKind::GeneratorNotRun => "generator-not-run",
+            RefusalKind::SeriesNewSymbol => "series-new-symbol",
+            RefusalKind::Lto => "lto",
+            RefusalKind::CxxUnwind => "cxx-unwind",
+            RefusalKind::DependsOnRefused => "depends-on-refused",
+            RefusalKind::Header => "header",
+            RefusalKind::HeaderScope => "header-scope",
+            RefusalKind::Assembly => "assembly",
+            RefusalKind::Init => "init",
+            RefusalKind::Notrace => "notrace",
+            RefusalKind::UnsupportedMarker => "unsupported-marker",
+            RefusalKind::NotBuilt => "not-built",
+            RefusalKind::Module => "module",
+            RefusalKind::RunPre => "run-pre",
+            RefusalKind::MissingSymbol => "missing-symbol",
+            RefusalKind::AmbiguousSymbol => "ambiguous-symbol",
+            RefusalKind::Unsupported => "unsupported",
         }
+    }
+
+    /// Whether the user-space builder refuses this itself (the build, not the object diff).
+    pub fn is_build(self) -> bool {
+        matches!(
+            self,
+            RefusalKind::BuildChanged
+                | RefusalKind::IncompleteBuild
+                | RefusalKind::GeneratorNotRun
+                | RefusalKind::SeriesNewSymbol
+                | RefusalKind::Lto
+                | RefusalKind::CxxUnwind
+        )
     }
 }
 
 impl fmt::Display for RefusalKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// A refusal kind name that is not one of [`RefusalKind`]'s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownRefusalKind(pub String);
+
+impl fmt::Display for UnknownRefusalKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown refusal kind {:?}", self.0)
+    }
+}
+
+impl std::error::Error for UnknownRefusalKind {}
+
+impl std::str::FromStr for RefusalKind {
+    type Err = UnknownRefusalKind;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RefusalKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownRefusalKind(s.to_string()))
     }
 }
 
@@ -216,5 +356,24 @@ impl Report {
             .flat_map(|o| &o.functions)
             .filter(|f| f.status == status)
             .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RefusalKind;
+
+    /// Every kind's name parses back to it, and no two kinds share a name (the names are the
+    /// bundle format's and the JSON's).
+    #[test]
+    fn refusal_kind_names_round_trip() {
+        let mut names = std::collections::BTreeSet::new();
+        for kind in RefusalKind::ALL {
+            assert_eq!(kind.as_str().parse::<RefusalKind>(), Ok(kind));
+            assert!(names.insert(kind.as_str()), "{kind} twice");
+        }
+        assert_eq!(RefusalKind::DataChanged.as_str(), "data-changed");
+        assert_eq!(RefusalKind::Notrace.to_string(), "notrace");
+        assert!("no-such-kind".parse::<RefusalKind>().is_err());
     }
 }

@@ -22,7 +22,7 @@ use std::process::Command;
 
 use hotsplice_bundle::convert;
 use hotsplice_bundle::{Piece, Reloc, SymbolClass};
-use hotsplice_objdiff::{patch_objects, reloc_type};
+use hotsplice_objdiff::patch_objects;
 use object::elf::{
     R_X86_64_32, R_X86_64_32S, R_X86_64_64, R_X86_64_DTPOFF64, R_X86_64_PC32, R_X86_64_PC64,
     R_X86_64_PLT32,
@@ -156,7 +156,7 @@ fn render(objects: &[ObjectPatch], p: &Placement) -> String {
             w.bytes.len()
         );
         for r in relocs.get(&w.address).copied().unwrap_or_default() {
-            let width = if [R_X86_64_64.0, R_X86_64_PC64.0].contains(&r.r_type) {
+            let width = if hotsplice_reloc::RelocClass::of(r.r_type).width == 8 {
                 8
             } else {
                 4
@@ -178,7 +178,7 @@ fn render(objects: &[ObjectPatch], p: &Placement) -> String {
                 out,
                 "  +{:#x} {} {target}{:+} = {sign}{:#x}",
                 r.offset,
-                reloc_type::name(r.r_type),
+                hotsplice_reloc::name(r.r_type),
                 r.addend,
                 value.unsigned_abs()
             );
@@ -347,4 +347,17 @@ fn pc32_reaches_two_gib_either_way_and_no_further() {
 fn an_unsupported_relocation_names_its_piece() {
     let err = link_one(8, &[(0, R_X86_64_DTPOFF64.0)], 0x1000).unwrap_err();
     assert!(err.contains("in f"), "{err}");
+}
+
+/// Messages name relocation types; numbers mean nothing to a user.
+#[test]
+fn an_unsupported_relocation_is_named() {
+    let error = crate::Error::UnsupportedRelocation {
+        r_type: object::elf::R_X86_64_TLSGD.0,
+        piece: "handle".into(),
+    };
+    assert_eq!(
+        error.to_string(),
+        "relocation type R_X86_64_TLSGD in handle is not supported"
+    );
 }
