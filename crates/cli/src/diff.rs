@@ -6,35 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
-use clap::Args;
 use hotsplice_objdiff::{ObjectDiff, Report, Status, diff_objects};
 use serde_json::{Value, json};
 
+use crate::args::DiffArgs;
 use crate::{EXIT_OK, EXIT_REFUSED, Exit};
-
-/// Compare a pre-patch and a post-patch build: which functions really changed.
-///
-/// PRE and POST are two relocatable objects (`.o`) of the same source file, or two
-/// directories of objects paired by relative path. Both builds must use gcc with
-/// `-ffunction-sections -fdata-sections` (and `-g` for the struct layout check).
-/// Exit status 0 means the change can be applied live, 1 that it is refused (the report
-/// names the variable, type, section or relocation at fault), 2 bad input.
-#[derive(Debug, Args)]
-#[command(
-    after_help = "Example:\n  hotsplice diff build-pre/src/http.o build-post/src/http.o\n  hotsplice diff --json build-pre/ build-post/ > report.json"
-)]
-pub struct DiffArgs {
-    /// The pre-patch object, or a directory of them.
-    pre: PathBuf,
-    /// The post-patch object, or a directory of them.
-    post: PathBuf,
-    /// Print one JSON object instead of the human report.
-    #[arg(long)]
-    pub(crate) json: bool,
-    /// Also list unchanged functions and variables in the human report.
-    #[arg(long)]
-    all: bool,
-}
 
 /// One pre/post pair to compare: a relative name and the two paths (absent on one side when
 /// the object exists in one build only).

@@ -1,28 +1,14 @@
 //! `hotsplice info`: what a bundle contains.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Args;
 use hotsplice_bundle::{Bundle, Hook, HookKind, ObjectPatch, PieceKind};
 use serde_json::json;
 
+use crate::args::InfoArgs;
 use crate::{EXIT_OK, Exit};
-
-/// Show what a live-patch bundle contains: target, functions, provenance.
-///
-/// Reads and verifies the bundle (format, content hash, structure); a malformed, truncated
-/// or modified bundle is an error (exit status 2).
-#[derive(Debug, Args)]
-pub struct InfoArgs {
-    /// The bundle.
-    bundle: PathBuf,
-    /// Print the bundle's envelope and content as JSON.
-    #[arg(long)]
-    pub(crate) json: bool,
-}
 
 fn describe(
     out: &mut impl Write,

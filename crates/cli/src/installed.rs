@@ -16,122 +16,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow};
-use clap::Args;
 use hotsplice_apply::discover::{Select, Version, discover, discover_in};
 use hotsplice_apply::{Options, PauseLog};
 use serde_json::{Value, json};
 
-use crate::live::{LiveOptions, TrustOptions, output};
+use crate::args::{InstallArgs, StatusArgs, TrustOptions, UninstallArgs, WatchArgs};
+use crate::live::output;
 use crate::{EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_OK, Exit};
-
-/// The default store.
-pub const DEFAULT_STORE: &str = "/var/lib/hotsplice";
-
-/// Where installed bundles are kept.
-#[derive(Debug, Args)]
-pub struct StoreOptions {
-    /// The store of installed patches (it must belong to root and be writable by no one
-    /// else, like every directory above it).
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_STORE, env = "HOTSPLICE_STORE")]
-    store: PathBuf,
-}
-
-/// Install a bundle: keep it applied to every process that maps its file, now and later.
-///
-/// The bundle is checked against the trusted keys, kept in the store, and applied to every
-/// running process that maps its file (each on its own; see `apply --each`). `hotsplice watch`
-/// then applies it to processes that start later. Without `--file`, processes are found by the
-/// bundle's build-id.
-#[derive(Debug, Args)]
-pub struct InstallArgs {
-    /// The bundle.
-    bundle: PathBuf,
-    /// The installed file the bundle is for (an executable or shared library).
-    #[arg(long, value_name = "PATH")]
-    file: Option<PathBuf>,
-    /// Keep it for `watch` only; do not apply it to running processes now.
-    #[arg(long)]
-    no_apply: bool,
-    #[command(flatten)]
-    store: StoreOptions,
-    #[command(flatten)]
-    trust: TrustOptions,
-    #[command(flatten)]
-    options: LiveOptions,
-}
-
-/// Uninstall a patch: undo it in the processes it was installed for, and forget it.
-///
-/// The patch is undone in every process that has it and maps the installed file (`install
-/// --file`), or a file with the bundle's build-id; the same patch applied elsewhere by hand
-/// stays. Waits for a `watch` sweep in progress to end first.
-#[derive(Debug, Args)]
-pub struct UninstallArgs {
-    /// The patch id.
-    patch: String,
-    /// Leave it applied where it is; only stop applying it to new processes.
-    #[arg(long)]
-    keep_applied: bool,
-    #[command(flatten)]
-    store: StoreOptions,
-    #[command(flatten)]
-    options: LiveOptions,
-}
-
-/// Show, per installed patch, the processes that have it and those that do not (and why).
-///
-/// Exit status: 0 every process that needs a patch has it; 1 some do not.
-#[derive(Debug, Args)]
-pub struct StatusArgs {
-    /// Also write Prometheus metrics to this file (atomically; for node_exporter's textfile
-    /// collector): `hotsplice_patch_processes{patch,target,state}`.
-    #[arg(long, value_name = "FILE")]
-    prometheus: Option<PathBuf>,
-    #[command(flatten)]
-    store: StoreOptions,
-    #[command(flatten)]
-    trust: TrustOptions,
-    #[command(flatten)]
-    options: LiveOptions,
-}
-
-/// Keep new processes patched: apply every installed patch to each process that starts a
-/// program (or loads a library) it is for. Runs until SIGTERM or SIGINT.
-///
-/// New programs are seen at once through the kernel's process-event connector (root,
-/// CONFIG_PROC_EVENTS); a sweep every `--interval` seconds catches the rest (libraries loaded
-/// later with dlopen). See packaging/hotsplice-watch.service.
-#[derive(Debug, Args)]
-pub struct WatchArgs {
-    /// Seconds between sweeps of every process.
-    #[arg(long, value_name = "S", default_value_t = 10)]
-    interval: u64,
-    #[command(flatten)]
-    store: StoreOptions,
-    #[command(flatten)]
-    trust: TrustOptions,
-    #[command(flatten)]
-    options: LiveOptions,
-}
-
-impl InstallArgs {
-    /// Whether JSON output was asked for.
-    pub fn json(&self) -> bool {
-        self.options.json()
-    }
-}
-impl UninstallArgs {
-    /// Whether JSON output was asked for.
-    pub fn json(&self) -> bool {
-        self.options.json()
-    }
-}
-impl StatusArgs {
-    /// Whether JSON output was asked for.
-    pub fn json(&self) -> bool {
-        self.options.json()
-    }
-}
 
 /// An installed bundle.
 struct Installed {
@@ -306,7 +197,7 @@ pub fn install(args: &InstallArgs) -> Result<ExitCode, Exit> {
         roll_out(&installed, None, &args.options.options())
     };
     let mut out = std::io::stdout().lock();
-    if args.options.json() {
+    if args.options.json {
         output(writeln!(
             out,
             "{}",
@@ -390,7 +281,7 @@ pub fn uninstall(args: &UninstallArgs) -> Result<ExitCode, Exit> {
         }
     }
     let mut out = std::io::stdout().lock();
-    if args.options.json() {
+    if args.options.json {
         output(writeln!(
             out,
             "{}",
@@ -481,7 +372,7 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, Exit> {
             .map_err(env_error)?;
     }
     let mut out = std::io::stdout().lock();
-    if args.options.json() {
+    if args.options.json {
         output(writeln!(
             out,
             "{}",

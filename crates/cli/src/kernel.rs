@@ -6,12 +6,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use clap::{Args, Subcommand};
 use hotsplice_kernel::build::{self, Outcome, Request};
 use hotsplice_ptrace::livepatch;
 use serde_json::json;
 
-use crate::build::BuildArgs;
+use crate::args::{BuildArgs, KernelArgs, KernelCommand, TrustOptions};
 use crate::{EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_OK, EXIT_REFUSED, Exit};
 
 fn env_error(error: anyhow::Error) -> Exit {
@@ -29,10 +28,10 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
             "--kernel needs --source (the kernel source tree)"
         )));
     };
-    let config = args.config.clone().unwrap_or_default();
+    let config = args.kernel.config.clone().unwrap_or_default();
     // `patch` runs in the prepared tree: the diff's path must not be relative to here.
-    let diff = std::fs::canonicalize(&args.diff)
-        .with_context(|| format!("--diff {}", args.diff.display()))
+    let diff = std::fs::canonicalize(args.diff())
+        .with_context(|| format!("--diff {}", args.diff().display()))
         .map_err(Exit::bad_input)?;
     // Read the key before a build that takes minutes, so a bad key fails at once.
     let key = args
@@ -42,6 +41,7 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
         .transpose()?;
     let release = livepatch::kernel_release();
     let headers = args
+        .kernel
         .headers
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("/lib/modules/{release}/build")));
@@ -52,6 +52,7 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
         )));
     }
     let symbols = args
+        .kernel
         .symbols
         .clone()
         .unwrap_or_else(|| PathBuf::from("/proc/kallsyms"));
@@ -65,6 +66,7 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
         )));
     }
     let vmlinux = args
+        .kernel
         .vmlinux
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("/boot/vmlinuz-{release}")));
@@ -78,6 +80,7 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
     let request = Request {
         vmlinux,
         modules: args
+            .kernel
             .modules
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("/lib/modules/{release}"))),
@@ -89,7 +92,7 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
         cache: args
             .cache
             .clone()
-            .unwrap_or_else(crate::build::default_cache),
+            .unwrap_or_else(crate::args::default_cache),
         name: name.clone(),
     };
     let mut progress = |step: &str| {
@@ -301,71 +304,6 @@ fn changes(diffs: &[hotsplice_objdiff::ObjectDiff]) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Apply, undo and list live patches of the running kernel (livepatch modules made by
-/// `hotsplice build --kernel`).
-///
-/// The kernel's livepatch core does the switching: each task moves to the new code when it
-/// is not running any patched function (checked with reliable stack traces), so `apply`
-/// waits for that transition and names the tasks that hold it up.
-#[derive(Debug, Args)]
-#[command(
-    after_help = "Examples:\n  hotsplice kernel apply fix.ko\n  hotsplice kernel list\n  hotsplice kernel undo fix\n\nNeeds root. An unsigned module taints the kernel (flags O, E, K) and cannot load under Secure Boot lockdown or module.sig_enforce=1."
-)]
-pub struct KernelArgs {
-    #[command(subcommand)]
-    command: KernelCommand,
-}
-
-#[derive(Debug, Subcommand)]
-enum KernelCommand {
-    /// Load a livepatch module and wait until every task runs the new code.
-    Apply {
-        /// The module (`hotsplice build --kernel -o FIX.ko`).
-        module: PathBuf,
-        /// Give up waiting for the transition after this many seconds (the patch stays
-        /// loaded and livepatch keeps trying; `undo` reverts it).
-        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
-        timeout: u64,
-        /// Print a JSON summary.
-        #[arg(long)]
-        json: bool,
-        /// Its detached signature (default: MODULE.hsig, written by `build --kernel --sign`
-        /// or `hotsplice sign MODULE`).
-        #[arg(long, value_name = "FILE")]
-        signature: Option<PathBuf>,
-        #[command(flatten)]
-        trust: crate::live::TrustOptions,
-    },
-    /// Disable a live patch, wait until no task runs its code, and unload it.
-    Undo {
-        /// The patch's name (as `kernel list` shows it).
-        name: String,
-        /// Give up waiting for the transition after this many seconds.
-        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
-        timeout: u64,
-        /// Print a JSON summary.
-        #[arg(long)]
-        json: bool,
-    },
-    /// List the live patches of the running kernel (/sys/kernel/livepatch).
-    List {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-impl KernelArgs {
-    /// Whether JSON output was asked for.
-    pub fn json(&self) -> bool {
-        match &self.command {
-            KernelCommand::Apply { json, .. }
-            | KernelCommand::Undo { json, .. }
-            | KernelCommand::List { json } => *json,
-        }
-    }
-}
-
 /// `hotsplice kernel`.
 pub fn run(args: &KernelArgs) -> Result<ExitCode, Exit> {
     match &args.command {
@@ -404,7 +342,7 @@ fn accept_module(
     module: &Path,
     bytes: &[u8],
     signature: Option<&Path>,
-    trust: &crate::live::TrustOptions,
+    trust: &TrustOptions,
 ) -> Result<String, Exit> {
     let path = signature.map_or_else(|| crate::trust::detached_path(module), Path::to_path_buf);
     let why = match crate::live::read_regular(&path, 1 << 20) {
@@ -458,7 +396,7 @@ fn accept_module(
 fn apply(
     module: &Path,
     signature: Option<&Path>,
-    trust: &crate::live::TrustOptions,
+    trust: &TrustOptions,
     timeout: Duration,
     json: bool,
 ) -> Result<ExitCode, Exit> {

@@ -1,45 +1,19 @@
 //! `hotsplice check | apply | undo | list | recover`: live patches on running processes.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use clap::Args;
 use hotsplice_apply::{ErrorClass, Options, PauseLog, ProcessReport};
 use serde_json::{Value, json};
 
+use crate::args::{ApplyArgs, CheckArgs, ListArgs, RecoverArgs, Targets, TrustOptions, UndoArgs};
 use crate::{EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_OK, EXIT_REFUSED, Exit};
 
 /// The largest bundle `check`/`apply` read (a bundle of a large program is a few MiB).
 const MAX_BUNDLE: u64 = 256 << 20;
-
-/// Which processes. Without `--pid`, `--exe` or `--file`: every process on the system that
-/// maps a file with the bundle's build-id (for `undo`: every process that has the patch).
-#[derive(Debug, Args)]
-pub struct Targets {
-    /// A process (repeatable). Processes sharing its memory (`clone(CLONE_VM)`, a `vfork`
-    /// child) are stopped, checked and patched with it.
-    #[arg(long = "pid", value_name = "PID", conflicts_with_all = ["exe", "file"])]
-    pids: Vec<i32>,
-    /// Every process running this executable (also after the file was replaced or deleted
-    /// on disk by a package upgrade).
-    #[arg(long, value_name = "PATH", conflicts_with = "file")]
-    exe: Option<PathBuf>,
-    /// Every process that maps this file — an executable or a shared library — including a
-    /// copy since deleted or replaced on disk and the same path in a container. Processes
-    /// mapping another build of the file are skipped (see --any-build).
-    #[arg(long, value_name = "PATH")]
-    file: Option<PathBuf>,
-    /// Patch each process on its own and report each, instead of all or none.
-    #[arg(long)]
-    each: bool,
-    /// With --file: also processes mapping another build of the file (run-pre matching then
-    /// decides, process by process).
-    #[arg(long, requires = "file")]
-    any_build: bool,
-}
 
 /// A process found but not patched, and why.
 struct Skipped {
@@ -117,189 +91,6 @@ fn choose(
         }
     }
     Ok(chosen)
-}
-
-/// Shared options.
-#[derive(Debug, Args)]
-pub struct LiveOptions {
-    /// Print one JSON object on stdout (also for errors: {"ok": false, "class", "error"}).
-    #[arg(long)]
-    json: bool,
-    /// Stops to retry while a thread is blocked in a function being replaced.
-    #[arg(long, value_name = "N", default_value_t = 5)]
-    retries: u32,
-    /// Milliseconds between retries (the target runs meanwhile).
-    #[arg(long, value_name = "MS", default_value_t = 200)]
-    retry_delay: u64,
-    /// Microseconds a runnable thread found in a function being replaced may run alone, the
-    /// others stopped, to leave it (per stop).
-    #[arg(long, value_name = "US", default_value_t = 1000)]
-    let_run: u64,
-    /// Seconds to wait for another hotsplice working on the same process.
-    #[arg(long, value_name = "S", default_value_t = 60)]
-    lock_timeout: u64,
-    /// Where applied patches are recorded; it must belong to root and be writable by no one
-    /// else, like every directory above it.
-    #[arg(long, value_name = "DIR", default_value = hotsplice_apply::state::DEFAULT_DIR, env = "HOTSPLICE_STATE_DIR")]
-    state_dir: PathBuf,
-}
-
-impl CheckArgs {
-    /// Whether JSON output was asked for.
-    pub fn json(&self) -> bool {
-        self.options.json
-    }
-}
-impl ApplyArgs {
-    /// Whether JSON output was asked for.
-    pub fn json(&self) -> bool {
-        self.options.json
-    }
-}
-impl UndoArgs {
-    /// Whether JSON output was asked for.
-    pub fn json(&self) -> bool {
-        self.options.json
-    }
-}
-impl ListArgs {
-    /// Whether JSON output was asked for.
-    pub fn json(&self) -> bool {
-        self.options.json
-    }
-}
-impl RecoverArgs {
-    /// Whether JSON output was asked for.
-    pub fn json(&self) -> bool {
-        self.options.json
-    }
-}
-
-/// Which bundles are trusted.
-#[derive(Debug, Args)]
-pub struct TrustOptions {
-    /// Directory of trusted public keys (`*.pub`); it and its keys must belong to root and be
-    /// writable by no one else.
-    #[arg(long, value_name = "DIR", default_value = crate::trust::DEFAULT_TRUST_DIR, env = "HOTSPLICE_TRUST_DIR")]
-    pub trust_dir: PathBuf,
-    /// Accept a bundle that is unsigned or signed by no trusted key (recorded in the audit log).
-    #[arg(long)]
-    pub allow_unsigned: bool,
-}
-
-impl LiveOptions {
-    /// Whether JSON output was asked for.
-    pub fn json(&self) -> bool {
-        self.json
-    }
-
-    /// The engine's options.
-    pub fn options(&self) -> Options {
-        Options {
-            retries: self.retries,
-            retry_delay: Duration::from_millis(self.retry_delay),
-            let_run: Duration::from_micros(self.let_run),
-            lock_timeout: Duration::from_secs(self.lock_timeout),
-            state_dir: self.state_dir.clone(),
-            ..Options::default()
-        }
-    }
-}
-
-const LIVE_HELP: &str = "\
-What \"pause\" means: for each thread, the total time hotsplice kept it stopped (every stop of
-the command summed, retries and refused attempts included); the report gives the longest such
-total and the number of stops. Time a thread waits for a CPU after it is released is not
-counted.
-
-Exit status: 0 done; 1 refused (the code does not match the bundle's pre build, a thread stays \
-busy in a replaced function, a seccomp filter forbids what hotsplice must do, ...) with the \
-target untouched; 2 bad input; 3 environment (permissions, the process exited, another tracer, \
-another hotsplice still at work). SIGINT, SIGTERM or SIGHUP during an operation make hotsplice \
-roll back (or, past the point of no return, finish) and then end as the signal asks; job-control \
-stops (Ctrl-Z) take effect only once the target is released.";
-
-/// Dry run: prove a bundle applies to running processes, without changing them.
-///
-/// Locates every function to replace in each process's memory and proves its code is the
-/// bundle's pre-build code (run-pre matching), resolves every symbol the new code needs, and
-/// stops the process for a moment to see what apply would do now: apply at once, let a
-/// thread leave a replaced function first, retry, or refuse (exit status 1).
-#[derive(Debug, Args)]
-#[command(after_help = LIVE_HELP)]
-pub struct CheckArgs {
-    /// The bundle (from `hotsplice build`).
-    bundle: PathBuf,
-    #[command(flatten)]
-    targets: Targets,
-    #[command(flatten)]
-    trust: TrustOptions,
-    #[command(flatten)]
-    options: LiveOptions,
-}
-
-/// Apply a bundle to running processes, with no restart.
-///
-/// Proves the running code is the bundle's pre build, maps the new code near the program
-/// (one thread runs the mmap while the others keep running), then stops every thread once —
-/// well under a millisecond — to check none is in a function being replaced and to write a
-/// jump at each old entry. With several processes (`--exe`, or several `--pid`), all are
-/// prepared first and patched all or none. Needs root (or the same user and CAP_SYS_PTRACE).
-#[derive(Debug, Args)]
-#[command(after_help = LIVE_HELP)]
-pub struct ApplyArgs {
-    /// The bundle (from `hotsplice build`).
-    bundle: PathBuf,
-    #[command(flatten)]
-    targets: Targets,
-    #[command(flatten)]
-    trust: TrustOptions,
-    #[command(flatten)]
-    options: LiveOptions,
-}
-
-/// Undo an applied patch: restore every original byte and unmap its memory.
-///
-/// The bytes put back are checked against the program's own file as the process maps it, so
-/// a damaged or forged state record can never make hotsplice write other code.
-#[derive(Debug, Args)]
-#[command(after_help = LIVE_HELP)]
-pub struct UndoArgs {
-    /// The patch id (`hs-...`, see `hotsplice list`).
-    patch: String,
-    #[command(flatten)]
-    targets: Targets,
-    #[command(flatten)]
-    options: LiveOptions,
-}
-
-/// List the patches applied to processes.
-///
-/// Exit status: 0 listed; 3 when a process could not be read (the others are still listed).
-#[derive(Debug, Args)]
-pub struct ListArgs {
-    /// Only these processes (default: every process hotsplice has patched).
-    #[arg(long = "pid", value_name = "PID")]
-    pids: Vec<i32>,
-    #[command(flatten)]
-    options: LiveOptions,
-}
-
-/// Finish or roll back an apply or undo that was interrupted (hotsplice killed, machine
-/// trouble), so each process ends either untouched or fully patched — never a mix.
-///
-/// Reads the journal an interrupted operation left in the state directory, looks at the code
-/// of the process, and writes the original bytes back where that is safe (no thread in the
-/// patch's code), otherwise every jump (no thread in the old code). `apply` and `undo` refuse
-/// to touch a process with an interrupted operation until it is recovered. An operation that
-/// another hotsplice is still running is left alone.
-#[derive(Debug, Args)]
-pub struct RecoverArgs {
-    /// Only these processes (default: every interrupted operation recorded).
-    #[arg(long = "pid", value_name = "PID")]
-    pids: Vec<i32>,
-    #[command(flatten)]
-    options: LiveOptions,
 }
 
 /// The exit status for a failure class.

@@ -3,6 +3,7 @@
 //! This binary is the command line over the library crates: it parses arguments, does the IO,
 //! prints reports and maps outcomes to exit codes. See `ARCHITECTURE.md`.
 
+mod args;
 mod build;
 mod diff;
 mod info;
@@ -13,7 +14,8 @@ mod trust;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use args::{Cli, Command};
+use clap::Parser;
 
 /// Exit status: the change can be applied (or the command succeeded).
 pub const EXIT_OK: u8 = 0;
@@ -23,44 +25,6 @@ pub const EXIT_REFUSED: u8 = 1;
 pub const EXIT_BAD_INPUT: u8 = 2;
 /// Exit status: environment — a failing build, permissions, a process gone, I/O errors.
 pub const EXIT_ENVIRONMENT: u8 = 3;
-
-const AFTER_HELP: &str = "\
-Exit status:
-  0  success; for `diff`, the change can be applied live
-  1  refused: the change cannot be applied live (the report names why)
-  2  bad input: unreadable or malformed files, wrong architecture, bad arguments
-  3  environment: the project's build failed, permissions, I/O errors
-
-Not supported: architectures other than x86-64, clang; C++ patches an exception could unwind
-through are refused (cxx-unwind).";
-
-/// Live patching for Linux: turn a source diff into a patch for running programs.
-#[derive(Debug, Parser)]
-#[command(name = "hotsplice", version, about, long_about = None, after_help = AFTER_HELP)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    Build(Box<build::BuildArgs>),
-    Header(build::HeaderArgs),
-    Info(info::InfoArgs),
-    Check(live::CheckArgs),
-    Apply(live::ApplyArgs),
-    Undo(live::UndoArgs),
-    List(live::ListArgs),
-    Recover(live::RecoverArgs),
-    Install(installed::InstallArgs),
-    Uninstall(installed::UninstallArgs),
-    Status(installed::StatusArgs),
-    Watch(installed::WatchArgs),
-    Diff(diff::DiffArgs),
-    Key(trust::KeyArgs),
-    Sign(trust::SignArgs),
-    Kernel(kernel::KernelArgs),
-}
 
 /// An error carrying the exit status it should produce.
 #[derive(Debug)]
@@ -99,46 +63,6 @@ fn class_of(code: u8) -> &'static str {
         EXIT_REFUSED => "refused",
         EXIT_BAD_INPUT => "bad-input",
         _ => "environment",
-    }
-}
-
-impl Command {
-    /// Whether the command was asked for JSON output.
-    fn json(&self) -> bool {
-        match self {
-            // `build` prints its own JSON for every outcome, errors included.
-            Command::Build(_) | Command::Header(_) => false,
-            Command::Info(a) => a.json,
-            Command::Check(a) => a.json(),
-            Command::Apply(a) => a.json(),
-            Command::Undo(a) => a.json(),
-            Command::List(a) => a.json(),
-            Command::Recover(a) => a.json(),
-            Command::Install(a) => a.json(),
-            Command::Uninstall(a) => a.json(),
-            Command::Status(a) => a.json(),
-            Command::Watch(_) => false,
-            Command::Diff(a) => a.json,
-            Command::Kernel(a) => a.json(),
-            Command::Key(_) | Command::Sign(_) => false,
-        }
-    }
-
-    /// Whether it works on running processes (and so must not be stopped or interrupted
-    /// half-way).
-    fn live(&self) -> bool {
-        matches!(
-            self,
-            Command::Check(_)
-                | Command::Apply(_)
-                | Command::Undo(_)
-                | Command::Recover(_)
-                | Command::List(_)
-                | Command::Install(_)
-                | Command::Uninstall(_)
-                | Command::Status(_)
-                | Command::Watch(_)
-        )
     }
 }
 

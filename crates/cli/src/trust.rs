@@ -14,46 +14,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
-use clap::{Args, Subcommand};
 use hotsplice_bundle::signature::{PublicKey, SecretKey, verify};
 use serde_json::{Value, json};
 
+use crate::args::{KeyArgs, KeyCommand, SignArgs};
 use crate::{EXIT_ENVIRONMENT, EXIT_OK, EXIT_REFUSED, Exit};
 
 /// The default directory of trusted public keys.
 pub const DEFAULT_TRUST_DIR: &str = "/etc/hotsplice/trusted-keys";
-
-/// Manage signing keys.
-#[derive(Debug, Args)]
-pub struct KeyArgs {
-    #[command(subcommand)]
-    command: KeyCommand,
-}
-
-#[derive(Debug, Subcommand)]
-enum KeyCommand {
-    /// Generate an ed25519 key pair: PATH.key (secret, mode 0600) and PATH.pub. Install the
-    /// .pub file in the trusted-keys directory of the machines that may apply its bundles.
-    Generate {
-        /// Path of the key pair, without extension.
-        #[arg(long, value_name = "PATH")]
-        out: PathBuf,
-    },
-}
-
-/// Sign a bundle (adds a signature; the content is unchanged), or a kernel livepatch module
-/// (writes or extends its detached signature, `FILE.hsig`).
-#[derive(Debug, Args)]
-pub struct SignArgs {
-    /// The bundle (signed in place unless -o is given) or kernel module.
-    bundle: PathBuf,
-    /// The secret key (from `hotsplice key generate`).
-    #[arg(long, value_name = "KEY")]
-    key: PathBuf,
-    /// Where to write the signed bundle.
-    #[arg(short = 'o', long, value_name = "FILE")]
-    output: Option<PathBuf>,
-}
 
 /// Reads a secret key file.
 pub fn read_secret(path: &Path) -> Result<SecretKey, Exit> {
