@@ -52,7 +52,7 @@ impl Command {
     /// Whether the command was asked for JSON output.
     pub(crate) fn json(&self) -> bool {
         match self {
-            // `build` prints its own JSON for every outcome, errors included.
+            // `build --json` has its own shape for errors too (`main::error_report`).
             Command::Build(_) | Command::Header(_) => false,
             Command::Info(a) => a.json,
             Command::Check(a) => a.options.json,

@@ -9,12 +9,13 @@ use std::time::Instant;
 use anyhow::{Context, anyhow};
 use hotsplice_build::{Error as BuildError, Outcome, PatchResult, Request, Verdict};
 use hotsplice_objdiff::Status;
-use serde_json::{Value, json};
 
 use crate::args::{BuildArgs, HeaderArgs, default_cache};
-use crate::{EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_OK, EXIT_REFUSED, Exit};
+use crate::output;
+use crate::{EXIT_OK, EXIT_REFUSED, ErrorClass, Exit};
 
-fn exit_code_of(error: &BuildError) -> u8 {
+/// The class of a build error.
+fn class_of(error: &BuildError) -> ErrorClass {
     match error {
         BuildError::DiffParse { .. }
         | BuildError::DiffDoesNotApply { .. }
@@ -23,51 +24,26 @@ fn exit_code_of(error: &BuildError) -> u8 {
         | BuildError::TargetNotLinked { .. }
         | BuildError::TreeHasOutputs { .. }
         | BuildError::NoCompilations { .. }
-        | BuildError::Mirror { .. } => EXIT_BAD_INPUT,
-        BuildError::DependsOnRefused { .. } => EXIT_REFUSED,
-        _ => EXIT_ENVIRONMENT,
+        | BuildError::Mirror { .. } => ErrorClass::BadInput,
+        BuildError::DependsOnRefused { .. } => ErrorClass::Refused,
+        _ => ErrorClass::Environment,
     }
 }
 
 fn exit_for(error: BuildError) -> Exit {
     Exit {
-        code: exit_code_of(&error),
+        class: class_of(&error),
         error: anyhow::Error::new(error),
     }
 }
 
 fn env_exit(error: anyhow::Error) -> Exit {
-    Exit {
-        code: EXIT_ENVIRONMENT,
-        error,
-    }
+    Exit::environment(error)
 }
 
-/// `hotsplice build`.
+/// `hotsplice build` (a user-space bundle; `--kernel` is `kernel::build`).
 pub fn run(args: &BuildArgs) -> Result<ExitCode, Exit> {
-    let result = if args.kernel.enabled {
-        crate::kernel::build(args)
-    } else {
-        run_user(args)
-    };
-    match result {
-        Ok(code) => Ok(code),
-        Err(exit) => {
-            if args.json {
-                let v = json!({
-                    "outcome": "error",
-                    "exit": exit.code,
-                    "error": format!("{:#}", exit.error),
-                });
-                let _ = writeln!(
-                    std::io::stdout().lock(),
-                    "{}",
-                    serde_json::to_string_pretty(&v).unwrap_or_default()
-                );
-            }
-            Err(exit)
-        }
-    }
+    run_user(args)
 }
 
 /// Checks `-o` before a build that takes minutes: a file in an existing directory, or (for a
@@ -118,7 +94,8 @@ fn check_output(output: &Path, series: bool) -> Result<(), Exit> {
             )
         })
         .map_err(Exit::bad_input)?;
-    let _ = std::fs::remove_file(&probe);
+    // Only a probe: a leftover empty file is harmless.
+    std::fs::remove_file(&probe).ok();
     Ok(())
 }
 
@@ -210,21 +187,17 @@ fn run_user(args: &BuildArgs) -> Result<ExitCode, Exit> {
     }
     let mut out = std::io::stdout().lock();
     if args.json {
-        let mut summary = patch_json(&outcome, &args.output, key.as_ref());
-        summary["seconds"]["total"] = json!(started.elapsed().as_secs_f64());
-        let _ = writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&summary).unwrap_or_default()
-        );
+        let mut report = patch_report(&outcome, &args.output, key.as_ref());
+        report.seconds.total = Some(started.elapsed().as_secs_f64());
+        output::emit(&mut out, &report)?;
     } else {
-        let _ = crate::diff::write_human(&mut out, &outcome.report, false);
-        let _ = write_accounting(&mut out, &outcome, false);
-        let _ = writeln!(
+        crate::diff::write_human(&mut out, &outcome.report, false)?;
+        write_accounting(&mut out, &outcome, false)?;
+        writeln!(
             out,
             "{}",
             verdict_line(&outcome, &args.output, key.as_ref())
-        );
+        )?;
     }
     Ok(ExitCode::from(match verdict {
         Verdict::Written => EXIT_OK,
@@ -265,53 +238,56 @@ fn new_functions(outcome: &Outcome) -> Vec<String> {
         .collect()
 }
 
-/// The JSON summary of one built patch.
-fn patch_json(
+/// The report of one built patch.
+fn patch_report(
     outcome: &Outcome,
     output: &Path,
     key: Option<&hotsplice_bundle::signature::SecretKey>,
-) -> Value {
+) -> output::PatchReport {
     let bundle = &outcome.bundle;
-    let verdict = outcome.verdict();
-    let written = verdict == Verdict::Written;
+    let written = outcome.verdict() == Verdict::Written;
     let t = &outcome.timings;
-    let files: Vec<Value> = outcome
-        .files
-        .iter()
-        .map(|f| json!({"path": f.path, "role": f.role.as_str(), "status": f.status, "detail": f.detail}))
-        .collect();
-    let ignored: Vec<&str> = outcome
-        .files
-        .iter()
-        .filter(|f| f.status == "ignored")
-        .map(|f| f.path.as_str())
-        .collect();
-    json!({
-        "outcome": verdict.as_str(),
-        "diff": outcome.diff.display().to_string(),
-        "bundle": written.then(|| output.display().to_string()),
-        "signed_by": key.filter(|_| written).map(|k| k.public().id()),
-        "id": bundle.id,
-        "target": bundle.target.path,
-        "replaced": replaced(outcome),
-        "new": new_functions(outcome),
-        "refusals": bundle.refusals,
-        "warnings": bundle.warnings,
-        "files": files,
-        "ignored": ignored,
-        "rebuilt": outcome.rebuilt,
-        "recompiled": outcome.recompiled,
-        "not_in_target": outcome.not_in_target,
-        "other_targets": outcome.other_targets,
-        "stacks_on": outcome.stacks_on,
-        "pre_cached": outcome.pre_cached,
-        "seconds": {
-            "pre_build": t.pre_build.as_secs_f64(),
-            "prepare": t.prepare.as_secs_f64(),
-            "post_build": t.post_build.as_secs_f64(),
-            "diff": t.diff.as_secs_f64(),
+    output::PatchReport {
+        outcome: outcome.verdict().into(),
+        diff: outcome.diff.display().to_string(),
+        bundle: written.then(|| output.display().to_string()),
+        signed_by: key.filter(|_| written).map(|k| k.public().id()),
+        id: bundle.id.clone(),
+        target: bundle.target.path.clone(),
+        replaced: replaced(outcome),
+        new: new_functions(outcome),
+        refusals: bundle.refusals.iter().map(output::Refusal::from).collect(),
+        warnings: bundle.warnings.clone(),
+        files: outcome
+            .files
+            .iter()
+            .map(|f| output::FileReport {
+                path: f.path.clone(),
+                role: f.role.as_str().to_string(),
+                status: f.status.to_string(),
+                detail: f.detail.clone(),
+            })
+            .collect(),
+        ignored: outcome
+            .files
+            .iter()
+            .filter(|f| f.status == "ignored")
+            .map(|f| f.path.clone())
+            .collect(),
+        rebuilt: outcome.rebuilt.clone(),
+        recompiled: outcome.recompiled.clone(),
+        not_in_target: outcome.not_in_target.clone(),
+        other_targets: outcome.other_targets.clone(),
+        stacks_on: outcome.stacks_on.clone(),
+        pre_cached: outcome.pre_cached,
+        seconds: output::PatchSeconds {
+            pre_build: t.pre_build.as_secs_f64(),
+            prepare: t.prepare.as_secs_f64(),
+            post_build: t.post_build.as_secs_f64(),
+            diff: t.diff.as_secs_f64(),
+            total: None,
         },
-    })
+    }
 }
 
 fn write_accounting(
@@ -439,101 +415,124 @@ fn run_series(
     progress: &mut dyn FnMut(&str),
 ) -> Result<ExitCode, Exit> {
     let series = hotsplice_build::build_series(request, progress).map_err(exit_for)?;
-    let mut rows = Vec::new();
     let mut code = EXIT_OK;
     let mut written = 0;
-    let mut out = std::io::stdout().lock();
+    // Every bundle is written before anything is printed (a closed stdout ends the command).
+    let mut paths = Vec::new();
     for (k, result) in series.patches.iter().enumerate() {
         match result {
             PatchResult::Built(outcome) => {
                 let path = args.output.join(series_bundle_name(k, &outcome.diff));
-                let verdict = outcome.verdict();
-                if verdict == Verdict::Written {
-                    write_bundle(outcome, &path, key)?;
-                    written += 1;
-                } else if verdict == Verdict::Refused {
-                    code = code.max(EXIT_REFUSED);
+                match outcome.verdict() {
+                    Verdict::Written => {
+                        write_bundle(outcome, &path, key)?;
+                        written += 1;
+                    }
+                    Verdict::Refused => code = code.max(EXIT_REFUSED),
+                    Verdict::NothingToPatch => {}
                 }
+                paths.push(path);
+            }
+            PatchResult::Failed {
+                error: BuildError::DependsOnRefused { .. },
+                ..
+            } => code = code.max(EXIT_REFUSED),
+            PatchResult::Failed { error, .. } => code = code.max(class_of(error).exit_code()),
+        }
+    }
+    if written == 0 {
+        code = code.max(EXIT_REFUSED);
+    }
+    let mut out = std::io::stdout().lock();
+    let mut rows = Vec::new();
+    let mut paths = paths.iter();
+    for (k, result) in series.patches.iter().enumerate() {
+        match result {
+            PatchResult::Built(outcome) => {
+                let path = paths.next().expect("a path per built patch");
                 if args.json {
-                    rows.push(patch_json(outcome, &path, key));
+                    rows.push(output::SeriesPatch::Built(Box::new(patch_report(
+                        outcome, path, key,
+                    ))));
                 } else {
-                    let _ = writeln!(
+                    let verdict = output::Verdict::from(outcome.verdict());
+                    writeln!(
                         out,
                         "{:02} {}: {}",
                         k + 1,
                         outcome.diff.display(),
                         verdict.as_str()
-                    );
-                    let _ = write_accounting(&mut out, outcome, true);
-                    let _ = writeln!(out, "   {}", verdict_line(outcome, &path, key));
+                    )?;
+                    write_accounting(&mut out, outcome, true)?;
+                    writeln!(out, "   {}", verdict_line(outcome, path, key))?;
                 }
             }
             PatchResult::Failed {
                 diff,
                 error: BuildError::DependsOnRefused { on, .. },
             } => {
-                code = code.max(EXIT_REFUSED);
                 let detail = format!(
                     "applies only on top of {}, which cannot be applied live",
                     on.join(", ")
                 );
                 if args.json {
-                    rows.push(json!({
-                        "outcome": "refused",
-                        "diff": diff.display().to_string(),
-                        "refusals": [{"kind": "depends-on-refused", "symbol": on.join(", "), "object": "", "detail": detail, "functions": []}],
-                        "replaced": [],
-                        "files": [],
-                    }));
+                    rows.push(output::SeriesPatch::DependsOnRefused(
+                        output::DependsOnRefused {
+                            outcome: output::Verdict::Refused,
+                            diff: diff.display().to_string(),
+                            refusals: vec![output::Refusal {
+                                kind: "depends-on-refused".to_string(),
+                                symbol: on.join(", "),
+                                object: String::new(),
+                                detail,
+                                functions: Vec::new(),
+                            }],
+                            replaced: Vec::new(),
+                            files: Vec::new(),
+                        },
+                    ));
                 } else {
-                    let _ = writeln!(out, "{:02} {}: refused", k + 1, diff.display());
-                    let _ = writeln!(out, "refused (depends-on-refused): {detail}");
+                    writeln!(out, "{:02} {}: refused", k + 1, diff.display())?;
+                    writeln!(out, "refused (depends-on-refused): {detail}")?;
                 }
             }
             PatchResult::Failed { diff, error } => {
-                let exit = exit_code_of(error);
-                code = code.max(exit);
                 if args.json {
-                    rows.push(json!({
-                        "outcome": "error",
-                        "diff": diff.display().to_string(),
-                        "exit": exit,
-                        "error": format!("{:#}", clone_error(error)),
+                    rows.push(output::SeriesPatch::Failed(output::SeriesFailure {
+                        outcome: output::Failed::Error,
+                        diff: diff.display().to_string(),
+                        exit: class_of(error).exit_code(),
+                        error: format!("{:#}", clone_error(error)),
                     }));
                 } else {
-                    let _ = writeln!(out, "{:02} {}: error: {error}", k + 1, diff.display());
+                    writeln!(out, "{:02} {}: error: {error}", k + 1, diff.display())?;
                 }
             }
         }
     }
-    if written == 0 {
-        code = code.max(EXIT_REFUSED);
-    }
     if args.json {
-        let summary = json!({
-            "outcome": "series",
-            "target": series.target.path,
-            "output": args.output.display().to_string(),
-            "pre_cached": series.pre_cached,
-            "written": written,
-            "patches": rows,
-            "seconds": {
-                "pre_build": series.pre_build.as_secs_f64(),
-                "total": started.elapsed().as_secs_f64(),
+        output::emit(
+            &mut out,
+            &output::SeriesReport {
+                outcome: output::SeriesOutcome::Series,
+                target: series.target.path.clone(),
+                output: args.output.display().to_string(),
+                pre_cached: series.pre_cached,
+                written,
+                patches: rows,
+                seconds: output::SeriesSeconds {
+                    pre_build: series.pre_build.as_secs_f64(),
+                    total: started.elapsed().as_secs_f64(),
+                },
             },
-        });
-        let _ = writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&summary).unwrap_or_default()
-        );
+        )?;
     } else {
-        let _ = writeln!(
+        writeln!(
             out,
             "series: {written} bundle(s) of {} patch(es) in {} (apply them in order)",
             series.patches.len(),
             args.output.display()
-        );
+        )?;
     }
     Ok(ExitCode::from(code))
 }
@@ -556,11 +555,8 @@ pub fn header(args: &HeaderArgs) -> Result<ExitCode, Exit> {
     match &args.output {
         Some(path) => std::fs::write(path, text)
             .with_context(|| format!("cannot write {}", path.display()))
-            .map_err(|error| Exit {
-                code: EXIT_ENVIRONMENT,
-                error,
-            })?,
-        None => crate::live::output(std::io::stdout().lock().write_all(text.as_bytes()))?,
+            .map_err(Exit::environment)?,
+        None => std::io::stdout().lock().write_all(text.as_bytes())?,
     }
     Ok(ExitCode::from(EXIT_OK))
 }

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use hotsplice_bundle::{Bundle, Hook, HookKind, ObjectPatch, PieceKind};
-use serde_json::json;
 
 use crate::args::InfoArgs;
+use crate::output;
 use crate::{EXIT_OK, Exit};
 
 fn describe(
@@ -166,18 +166,16 @@ pub fn run(args: &InfoArgs) -> Result<ExitCode, Exit> {
         .with_context(|| args.bundle.display().to_string())
         .map_err(Exit::bad_input)?;
     let mut out = std::io::stdout().lock();
-    let _ = if args.json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "envelope": sealed.envelope,
-                "bundle": sealed.bundle,
-            }))
-            .unwrap_or_default()
-        )
+    if args.json {
+        output::emit(
+            &mut out,
+            &output::InfoReport {
+                envelope: &sealed.envelope,
+                bundle: &sealed.bundle,
+            },
+        )?;
     } else {
-        describe(&mut out, &sealed.bundle, &sealed.envelope)
-    };
+        describe(&mut out, &sealed.bundle, &sealed.envelope)?;
+    }
     Ok(ExitCode::from(EXIT_OK))
 }

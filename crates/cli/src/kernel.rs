@@ -8,15 +8,25 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow};
 use hotsplice_kernel::build::{self, Outcome, Request};
 use hotsplice_ptrace::livepatch;
-use serde_json::json;
 
 use crate::args::{BuildArgs, KernelArgs, KernelCommand, TrustOptions};
-use crate::{EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_OK, EXIT_REFUSED, Exit};
+use crate::output::{self, AuditRecord, KernelOutcome, Verdict};
+use crate::{EXIT_ENVIRONMENT, EXIT_OK, EXIT_REFUSED, ErrorClass, Exit};
 
 fn env_error(error: anyhow::Error) -> Exit {
-    Exit {
-        code: EXIT_ENVIRONMENT,
-        error,
+    Exit::environment(error)
+}
+
+/// The class of a kernel build error.
+fn class_of(error: &hotsplice_kernel::Error) -> ErrorClass {
+    match error {
+        hotsplice_kernel::Error::Command { .. } | hotsplice_kernel::Error::Io { .. } => {
+            ErrorClass::Environment
+        }
+        hotsplice_kernel::Error::MissingSymbol { .. }
+        | hotsplice_kernel::Error::Ambiguous { .. }
+        | hotsplice_kernel::Error::Unsupported { .. } => ErrorClass::Refused,
+        _ => ErrorClass::BadInput,
     }
 }
 
@@ -101,20 +111,9 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
             started.elapsed().as_secs_f64()
         );
     };
-    let outcome = build::build(&request, &mut progress).map_err(|e| {
-        let code = match e {
-            hotsplice_kernel::Error::Command { .. } | hotsplice_kernel::Error::Io { .. } => {
-                EXIT_ENVIRONMENT
-            }
-            hotsplice_kernel::Error::MissingSymbol { .. }
-            | hotsplice_kernel::Error::Ambiguous { .. }
-            | hotsplice_kernel::Error::Unsupported { .. } => EXIT_REFUSED,
-            _ => EXIT_BAD_INPUT,
-        };
-        Exit {
-            code,
-            error: anyhow::Error::new(e),
-        }
+    let outcome = build::build(&request, &mut progress).map_err(|e| Exit {
+        class: class_of(&e),
+        error: anyhow::Error::new(e),
     })?;
     let mut out = std::io::stdout().lock();
     let total = started.elapsed().as_secs_f64();
@@ -141,53 +140,71 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
                 .map_err(env_error)?;
             if signature.is_none() {
                 // A stale signature of an earlier build must not sit beside the new module.
-                let _ = std::fs::remove_file(crate::trust::detached_path(&args.output));
+                let stale = crate::trust::detached_path(&args.output);
+                match std::fs::remove_file(&stale) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(env_error(anyhow::Error::new(e).context(format!(
+                            "removing the stale signature {}",
+                            stale.display()
+                        ))));
+                    }
+                    _ => {}
+                }
             }
             let replaced: Vec<String> = functions.iter().map(|f| f.old_name.clone()).collect();
             if args.json {
-                let summary = json!({
-                    "outcome": "written",
-                    "module": args.output.display().to_string(),
-                    "name": name,
-                    "replaced": functions.iter().map(|f| json!({
-                        "function": f.old_name, "sympos": f.sympos, "object": f.object,
-                        "module": f.module,
-                    })).collect::<Vec<_>>(),
-                    "objects": diffs.iter().map(|d| d.object.clone()).collect::<Vec<_>>(),
-                    "changes": changes(&diffs),
-                    "callbacks": callbacks.iter().map(|c| json!({
-                        "kind": match c.kind {
-                            hotsplice_objdiff::patchset::HookKind::PreApply => "pre-patch",
-                            hotsplice_objdiff::patchset::HookKind::PostApply => "post-patch",
-                            hotsplice_objdiff::patchset::HookKind::PreUndo => "pre-unpatch",
-                            hotsplice_objdiff::patchset::HookKind::PostUndo => "post-unpatch",
+                output::emit(
+                    &mut out,
+                    &output::KernelModuleReport {
+                        outcome: Verdict::Written,
+                        module: args.output.display().to_string(),
+                        name: name.clone(),
+                        replaced: functions
+                            .iter()
+                            .map(|f| output::KernelFunction {
+                                function: f.old_name.clone(),
+                                sympos: f.sympos,
+                                object: f.object.clone(),
+                                module: f.module.clone(),
+                            })
+                            .collect(),
+                        objects: diffs.iter().map(|d| d.object.clone()).collect(),
+                        changes: changes(&diffs),
+                        callbacks: callbacks
+                            .iter()
+                            .map(|c| output::KernelCallback {
+                                kind: callback_kind(c.kind).to_string(),
+                                object: c.module.as_deref().unwrap_or("vmlinux").to_string(),
+                            })
+                            .collect(),
+                        klp_relocations,
+                        run_pre: proven
+                            .iter()
+                            .map(|p| output::RunPre {
+                                function: p.name.clone(),
+                                address: output::hex(p.address),
+                                sympos: p.sympos,
+                                bytes_matched: p.bytes,
+                            })
+                            .collect(),
+                        warnings: warnings.clone(),
+                        headers: header_scope.as_ref().map(scope),
+                        fresh_tree,
+                        seconds: output::KernelSeconds {
+                            prepare: timings.prepare,
+                            pre: timings.pre,
+                            post: timings.post,
+                            module: timings.module,
+                            total,
                         },
-                        "object": c.module.as_deref().unwrap_or("vmlinux"),
-                    })).collect::<Vec<_>>(),
-                    "klp_relocations": klp_relocations,
-                    "run_pre": proven.iter().map(|p| json!({
-                        "function": p.name, "address": format!("{:#x}", p.address),
-                        "sympos": p.sympos, "bytes_matched": p.bytes,
-                    })).collect::<Vec<_>>(),
-                    "warnings": warnings,
-                    "headers": header_scope.as_ref().map(scope_json),
-                    "fresh_tree": fresh_tree,
-                    "seconds": {
-                        "prepare": timings.prepare, "pre": timings.pre, "post": timings.post,
-                        "module": timings.module, "total": total,
                     },
-                });
-                let _ = writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&summary).unwrap_or_default()
-                );
+                )?;
             } else {
                 for w in &warnings {
-                    let _ = writeln!(out, "warning: {w}");
+                    writeln!(out, "warning: {w}")?;
                 }
                 if let Some(s) = &header_scope {
-                    let _ = writeln!(
+                    writeln!(
                         out,
                         "  header    {}: included by {} units, {} built on their own, {} in the running kernel (all compiled before and after; include graph {} in {:.1} s)",
                         s.headers.join(", "),
@@ -196,55 +213,58 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
                         s.built,
                         if s.graph_cached { "cached" } else { "scanned" },
                         s.scan_seconds
-                    );
+                    )?;
                 }
                 for p in &proven {
-                    let _ = writeln!(
+                    writeln!(
                         out,
                         "  run-pre   {} at {:#x}: {} bytes equal to the pre build",
                         p.name, p.address, p.bytes
-                    );
+                    )?;
                 }
                 for c in &callbacks {
-                    let _ = writeln!(
+                    writeln!(
                         out,
                         "  callback  {:?} of {}",
                         c.kind,
                         c.module.as_deref().unwrap_or("vmlinux")
-                    );
+                    )?;
                 }
-                let _ = writeln!(
+                writeln!(
                     out,
                     "wrote {} (livepatch module {name}): replaces {} ({} livepatch relocations) in {total:.1} s",
                     args.output.display(),
                     replaced.join(", "),
                     klp_relocations
-                );
+                )?;
             }
             Ok(ExitCode::from(EXIT_OK))
         }
         Outcome::Refused { refusals, diffs } => {
             if args.json {
-                let summary = json!({
-                    "outcome": "refused",
-                    "refusals": refusals.iter().map(|r| json!({
-                        "kind": r.kind, "symbol": r.symbol, "detail": r.detail,
-                    })).collect::<Vec<_>>(),
-                    "objects": diffs.iter().map(|d| d.object.clone()).collect::<Vec<_>>(),
-                });
-                let _ = writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&summary).unwrap_or_default()
-                );
+                output::emit(
+                    &mut out,
+                    &output::KernelRefusedReport {
+                        outcome: Verdict::Refused,
+                        refusals: refusals
+                            .iter()
+                            .map(|r| output::KernelRefusal {
+                                kind: r.kind.clone(),
+                                symbol: r.symbol.clone(),
+                                detail: r.detail.clone(),
+                            })
+                            .collect(),
+                        objects: diffs.iter().map(|d| d.object.clone()).collect(),
+                    },
+                )?;
             } else {
                 for r in &refusals {
-                    let _ = writeln!(out, "  REFUSED   {} {}: {}", r.kind, r.symbol, r.detail);
+                    writeln!(out, "  REFUSED   {} {}: {}", r.kind, r.symbol, r.detail)?;
                 }
-                let _ = writeln!(
+                writeln!(
                     out,
                     "refused: the fix cannot be applied to the running kernel live (no module written)"
-                );
+                )?;
             }
             Ok(ExitCode::from(EXIT_REFUSED))
         }
@@ -254,21 +274,20 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
         } => {
             let objects: Vec<String> = diffs.iter().map(|d| d.object.clone()).collect();
             if args.json {
-                let summary = json!({
-                    "outcome": "nothing-to-patch", "objects": objects,
-                    "headers": header_scope.as_ref().map(scope_json),
-                });
-                let _ = writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&summary).unwrap_or_default()
-                );
+                output::emit(
+                    &mut out,
+                    &output::KernelNothingReport {
+                        outcome: Verdict::NothingToPatch,
+                        objects,
+                        headers: header_scope.as_ref().map(scope),
+                    },
+                )?;
             } else {
-                let _ = writeln!(
+                writeln!(
                     out,
                     "nothing to patch: the diff changes no function code in {} (no module written)",
                     objects.join(", ")
-                );
+                )?;
             }
             Ok(ExitCode::from(EXIT_REFUSED))
         }
@@ -276,16 +295,29 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
 }
 
 /// What a changed header reached and what finding it cost, for `--json`.
-fn scope_json(s: &build::HeaderScope) -> serde_json::Value {
-    json!({
-        "changed": s.headers, "including_units": s.including,
-        "buildable_units": s.candidates, "units_in_running_kernel": s.built,
-        "include_graph_cached": s.graph_cached, "scan_seconds": s.scan_seconds,
-    })
+fn scope(s: &build::HeaderScope) -> output::HeaderScope {
+    output::HeaderScope {
+        changed: s.headers.clone(),
+        including_units: s.including,
+        buildable_units: s.candidates,
+        units_in_running_kernel: s.built,
+        include_graph_cached: s.graph_cached,
+        scan_seconds: s.scan_seconds,
+    }
+}
+
+/// A callback's kind, as livepatch names it.
+fn callback_kind(kind: hotsplice_objdiff::patchset::HookKind) -> &'static str {
+    match kind {
+        hotsplice_objdiff::patchset::HookKind::PreApply => "pre-patch",
+        hotsplice_objdiff::patchset::HookKind::PostApply => "post-patch",
+        hotsplice_objdiff::patchset::HookKind::PreUndo => "pre-unpatch",
+        hotsplice_objdiff::patchset::HookKind::PostUndo => "post-unpatch",
+    }
 }
 
 /// The functions each diff found changed or new, with why, for `--json`.
-fn changes(diffs: &[hotsplice_objdiff::ObjectDiff]) -> Vec<serde_json::Value> {
+fn changes(diffs: &[hotsplice_objdiff::ObjectDiff]) -> Vec<output::KernelChange> {
     use hotsplice_objdiff::Status;
     diffs
         .iter()
@@ -293,12 +325,16 @@ fn changes(diffs: &[hotsplice_objdiff::ObjectDiff]) -> Vec<serde_json::Value> {
             d.functions
                 .iter()
                 .filter(|f| matches!(f.status, Status::Changed | Status::New))
-                .map(|f| {
-                    json!({
-                        "object": d.object, "function": f.name,
-                        "status": if f.status == Status::New { "new" } else { "changed" },
-                        "why": f.reasons,
-                    })
+                .map(|f| output::KernelChange {
+                    object: d.object.clone(),
+                    function: f.name.clone(),
+                    status: if f.status == Status::New {
+                        "new"
+                    } else {
+                        "changed"
+                    }
+                    .to_string(),
+                    why: f.reasons.clone(),
                 })
         })
         .collect()
@@ -329,14 +365,6 @@ pub fn run(args: &KernelArgs) -> Result<ExitCode, Exit> {
     }
 }
 
-/// The tasks holding up a transition, for the audit log and `--json`.
-fn stalled_json(stalled: &[livepatch::StalledTask]) -> serde_json::Value {
-    stalled
-        .iter()
-        .map(|t| json!({"pid": t.pid, "tid": t.tid, "comm": t.comm}))
-        .collect()
-}
-
 /// Who vouches for a module: the trusted key whose detached signature verifies.
 fn accept_module(
     module: &Path,
@@ -352,13 +380,10 @@ fn accept_module(
                 Ok(keys) => keys,
                 Err(_) if trust.allow_unsigned => Vec::new(),
                 Err(e) => {
-                    return Err(Exit {
-                        code: EXIT_REFUSED,
-                        error: e.context(format!(
+                    return Err(Exit::refused(e.context(format!(
                             "cannot use the trusted keys (create {} with root-owned *.pub files, or pass --allow-unsigned)",
                             trust.trust_dir.display()
-                        )),
-                    });
+                        ))));
                 }
             };
             match hotsplice_bundle::signature::verify_detached(
@@ -383,14 +408,11 @@ fn accept_module(
     if trust.allow_unsigned {
         return Ok(format!("unverified ({why}; --allow-unsigned)"));
     }
-    Err(Exit {
-        code: EXIT_REFUSED,
-        error: anyhow!(
-            "{}: {why}; trusted keys: {} — refusing to load it into the kernel (sign it with `hotsplice sign`, trust the key, or pass --allow-unsigned)",
-            module.display(),
-            trust.trust_dir.display()
-        ),
-    })
+    Err(Exit::refused(anyhow!(
+        "{}: {why}; trusted keys: {} — refusing to load it into the kernel (sign it with `hotsplice sign`, trust the key, or pass --allow-unsigned)",
+        module.display(),
+        trust.trust_dir.display()
+    )))
 }
 
 fn apply(
@@ -404,11 +426,14 @@ fn apply(
     let signer = match accept_module(module, &bytes, signature, trust) {
         Ok(signer) => signer,
         Err(exit) => {
-            crate::trust::audit(json!({
-                "action": "kernel-apply", "module": module.display().to_string(),
-                "sha256": hotsplice_bundle::sha256_hex(&bytes),
-                "outcome": "refused", "reason": format!("{:#}", exit.error),
-            }));
+            crate::trust::audit(AuditRecord {
+                action: "kernel-apply",
+                module: Some(module.display().to_string()),
+                sha256: Some(hotsplice_bundle::sha256_hex(&bytes)),
+                outcome: exit.class.as_str().to_string(),
+                reason: Some(format!("{:#}", exit.error)),
+                ..AuditRecord::default()
+            });
             return Err(exit);
         }
     };
@@ -431,70 +456,78 @@ fn apply(
     if let Some(vermagic) = get("vermagic")
         && !vermagic.starts_with(&format!("{release} "))
     {
-        return Err(Exit {
-            code: EXIT_REFUSED,
-            error: anyhow!(
-                "{} was built for kernel {} but this kernel is {release}",
-                module.display(),
-                vermagic.split(' ').next().unwrap_or("?")
-            ),
-        });
+        return Err(Exit::refused(anyhow!(
+            "{} was built for kernel {} but this kernel is {release}",
+            module.display(),
+            vermagic.split(' ').next().unwrap_or("?")
+        )));
     }
     let sha = hotsplice_bundle::sha256_hex(&bytes);
     let started = Instant::now();
     if let Err(e) = livepatch::load(module) {
-        crate::trust::audit(json!({
-            "action": "kernel-apply", "module": module.display().to_string(), "name": name,
-            "sha256": sha, "outcome": "failed", "reason": e.to_string(),
-        }));
+        crate::trust::audit(AuditRecord {
+            action: "kernel-apply",
+            module: Some(module.display().to_string()),
+            name: Some(name),
+            sha256: Some(sha),
+            outcome: ErrorClass::Environment.as_str().to_string(),
+            reason: Some(e.to_string()),
+            ..AuditRecord::default()
+        });
         return Err(env_error(anyhow::Error::new(e)));
     }
     let loaded = started.elapsed();
     let stalled = livepatch::wait(&name, false, timeout).map_err(|e| env_error(e.into()))?;
     let total = started.elapsed();
     let outcome = if stalled.is_empty() {
-        "applied"
+        KernelOutcome::Applied
     } else {
-        "transition-pending"
+        KernelOutcome::TransitionPending
     };
-    crate::trust::audit(json!({
-        "action": "kernel-apply", "module": module.display().to_string(), "name": name,
-        "sha256": sha, "signer": signer, "outcome": outcome,
-        "transition_seconds": total.as_secs_f64(),
-        "stalled": stalled_json(&stalled),
-    }));
+    crate::trust::audit(AuditRecord {
+        action: "kernel-apply",
+        module: Some(module.display().to_string()),
+        name: Some(name.clone()),
+        sha256: Some(sha),
+        signer: Some(signer.clone()),
+        outcome: outcome.as_str().to_string(),
+        transition_seconds: Some(total.as_secs_f64()),
+        stalled: Some(output::StalledTask::all(&stalled)),
+        ..AuditRecord::default()
+    });
     let mut out = std::io::stdout().lock();
     if json {
-        let summary = json!({
-            "outcome": outcome, "name": name, "signer": signer,
-            "load_seconds": loaded.as_secs_f64(), "transition_seconds": total.as_secs_f64(),
-            "stalled": stalled_json(&stalled),
-        });
-        let _ = writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&summary).unwrap_or_default()
-        );
+        output::emit(
+            &mut out,
+            &output::KernelApplyReport {
+                outcome,
+                name,
+                signer,
+                load_seconds: loaded.as_secs_f64(),
+                transition_seconds: total.as_secs_f64(),
+                stalled: output::StalledTask::all(&stalled),
+            },
+        )?;
     } else if stalled.is_empty() {
-        let _ = writeln!(
+        writeln!(
             out,
             "applied {name}: every task runs the new code ({:.3} s from load to transition complete)",
             total.as_secs_f64()
-        );
+        )?;
     } else {
         let names: Vec<String> = stalled
             .iter()
             .take(20)
             .map(|t| format!("{} (pid {}, tid {})", t.comm, t.pid, t.tid))
             .collect();
-        let _ = writeln!(
+        writeln!(
             out,
             "{name} is loaded but the transition is not complete after {:.0} s: {} task(s) still run old code: {}{}\nlivepatch keeps retrying; `hotsplice kernel undo {name}` reverts it",
             timeout.as_secs_f64(),
             stalled.len(),
             names.join(", "),
             if stalled.len() > 20 { ", ..." } else { "" }
-        );
+        )?;
     }
     Ok(ExitCode::from(if stalled.is_empty() {
         EXIT_OK
@@ -521,39 +554,42 @@ fn undo(name: &str, timeout: Duration, json: bool) -> Result<ExitCode, Exit> {
         Ok(())
     };
     let outcome = match (&result, stalled.is_empty()) {
-        (Ok(()), true) => "undone",
-        (Ok(()), false) => "transition-pending",
-        (Err(_), _) => "unload-failed",
+        (Ok(()), true) => KernelOutcome::Undone,
+        (Ok(()), false) => KernelOutcome::TransitionPending,
+        (Err(_), _) => KernelOutcome::UnloadFailed,
     };
-    crate::trust::audit(json!({
-        "action": "kernel-undo", "name": name, "outcome": outcome,
-        "transition_seconds": transition.as_secs_f64(),
-    }));
+    crate::trust::audit(AuditRecord {
+        action: "kernel-undo",
+        name: Some(name.to_string()),
+        outcome: outcome.as_str().to_string(),
+        transition_seconds: Some(transition.as_secs_f64()),
+        ..AuditRecord::default()
+    });
     result?;
     let mut out = std::io::stdout().lock();
     if json {
-        let summary = json!({
-            "outcome": outcome, "name": name, "transition_seconds": transition.as_secs_f64(),
-            "stalled": stalled_json(&stalled),
-        });
-        let _ = writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&summary).unwrap_or_default()
-        );
+        output::emit(
+            &mut out,
+            &output::KernelUndoReport {
+                outcome,
+                name: name.to_string(),
+                transition_seconds: transition.as_secs_f64(),
+                stalled: output::StalledTask::all(&stalled),
+            },
+        )?;
     } else if stalled.is_empty() {
-        let _ = writeln!(
+        writeln!(
             out,
             "undone {name}: disabled, every task back on the original code, module unloaded ({:.3} s)",
             transition.as_secs_f64()
-        );
+        )?;
     } else {
-        let _ = writeln!(
+        writeln!(
             out,
             "{name} is being disabled but {} task(s) still run its code after {:.0} s; livepatch keeps retrying, run undo again later to unload it",
             stalled.len(),
             timeout.as_secs_f64()
-        );
+        )?;
     }
     Ok(ExitCode::from(if stalled.is_empty() {
         EXIT_OK
@@ -566,29 +602,28 @@ fn list(json: bool) -> Result<ExitCode, Exit> {
     let patches = livepatch::list().map_err(|e| env_error(e.into()))?;
     let mut out = std::io::stdout().lock();
     if json {
-        let list: Vec<_> = patches
+        let list: Vec<output::KernelPatch> = patches
             .iter()
-            .map(|p| {
-                json!({"name": p.name, "enabled": p.enabled, "transition": p.transition, "functions": p.functions})
+            .map(|p| output::KernelPatch {
+                name: p.name.clone(),
+                enabled: p.enabled,
+                transition: p.transition,
+                functions: p.functions.clone(),
             })
             .collect();
-        let _ = writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&list).unwrap_or_default()
-        );
+        output::emit(&mut out, &list)?;
     } else if patches.is_empty() {
-        let _ = writeln!(out, "no live patches loaded");
+        writeln!(out, "no live patches loaded")?;
     } else {
         for p in &patches {
-            let _ = writeln!(
+            writeln!(
                 out,
                 "{}  {}{}  {}",
                 p.name,
                 if p.enabled { "enabled" } else { "disabled" },
                 if p.transition { " (in transition)" } else { "" },
                 p.functions.join(" ")
-            );
+            )?;
         }
     }
     Ok(ExitCode::from(EXIT_OK))

@@ -15,10 +15,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
 use hotsplice_bundle::signature::{PublicKey, SecretKey, verify};
-use serde_json::{Value, json};
 
 use crate::args::{KeyArgs, KeyCommand, SignArgs};
-use crate::{EXIT_ENVIRONMENT, EXIT_OK, EXIT_REFUSED, Exit};
+use crate::output::AuditRecord;
+use crate::{EXIT_OK, Exit};
 
 /// The default directory of trusted public keys.
 pub const DEFAULT_TRUST_DIR: &str = "/etc/hotsplice/trusted-keys";
@@ -39,10 +39,7 @@ pub fn key(args: &KeyArgs) -> Result<ExitCode, Exit> {
     let KeyCommand::Generate { out } = &args.command;
     let secret = SecretKey::generate()
         .context("generating a key")
-        .map_err(|error| Exit {
-            code: EXIT_ENVIRONMENT,
-            error,
-        })?;
+        .map_err(Exit::environment)?;
     let secret_path = out.with_extension("key");
     let public_path = out.with_extension("pub");
     let write = |path: &Path, text: &str, mode: u32| -> anyhow::Result<()> {
@@ -58,12 +55,13 @@ pub fn key(args: &KeyArgs) -> Result<ExitCode, Exit> {
     write(&secret_path, &secret.to_text(), 0o600)
         .and_then(|()| write(&public_path, &secret.public().to_text(), 0o644))
         .map_err(Exit::bad_input)?;
-    println!(
+    writeln!(
+        std::io::stdout().lock(),
         "key {}: secret {} (keep it private), public {} (install in {DEFAULT_TRUST_DIR}/)",
         secret.public().id(),
         secret_path.display(),
         public_path.display()
-    );
+    )?;
     Ok(ExitCode::from(EXIT_OK))
 }
 
@@ -101,16 +99,14 @@ pub fn sign(args: &SignArgs) -> Result<ExitCode, Exit> {
             )));
         }
         // A kernel livepatch module: a detached signature beside it.
-        let path = sign_module(&args.bundle, &bytes, &key).map_err(|error| Exit {
-            code: EXIT_ENVIRONMENT,
-            error,
-        })?;
-        println!(
+        let path = sign_module(&args.bundle, &bytes, &key).map_err(Exit::environment)?;
+        writeln!(
+            std::io::stdout().lock(),
             "signed {} with key {}: {}",
             args.bundle.display(),
             key.public().id(),
             path.display()
-        );
+        )?;
         return Ok(ExitCode::from(EXIT_OK));
     }
     let signed = hotsplice_bundle::add_signature(&bytes, &key)
@@ -119,11 +115,13 @@ pub fn sign(args: &SignArgs) -> Result<ExitCode, Exit> {
     let out = args.output.as_ref().unwrap_or(&args.bundle);
     std::fs::write(out, signed)
         .with_context(|| format!("writing {}", out.display()))
-        .map_err(|error| Exit {
-            code: EXIT_ENVIRONMENT,
-            error,
-        })?;
-    println!("signed {} with key {}", out.display(), key.public().id());
+        .map_err(Exit::environment)?;
+    writeln!(
+        std::io::stdout().lock(),
+        "signed {} with key {}",
+        out.display(),
+        key.public().id()
+    )?;
     Ok(ExitCode::from(EXIT_OK))
 }
 
@@ -208,41 +206,38 @@ pub fn accept(
         // With --allow-unsigned an unusable directory only means nothing can be verified.
         Err(_) if allow_unsigned => Vec::new(),
         Err(e) => {
-            return Err(Exit {
-                code: EXIT_REFUSED,
-                error: e.context(format!(
-                    "cannot use the trusted keys (create {} with root-owned *.pub files, or pass --allow-unsigned)",
-                    trust_dir.display()
-                )),
-            });
+            return Err(Exit::refused(e.context(format!(
+                "cannot use the trusted keys (create {} with root-owned *.pub files, or pass --allow-unsigned)",
+                trust_dir.display()
+            ))));
         }
     };
     match verify(sealed, &keys) {
         Ok(id) => Ok(id),
         Err(why) if allow_unsigned => Ok(format!("unverified ({why}; --allow-unsigned)")),
-        Err(why) => Err(Exit {
-            code: EXIT_REFUSED,
-            error: anyhow!(
-                "{why}; trusted keys: {} — refusing to apply (sign it with `hotsplice sign`, trust the key, or pass --allow-unsigned)",
-                trust_dir.display()
-            ),
-        }),
+        Err(why) => Err(Exit::refused(anyhow!(
+            "{why}; trusted keys: {} — refusing to apply (sign it with `hotsplice sign`, trust the key, or pass --allow-unsigned)",
+            trust_dir.display()
+        ))),
     }
 }
 
 /// Appends a record to the audit log: syslog (`/dev/log`) when present, else a root-only file
 /// (`$HOTSPLICE_AUDIT_LOG`, default `/var/log/hotsplice/audit.log`). Failures to log are
 /// reported on stderr, never fatal.
-pub fn audit(record: Value) {
-    let mut record = record;
-    record["time_unix"] = json!(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    );
-    record["hotsplice_pid"] = json!(std::process::id());
-    let line = record.to_string();
+pub fn audit(mut record: AuditRecord) {
+    record.time_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    record.hotsplice_pid = std::process::id();
+    let line = match serde_json::to_string(&record) {
+        Ok(line) => line,
+        Err(e) => {
+            eprintln!("hotsplice: warning: audit record: {e}");
+            return;
+        }
+    };
     if let Some(path) = std::env::var_os("HOTSPLICE_AUDIT_LOG") {
         if let Err(e) = append(Path::new(&path), &line) {
             eprintln!(
