@@ -12,6 +12,8 @@ mod installed;
 mod kernel;
 mod live;
 mod output;
+#[cfg(test)]
+mod schema;
 mod trust;
 
 use std::process::ExitCode;

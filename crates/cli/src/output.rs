@@ -45,7 +45,8 @@ pub struct ErrorReport {
     /// The error and its causes, `: `-separated.
     pub error: String,
     /// `check`, `apply`, `undo`, `list`, `recover`: how long the target was stopped before
-    /// the failure. Absent for other commands and for failures before any process was read.
+    /// the failure (zeros when it never was). Absent for the other commands, and for failures
+    /// found before the operation started (bad arguments, an unreadable or untrusted bundle).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pause: Option<Pause>,
 }
