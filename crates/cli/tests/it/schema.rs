@@ -228,3 +228,40 @@ fn a_mutated_output_fails_its_schema() {
     assert!(check("recover", &good).is_err());
     drop(sleeper);
 }
+
+/// `hotsplice list | head -1`, `... --json | head -c 10`: a reader that went away ends the
+/// command quietly — status 0, nothing on stderr, no panic (here the reader is gone before
+/// the first write).
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let state = private_dir("schema-closed-stdout");
+    let state = state.to_str().unwrap();
+    let sleeper = Sleeper(Command::new("sleep").arg("60").spawn().unwrap());
+    let pid = sleeper.0.id().to_string();
+    for args in [
+        vec!["list", "--state-dir", state, "--pid", &pid],
+        vec!["list", "--json", "--state-dir", state, "--pid", &pid],
+        vec!["recover", "--json", "--state-dir", state],
+        vec!["header"],
+        vec!["info", "/nonexistent.hsp", "--json"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = crate::hs()
+            .args(&args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        if args[0] == "info" {
+            // A failure is still reported on stderr, with its own status.
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        } else {
+            assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+            assert!(stderr.is_empty(), "{args:?}: {stderr}");
+        }
+    }
+    drop(sleeper);
+}
