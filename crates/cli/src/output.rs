@@ -160,7 +160,7 @@ pub struct DiffData {
     pub object: String,
     /// `changed`, `new`, `removed` or `unchanged`.
     pub status: String,
-    /// What it is (`variable`, `constant`, `tls`, ...).
+    /// Its section kind: `data`, `rodata`, `bss` or `tls`.
     pub kind: String,
     /// Whether the compiler made it (`CSWTCH`, `__func__`, a string table).
     pub compiler_private: bool,
@@ -375,10 +375,11 @@ pub struct PatchReport {
 pub struct FileReport {
     /// The path, relative to the tree.
     pub path: String,
-    /// What it is to the build (`source`, `generator`, `test`, `documentation`, `unread`,
-    /// `build-configuration`).
+    /// What it is to the build: `source`, `generator`, `test`, `documentation`, `unread` or
+    /// `build` (build configuration).
     pub role: String,
-    /// What became of it (`rebuilt`, `recompiled`, `not-in-target`, `ignored`, `refused`, ...).
+    /// What became of it: `rebuilt` (objects of the target recompiled from it or including
+    /// it), `not-in-target`, `not-used`, `ignored` or `refused`.
     pub status: String,
     /// Why, for humans (may be empty).
     pub detail: String,
@@ -737,7 +738,8 @@ pub struct ProcessReport {
     /// Whether the process runs the bundle's own build (same build-id); `null` when unknown
     /// (no build-id, or `undo`).
     pub same_build: Option<bool>,
-    /// `check`: what apply would do now; `null` otherwise.
+    /// `check`: what apply would do about a thread busy in a replaced function now; `null`
+    /// when apply would write at once (and for `apply`, `undo`).
     pub prediction: Option<Prediction>,
     /// Hooks that ran.
     pub hooks: Vec<HookRun>,
@@ -767,7 +769,7 @@ pub struct StoppedThread {
 #[derive(Debug, Serialize)]
 #[cfg_attr(test, derive(schemars::JsonSchema), schemars(deny_unknown_fields))]
 pub struct Prediction {
-    /// `apply`, `let-run`, `retry` or `refuse`.
+    /// `wait` (let the runnable thread leave first), `retry` (stop again later) or `refuse`.
     pub action: String,
     /// The thread and function, and why.
     pub detail: String,
@@ -807,7 +809,9 @@ pub struct LiveFunction {
     pub entry: String,
     /// Where its new code is (`0x...`; `0x0` for `check`).
     pub new_address: String,
-    /// How it was located (symbol, run-pre match, ...).
+    /// How it was located: `symbol table`, `function start (.eh_frame)`, `address learnt
+    /// from another function`, `identical to another replaced function`; for `undo`, `state
+    /// record, checked against the process`.
     pub found_by: String,
     /// The earlier patch whose version of the function this one replaces; `null` when none.
     pub replaces_patch: Option<String>,
