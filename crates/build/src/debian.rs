@@ -341,6 +341,55 @@ pub fn update_series(old: &Source, new: &Source, dest: &Path) -> Result<Vec<Path
     result
 }
 
+/// Turns `request` into the build of a Debian package: fetches the source of `spec`
+/// (`PACKAGE` or `PACKAGE=VERSION`) into `request.cache`, checks its build dependencies, and
+/// builds it through `debian/rules build-arch` with `DEB_BUILD_OPTIONS=nocheck
+/// parallel=<jobs>`. With `update_to`, the diffs become the update series from that version to
+/// `update_to` ([`update_series`]); otherwise `request.diffs` are kept.
+pub fn request(
+    spec: &str,
+    update_to: Option<&str>,
+    mut request: crate::Request,
+    progress: &mut dyn FnMut(&str),
+) -> Result<crate::Request, Error> {
+    let source = fetch(spec, &request.cache, progress)?;
+    check_build_deps(&source.tree, spec)?;
+    progress(&format!(
+        "Debian source {} {}: {}",
+        source.package,
+        source.version,
+        source.tree.display()
+    ));
+    if let Some(version) = update_to {
+        let newer = fetch(
+            &format!("{}={version}", source.package),
+            &request.cache,
+            progress,
+        )?;
+        let dest = request.cache.join("debian").join(format!(
+            "update_{}_{}_{}",
+            source.package,
+            source.version.replace(':', "_"),
+            version.replace(':', "_")
+        ));
+        request.diffs = update_series(&source, &newer, &dest)?;
+        progress(&format!(
+            "update {} → {}: {} patch(es)",
+            source.version,
+            version,
+            request.diffs.len()
+        ));
+    }
+    request.source = source.tree;
+    request.build_command = "debian/rules build-arch".to_string();
+    request.env.push((
+        "DEB_BUILD_OPTIONS".to_string(),
+        format!("nocheck parallel={}", request.jobs.max(1)),
+    ));
+    request.debian = true;
+    Ok(request)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,143 +7,15 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, anyhow};
-use clap::Args;
 use hotsplice_build::{Error as BuildError, Outcome, PatchResult, Request, Verdict};
 use hotsplice_objdiff::{RefusalKind, Status};
-use serde_json::{Value, json};
 
-use crate::{EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_OK, EXIT_REFUSED, Exit};
+use crate::args::{BuildArgs, HeaderArgs, default_cache};
+use crate::output;
+use crate::{EXIT_OK, EXIT_REFUSED, ErrorClass, Exit};
 
-/// Build a live patch from the program's source, its build command and a unified diff.
-///
-/// Runs the project's own build twice — before and after the diff — in a cached copy of the
-/// source (the tree you give is never modified), with compiler shims that add
-/// `-ffunction-sections -fdata-sections`; diffs the objects the fix recompiled; and writes a
-/// bundle for `hotsplice check`/`apply`, or explains why the fix cannot be applied live.
-/// Every file of the diff is accounted for: recompiled and diffed, shown not to be part of
-/// the target, ignored (tests, documentation, files the build never reads), or refused
-/// (build configuration). The pre build is cached (by source content, build command and
-/// compiler): the next patch for the same source costs only the incremental rebuild.
-///
-/// A series (--series, or --debian with --update-to) is built in order: one full build,
-/// then one incremental build and one bundle per patch, each built on top of the previous
-/// ones (apply them in order); -o is then a directory.
-///
-/// Exit status: 0 bundle(s) written (for a series: no patch refused or failed); 1 refused or
-/// nothing to patch (no bundle written; the report says why); 2 bad input (unreadable or
-/// non-applying diff, missing target, unusable -o); 3 environment (the build itself failed,
-/// I/O errors).
-#[derive(Debug, Clone, Args)]
-#[command(
-    after_help = "Examples:\n  hotsplice build --source ~/src/app --diff CVE-2024-1234.patch --target app -o cve.hsp\n  hotsplice build --source nginx-1.22.1 --build './configure && make' --target objs/nginx --diff fix.patch -o fix.hsp\n  hotsplice build --source app --series patches/ --target app -o bundles/\n  hotsplice build --debian nginx --diff fix.patch --target usr/sbin/nginx -o fix.hsp\n  hotsplice build --debian openssh-server --update-to 1:9.2p1-2+deb12u10 --target usr/sbin/sshd -o bundles/\n  hotsplice build --kernel --source /usr/src/linux-source-6.1 --config /boot/config-$(uname -r) --diff fix.patch -o fix.ko"
-)]
-#[command(group(clap::ArgGroup::new("origin").required(true).args(["source", "debian"])))]
-pub struct BuildArgs {
-    /// Build a livepatch module for the Linux kernel instead of a bundle: --source is the
-    /// kernel source the running kernel was built from (Debian: linux-source-6.1), --config
-    /// its configuration; only the translation units the diff touches are compiled, in a
-    /// prepared tree cached between builds. Load the module with `hotsplice kernel apply`.
-    #[arg(long, requires = "config", conflicts_with_all = ["debian", "target", "build_command", "post_build_command", "mirrors", "series", "update_to"])]
-    pub(crate) kernel: bool,
-    /// The kernel's configuration (`/boot/config-$(uname -r)`). With --kernel.
-    #[arg(long, value_name = "CONFIG", requires = "kernel")]
-    pub(crate) config: Option<PathBuf>,
-    /// The target kernel's headers: a kbuild tree with its Module.symvers. With --kernel.
-    /// [default: /lib/modules/$(uname -r)/build]
-    #[arg(long, value_name = "DIR", requires = "kernel")]
-    pub(crate) headers: Option<PathBuf>,
-    /// The target kernel's symbols (a copy of its /proc/kallsyms, read as root). With
-    /// --kernel. [default: /proc/kallsyms]
-    #[arg(long, value_name = "KALLSYMS", requires = "kernel")]
-    pub(crate) symbols: Option<PathBuf>,
-    /// The target kernel's image, for run-pre matching: a vmlinux, or the vmlinuz it boots
-    /// (extracted with the source's scripts/extract-vmlinux). With --kernel.
-    /// [default: /boot/vmlinuz-$(uname -r)]
-    #[arg(long, value_name = "VMLINUX", requires = "kernel")]
-    pub(crate) vmlinux: Option<PathBuf>,
-    /// The target kernel's modules, for fixes to code built as a module (its .ko is what
-    /// run-pre matching proves the code against). With --kernel.
-    /// [default: /lib/modules/$(uname -r)]
-    #[arg(long, value_name = "DIR", requires = "kernel")]
-    pub(crate) modules: Option<PathBuf>,
-    /// The program's source tree (as the running binary was built from).
-    #[arg(long, value_name = "DIR")]
-    pub(crate) source: Option<PathBuf>,
-    /// Build a Debian package instead: fetch the source of the installed version of PACKAGE
-    /// (or of VERSION) with `apt-get source`, with its patch series applied, and build it
-    /// through `debian/rules` as Debian does. --target may then be the installed path
-    /// (`usr/sbin/nginx`). Needs a deb-src entry and the package's build dependencies.
-    #[arg(long, value_name = "PACKAGE[=VERSION]", conflicts_with_all = ["build_command", "mirrors"])]
-    debian: Option<String>,
-    /// With --debian: build the update from that version (installed, or named) to VERSION of
-    /// the same package, as a series — the patches VERSION's `debian/patches` adds, one bundle
-    /// each (or one diff of the whole source when the upstream version differs).
-    #[arg(long = "update-to", value_name = "VERSION", requires = "debian", conflicts_with_all = ["series", "diff_arg"])]
-    update_to: Option<String>,
-    /// The fix, as a unified diff (`diff -u`, `git diff`, a Debian patch).
-    #[arg(
-        long = "diff",
-        value_name = "FIX.patch",
-        required_unless_present_any = ["series", "update_to"]
-    )]
-    diff_arg: Option<PathBuf>,
-    /// The diff (--diff), for the kernel build.
-    #[arg(skip)]
-    pub(crate) diff: PathBuf,
-    /// A patch series, in order: a directory with a quilt `series` file (`debian/patches`)
-    /// or of `*.patch` files, a series file, or a patch (repeat to list patches). One bundle
-    /// per patch, each built on top of the previous ones; -o is then a directory.
-    #[arg(long, value_name = "DIR|FILE", conflicts_with = "diff_arg")]
-    series: Vec<PathBuf>,
-    /// The patched binary, relative to the build tree (`objs/nginx`, `src/redis-server`).
-    #[arg(long, value_name = "REL/PATH", required_unless_present = "kernel")]
-    target: Option<String>,
-    /// The build command, run with `sh -c` in the tree.
-    #[arg(long = "build", value_name = "CMD", default_value = "make")]
-    build_command: String,
-    /// The command for the incremental post build, if not the same as --build.
-    #[arg(long = "post-build", value_name = "CMD")]
-    post_build_command: Option<String>,
-    /// A directory of the tree holding a copy of the sources made by the build (Debian's
-    /// `debian/build-bin`): patched files are copied there too. Repeatable.
-    #[arg(long = "mirror", value_name = "REL/DIR")]
-    mirrors: Vec<String>,
-    /// Extra environment for the builds, NAME=VALUE (e.g. `DEB_BUILD_PROFILES=noudeb`).
-    /// Repeatable.
-    #[arg(long = "env", value_name = "NAME=VALUE")]
-    env: Vec<String>,
-    /// Where pre builds are cached [default: $HOTSPLICE_CACHE, else ~/.cache/hotsplice].
-    #[arg(long, value_name = "DIR")]
-    pub(crate) cache: Option<PathBuf>,
-    /// Parallel build jobs.
-    #[arg(short = 'j', long, value_name = "N", default_value_t = 2)]
-    jobs: usize,
-    /// Where to write the bundle (a directory for a series).
-    #[arg(short = 'o', long, value_name = "FIX.hsp")]
-    pub(crate) output: PathBuf,
-    /// Sign the bundle with this secret key (from `hotsplice key generate`); machines that
-    /// trust its public key will apply the bundle. Also: `HOTSPLICE_SIGNING_KEY`.
-    #[arg(long, value_name = "KEY", env = "HOTSPLICE_SIGNING_KEY")]
-    pub(crate) sign: Option<PathBuf>,
-    /// Print a JSON summary on stdout (progress still goes to stderr), errors included.
-    #[arg(long)]
-    pub(crate) json: bool,
-}
-
-pub(crate) fn default_cache() -> PathBuf {
-    if let Some(dir) = std::env::var_os("HOTSPLICE_CACHE") {
-        return PathBuf::from(dir);
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(dir).join("hotsplice");
-    }
-    match std::env::var_os("HOME") {
-        Some(home) => PathBuf::from(home).join(".cache/hotsplice"),
-        None => PathBuf::from("/var/cache/hotsplice"),
-    }
-}
-
-fn exit_code_of(error: &BuildError) -> u8 {
+/// The class of a build error.
+fn class_of(error: &BuildError) -> ErrorClass {
     match error {
         BuildError::DiffParse { .. }
         | BuildError::DiffDoesNotApply { .. }
@@ -152,54 +24,26 @@ fn exit_code_of(error: &BuildError) -> u8 {
         | BuildError::TargetNotLinked { .. }
         | BuildError::TreeHasOutputs { .. }
         | BuildError::NoCompilations { .. }
-        | BuildError::Mirror { .. } => EXIT_BAD_INPUT,
-        BuildError::DependsOnRefused { .. } => EXIT_REFUSED,
-        _ => EXIT_ENVIRONMENT,
+        | BuildError::Mirror { .. } => ErrorClass::BadInput,
+        BuildError::DependsOnRefused { .. } => ErrorClass::Refused,
+        _ => ErrorClass::Environment,
     }
 }
 
 fn exit_for(error: BuildError) -> Exit {
     Exit {
-        code: exit_code_of(&error),
+        class: class_of(&error),
         error: anyhow::Error::new(error),
     }
 }
 
 fn env_exit(error: anyhow::Error) -> Exit {
-    Exit {
-        code: EXIT_ENVIRONMENT,
-        error,
-    }
+    Exit::environment(error)
 }
 
-/// `hotsplice build`.
+/// `hotsplice build` (a user-space bundle; `--kernel` is `kernel::build`).
 pub fn run(args: &BuildArgs) -> Result<ExitCode, Exit> {
-    let mut args = args.clone();
-    args.diff = args.diff_arg.clone().unwrap_or_default();
-    let args = &args;
-    let result = if args.kernel {
-        crate::kernel::build(args)
-    } else {
-        run_user(args)
-    };
-    match result {
-        Ok(code) => Ok(code),
-        Err(exit) => {
-            if args.json {
-                let v = json!({
-                    "outcome": "error",
-                    "exit": exit.code,
-                    "error": format!("{:#}", exit.error),
-                });
-                let _ = writeln!(
-                    std::io::stdout().lock(),
-                    "{}",
-                    serde_json::to_string_pretty(&v).unwrap_or_default()
-                );
-            }
-            Err(exit)
-        }
-    }
+    run_user(args)
 }
 
 /// Checks `-o` before a build that takes minutes: a file in an existing directory, or (for a
@@ -250,7 +94,8 @@ fn check_output(output: &Path, series: bool) -> Result<(), Exit> {
             )
         })
         .map_err(Exit::bad_input)?;
-    let _ = std::fs::remove_file(&probe);
+    // Only a probe: a leftover empty file is harmless.
+    std::fs::remove_file(&probe).ok();
     Ok(())
 }
 
@@ -301,10 +146,10 @@ fn run_user(args: &BuildArgs) -> Result<ExitCode, Exit> {
         };
         env.push((k.to_string(), v.to_string()));
     }
-    let mut request = Request {
+    let request = Request {
         source: PathBuf::new(),
         diffs: if args.series.is_empty() {
-            vec![args.diff.clone()]
+            vec![args.diff()]
         } else {
             series_diffs(&args.series)?
         },
@@ -318,47 +163,20 @@ fn run_user(args: &BuildArgs) -> Result<ExitCode, Exit> {
         jobs: args.jobs,
         shim_program,
     };
-    match (&args.source, &args.debian) {
-        (Some(source), _) => request.source = source.clone(),
-        (None, Some(spec)) => {
-            let source =
-                hotsplice_build::debian::fetch(spec, &cache, &mut progress).map_err(exit_for)?;
-            hotsplice_build::debian::check_build_deps(&source.tree, spec).map_err(exit_for)?;
-            progress(&format!(
-                "Debian source {} {}: {}",
-                source.package,
-                source.version,
-                source.tree.display()
-            ));
-            if let Some(version) = &args.update_to {
-                let spec_new = format!("{}={version}", source.package);
-                let newer = hotsplice_build::debian::fetch(&spec_new, &cache, &mut progress)
-                    .map_err(exit_for)?;
-                let dest = cache.join("debian").join(format!(
-                    "update_{}_{}_{}",
-                    source.package,
-                    source.version.replace(':', "_"),
-                    version.replace(':', "_")
-                ));
-                request.diffs = hotsplice_build::debian::update_series(&source, &newer, &dest)
-                    .map_err(exit_for)?;
-                progress(&format!(
-                    "update {} → {}: {} patch(es)",
-                    source.version,
-                    version,
-                    request.diffs.len()
-                ));
-            }
-            request.source = source.tree;
-            request.build_command = "debian/rules build-arch".to_string();
-            request.env.push((
-                "DEB_BUILD_OPTIONS".to_string(),
-                format!("nocheck parallel={}", args.jobs.max(1)),
-            ));
-            request.debian = true;
-        }
+    let request = match (&args.source, &args.debian) {
+        (Some(source), _) => Request {
+            source: source.clone(),
+            ..request
+        },
+        (None, Some(spec)) => hotsplice_build::debian::request(
+            spec,
+            args.update_to.as_deref(),
+            request,
+            &mut progress,
+        )
+        .map_err(exit_for)?,
         (None, None) => unreachable!("clap requires --source or --debian"),
-    }
+    };
     if many {
         return run_series(args, &request, key.as_ref(), started, &mut progress);
     }
@@ -369,21 +187,17 @@ fn run_user(args: &BuildArgs) -> Result<ExitCode, Exit> {
     }
     let mut out = std::io::stdout().lock();
     if args.json {
-        let mut summary = patch_json(&outcome, &args.output, key.as_ref());
-        summary["seconds"]["total"] = json!(started.elapsed().as_secs_f64());
-        let _ = writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&summary).unwrap_or_default()
-        );
+        let mut report = patch_report(&outcome, &args.output, key.as_ref());
+        report.seconds.total = Some(started.elapsed().as_secs_f64());
+        output::emit(&mut out, &report)?;
     } else {
-        let _ = crate::diff::write_human(&mut out, &outcome.report, false);
-        let _ = write_accounting(&mut out, &outcome, false);
-        let _ = writeln!(
+        crate::diff::write_human(&mut out, &outcome.report, false)?;
+        write_accounting(&mut out, &outcome, false)?;
+        writeln!(
             out,
             "{}",
             verdict_line(&outcome, &args.output, key.as_ref())
-        );
+        )?;
     }
     Ok(ExitCode::from(match verdict {
         Verdict::Written => EXIT_OK,
@@ -424,53 +238,56 @@ fn new_functions(outcome: &Outcome) -> Vec<String> {
         .collect()
 }
 
-/// The JSON summary of one built patch.
-fn patch_json(
+/// The report of one built patch.
+fn patch_report(
     outcome: &Outcome,
     output: &Path,
     key: Option<&hotsplice_bundle::signature::SecretKey>,
-) -> Value {
+) -> output::PatchReport {
     let bundle = &outcome.bundle;
-    let verdict = outcome.verdict();
-    let written = verdict == Verdict::Written;
+    let written = outcome.verdict() == Verdict::Written;
     let t = &outcome.timings;
-    let files: Vec<Value> = outcome
-        .files
-        .iter()
-        .map(|f| json!({"path": f.path, "role": f.role.as_str(), "status": f.status, "detail": f.detail}))
-        .collect();
-    let ignored: Vec<&str> = outcome
-        .files
-        .iter()
-        .filter(|f| f.status == "ignored")
-        .map(|f| f.path.as_str())
-        .collect();
-    json!({
-        "outcome": verdict.as_str(),
-        "diff": outcome.diff.display().to_string(),
-        "bundle": written.then(|| output.display().to_string()),
-        "signed_by": key.filter(|_| written).map(|k| k.public().id()),
-        "id": bundle.id,
-        "target": bundle.target.path,
-        "replaced": replaced(outcome),
-        "new": new_functions(outcome),
-        "refusals": bundle.refusals,
-        "warnings": bundle.warnings,
-        "files": files,
-        "ignored": ignored,
-        "rebuilt": outcome.rebuilt,
-        "recompiled": outcome.recompiled,
-        "not_in_target": outcome.not_in_target,
-        "other_targets": outcome.other_targets,
-        "stacks_on": outcome.stacks_on,
-        "pre_cached": outcome.pre_cached,
-        "seconds": {
-            "pre_build": t.pre_build.as_secs_f64(),
-            "prepare": t.prepare.as_secs_f64(),
-            "post_build": t.post_build.as_secs_f64(),
-            "diff": t.diff.as_secs_f64(),
+    output::PatchReport {
+        outcome: outcome.verdict().into(),
+        diff: outcome.diff.display().to_string(),
+        bundle: written.then(|| output.display().to_string()),
+        signed_by: key.filter(|_| written).map(|k| k.public().id()),
+        id: bundle.id.clone(),
+        target: bundle.target.path.clone(),
+        replaced: replaced(outcome),
+        new: new_functions(outcome),
+        refusals: bundle.refusals.iter().map(output::Refusal::from).collect(),
+        warnings: bundle.warnings.clone(),
+        files: outcome
+            .files
+            .iter()
+            .map(|f| output::FileReport {
+                path: f.path.clone(),
+                role: f.role.as_str().to_string(),
+                status: f.status.to_string(),
+                detail: f.detail.clone(),
+            })
+            .collect(),
+        ignored: outcome
+            .files
+            .iter()
+            .filter(|f| f.status == "ignored")
+            .map(|f| f.path.clone())
+            .collect(),
+        rebuilt: outcome.rebuilt.clone(),
+        recompiled: outcome.recompiled.clone(),
+        not_in_target: outcome.not_in_target.clone(),
+        other_targets: outcome.other_targets.clone(),
+        stacks_on: outcome.stacks_on.clone(),
+        pre_cached: outcome.pre_cached,
+        seconds: output::PatchSeconds {
+            pre_build: t.pre_build.as_secs_f64(),
+            prepare: t.prepare.as_secs_f64(),
+            post_build: t.post_build.as_secs_f64(),
+            diff: t.diff.as_secs_f64(),
+            total: None,
         },
-    })
+    }
 }
 
 fn write_accounting(
@@ -590,101 +407,124 @@ fn run_series(
     progress: &mut dyn FnMut(&str),
 ) -> Result<ExitCode, Exit> {
     let series = hotsplice_build::build_series(request, progress).map_err(exit_for)?;
-    let mut rows = Vec::new();
     let mut code = EXIT_OK;
     let mut written = 0;
-    let mut out = std::io::stdout().lock();
+    // Every bundle is written before anything is printed (a closed stdout ends the command).
+    let mut paths = Vec::new();
     for (k, result) in series.patches.iter().enumerate() {
         match result {
             PatchResult::Built(outcome) => {
                 let path = args.output.join(series_bundle_name(k, &outcome.diff));
-                let verdict = outcome.verdict();
-                if verdict == Verdict::Written {
-                    write_bundle(outcome, &path, key)?;
-                    written += 1;
-                } else if verdict == Verdict::Refused {
-                    code = code.max(EXIT_REFUSED);
+                match outcome.verdict() {
+                    Verdict::Written => {
+                        write_bundle(outcome, &path, key)?;
+                        written += 1;
+                    }
+                    Verdict::Refused => code = code.max(EXIT_REFUSED),
+                    Verdict::NothingToPatch => {}
                 }
+                paths.push(path);
+            }
+            PatchResult::Failed {
+                error: BuildError::DependsOnRefused { .. },
+                ..
+            } => code = code.max(EXIT_REFUSED),
+            PatchResult::Failed { error, .. } => code = code.max(class_of(error).exit_code()),
+        }
+    }
+    if written == 0 {
+        code = code.max(EXIT_REFUSED);
+    }
+    let mut out = std::io::stdout().lock();
+    let mut rows = Vec::new();
+    let mut paths = paths.iter();
+    for (k, result) in series.patches.iter().enumerate() {
+        match result {
+            PatchResult::Built(outcome) => {
+                let path = paths.next().expect("a path per built patch");
                 if args.json {
-                    rows.push(patch_json(outcome, &path, key));
+                    rows.push(output::SeriesPatch::Built(Box::new(patch_report(
+                        outcome, path, key,
+                    ))));
                 } else {
-                    let _ = writeln!(
+                    let verdict = output::Verdict::from(outcome.verdict());
+                    writeln!(
                         out,
                         "{:02} {}: {}",
                         k + 1,
                         outcome.diff.display(),
                         verdict.as_str()
-                    );
-                    let _ = write_accounting(&mut out, outcome, true);
-                    let _ = writeln!(out, "   {}", verdict_line(outcome, &path, key));
+                    )?;
+                    write_accounting(&mut out, outcome, true)?;
+                    writeln!(out, "   {}", verdict_line(outcome, path, key))?;
                 }
             }
             PatchResult::Failed {
                 diff,
                 error: BuildError::DependsOnRefused { on, .. },
             } => {
-                code = code.max(EXIT_REFUSED);
                 let detail = format!(
                     "applies only on top of {}, which cannot be applied live",
                     on.join(", ")
                 );
                 if args.json {
-                    rows.push(json!({
-                        "outcome": "refused",
-                        "diff": diff.display().to_string(),
-                        "refusals": [{"kind": RefusalKind::DependsOnRefused.as_str(), "symbol": on.join(", "), "object": "", "detail": detail, "functions": []}],
-                        "replaced": [],
-                        "files": [],
-                    }));
+                    rows.push(output::SeriesPatch::DependsOnRefused(
+                        output::DependsOnRefused {
+                            outcome: output::Verdict::Refused,
+                            diff: diff.display().to_string(),
+                            refusals: vec![output::Refusal {
+                                kind: RefusalKind::DependsOnRefused.as_str().to_string(),
+                                symbol: on.join(", "),
+                                object: String::new(),
+                                detail,
+                                functions: Vec::new(),
+                            }],
+                            replaced: Vec::new(),
+                            files: Vec::new(),
+                        },
+                    ));
                 } else {
-                    let _ = writeln!(out, "{:02} {}: refused", k + 1, diff.display());
-                    let _ = writeln!(out, "refused (depends-on-refused): {detail}");
+                    writeln!(out, "{:02} {}: refused", k + 1, diff.display())?;
+                    writeln!(out, "refused (depends-on-refused): {detail}")?;
                 }
             }
             PatchResult::Failed { diff, error } => {
-                let exit = exit_code_of(error);
-                code = code.max(exit);
                 if args.json {
-                    rows.push(json!({
-                        "outcome": "error",
-                        "diff": diff.display().to_string(),
-                        "exit": exit,
-                        "error": format!("{:#}", clone_error(error)),
+                    rows.push(output::SeriesPatch::Failed(output::SeriesFailure {
+                        outcome: output::Failed::Error,
+                        diff: diff.display().to_string(),
+                        exit: class_of(error).exit_code(),
+                        error: format!("{:#}", clone_error(error)),
                     }));
                 } else {
-                    let _ = writeln!(out, "{:02} {}: error: {error}", k + 1, diff.display());
+                    writeln!(out, "{:02} {}: error: {error}", k + 1, diff.display())?;
                 }
             }
         }
     }
-    if written == 0 {
-        code = code.max(EXIT_REFUSED);
-    }
     if args.json {
-        let summary = json!({
-            "outcome": "series",
-            "target": series.target.path,
-            "output": args.output.display().to_string(),
-            "pre_cached": series.pre_cached,
-            "written": written,
-            "patches": rows,
-            "seconds": {
-                "pre_build": series.pre_build.as_secs_f64(),
-                "total": started.elapsed().as_secs_f64(),
+        output::emit(
+            &mut out,
+            &output::SeriesReport {
+                outcome: output::SeriesOutcome::Series,
+                target: series.target.path.clone(),
+                output: args.output.display().to_string(),
+                pre_cached: series.pre_cached,
+                written,
+                patches: rows,
+                seconds: output::SeriesSeconds {
+                    pre_build: series.pre_build.as_secs_f64(),
+                    total: started.elapsed().as_secs_f64(),
+                },
             },
-        });
-        let _ = writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&summary).unwrap_or_default()
-        );
+        )?;
     } else {
-        let _ = writeln!(
+        writeln!(
             out,
             "series: {written} bundle(s) of {} patch(es) in {} (apply them in order)",
             series.patches.len(),
             args.output.display()
-        );
+        )?;
     }
     Ok(ExitCode::from(code))
 }
@@ -701,35 +541,14 @@ fn clone_error(error: &BuildError) -> anyhow::Error {
     anyhow!(message)
 }
 
-/// Print hotsplice.h, the header for fixes that change data (hooks, shadow data).
-///
-/// Hooks run in the target during apply and undo, every other thread stopped (a pre hook may
-/// refuse); shadow data attaches new members to live objects. With them a fix that changes a
-/// data structure is rewritten to go in live (docs/semantic-patches.md).
-///
-/// `hotsplice build` puts the header on the compiler's include path by itself; this command
-/// is for editors and other tools.
-#[derive(Debug, Args)]
-#[command(
-    after_help = "Examples:\n  hotsplice header\n  hotsplice header -o /usr/local/include/hotsplice.h"
-)]
-pub struct HeaderArgs {
-    /// Write the header to this file instead of standard output.
-    #[arg(short, long, value_name = "FILE")]
-    output: Option<PathBuf>,
-}
-
 /// `hotsplice header`.
 pub fn header(args: &HeaderArgs) -> Result<ExitCode, Exit> {
     let text = hotsplice_build::shim::HEADER;
     match &args.output {
         Some(path) => std::fs::write(path, text)
             .with_context(|| format!("cannot write {}", path.display()))
-            .map_err(|error| Exit {
-                code: EXIT_ENVIRONMENT,
-                error,
-            })?,
-        None => crate::live::output(std::io::stdout().lock().write_all(text.as_bytes()))?,
+            .map_err(Exit::environment)?,
+        None => std::io::stdout().lock().write_all(text.as_bytes())?,
     }
     Ok(ExitCode::from(EXIT_OK))
 }

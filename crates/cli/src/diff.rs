@@ -6,35 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
-use clap::Args;
 use hotsplice_objdiff::{ObjectDiff, Report, Status, diff_objects};
-use serde_json::{Value, json};
 
+use crate::args::DiffArgs;
+use crate::output;
 use crate::{EXIT_OK, EXIT_REFUSED, Exit};
-
-/// Compare a pre-patch and a post-patch build: which functions really changed.
-///
-/// PRE and POST are two relocatable objects (`.o`) of the same source file, or two
-/// directories of objects paired by relative path. Both builds must use gcc with
-/// `-ffunction-sections -fdata-sections` (and `-g` for the struct layout check).
-/// Exit status 0 means the change can be applied live, 1 that it is refused (the report
-/// names the variable, type, section or relocation at fault), 2 bad input.
-#[derive(Debug, Args)]
-#[command(
-    after_help = "Example:\n  hotsplice diff build-pre/src/http.o build-post/src/http.o\n  hotsplice diff --json build-pre/ build-post/ > report.json"
-)]
-pub struct DiffArgs {
-    /// The pre-patch object, or a directory of them.
-    pre: PathBuf,
-    /// The post-patch object, or a directory of them.
-    post: PathBuf,
-    /// Print one JSON object instead of the human report.
-    #[arg(long)]
-    pub(crate) json: bool,
-    /// Also list unchanged functions and variables in the human report.
-    #[arg(long)]
-    all: bool,
-}
 
 /// One pre/post pair to compare: a relative name and the two paths (absent on one side when
 /// the object exists in one build only).
@@ -149,20 +125,10 @@ pub fn run(args: &DiffArgs) -> Result<ExitCode, Exit> {
     let pairs = pairs(&args.pre, &args.post)?;
     let report = diff_pairs(&pairs)?;
     let mut out = io::stdout().lock();
-    let written = if args.json {
-        serde_json::to_writer_pretty(&mut out, &to_json(&report))
-            .map_err(io::Error::from)
-            .and_then(|()| writeln!(out))
+    if args.json {
+        output::emit(&mut out, &to_report(&report))?;
     } else {
-        write_human(&mut out, &report, args.all)
-    };
-    if let Err(e) = written
-        && e.kind() != io::ErrorKind::BrokenPipe
-    {
-        return Err(Exit {
-            code: crate::EXIT_BAD_INPUT,
-            error: anyhow::Error::new(e).context("writing the report"),
-        });
+        write_human(&mut out, &report, args.all)?;
     }
     Ok(ExitCode::from(if report.patchable() {
         EXIT_OK
@@ -172,7 +138,7 @@ pub fn run(args: &DiffArgs) -> Result<ExitCode, Exit> {
 }
 
 /// The report as the documented JSON object.
-pub fn to_json(report: &Report) -> Value {
+pub fn to_report(report: &Report) -> output::DiffReport {
     let mut functions = Vec::new();
     let mut data = Vec::new();
     let mut bindings = Vec::new();
@@ -180,75 +146,68 @@ pub fn to_json(report: &Report) -> Value {
     let mut warnings = Vec::new();
     for o in &report.objects {
         for f in &o.functions {
-            let mut v = json!({
-                "name": f.name,
-                "object": o.object,
-                "status": f.status.as_str(),
-                "reasons": f.reasons,
-                "global": f.global,
+            functions.push(output::DiffFunction {
+                name: f.name.clone(),
+                object: o.object.clone(),
+                status: f.status.as_str().to_string(),
+                reasons: f.reasons.clone(),
+                global: f.global,
+                parent: f.parent.clone(),
+                clone: f.clone.map(|c| c.as_str().to_string()),
+                pre_name: f.pre_name.clone(),
             });
-            if let Some(parent) = &f.parent {
-                v["parent"] = json!(parent);
-            }
-            if let Some(clone) = f.clone {
-                v["clone"] = json!(clone.as_str());
-            }
-            if let Some(pre_name) = &f.pre_name {
-                v["pre_name"] = json!(pre_name);
-            }
-            functions.push(v);
         }
         for d in &o.data {
-            let mut v = json!({
-                "name": d.name,
-                "object": o.object,
-                "status": d.status.as_str(),
-                "kind": d.kind.as_str(),
-                "compiler_private": d.compiler_private,
-                "reasons": d.reasons,
+            data.push(output::DiffData {
+                name: d.name.clone(),
+                object: o.object.clone(),
+                status: d.status.as_str().to_string(),
+                kind: d.kind.as_str().to_string(),
+                compiler_private: d.compiler_private,
+                reasons: d.reasons.clone(),
+                pre_name: d.pre_name.clone(),
             });
-            if let Some(pre_name) = &d.pre_name {
-                v["pre_name"] = json!(pre_name);
-            }
-            data.push(v);
         }
         for b in &o.bindings {
-            bindings.push(json!({
-                "function": b.function,
-                "symbol": b.symbol,
-                "object": o.object,
-                "binds_to": b.existing,
-                "compiler_private": b.compiler_private,
-            }));
+            bindings.push(output::DiffBinding {
+                function: b.function.clone(),
+                symbol: b.symbol.clone(),
+                object: o.object.clone(),
+                binds_to: b.existing.clone(),
+                compiler_private: b.compiler_private,
+            });
         }
         for r in &o.refusals {
-            refusals.push(json!({
-                "kind": r.kind.as_str(),
-                "symbol": r.symbol,
-                "object": o.object,
-                "detail": r.detail,
-                "functions": r.functions,
-            }));
+            refusals.push(output::Refusal {
+                kind: r.kind.as_str().to_string(),
+                symbol: r.symbol.clone(),
+                object: o.object.clone(),
+                detail: r.detail.clone(),
+                functions: r.functions.clone(),
+            });
         }
         for w in &o.warnings {
-            warnings.push(json!({"object": o.object, "warning": w}));
+            warnings.push(output::DiffWarning {
+                object: o.object.clone(),
+                warning: w.clone(),
+            });
         }
     }
-    json!({
-        "functions": functions,
-        "data": data,
-        "bindings": bindings,
-        "refusals": refusals,
-        "warnings": warnings,
-        "summary": {
-            "objects": report.objects.len(),
-            "changed": report.count_functions(Status::Changed),
-            "new": report.count_functions(Status::New),
-            "removed": report.count_functions(Status::Removed),
-            "unchanged": report.count_functions(Status::Unchanged),
+    output::DiffReport {
+        functions,
+        data,
+        bindings,
+        refusals,
+        warnings,
+        summary: output::DiffSummary {
+            objects: report.objects.len(),
+            changed: report.count_functions(Status::Changed),
+            new: report.count_functions(Status::New),
+            removed: report.count_functions(Status::Removed),
+            unchanged: report.count_functions(Status::Unchanged),
         },
-        "patchable": report.patchable(),
-    })
+        patchable: report.patchable(),
+    }
 }
 
 fn write_object(out: &mut impl Write, o: &ObjectDiff, all: bool) -> io::Result<()> {

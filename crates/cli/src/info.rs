@@ -1,28 +1,14 @@
 //! `hotsplice info`: what a bundle contains.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Args;
 use hotsplice_bundle::{Bundle, Hook, HookKind, ObjectPatch, PieceKind};
-use serde_json::json;
 
+use crate::args::InfoArgs;
+use crate::output;
 use crate::{EXIT_OK, Exit};
-
-/// Show what a live-patch bundle contains: target, functions, provenance.
-///
-/// Reads and verifies the bundle (format, content hash, structure); a malformed, truncated
-/// or modified bundle is an error (exit status 2).
-#[derive(Debug, Args)]
-pub struct InfoArgs {
-    /// The bundle.
-    bundle: PathBuf,
-    /// Print the bundle's envelope and content as JSON.
-    #[arg(long)]
-    pub(crate) json: bool,
-}
 
 fn describe(
     out: &mut impl Write,
@@ -180,18 +166,16 @@ pub fn run(args: &InfoArgs) -> Result<ExitCode, Exit> {
         .with_context(|| args.bundle.display().to_string())
         .map_err(Exit::bad_input)?;
     let mut out = std::io::stdout().lock();
-    let _ = if args.json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "envelope": sealed.envelope,
-                "bundle": sealed.bundle,
-            }))
-            .unwrap_or_default()
-        )
+    if args.json {
+        output::emit(
+            &mut out,
+            &output::InfoReport {
+                envelope: &sealed.envelope,
+                bundle: &sealed.bundle,
+            },
+        )?;
     } else {
-        describe(&mut out, &sealed.bundle, &sealed.envelope)
-    };
+        describe(&mut out, &sealed.bundle, &sealed.envelope)?;
+    }
     Ok(ExitCode::from(EXIT_OK))
 }

@@ -16,120 +16,37 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow};
-use clap::Args;
 use hotsplice_apply::discover::{Select, Version, discover, discover_in};
 use hotsplice_apply::{Options, PauseLog};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
-use crate::live::{LiveOptions, TrustOptions, output};
-use crate::{EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_OK, Exit};
+use crate::args::{InstallArgs, StatusArgs, TrustOptions, UninstallArgs, WatchArgs};
+use crate::exit::class_of;
+use crate::output::{self, AuditRecord, PatchState, Pause};
+use crate::{EXIT_OK, Exit};
 
-/// The default store.
-pub const DEFAULT_STORE: &str = "/var/lib/hotsplice";
-
-/// Where installed bundles are kept.
-#[derive(Debug, Args)]
-pub struct StoreOptions {
-    /// The store of installed patches (it must belong to root and be writable by no one
-    /// else, like every directory above it).
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_STORE, env = "HOTSPLICE_STORE")]
-    store: PathBuf,
-}
-
-/// Install a bundle: keep it applied to every process that maps its file, now and later.
-///
-/// The bundle is checked against the trusted keys, kept in the store, and applied to every
-/// running process that maps its file (each on its own; see `apply --each`). `hotsplice watch`
-/// then applies it to processes that start later. Without `--file`, processes are found by the
-/// bundle's build-id.
-#[derive(Debug, Args)]
-pub struct InstallArgs {
-    /// The bundle.
-    bundle: PathBuf,
-    /// The installed file the bundle is for (an executable or shared library).
-    #[arg(long, value_name = "PATH")]
-    file: Option<PathBuf>,
-    /// Keep it for `watch` only; do not apply it to running processes now.
-    #[arg(long)]
-    no_apply: bool,
-    #[command(flatten)]
-    store: StoreOptions,
-    #[command(flatten)]
-    trust: TrustOptions,
-    #[command(flatten)]
-    options: LiveOptions,
-}
-
-/// Uninstall a patch: undo it in the processes it was installed for, and forget it.
-///
-/// The patch is undone in every process that has it and maps the installed file (`install
-/// --file`), or a file with the bundle's build-id; the same patch applied elsewhere by hand
-/// stays. Waits for a `watch` sweep in progress to end first.
-#[derive(Debug, Args)]
-pub struct UninstallArgs {
+/// `<id>.json` beside an installed bundle in the store.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct StoreEntry {
     /// The patch id.
-    patch: String,
-    /// Leave it applied where it is; only stop applying it to new processes.
-    #[arg(long)]
-    keep_applied: bool,
-    #[command(flatten)]
-    store: StoreOptions,
-    #[command(flatten)]
-    options: LiveOptions,
+    id: String,
+    /// The file it is installed for (`install --file`); else processes are found by build-id.
+    file: Option<String>,
+    /// When it was installed (Unix time, seconds).
+    installed_unix: u64,
+    /// The SHA-256 of the bundle's content.
+    bundle_sha256: String,
 }
 
-/// Show, per installed patch, the processes that have it and those that do not (and why).
-///
-/// Exit status: 0 every process that needs a patch has it; 1 some do not.
-#[derive(Debug, Args)]
-pub struct StatusArgs {
-    /// Also write Prometheus metrics to this file (atomically; for node_exporter's textfile
-    /// collector): `hotsplice_patch_processes{patch,target,state}`.
-    #[arg(long, value_name = "FILE")]
-    prometheus: Option<PathBuf>,
-    #[command(flatten)]
-    store: StoreOptions,
-    #[command(flatten)]
-    trust: TrustOptions,
-    #[command(flatten)]
-    options: LiveOptions,
-}
-
-/// Keep new processes patched: apply every installed patch to each process that starts a
-/// program (or loads a library) it is for. Runs until SIGTERM or SIGINT.
-///
-/// New programs are seen at once through the kernel's process-event connector (root,
-/// CONFIG_PROC_EVENTS); a sweep every `--interval` seconds catches the rest (libraries loaded
-/// later with dlopen). See packaging/hotsplice-watch.service.
-#[derive(Debug, Args)]
-pub struct WatchArgs {
-    /// Seconds between sweeps of every process.
-    #[arg(long, value_name = "S", default_value_t = 10)]
-    interval: u64,
-    #[command(flatten)]
-    store: StoreOptions,
-    #[command(flatten)]
-    trust: TrustOptions,
-    #[command(flatten)]
-    options: LiveOptions,
-}
-
-impl InstallArgs {
-    /// Whether JSON output was asked for.
-    pub fn json(&self) -> bool {
-        self.options.json()
-    }
-}
-impl UninstallArgs {
-    /// Whether JSON output was asked for.
-    pub fn json(&self) -> bool {
-        self.options.json()
-    }
-}
-impl StatusArgs {
-    /// Whether JSON output was asked for.
-    pub fn json(&self) -> bool {
-        self.options.json()
+impl StoreEntry {
+    /// The entry of the bundle at `bundle` (`<id>.hsp`); an empty one when it is missing or
+    /// does not parse.
+    fn read(bundle: &Path) -> Self {
+        std::fs::read_to_string(bundle.with_extension("json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
     }
 }
 
@@ -162,10 +79,7 @@ impl Installed {
 }
 
 fn env_error(error: anyhow::Error) -> Exit {
-    Exit {
-        code: EXIT_ENVIRONMENT,
-        error,
-    }
+    Exit::environment(error)
 }
 
 /// The store's directory of installed bundles, checked.
@@ -200,12 +114,8 @@ fn load(store: &Path, trust: &TrustOptions) -> Result<Vec<Installed>, Exit> {
     paths.sort();
     for path in paths {
         let accepted = crate::live::read_bundle(&path, trust, "watch")?;
-        let meta: Value = std::fs::read_to_string(path.with_extension("json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
         out.push(Installed {
-            file: meta["file"].as_str().map(PathBuf::from),
+            file: StoreEntry::read(&path).file.map(PathBuf::from),
             bundle: accepted.bundle,
             sha256: accepted.sha256,
         });
@@ -249,15 +159,23 @@ fn roll_out(installed: &Installed, pids: Option<&[i32]>, options: &Options) -> R
             options,
             &mut pauses,
         );
-        crate::trust::audit(json!({
-            "action": "apply",
-            "by": "install/watch",
-            "patch": installed.bundle.id,
-            "pids": [f.pid],
-            "outcome": match &result { Ok(_) => "done", Err(e) => e.class().as_str() },
-            "reason": result.as_ref().err().map(|e| e.to_string()),
-            "pause": {"longest_us": pauses.longest().as_micros() as u64, "stops": pauses.stops},
-        }));
+        crate::trust::audit(AuditRecord {
+            action: "apply",
+            by: Some("install/watch"),
+            patch: Some(installed.bundle.id.clone()),
+            pids: Some(vec![f.pid]),
+            outcome: match &result {
+                Ok(_) => "done",
+                Err(e) => class_of(e).as_str(),
+            }
+            .to_string(),
+            reason: result.as_ref().err().map(|e| e.to_string()),
+            pause: Some(Pause {
+                threads: None,
+                ..Pause::of(&pauses)
+            }),
+            ..AuditRecord::default()
+        });
         match result {
             Ok(_) => rollout.patched.push(f.pid),
             Err(e) => rollout.failed.push((f.pid, e.to_string())),
@@ -286,13 +204,17 @@ pub fn install(args: &InstallArgs) -> Result<ExitCode, Exit> {
         std::fs::rename(&tmp, dir.join(name))?;
         Ok(())
     };
-    let meta = json!({
-        "id": id,
-        "file": args.file.as_ref().map(|f| f.display().to_string()),
-        "installed_unix": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-        "bundle_sha256": accepted.sha256,
-    });
-    write(format!("{id}.json"), meta.to_string().as_bytes())
+    let meta = StoreEntry {
+        id: id.clone(),
+        file: args.file.as_ref().map(|f| f.display().to_string()),
+        installed_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        bundle_sha256: accepted.sha256.clone(),
+    };
+    let meta = serde_json::to_vec(&meta).map_err(|e| env_error(e.into()))?;
+    write(format!("{id}.json"), &meta)
         .and_then(|()| write(format!("{id}.hsp"), &bytes))
         .map_err(env_error)?;
     let installed = Installed {
@@ -306,28 +228,27 @@ pub fn install(args: &InstallArgs) -> Result<ExitCode, Exit> {
         roll_out(&installed, None, &args.options.options())
     };
     let mut out = std::io::stdout().lock();
-    if args.options.json() {
-        output(writeln!(
-            out,
-            "{}",
-            json!({
-                "ok": rollout.failed.is_empty(),
-                "installed": id,
-                "target": installed.target(),
-                "patched": rollout.patched,
-                "failed": rollout.failed.iter().map(|(pid, e)| json!({"pid": pid, "error": e})).collect::<Vec<_>>(),
-            })
-        ))?;
+    if args.options.json {
+        output::emit(
+            &mut out,
+            &output::InstallReport {
+                ok: rollout.failed.is_empty(),
+                installed: id,
+                target: installed.target(),
+                patched: rollout.patched.clone(),
+                failed: pid_errors(&rollout.failed),
+            },
+        )?;
     } else {
-        output(writeln!(
+        writeln!(
             out,
             "installed {id} for {}: patched {} running process(es){}",
             installed.target(),
             rollout.patched.len(),
             if args.no_apply { " (--no-apply)" } else { "" }
-        ))?;
+        )?;
         for (pid, e) in &rollout.failed {
-            output(writeln!(out, "failed pid {pid}: {e}"))?;
+            writeln!(out, "failed pid {pid}: {e}")?;
         }
     }
     Ok(ExitCode::from(if rollout.failed.is_empty() {
@@ -343,18 +264,14 @@ pub fn uninstall(args: &UninstallArgs) -> Result<ExitCode, Exit> {
     let _lock = lock_store(&args.store.store, STORE_WAIT)?;
     let bundle = dir.join(format!("{}.hsp", args.patch));
     if !bundle.exists() || args.patch.contains('/') {
-        return Err(Exit {
-            code: EXIT_BAD_INPUT,
-            error: anyhow!("no patch {} is installed", args.patch),
-        });
+        return Err(Exit::bad_input(anyhow!(
+            "no patch {} is installed",
+            args.patch
+        )));
     }
     // Which processes the installed patch is for: those of its file (or build-id) only — the
     // same patch applied to another file by hand, or by another store, stays.
-    let meta: Value = std::fs::read_to_string(bundle.with_extension("json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
-    let file = meta["file"].as_str().map(PathBuf::from);
+    let file = StoreEntry::read(&bundle).file.map(PathBuf::from);
     let by_build_id = std::fs::read(&bundle)
         .ok()
         .and_then(|b| hotsplice_bundle::read(&b).ok())
@@ -390,22 +307,25 @@ pub fn uninstall(args: &UninstallArgs) -> Result<ExitCode, Exit> {
         }
     }
     let mut out = std::io::stdout().lock();
-    if args.options.json() {
-        output(writeln!(
-            out,
-            "{}",
-            json!({"ok": failed.is_empty(), "uninstalled": args.patch, "undone": undone,
-                   "failed": failed.iter().map(|(pid, e)| json!({"pid": pid, "error": e})).collect::<Vec<_>>()})
-        ))?;
+    if args.options.json {
+        output::emit(
+            &mut out,
+            &output::UninstallReport {
+                ok: failed.is_empty(),
+                uninstalled: args.patch.clone(),
+                undone: undone.clone(),
+                failed: pid_errors(&failed),
+            },
+        )?;
     } else {
-        output(writeln!(
+        writeln!(
             out,
             "uninstalled {}: undone in {} process(es)",
             args.patch,
             undone.len()
-        ))?;
+        )?;
         for (pid, e) in &failed {
-            output(writeln!(out, "failed pid {pid}: {e}"))?;
+            writeln!(out, "failed pid {pid}: {e}")?;
         }
     }
     Ok(ExitCode::from(if failed.is_empty() {
@@ -426,7 +346,7 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, Exit> {
         let mut processes = Vec::new();
         for f in found {
             let state = match f.version {
-                Version::Other { .. } => "other-build",
+                Version::Other { .. } => PatchState::OtherBuild,
                 Version::Target => {
                     let has = hotsplice_apply::list(&[f.pid], &options)
                         .ok()
@@ -434,26 +354,26 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, Exit> {
                         .and_then(|(_, o)| o.ok())
                         .is_some_and(|o| o.state.patches.iter().any(|p| p.id == i.bundle.id));
                     if has {
-                        "patched"
+                        PatchState::Patched
                     } else {
                         missing += 1;
-                        "unpatched"
+                        PatchState::Unpatched
                     }
                 }
             };
-            processes.push(json!({
-                "pid": f.pid,
-                "comm": hotsplice_ptrace::comm_of(f.pid),
-                "mapped": f.mapped,
-                "state": state,
-                "pid_inside": f.namespaces.inner_pid,
-            }));
+            processes.push(output::StatusProcess {
+                pid: f.pid,
+                comm: hotsplice_ptrace::comm_of(f.pid),
+                mapped: f.mapped,
+                state,
+                pid_inside: f.namespaces.inner_pid,
+            });
         }
-        rows.push(json!({
-            "patch": i.bundle.id,
-            "target": i.target(),
-            "processes": processes,
-        }));
+        rows.push(output::StatusPatch {
+            patch: i.bundle.id.clone(),
+            target: i.target(),
+            processes,
+        });
     }
     if let Some(file) = &args.prometheus {
         let mut text = String::from(
@@ -461,16 +381,13 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, Exit> {
              # TYPE hotsplice_patch_processes gauge\n",
         );
         for r in &rows {
-            for state in ["patched", "unpatched", "other-build"] {
-                let n = r["processes"]
-                    .as_array()
-                    .map(|a| a.iter().filter(|p| p["state"] == state).count())
-                    .unwrap_or(0);
+            for state in PatchState::ALL {
+                let n = r.processes.iter().filter(|p| p.state == state).count();
                 text.push_str(&format!(
                     "hotsplice_patch_processes{{patch=\"{}\",target=\"{}\",state=\"{}\"}} {n}\n",
-                    r["patch"].as_str().unwrap_or(""),
-                    r["target"].as_str().unwrap_or("").replace('"', "'"),
-                    state.replace('-', "_")
+                    r.patch,
+                    r.target.replace('"', "'"),
+                    state.as_str().replace('-', "_")
                 ));
             }
         }
@@ -481,32 +398,22 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, Exit> {
             .map_err(env_error)?;
     }
     let mut out = std::io::stdout().lock();
-    if args.options.json() {
-        output(writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&json!({"ok": missing == 0, "installed": rows}))
-                .unwrap_or_default()
-        ))?;
+    if args.options.json {
+        output::emit(
+            &mut out,
+            &output::StatusReport {
+                ok: missing == 0,
+                installed: rows,
+            },
+        )?;
     } else {
         if rows.is_empty() {
-            output(writeln!(out, "no patch installed"))?;
+            writeln!(out, "no patch installed")?;
         }
         for r in &rows {
-            output(writeln!(
-                out,
-                "{} for {}:",
-                r["patch"].as_str().unwrap_or(""),
-                r["target"].as_str().unwrap_or("")
-            ))?;
-            for p in r["processes"].as_array().into_iter().flatten() {
-                output(writeln!(
-                    out,
-                    "  pid {} ({}): {}",
-                    p["pid"],
-                    p["comm"].as_str().unwrap_or(""),
-                    p["state"].as_str().unwrap_or("")
-                ))?;
+            writeln!(out, "{} for {}:", r.patch, r.target)?;
+            for p in &r.processes {
+                writeln!(out, "  pid {} ({}): {}", p.pid, p.comm, p.state.as_str())?;
             }
         }
     }
@@ -515,6 +422,17 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, Exit> {
     } else {
         crate::EXIT_REFUSED
     }))
+}
+
+/// The processes where `install` or `uninstall` failed, for `--json`.
+fn pid_errors(failed: &[(i32, String)]) -> Vec<output::PidError> {
+    failed
+        .iter()
+        .map(|(pid, error)| output::PidError {
+            pid: *pid,
+            error: error.clone(),
+        })
+        .collect()
 }
 
 /// `hotsplice watch`.

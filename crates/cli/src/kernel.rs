@@ -1,23 +1,32 @@
 //! `hotsplice build --kernel` and `hotsplice kernel apply | undo | list`.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use clap::{Args, Subcommand};
 use hotsplice_kernel::build::{self, Outcome, Request, TargetFiles};
 use hotsplice_kernel::livepatch::{self, NotLoadable};
-use serde_json::json;
 
-use crate::build::BuildArgs;
-use crate::{EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_OK, EXIT_REFUSED, Exit};
+use crate::args::{BuildArgs, KernelArgs, KernelCommand, TrustOptions};
+use crate::output::{self, AuditRecord, KernelOutcome, Verdict};
+use crate::{EXIT_ENVIRONMENT, EXIT_OK, EXIT_REFUSED, ErrorClass, Exit};
 
 fn env_error(error: anyhow::Error) -> Exit {
-    Exit {
-        code: EXIT_ENVIRONMENT,
-        error,
+    Exit::environment(error)
+}
+
+/// The class of a kernel build error.
+fn class_of(error: &hotsplice_kernel::Error) -> ErrorClass {
+    match error {
+        hotsplice_kernel::Error::Command { .. } | hotsplice_kernel::Error::Io { .. } => {
+            ErrorClass::Environment
+        }
+        hotsplice_kernel::Error::MissingSymbol { .. }
+        | hotsplice_kernel::Error::Ambiguous { .. }
+        | hotsplice_kernel::Error::Unsupported { .. } => ErrorClass::Refused,
+        _ => ErrorClass::BadInput,
     }
 }
 
@@ -29,10 +38,10 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
             "--kernel needs --source (the kernel source tree)"
         )));
     };
-    let config = args.config.clone().unwrap_or_default();
+    let config = args.kernel.config.clone().unwrap_or_default();
     // `patch` runs in the prepared tree: the diff's path must not be relative to here.
-    let diff = std::fs::canonicalize(&args.diff)
-        .with_context(|| format!("--diff {}", args.diff.display()))
+    let diff = std::fs::canonicalize(args.diff())
+        .with_context(|| format!("--diff {}", args.diff().display()))
         .map_err(Exit::bad_input)?;
     // Read the key before a build that takes minutes, so a bad key fails at once.
     let key = args
@@ -41,14 +50,14 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
         .map(crate::trust::read_secret)
         .transpose()?;
     let running = TargetFiles::for_running_kernel(&livepatch::kernel_release());
-    let headers = args.headers.clone().unwrap_or(running.headers);
+    let headers = args.kernel.headers.clone().unwrap_or(running.headers);
     if !headers.join("Module.symvers").exists() {
         return Err(Exit::bad_input(anyhow!(
             "{}: not a kernel headers tree with Module.symvers (install linux-headers-<version> of the target kernel, or pass --headers)",
             headers.display()
         )));
     }
-    let symbols = args.symbols.clone().unwrap_or(running.symbols);
+    let symbols = args.kernel.symbols.clone().unwrap_or(running.symbols);
     let kallsyms = std::fs::read_to_string(&symbols)
         .with_context(|| format!("reading the kernel's symbols from {}", symbols.display()))
         .map_err(Exit::bad_input)?;
@@ -58,7 +67,7 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
             symbols.display()
         )));
     }
-    let vmlinux = args.vmlinux.clone().unwrap_or(running.vmlinux);
+    let vmlinux = args.kernel.vmlinux.clone().unwrap_or(running.vmlinux);
     if !vmlinux.exists() {
         return Err(Exit::bad_input(anyhow!(
             "{}: no such kernel image; pass the target kernel's vmlinux or vmlinuz with --vmlinux",
@@ -68,7 +77,7 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
     let name = build::module_name(&args.output);
     let request = Request {
         vmlinux,
-        modules: args.modules.clone().unwrap_or(running.modules),
+        modules: args.kernel.modules.clone().unwrap_or(running.modules),
         source,
         config,
         diff,
@@ -77,7 +86,7 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
         cache: args
             .cache
             .clone()
-            .unwrap_or_else(crate::build::default_cache),
+            .unwrap_or_else(crate::args::default_cache),
         name: name.clone(),
     };
     let mut progress = |step: &str| {
@@ -86,20 +95,9 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
             started.elapsed().as_secs_f64()
         );
     };
-    let outcome = build::build(&request, &mut progress).map_err(|e| {
-        let code = match e {
-            hotsplice_kernel::Error::Command { .. } | hotsplice_kernel::Error::Io { .. } => {
-                EXIT_ENVIRONMENT
-            }
-            hotsplice_kernel::Error::MissingSymbol { .. }
-            | hotsplice_kernel::Error::Ambiguous { .. }
-            | hotsplice_kernel::Error::Unsupported { .. } => EXIT_REFUSED,
-            _ => EXIT_BAD_INPUT,
-        };
-        Exit {
-            code,
-            error: anyhow::Error::new(e),
-        }
+    let outcome = build::build(&request, &mut progress).map_err(|e| Exit {
+        class: class_of(&e),
+        error: anyhow::Error::new(e),
     })?;
     let mut out = std::io::stdout().lock();
     let total = started.elapsed().as_secs_f64();
@@ -126,53 +124,71 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
                 .map_err(env_error)?;
             if signature.is_none() {
                 // A stale signature of an earlier build must not sit beside the new module.
-                let _ = std::fs::remove_file(hotsplice_trust::detached_path(&args.output));
+                let stale = hotsplice_trust::detached_path(&args.output);
+                match std::fs::remove_file(&stale) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(env_error(anyhow::Error::new(e).context(format!(
+                            "removing the stale signature {}",
+                            stale.display()
+                        ))));
+                    }
+                    _ => {}
+                }
             }
             let replaced: Vec<String> = functions.iter().map(|f| f.old_name.clone()).collect();
             if args.json {
-                let summary = json!({
-                    "outcome": "written",
-                    "module": args.output.display().to_string(),
-                    "name": name,
-                    "replaced": functions.iter().map(|f| json!({
-                        "function": f.old_name, "sympos": f.sympos, "object": f.object,
-                        "module": f.module,
-                    })).collect::<Vec<_>>(),
-                    "objects": diffs.iter().map(|d| d.object.clone()).collect::<Vec<_>>(),
-                    "changes": changes(&diffs),
-                    "callbacks": callbacks.iter().map(|c| json!({
-                        "kind": match c.kind {
-                            hotsplice_objdiff::patchset::HookKind::PreApply => "pre-patch",
-                            hotsplice_objdiff::patchset::HookKind::PostApply => "post-patch",
-                            hotsplice_objdiff::patchset::HookKind::PreUndo => "pre-unpatch",
-                            hotsplice_objdiff::patchset::HookKind::PostUndo => "post-unpatch",
+                output::emit(
+                    &mut out,
+                    &output::KernelModuleReport {
+                        outcome: Verdict::Written,
+                        module: args.output.display().to_string(),
+                        name: name.clone(),
+                        replaced: functions
+                            .iter()
+                            .map(|f| output::KernelFunction {
+                                function: f.old_name.clone(),
+                                sympos: f.sympos,
+                                object: f.object.clone(),
+                                module: f.module.clone(),
+                            })
+                            .collect(),
+                        objects: diffs.iter().map(|d| d.object.clone()).collect(),
+                        changes: changes(&diffs),
+                        callbacks: callbacks
+                            .iter()
+                            .map(|c| output::KernelCallback {
+                                kind: callback_kind(c.kind).to_string(),
+                                object: c.module.as_deref().unwrap_or("vmlinux").to_string(),
+                            })
+                            .collect(),
+                        klp_relocations,
+                        run_pre: proven
+                            .iter()
+                            .map(|p| output::RunPre {
+                                function: p.name.clone(),
+                                address: output::hex(p.address),
+                                sympos: p.sympos,
+                                bytes_matched: p.bytes,
+                            })
+                            .collect(),
+                        warnings: warnings.clone(),
+                        headers: header_scope.as_ref().map(scope),
+                        fresh_tree,
+                        seconds: output::KernelSeconds {
+                            prepare: timings.prepare,
+                            pre: timings.pre,
+                            post: timings.post,
+                            module: timings.module,
+                            total,
                         },
-                        "object": c.module.as_deref().unwrap_or("vmlinux"),
-                    })).collect::<Vec<_>>(),
-                    "klp_relocations": klp_relocations,
-                    "run_pre": proven.iter().map(|p| json!({
-                        "function": p.name, "address": format!("{:#x}", p.address),
-                        "sympos": p.sympos, "bytes_matched": p.bytes,
-                    })).collect::<Vec<_>>(),
-                    "warnings": warnings,
-                    "headers": header_scope.as_ref().map(scope_json),
-                    "fresh_tree": fresh_tree,
-                    "seconds": {
-                        "prepare": timings.prepare, "pre": timings.pre, "post": timings.post,
-                        "module": timings.module, "total": total,
                     },
-                });
-                let _ = writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&summary).unwrap_or_default()
-                );
+                )?;
             } else {
                 for w in &warnings {
-                    let _ = writeln!(out, "warning: {w}");
+                    writeln!(out, "warning: {w}")?;
                 }
                 if let Some(s) = &header_scope {
-                    let _ = writeln!(
+                    writeln!(
                         out,
                         "  header    {}: included by {} units, {} built on their own, {} in the running kernel (all compiled before and after; include graph {} in {:.1} s)",
                         s.headers.join(", "),
@@ -181,55 +197,58 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
                         s.built,
                         if s.graph_cached { "cached" } else { "scanned" },
                         s.scan_seconds
-                    );
+                    )?;
                 }
                 for p in &proven {
-                    let _ = writeln!(
+                    writeln!(
                         out,
                         "  run-pre   {} at {:#x}: {} bytes equal to the pre build",
                         p.name, p.address, p.bytes
-                    );
+                    )?;
                 }
                 for c in &callbacks {
-                    let _ = writeln!(
+                    writeln!(
                         out,
                         "  callback  {:?} of {}",
                         c.kind,
                         c.module.as_deref().unwrap_or("vmlinux")
-                    );
+                    )?;
                 }
-                let _ = writeln!(
+                writeln!(
                     out,
                     "wrote {} (livepatch module {name}): replaces {} ({} livepatch relocations) in {total:.1} s",
                     args.output.display(),
                     replaced.join(", "),
                     klp_relocations
-                );
+                )?;
             }
             Ok(ExitCode::from(EXIT_OK))
         }
         Outcome::Refused { refusals, diffs } => {
             if args.json {
-                let summary = json!({
-                    "outcome": "refused",
-                    "refusals": refusals.iter().map(|r| json!({
-                        "kind": r.kind.as_str(), "symbol": r.symbol, "detail": r.detail,
-                    })).collect::<Vec<_>>(),
-                    "objects": diffs.iter().map(|d| d.object.clone()).collect::<Vec<_>>(),
-                });
-                let _ = writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&summary).unwrap_or_default()
-                );
+                output::emit(
+                    &mut out,
+                    &output::KernelRefusedReport {
+                        outcome: Verdict::Refused,
+                        refusals: refusals
+                            .iter()
+                            .map(|r| output::KernelRefusal {
+                                kind: r.kind.as_str().to_string(),
+                                symbol: r.symbol.clone(),
+                                detail: r.detail.clone(),
+                            })
+                            .collect(),
+                        objects: diffs.iter().map(|d| d.object.clone()).collect(),
+                    },
+                )?;
             } else {
                 for r in &refusals {
-                    let _ = writeln!(out, "  REFUSED   {} {}: {}", r.kind, r.symbol, r.detail);
+                    writeln!(out, "  REFUSED   {} {}: {}", r.kind, r.symbol, r.detail)?;
                 }
-                let _ = writeln!(
+                writeln!(
                     out,
                     "refused: the fix cannot be applied to the running kernel live (no module written)"
-                );
+                )?;
             }
             Ok(ExitCode::from(EXIT_REFUSED))
         }
@@ -239,21 +258,20 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
         } => {
             let objects: Vec<String> = diffs.iter().map(|d| d.object.clone()).collect();
             if args.json {
-                let summary = json!({
-                    "outcome": "nothing-to-patch", "objects": objects,
-                    "headers": header_scope.as_ref().map(scope_json),
-                });
-                let _ = writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&summary).unwrap_or_default()
-                );
+                output::emit(
+                    &mut out,
+                    &output::KernelNothingReport {
+                        outcome: Verdict::NothingToPatch,
+                        objects,
+                        headers: header_scope.as_ref().map(scope),
+                    },
+                )?;
             } else {
-                let _ = writeln!(
+                writeln!(
                     out,
                     "nothing to patch: the diff changes no function code in {} (no module written)",
                     objects.join(", ")
-                );
+                )?;
             }
             Ok(ExitCode::from(EXIT_REFUSED))
         }
@@ -261,16 +279,29 @@ pub fn build(args: &BuildArgs) -> Result<ExitCode, Exit> {
 }
 
 /// What a changed header reached and what finding it cost, for `--json`.
-fn scope_json(s: &build::HeaderScope) -> serde_json::Value {
-    json!({
-        "changed": s.headers, "including_units": s.including,
-        "buildable_units": s.candidates, "units_in_running_kernel": s.built,
-        "include_graph_cached": s.graph_cached, "scan_seconds": s.scan_seconds,
-    })
+fn scope(s: &build::HeaderScope) -> output::HeaderScope {
+    output::HeaderScope {
+        changed: s.headers.clone(),
+        including_units: s.including,
+        buildable_units: s.candidates,
+        units_in_running_kernel: s.built,
+        include_graph_cached: s.graph_cached,
+        scan_seconds: s.scan_seconds,
+    }
+}
+
+/// A callback's kind, as livepatch names it.
+fn callback_kind(kind: hotsplice_objdiff::patchset::HookKind) -> &'static str {
+    match kind {
+        hotsplice_objdiff::patchset::HookKind::PreApply => "pre-patch",
+        hotsplice_objdiff::patchset::HookKind::PostApply => "post-patch",
+        hotsplice_objdiff::patchset::HookKind::PreUndo => "pre-unpatch",
+        hotsplice_objdiff::patchset::HookKind::PostUndo => "post-unpatch",
+    }
 }
 
 /// The functions each diff found changed or new, with why, for `--json`.
-fn changes(diffs: &[hotsplice_objdiff::ObjectDiff]) -> Vec<serde_json::Value> {
+fn changes(diffs: &[hotsplice_objdiff::ObjectDiff]) -> Vec<output::KernelChange> {
     use hotsplice_objdiff::Status;
     diffs
         .iter()
@@ -278,80 +309,19 @@ fn changes(diffs: &[hotsplice_objdiff::ObjectDiff]) -> Vec<serde_json::Value> {
             d.functions
                 .iter()
                 .filter(|f| matches!(f.status, Status::Changed | Status::New))
-                .map(|f| {
-                    json!({
-                        "object": d.object, "function": f.name,
-                        "status": if f.status == Status::New { "new" } else { "changed" },
-                        "why": f.reasons,
-                    })
+                .map(|f| output::KernelChange {
+                    object: d.object.clone(),
+                    function: f.name.clone(),
+                    status: if f.status == Status::New {
+                        "new"
+                    } else {
+                        "changed"
+                    }
+                    .to_string(),
+                    why: f.reasons.clone(),
                 })
         })
         .collect()
-}
-
-/// Apply, undo and list live patches of the running kernel (livepatch modules made by
-/// `hotsplice build --kernel`).
-///
-/// The kernel's livepatch core does the switching: each task moves to the new code when it
-/// is not running any patched function (checked with reliable stack traces), so `apply`
-/// waits for that transition and names the tasks that hold it up.
-#[derive(Debug, Args)]
-#[command(
-    after_help = "Examples:\n  hotsplice kernel apply fix.ko\n  hotsplice kernel list\n  hotsplice kernel undo fix\n\nNeeds root. An unsigned module taints the kernel (flags O, E, K) and cannot load under Secure Boot lockdown or module.sig_enforce=1."
-)]
-pub struct KernelArgs {
-    #[command(subcommand)]
-    command: KernelCommand,
-}
-
-#[derive(Debug, Subcommand)]
-enum KernelCommand {
-    /// Load a livepatch module and wait until every task runs the new code.
-    Apply {
-        /// The module (`hotsplice build --kernel -o FIX.ko`).
-        module: PathBuf,
-        /// Give up waiting for the transition after this many seconds (the patch stays
-        /// loaded and livepatch keeps trying; `undo` reverts it).
-        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
-        timeout: u64,
-        /// Print a JSON summary.
-        #[arg(long)]
-        json: bool,
-        /// Its detached signature (default: MODULE.hsig, written by `build --kernel --sign`
-        /// or `hotsplice sign MODULE`).
-        #[arg(long, value_name = "FILE")]
-        signature: Option<PathBuf>,
-        #[command(flatten)]
-        trust: crate::live::TrustOptions,
-    },
-    /// Disable a live patch, wait until no task runs its code, and unload it.
-    Undo {
-        /// The patch's name (as `kernel list` shows it).
-        name: String,
-        /// Give up waiting for the transition after this many seconds.
-        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
-        timeout: u64,
-        /// Print a JSON summary.
-        #[arg(long)]
-        json: bool,
-    },
-    /// List the live patches of the running kernel (/sys/kernel/livepatch).
-    List {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-impl KernelArgs {
-    /// Whether JSON output was asked for.
-    pub fn json(&self) -> bool {
-        match &self.command {
-            KernelCommand::Apply { json, .. }
-            | KernelCommand::Undo { json, .. }
-            | KernelCommand::List { json } => *json,
-        }
-    }
 }
 
 /// `hotsplice kernel`.
@@ -379,21 +349,13 @@ pub fn run(args: &KernelArgs) -> Result<ExitCode, Exit> {
     }
 }
 
-/// The tasks holding up a transition, for the audit log and `--json`.
-fn stalled_json(stalled: &[livepatch::StalledTask]) -> serde_json::Value {
-    stalled
-        .iter()
-        .map(|t| json!({"pid": t.pid, "tid": t.tid, "comm": t.comm}))
-        .collect()
-}
-
 /// Who vouches for a module: the trusted key whose detached signature verifies
 /// (`hotsplice_trust::Policy::accept_module`).
 fn accept_module(
     module: &Path,
     bytes: &[u8],
     signature: Option<&Path>,
-    trust: &crate::live::TrustOptions,
+    trust: &TrustOptions,
 ) -> Result<String, Exit> {
     hotsplice_trust::Policy {
         trust_dir: &trust.trust_dir,
@@ -401,16 +363,13 @@ fn accept_module(
     }
     .accept_module(module, bytes, signature)
     .map(|signer| signer.to_string())
-    .map_err(|e| Exit {
-        code: EXIT_REFUSED,
-        error: anyhow::Error::new(e),
-    })
+    .map_err(|e| Exit::refused(anyhow::Error::new(e)))
 }
 
 fn apply(
     module: &Path,
     signature: Option<&Path>,
-    trust: &crate::live::TrustOptions,
+    trust: &TrustOptions,
     timeout: Duration,
     json: bool,
 ) -> Result<ExitCode, Exit> {
@@ -418,78 +377,94 @@ fn apply(
     let signer = match accept_module(module, &bytes, signature, trust) {
         Ok(signer) => signer,
         Err(exit) => {
-            crate::trust::audit(json!({
-                "action": "kernel-apply", "module": module.display().to_string(),
-                "sha256": hotsplice_bundle::sha256_hex(&bytes),
-                "outcome": "refused", "reason": format!("{:#}", exit.error),
-            }));
+            crate::trust::audit(AuditRecord {
+                action: "kernel-apply",
+                module: Some(module.display().to_string()),
+                sha256: Some(hotsplice_bundle::sha256_hex(&bytes)),
+                outcome: exit.class.as_str().to_string(),
+                reason: Some(format!("{:#}", exit.error)),
+                ..AuditRecord::default()
+            });
             return Err(exit);
         }
     };
     let name = livepatch::check_loadable(module, &bytes, &livepatch::kernel_release())
-        .map_err(|e| Exit {
-            code: match e {
-                NotLoadable::OtherKernel { .. } => EXIT_REFUSED,
-                _ => EXIT_BAD_INPUT,
-            },
-            error: anyhow::Error::new(e),
+        .map_err(|e| {
+            let refused = matches!(e, NotLoadable::OtherKernel { .. });
+            let error = anyhow::Error::new(e);
+            if refused {
+                Exit::refused(error)
+            } else {
+                Exit::bad_input(error)
+            }
         })?
         .name;
     let sha = hotsplice_bundle::sha256_hex(&bytes);
     let started = Instant::now();
     if let Err(e) = livepatch::load(module) {
-        crate::trust::audit(json!({
-            "action": "kernel-apply", "module": module.display().to_string(), "name": name,
-            "sha256": sha, "outcome": "failed", "reason": e.to_string(),
-        }));
+        crate::trust::audit(AuditRecord {
+            action: "kernel-apply",
+            module: Some(module.display().to_string()),
+            name: Some(name),
+            sha256: Some(sha),
+            outcome: ErrorClass::Environment.as_str().to_string(),
+            reason: Some(e.to_string()),
+            ..AuditRecord::default()
+        });
         return Err(env_error(anyhow::Error::new(e)));
     }
     let loaded = started.elapsed();
     let stalled = livepatch::wait(&name, false, timeout).map_err(|e| env_error(e.into()))?;
     let total = started.elapsed();
     let outcome = if stalled.is_empty() {
-        "applied"
+        KernelOutcome::Applied
     } else {
-        "transition-pending"
+        KernelOutcome::TransitionPending
     };
-    crate::trust::audit(json!({
-        "action": "kernel-apply", "module": module.display().to_string(), "name": name,
-        "sha256": sha, "signer": signer, "outcome": outcome,
-        "transition_seconds": total.as_secs_f64(),
-        "stalled": stalled_json(&stalled),
-    }));
+    crate::trust::audit(AuditRecord {
+        action: "kernel-apply",
+        module: Some(module.display().to_string()),
+        name: Some(name.clone()),
+        sha256: Some(sha),
+        signer: Some(signer.clone()),
+        outcome: outcome.as_str().to_string(),
+        transition_seconds: Some(total.as_secs_f64()),
+        stalled: Some(output::StalledTask::all(&stalled)),
+        ..AuditRecord::default()
+    });
     let mut out = std::io::stdout().lock();
     if json {
-        let summary = json!({
-            "outcome": outcome, "name": name, "signer": signer,
-            "load_seconds": loaded.as_secs_f64(), "transition_seconds": total.as_secs_f64(),
-            "stalled": stalled_json(&stalled),
-        });
-        let _ = writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&summary).unwrap_or_default()
-        );
+        output::emit(
+            &mut out,
+            &output::KernelApplyReport {
+                outcome,
+                name,
+                signer,
+                load_seconds: loaded.as_secs_f64(),
+                transition_seconds: total.as_secs_f64(),
+                stalled: output::StalledTask::all(&stalled),
+            },
+        )?;
     } else if stalled.is_empty() {
-        let _ = writeln!(
+        writeln!(
             out,
             "applied {name}: every task runs the new code ({:.3} s from load to transition complete)",
             total.as_secs_f64()
-        );
+        )?;
     } else {
         let names: Vec<String> = stalled
             .iter()
             .take(20)
             .map(|t| format!("{} (pid {}, tid {})", t.comm, t.pid, t.tid))
             .collect();
-        let _ = writeln!(
+        writeln!(
             out,
             "{name} is loaded but the transition is not complete after {:.0} s: {} task(s) still run old code: {}{}\nlivepatch keeps retrying; `hotsplice kernel undo {name}` reverts it",
             timeout.as_secs_f64(),
             stalled.len(),
             names.join(", "),
             if stalled.len() > 20 { ", ..." } else { "" }
-        );
+        )?;
     }
     Ok(ExitCode::from(if stalled.is_empty() {
         EXIT_OK
@@ -516,39 +491,42 @@ fn undo(name: &str, timeout: Duration, json: bool) -> Result<ExitCode, Exit> {
         Ok(())
     };
     let outcome = match (&result, stalled.is_empty()) {
-        (Ok(()), true) => "undone",
-        (Ok(()), false) => "transition-pending",
-        (Err(_), _) => "unload-failed",
+        (Ok(()), true) => KernelOutcome::Undone,
+        (Ok(()), false) => KernelOutcome::TransitionPending,
+        (Err(_), _) => KernelOutcome::UnloadFailed,
     };
-    crate::trust::audit(json!({
-        "action": "kernel-undo", "name": name, "outcome": outcome,
-        "transition_seconds": transition.as_secs_f64(),
-    }));
+    crate::trust::audit(AuditRecord {
+        action: "kernel-undo",
+        name: Some(name.to_string()),
+        outcome: outcome.as_str().to_string(),
+        transition_seconds: Some(transition.as_secs_f64()),
+        ..AuditRecord::default()
+    });
     result?;
     let mut out = std::io::stdout().lock();
     if json {
-        let summary = json!({
-            "outcome": outcome, "name": name, "transition_seconds": transition.as_secs_f64(),
-            "stalled": stalled_json(&stalled),
-        });
-        let _ = writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&summary).unwrap_or_default()
-        );
+        output::emit(
+            &mut out,
+            &output::KernelUndoReport {
+                outcome,
+                name: name.to_string(),
+                transition_seconds: transition.as_secs_f64(),
+                stalled: output::StalledTask::all(&stalled),
+            },
+        )?;
     } else if stalled.is_empty() {
-        let _ = writeln!(
+        writeln!(
             out,
             "undone {name}: disabled, every task back on the original code, module unloaded ({:.3} s)",
             transition.as_secs_f64()
-        );
+        )?;
     } else {
-        let _ = writeln!(
+        writeln!(
             out,
             "{name} is being disabled but {} task(s) still run its code after {:.0} s; livepatch keeps retrying, run undo again later to unload it",
             stalled.len(),
             timeout.as_secs_f64()
-        );
+        )?;
     }
     Ok(ExitCode::from(if stalled.is_empty() {
         EXIT_OK
@@ -561,29 +539,28 @@ fn list(json: bool) -> Result<ExitCode, Exit> {
     let patches = livepatch::list().map_err(|e| env_error(e.into()))?;
     let mut out = std::io::stdout().lock();
     if json {
-        let list: Vec<_> = patches
+        let list: Vec<output::KernelPatch> = patches
             .iter()
-            .map(|p| {
-                json!({"name": p.name, "enabled": p.enabled, "transition": p.transition, "functions": p.functions})
+            .map(|p| output::KernelPatch {
+                name: p.name.clone(),
+                enabled: p.enabled,
+                transition: p.transition,
+                functions: p.functions.clone(),
             })
             .collect();
-        let _ = writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&list).unwrap_or_default()
-        );
+        output::emit(&mut out, &list)?;
     } else if patches.is_empty() {
-        let _ = writeln!(out, "no live patches loaded");
+        writeln!(out, "no live patches loaded")?;
     } else {
         for p in &patches {
-            let _ = writeln!(
+            writeln!(
                 out,
                 "{}  {}{}  {}",
                 p.name,
                 if p.enabled { "enabled" } else { "disabled" },
                 if p.transition { " (in transition)" } else { "" },
                 p.functions.join(" ")
-            );
+            )?;
         }
     }
     Ok(ExitCode::from(EXIT_OK))

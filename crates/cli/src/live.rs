@@ -1,45 +1,20 @@
 //! `hotsplice check | apply | undo | list | recover`: live patches on running processes.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use clap::Args;
-use hotsplice_apply::{ErrorClass, Options, PauseLog, ProcessReport};
-use serde_json::{Value, json};
+use hotsplice_apply::{Options, PauseLog, ProcessReport};
 
-use crate::{EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_OK, EXIT_REFUSED, Exit};
+use crate::args::{ApplyArgs, CheckArgs, ListArgs, RecoverArgs, Targets, TrustOptions, UndoArgs};
+use crate::exit::class_of;
+use crate::output::{self, Action, AuditRecord, Pause};
+use crate::{EXIT_OK, EXIT_REFUSED, Exit, Reported};
 
 /// The largest bundle `check`/`apply` read (a bundle of a large program is a few MiB).
 const MAX_BUNDLE: u64 = 256 << 20;
-
-/// Which processes. Without `--pid`, `--exe` or `--file`: every process on the system that
-/// maps a file with the bundle's build-id (for `undo`: every process that has the patch).
-#[derive(Debug, Args)]
-pub struct Targets {
-    /// A process (repeatable). Processes sharing its memory (`clone(CLONE_VM)`, a `vfork`
-    /// child) are stopped, checked and patched with it.
-    #[arg(long = "pid", value_name = "PID", conflicts_with_all = ["exe", "file"])]
-    pids: Vec<i32>,
-    /// Every process running this executable (also after the file was replaced or deleted
-    /// on disk by a package upgrade).
-    #[arg(long, value_name = "PATH", conflicts_with = "file")]
-    exe: Option<PathBuf>,
-    /// Every process that maps this file — an executable or a shared library — including a
-    /// copy since deleted or replaced on disk and the same path in a container. Processes
-    /// mapping another build of the file are skipped (see --any-build).
-    #[arg(long, value_name = "PATH")]
-    file: Option<PathBuf>,
-    /// Patch each process on its own and report each, instead of all or none.
-    #[arg(long)]
-    each: bool,
-    /// With --file: also processes mapping another build of the file (run-pre matching then
-    /// decides, process by process).
-    #[arg(long, requires = "file")]
-    any_build: bool,
-}
 
 /// A process found but not patched, and why.
 struct Skipped {
@@ -57,11 +32,14 @@ struct Chosen {
 }
 
 /// How a namespace other than hotsplice's own shows in reports.
-fn namespace_note(pid: i32) -> Option<Value> {
+fn namespace_note(pid: i32) -> Option<output::Namespace> {
     let ns = hotsplice_ptrace::namespaces_of(pid);
     let own = hotsplice_ptrace::own_namespaces();
-    (ns.pid_ns != own.pid_ns || ns.mnt_ns != own.mnt_ns)
-        .then(|| json!({"pid_ns": ns.pid_ns, "mnt_ns": ns.mnt_ns, "pid_inside": ns.inner_pid}))
+    (ns.pid_ns != own.pid_ns || ns.mnt_ns != own.mnt_ns).then_some(output::Namespace {
+        pid_ns: ns.pid_ns,
+        mnt_ns: ns.mnt_ns,
+        pid_inside: ns.inner_pid,
+    })
 }
 
 fn choose(
@@ -81,7 +59,7 @@ fn choose(
         None => hotsplice_apply::discover::Select::BuildId,
     };
     let found = hotsplice_apply::discover::discover(&select, bundle).map_err(|e| Exit {
-        code: exit_code(e.class()),
+        class: class_of(&e),
         error: anyhow::Error::new(e),
     })?;
     let mut chosen = Chosen {
@@ -117,198 +95,6 @@ fn choose(
         }
     }
     Ok(chosen)
-}
-
-/// Shared options.
-#[derive(Debug, Args)]
-pub struct LiveOptions {
-    /// Print one JSON object on stdout (also for errors: {"ok": false, "class", "error"}).
-    #[arg(long)]
-    json: bool,
-    /// Stops to retry while a thread is blocked in a function being replaced.
-    #[arg(long, value_name = "N", default_value_t = 5)]
-    retries: u32,
-    /// Milliseconds between retries (the target runs meanwhile).
-    #[arg(long, value_name = "MS", default_value_t = 200)]
-    retry_delay: u64,
-    /// Microseconds a runnable thread found in a function being replaced may run alone, the
-    /// others stopped, to leave it (per stop).
-    #[arg(long, value_name = "US", default_value_t = 1000)]
-    let_run: u64,
-    /// Seconds to wait for another hotsplice working on the same process.
-    #[arg(long, value_name = "S", default_value_t = 60)]
-    lock_timeout: u64,
-    /// Where applied patches are recorded; it must belong to root and be writable by no one
-    /// else, like every directory above it.
-    #[arg(long, value_name = "DIR", default_value = hotsplice_apply::state::DEFAULT_DIR, env = "HOTSPLICE_STATE_DIR")]
-    state_dir: PathBuf,
-}
-
-impl CheckArgs {
-    /// Whether JSON output was asked for.
-    pub fn json(&self) -> bool {
-        self.options.json
-    }
-}
-impl ApplyArgs {
-    /// Whether JSON output was asked for.
-    pub fn json(&self) -> bool {
-        self.options.json
-    }
-}
-impl UndoArgs {
-    /// Whether JSON output was asked for.
-    pub fn json(&self) -> bool {
-        self.options.json
-    }
-}
-impl ListArgs {
-    /// Whether JSON output was asked for.
-    pub fn json(&self) -> bool {
-        self.options.json
-    }
-}
-impl RecoverArgs {
-    /// Whether JSON output was asked for.
-    pub fn json(&self) -> bool {
-        self.options.json
-    }
-}
-
-/// Which bundles are trusted.
-#[derive(Debug, Args)]
-pub struct TrustOptions {
-    /// Directory of trusted public keys (`*.pub`); it and its keys must belong to root and be
-    /// writable by no one else.
-    #[arg(long, value_name = "DIR", default_value = crate::trust::DEFAULT_TRUST_DIR, env = "HOTSPLICE_TRUST_DIR")]
-    pub trust_dir: PathBuf,
-    /// Accept a bundle that is unsigned or signed by no trusted key (recorded in the audit log).
-    #[arg(long)]
-    pub allow_unsigned: bool,
-}
-
-impl LiveOptions {
-    /// Whether JSON output was asked for.
-    pub fn json(&self) -> bool {
-        self.json
-    }
-
-    /// The engine's options.
-    pub fn options(&self) -> Options {
-        Options {
-            retries: self.retries,
-            retry_delay: Duration::from_millis(self.retry_delay),
-            let_run: Duration::from_micros(self.let_run),
-            lock_timeout: Duration::from_secs(self.lock_timeout),
-            state_dir: self.state_dir.clone(),
-            ..Options::default()
-        }
-    }
-}
-
-const LIVE_HELP: &str = "\
-What \"pause\" means: for each thread, the total time hotsplice kept it stopped (every stop of
-the command summed, retries and refused attempts included); the report gives the longest such
-total and the number of stops. Time a thread waits for a CPU after it is released is not
-counted.
-
-Exit status: 0 done; 1 refused (the code does not match the bundle's pre build, a thread stays \
-busy in a replaced function, a seccomp filter forbids what hotsplice must do, ...) with the \
-target untouched; 2 bad input; 3 environment (permissions, the process exited, another tracer, \
-another hotsplice still at work). SIGINT, SIGTERM or SIGHUP during an operation make hotsplice \
-roll back (or, past the point of no return, finish) and then end as the signal asks; job-control \
-stops (Ctrl-Z) take effect only once the target is released.";
-
-/// Dry run: prove a bundle applies to running processes, without changing them.
-///
-/// Locates every function to replace in each process's memory and proves its code is the
-/// bundle's pre-build code (run-pre matching), resolves every symbol the new code needs, and
-/// stops the process for a moment to see what apply would do now: apply at once, let a
-/// thread leave a replaced function first, retry, or refuse (exit status 1).
-#[derive(Debug, Args)]
-#[command(after_help = LIVE_HELP)]
-pub struct CheckArgs {
-    /// The bundle (from `hotsplice build`).
-    bundle: PathBuf,
-    #[command(flatten)]
-    targets: Targets,
-    #[command(flatten)]
-    trust: TrustOptions,
-    #[command(flatten)]
-    options: LiveOptions,
-}
-
-/// Apply a bundle to running processes, with no restart.
-///
-/// Proves the running code is the bundle's pre build, maps the new code near the program
-/// (one thread runs the mmap while the others keep running), then stops every thread once —
-/// well under a millisecond — to check none is in a function being replaced and to write a
-/// jump at each old entry. With several processes (`--exe`, or several `--pid`), all are
-/// prepared first and patched all or none. Needs root (or the same user and CAP_SYS_PTRACE).
-#[derive(Debug, Args)]
-#[command(after_help = LIVE_HELP)]
-pub struct ApplyArgs {
-    /// The bundle (from `hotsplice build`).
-    bundle: PathBuf,
-    #[command(flatten)]
-    targets: Targets,
-    #[command(flatten)]
-    trust: TrustOptions,
-    #[command(flatten)]
-    options: LiveOptions,
-}
-
-/// Undo an applied patch: restore every original byte and unmap its memory.
-///
-/// The bytes put back are checked against the program's own file as the process maps it, so
-/// a damaged or forged state record can never make hotsplice write other code.
-#[derive(Debug, Args)]
-#[command(after_help = LIVE_HELP)]
-pub struct UndoArgs {
-    /// The patch id (`hs-...`, see `hotsplice list`).
-    patch: String,
-    #[command(flatten)]
-    targets: Targets,
-    #[command(flatten)]
-    options: LiveOptions,
-}
-
-/// List the patches applied to processes.
-///
-/// Exit status: 0 listed; 3 when a process could not be read (the others are still listed).
-#[derive(Debug, Args)]
-pub struct ListArgs {
-    /// Only these processes (default: every process hotsplice has patched).
-    #[arg(long = "pid", value_name = "PID")]
-    pids: Vec<i32>,
-    #[command(flatten)]
-    options: LiveOptions,
-}
-
-/// Finish or roll back an apply or undo that was interrupted (hotsplice killed, machine
-/// trouble), so each process ends either untouched or fully patched — never a mix.
-///
-/// Reads the journal an interrupted operation left in the state directory, looks at the code
-/// of the process, and writes the original bytes back where that is safe (no thread in the
-/// patch's code), otherwise every jump (no thread in the old code). `apply` and `undo` refuse
-/// to touch a process with an interrupted operation until it is recovered. An operation that
-/// another hotsplice is still running is left alone.
-#[derive(Debug, Args)]
-pub struct RecoverArgs {
-    /// Only these processes (default: every interrupted operation recorded).
-    #[arg(long = "pid", value_name = "PID")]
-    pids: Vec<i32>,
-    #[command(flatten)]
-    options: LiveOptions,
-}
-
-/// The exit status for a failure class.
-pub fn exit_code(class: ErrorClass) -> u8 {
-    match class {
-        ErrorClass::Refused => EXIT_REFUSED,
-        ErrorClass::BadInput => EXIT_BAD_INPUT,
-        ErrorClass::Environment | ErrorClass::Interrupted => EXIT_ENVIRONMENT,
-    }
 }
 
 fn pids(targets: &Targets) -> Result<Vec<i32>, Exit> {
@@ -370,7 +156,7 @@ pub fn read_regular(path: &Path, cap: u64) -> anyhow::Result<Vec<u8>> {
 pub(crate) fn read_bundle(
     path: &Path,
     trust: &TrustOptions,
-    action: &str,
+    action: &'static str,
 ) -> Result<Accepted, Exit> {
     let bytes = read_regular(path, MAX_BUNDLE).map_err(Exit::bad_input)?;
     let sealed = hotsplice_bundle::read(&bytes)
@@ -384,58 +170,54 @@ pub(crate) fn read_bundle(
             signer,
         }),
         Err(exit) => {
-            crate::trust::audit(json!({
-                "action": action,
-                "outcome": "refused",
-                "reason": format!("{:#}", exit.error),
-                "bundle": path.display().to_string(),
-                "bundle_sha256": sha256,
-                "patch": sealed.bundle.id,
-            }));
+            crate::trust::audit(AuditRecord {
+                action,
+                outcome: exit.class.as_str().to_string(),
+                reason: Some(format!("{:#}", exit.error)),
+                bundle: Some(path.display().to_string()),
+                bundle_sha256: Some(sha256),
+                patch: Some(sealed.bundle.id),
+                ..AuditRecord::default()
+            });
             Err(exit)
         }
     }
 }
 
-fn pause_json(pauses: &PauseLog) -> Value {
-    json!({
-        "longest_us": pauses.longest().as_micros() as u64,
-        "stops": pauses.stops,
-        "threads": pauses.threads(),
-    })
-}
-
 fn audit_outcome(
-    action: &str,
+    action: &'static str,
     patch: &str,
     accepted: Option<&Accepted>,
     pids: &[i32],
     pauses: &PauseLog,
     result: Result<&[ProcessReport], &hotsplice_apply::Error>,
 ) {
-    let mut record = json!({
-        "action": action,
-        "patch": patch,
-        "pids": pids,
-        "pause": pause_json(pauses),
-    });
-    if let Some(a) = accepted {
-        record["bundle_sha256"] = json!(a.sha256);
-        record["signer"] = json!(a.signer);
-    }
+    let mut record = AuditRecord {
+        action,
+        patch: Some(patch.to_string()),
+        pids: Some(pids.to_vec()),
+        pause: Some(Pause::of(pauses)),
+        bundle_sha256: accepted.map(|a| a.sha256.clone()),
+        signer: accepted.map(|a| a.signer.clone()),
+        ..AuditRecord::default()
+    };
     match result {
         Ok(reports) => {
-            record["outcome"] = json!("done");
-            record["pause_us"] = json!(
+            record.outcome = "done".to_string();
+            record.pause_us = Some(
                 reports
                     .iter()
-                    .map(|r| json!({"pid": r.pid, "pause_us": r.pause.as_micros() as u64, "stops": r.stops}))
-                    .collect::<Vec<_>>()
+                    .map(|r| output::ProcessPause {
+                        pid: r.pid,
+                        pause_us: r.pause.as_micros() as u64,
+                        stops: r.stops,
+                    })
+                    .collect(),
             );
         }
         Err(e) => {
-            record["outcome"] = json!(e.class().as_str());
-            record["reason"] = json!(e.to_string());
+            record.outcome = class_of(e).as_str().to_string();
+            record.reason = Some(e.to_string());
         }
     }
     crate::trust::audit(record);
@@ -444,64 +226,84 @@ fn audit_outcome(
 /// The exit for a failed live operation; with `--json`, its error object is printed (with
 /// how long the target was stopped before the failure).
 fn fail(error: hotsplice_apply::Error, json_out: bool, pauses: &PauseLog) -> Exit {
-    let class = error.class();
+    let class = class_of(&error);
+    let message = error.to_string();
+    let mut error = anyhow::Error::new(error);
     if json_out {
-        println!(
-            "{}",
-            json!({
-                "ok": false,
-                "class": class.as_str(),
-                "error": error.to_string(),
-                "pause": pause_json(pauses),
-            })
-        );
+        let report = output::ErrorReport {
+            ok: false,
+            class,
+            error: message,
+            pause: Some(Pause::of(pauses)),
+        };
+        match output::emit(&mut std::io::stdout().lock(), &report) {
+            Ok(()) => error = anyhow::Error::new(Reported(error)),
+            // `main` reports the failure on stderr either way.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            Err(e) => eprintln!("hotsplice: error: writing the error report: {e}"),
+        }
     }
-    let error = anyhow::Error::new(error);
-    Exit {
-        code: exit_code(class),
-        error: if json_out {
-            anyhow::Error::new(crate::Reported(error))
-        } else {
-            error
-        },
-    }
+    Exit { class, error }
 }
 
-fn report_json(r: &ProcessReport) -> Value {
-    json!({
-        "pid": r.pid,
-        "sharers": r.sharers,
-        "module": r.module,
-        "pause_us": r.pause.as_micros() as u64,
-        "stops": r.stops,
-        "stopped_threads": r.per_thread.iter().map(|(tid, d, n)| json!({
-            "tid": tid, "stopped_us": d.as_micros() as u64, "stops": n,
-        })).collect::<Vec<_>>(),
-        "attempts": r.attempts,
-        "threads": r.threads,
-        "realtime": r.realtime,
-        "same_build": r.same_build,
-        "prediction": r.prediction.as_ref().map(|p| json!({"action": p.action, "detail": p.detail})),
-        "hooks": r.hooks.iter().map(|h| json!({
-            "kind": h.kind, "took_us": h.took.as_micros() as u64, "result": h.result,
-        })).collect::<Vec<_>>(),
-        "warnings": r.warnings,
-        "shadows": r.shadows.map(|s| json!({
-            "live": s.live, "allocations": s.allocations, "arena_used": s.arena_used,
-        })),
-        "functions": r.functions.iter().map(|f| json!({
-            "name": f.name,
-            "entry": format!("{:#x}", f.entry),
-            "new_address": format!("{:#x}", f.new_address),
-            "found_by": f.via,
-            "replaces_patch": f.stacked_on,
-        })).collect::<Vec<_>>(),
-    })
+/// A process's report, for `--json`.
+fn process_report(r: &ProcessReport) -> output::ProcessReport {
+    output::ProcessReport {
+        pid: r.pid,
+        sharers: r.sharers.clone(),
+        module: r.module.clone(),
+        pause_us: r.pause.as_micros() as u64,
+        stops: r.stops,
+        stopped_threads: r
+            .per_thread
+            .iter()
+            .map(|&(tid, d, n)| output::StoppedThread {
+                tid,
+                stopped_us: d.as_micros() as u64,
+                stops: n,
+            })
+            .collect(),
+        attempts: r.attempts,
+        threads: r.threads,
+        realtime: r.realtime,
+        same_build: r.same_build,
+        prediction: r.prediction.as_ref().map(|p| output::Prediction {
+            action: p.action.to_string(),
+            detail: p.detail.clone(),
+        }),
+        hooks: r
+            .hooks
+            .iter()
+            .map(|h| output::HookRun {
+                kind: h.kind.to_string(),
+                took_us: h.took.as_micros() as u64,
+                result: h.result,
+            })
+            .collect(),
+        warnings: r.warnings.clone(),
+        shadows: r.shadows.map(|s| output::Shadows {
+            live: s.live,
+            allocations: s.allocations,
+            arena_used: s.arena_used,
+        }),
+        functions: r
+            .functions
+            .iter()
+            .map(|f| output::LiveFunction {
+                name: f.name.clone(),
+                entry: output::hex(f.entry),
+                new_address: output::hex(f.new_address),
+                found_by: f.via.clone(),
+                replaces_patch: f.stacked_on.clone(),
+            })
+            .collect(),
+        namespace: namespace_note(r.pid),
+    }
 }
 
 /// What happened to every process of a command.
 struct Outcome<'a> {
-    verb: &'a str,
+    action: Action,
     id: &'a str,
     reports: &'a [ProcessReport],
     skipped: &'a [Skipped],
@@ -513,39 +315,46 @@ struct Outcome<'a> {
 }
 
 fn print_reports(o: &Outcome<'_>, json_out: bool) -> std::io::Result<()> {
-    let (verb, id, reports) = (o.verb, o.id, o.reports);
+    let (action, id, reports) = (o.action, o.id, o.reports);
+    let verb = action.as_str();
     let mut out = std::io::stdout().lock();
     if json_out {
-        let mut doc = json!({
-            "ok": o.failed.is_empty(),
-            "action": verb,
-            "patch": id,
-            "wall_us": o.wall.as_micros() as u64,
-            "processes": reports.iter().map(|r| {
-                let mut v = report_json(r);
-                v["namespace"] = namespace_note(r.pid).unwrap_or(Value::Null);
-                v
-            }).collect::<Vec<_>>(),
-            "skipped": o.skipped.iter().map(|s| json!({
-                "pid": s.pid, "reason": s.reason, "namespace": namespace_note(s.pid),
-            })).collect::<Vec<_>>(),
-            "failed": o.failed.iter().map(|(pid, e)| json!({
-                "pid": pid, "class": e.class().as_str(), "error": e.to_string(),
-                "namespace": namespace_note(*pid),
-            })).collect::<Vec<_>>(),
-        });
-        if verb == "checked" {
-            doc["hooks"] = o
-                .hooks
+        let report = output::LiveReport {
+            ok: o.failed.is_empty(),
+            action,
+            patch: id.to_string(),
+            wall_us: o.wall.as_micros() as u64,
+            processes: reports.iter().map(process_report).collect(),
+            skipped: o
+                .skipped
                 .iter()
-                .map(|(kind, function)| json!({"kind": kind.as_str(), "function": function}))
-                .collect();
-        }
-        return writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&doc).unwrap_or_default()
-        );
+                .map(|s| output::Skipped {
+                    pid: s.pid,
+                    reason: s.reason.clone(),
+                    namespace: namespace_note(s.pid),
+                })
+                .collect(),
+            failed: o
+                .failed
+                .iter()
+                .map(|(pid, e)| output::FailedProcess {
+                    pid: *pid,
+                    class: class_of(e),
+                    error: e.to_string(),
+                    namespace: namespace_note(*pid),
+                })
+                .collect(),
+            hooks: (action == Action::Checked).then(|| {
+                o.hooks
+                    .iter()
+                    .map(|(kind, function)| output::BundleHook {
+                        kind: kind.as_str().to_string(),
+                        function: function.clone(),
+                    })
+                    .collect()
+            }),
+        };
+        return output::emit(&mut out, &report);
     }
     for s in o.skipped {
         writeln!(out, "skipped pid {}: {}", s.pid, s.reason)?;
@@ -554,10 +363,10 @@ fn print_reports(o: &Outcome<'_>, json_out: bool) -> std::io::Result<()> {
         writeln!(out, "failed pid {pid}: {e}")?;
     }
     if reports.is_empty() && o.failed.is_empty() {
-        let what = match verb {
-            "applied" => "needs the patch",
-            "undid" => "has the patch",
-            _ => "to check",
+        let what = match action {
+            Action::Applied => "needs the patch",
+            Action::Undid => "has the patch",
+            Action::Checked => "to check",
         };
         writeln!(out, "no running process {what}")?;
     }
@@ -572,7 +381,7 @@ fn print_reports(o: &Outcome<'_>, json_out: bool) -> std::io::Result<()> {
             writeln!(
                 out,
                 "pid {} lives in another namespace (pid {} inside; pid ns {}, mount ns {})",
-                r.pid, ns["pid_inside"], ns["pid_ns"], ns["mnt_ns"]
+                r.pid, ns.pid_inside, ns.pid_ns, ns.mnt_ns
             )?;
         }
         let pause = r.pause.as_secs_f64() * 1000.0;
@@ -591,7 +400,11 @@ fn print_reports(o: &Outcome<'_>, json_out: bool) -> std::io::Result<()> {
         writeln!(
             out,
             "{verb} {id} {} pid {}{sharers} ({}): {} function(s); longest pause {pause:.3} ms over {} stop(s) ({} thread(s), {} attempt(s){})",
-            if verb == "checked" { "against" } else { "in" },
+            if action == Action::Checked {
+                "against"
+            } else {
+                "in"
+            },
             r.pid,
             r.module,
             r.functions.len(),
@@ -658,85 +471,85 @@ fn print_reports(o: &Outcome<'_>, json_out: bool) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Output errors: a closed pipe ends quietly (like `head` closing its input), others fail.
-pub fn output(result: std::io::Result<()>) -> Result<(), Exit> {
-    match result {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(Exit {
-            code: EXIT_ENVIRONMENT,
-            error: anyhow::Error::new(e).context("writing the report"),
-        }),
-    }
-}
-
 /// `hotsplice recover`.
 pub fn recover(args: &RecoverArgs) -> Result<ExitCode, Exit> {
     let json_out = args.options.json;
     let results = hotsplice_apply::recover(&args.pids, &args.options.options())
         .map_err(|e| fail(e, json_out, &PauseLog::new()))?;
-    let mut out = std::io::stdout().lock();
     let mut worst = EXIT_OK;
-    let mut json_rows = Vec::new();
+    // Every result is audited before anything is printed (a closed stdout ends the command).
+    let mut rows = Vec::new();
     for (pid, result) in &results {
         match result {
             Ok((journal, outcome)) => {
-                let what = match outcome {
-                    hotsplice_apply::Recovered::ProcessGone => "process gone; record dropped",
-                    hotsplice_apply::Recovered::RolledBack => "rolled back",
-                    hotsplice_apply::Recovered::Completed => "completed",
-                    hotsplice_apply::Recovered::InProgress => {
-                        "still running in another hotsplice; left alone"
-                    }
+                let outcome = match outcome {
+                    hotsplice_apply::Recovered::ProcessGone => output::RecoverOutcome::ProcessGone,
+                    hotsplice_apply::Recovered::RolledBack => output::RecoverOutcome::RolledBack,
+                    hotsplice_apply::Recovered::Completed => output::RecoverOutcome::Completed,
+                    hotsplice_apply::Recovered::InProgress => output::RecoverOutcome::InProgress,
                 };
                 let operation = match journal.operation {
                     hotsplice_apply::state::Operation::Apply => "apply",
                     hotsplice_apply::state::Operation::Undo => "undo",
                 };
-                crate::trust::audit(json!({
-                    "action": "recover",
-                    "patch": journal.patch.id,
-                    "pids": [pid],
-                    "interrupted": operation,
-                    "outcome": what,
+                crate::trust::audit(AuditRecord {
+                    action: "recover",
+                    patch: Some(journal.patch.id.clone()),
+                    pids: Some(vec![*pid]),
+                    interrupted: Some(operation.to_string()),
+                    outcome: outcome.as_str().to_string(),
+                    ..AuditRecord::default()
+                });
+                rows.push(output::RecoverRow::Done(output::Recovered {
+                    pid: *pid,
+                    patch: journal.patch.id.clone(),
+                    operation: operation.to_string(),
+                    outcome,
                 }));
-                if json_out {
-                    json_rows.push(json!({"pid": pid, "patch": journal.patch.id, "operation": operation, "outcome": what}));
-                } else {
-                    output(writeln!(
-                        out,
-                        "pid {pid}: interrupted {operation} of {}: {what}",
-                        journal.patch.id
-                    ))?;
-                }
             }
             Err(e) => {
-                crate::trust::audit(json!({
-                    "action": "recover",
-                    "pids": [pid],
-                    "outcome": e.class().as_str(),
-                    "reason": e.to_string(),
+                let class = class_of(e);
+                crate::trust::audit(AuditRecord {
+                    action: "recover",
+                    pids: Some(vec![*pid]),
+                    outcome: class.as_str().to_string(),
+                    reason: Some(e.to_string()),
+                    ..AuditRecord::default()
+                });
+                worst = worst.max(class.exit_code());
+                rows.push(output::RecoverRow::Error(output::ProcessError {
+                    pid: *pid,
+                    class,
+                    error: e.to_string(),
                 }));
-                worst = worst.max(exit_code(e.class()));
-                if json_out {
-                    json_rows.push(
-                        json!({"pid": pid, "class": e.class().as_str(), "error": e.to_string()}),
-                    );
-                } else {
-                    output(writeln!(out, "pid {pid}: {e}"))?;
-                }
             }
         }
     }
+    let mut out = std::io::stdout().lock();
     if json_out {
-        output(writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&json!({"ok": worst == EXIT_OK, "recovered": json_rows}))
-                .unwrap_or_default()
-        ))?;
-    } else if results.is_empty() {
-        output(writeln!(out, "nothing to recover"))?;
+        output::emit(
+            &mut out,
+            &output::RecoverReport {
+                ok: worst == EXIT_OK,
+                recovered: rows,
+            },
+        )?;
+    } else if rows.is_empty() {
+        writeln!(out, "nothing to recover")?;
+    } else {
+        for row in &rows {
+            match row {
+                output::RecoverRow::Done(r) => writeln!(
+                    out,
+                    "pid {}: interrupted {} of {}: {}",
+                    r.pid,
+                    r.operation,
+                    r.patch,
+                    r.outcome.as_str()
+                )?,
+                output::RecoverRow::Error(e) => writeln!(out, "pid {}: {}", e.pid, e.error)?,
+            }
+        }
     }
     Ok(ExitCode::from(worst))
 }
@@ -752,9 +565,9 @@ pub fn check(args: &CheckArgs) -> Result<ExitCode, Exit> {
         hotsplice_apply::check(&accepted.bundle, pids, &options, &mut pauses)
     })
     .map_err(|e| fail(e, args.options.json, &pauses))?;
-    output(print_reports(
+    print_reports(
         &Outcome {
-            verb: "checked",
+            action: Action::Checked,
             id: &accepted.bundle.id,
             reports: &reports,
             skipped: &chosen.skipped,
@@ -763,8 +576,8 @@ pub fn check(args: &CheckArgs) -> Result<ExitCode, Exit> {
             hooks: crate::info::hooks(&accepted.bundle),
         },
         args.options.json,
-    ))?;
-    if let Some(code) = failed.iter().map(|(_, e)| exit_code(e.class())).max() {
+    )?;
+    if let Some(code) = failed.iter().map(|(_, e)| class_of(e).exit_code()).max() {
         return Ok(ExitCode::from(code));
     }
     let refuse = reports
@@ -800,9 +613,9 @@ pub fn apply(args: &ApplyArgs) -> Result<ExitCode, Exit> {
         result
     });
     let (reports, failed) = result.map_err(|e| fail(e, args.options.json, &pauses))?;
-    output(print_reports(
+    print_reports(
         &Outcome {
-            verb: "applied",
+            action: Action::Applied,
             id,
             reports: &reports,
             skipped: &chosen.skipped,
@@ -811,11 +624,11 @@ pub fn apply(args: &ApplyArgs) -> Result<ExitCode, Exit> {
             hooks: Vec::new(),
         },
         args.options.json,
-    ))?;
+    )?;
     Ok(ExitCode::from(
         failed
             .iter()
-            .map(|(_, e)| exit_code(e.class()))
+            .map(|(_, e)| class_of(e).exit_code())
             .max()
             .unwrap_or(EXIT_OK),
     ))
@@ -852,9 +665,9 @@ pub fn undo(args: &UndoArgs) -> Result<ExitCode, Exit> {
         result
     });
     let (reports, failed) = result.map_err(|e| fail(e, args.options.json, &pauses))?;
-    output(print_reports(
+    print_reports(
         &Outcome {
-            verb: "undid",
+            action: Action::Undid,
             id: &args.patch,
             reports: &reports,
             skipped: &chosen.skipped,
@@ -863,11 +676,11 @@ pub fn undo(args: &UndoArgs) -> Result<ExitCode, Exit> {
             hooks: Vec::new(),
         },
         args.options.json,
-    ))?;
+    )?;
     Ok(ExitCode::from(
         failed
             .iter()
-            .map(|(_, e)| exit_code(e.class()))
+            .map(|(_, e)| class_of(e).exit_code())
             .max()
             .unwrap_or(EXIT_OK),
     ))
@@ -881,7 +694,7 @@ pub fn list(args: &ListArgs) -> Result<ExitCode, Exit> {
     let worst = listing
         .iter()
         .filter_map(|(_, o)| o.as_ref().err())
-        .map(|e| exit_code(e.class()))
+        .map(|e| class_of(e).exit_code())
         .max()
         .unwrap_or(EXIT_OK);
     let mut out = std::io::stdout().lock();
@@ -889,46 +702,38 @@ pub fn list(args: &ListArgs) -> Result<ExitCode, Exit> {
         let ids = |patches: &[hotsplice_apply::AppliedPatch]| -> Vec<String> {
             patches.iter().map(|p| p.id.clone()).collect()
         };
-        let processes: Vec<Value> = listing
+        let processes = listing
             .iter()
             .map(|(pid, observed)| match observed {
-                Ok(o) => json!({
-                    "pid": pid,
-                    "patches": o.state.patches.iter().map(|p| json!({
-                        "id": p.id,
-                        "module": p.module,
-                        "target": p.target,
-                        "bundle_sha256": p.bundle_sha256,
-                        "applied_unix": p.applied_unix,
-                        "pause_us": p.pause_us,
-                        "regions": p.regions.iter().map(|r| json!({
-                            "address": format!("{:#x}", r.address),
-                            "size": r.size,
-                        })).collect::<Vec<_>>(),
-                        "functions": p.functions.iter().map(|f| json!({
-                            "name": f.name,
-                            "entry": format!("{:#x}", f.entry),
-                            "new_address": format!("{:#x}", f.new_address),
-                        })).collect::<Vec<_>>(),
-                    })).collect::<Vec<_>>(),
-                    "stale_records_dropped": ids(&o.stale),
-                    "unused_patch_memory": ids(&o.unused),
+                Ok(o) => output::Listed::Patches(output::ListedProcess {
+                    pid: *pid,
+                    patches: o
+                        .state
+                        .patches
+                        .iter()
+                        .map(output::ListedPatch::of)
+                        .collect(),
+                    stale_records_dropped: ids(&o.stale),
+                    unused_patch_memory: ids(&o.unused),
                 }),
-                Err(e) => json!({"pid": pid, "class": e.class().as_str(), "error": e.to_string()}),
+                Err(e) => output::Listed::Error(output::ProcessError {
+                    pid: *pid,
+                    class: class_of(e),
+                    error: e.to_string(),
+                }),
             })
             .collect();
-        output(writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(
-                &json!({ "ok": worst == EXIT_OK, "processes": processes })
-            )
-            .unwrap_or_default()
-        ))?;
+        output::emit(
+            &mut out,
+            &output::ListReport {
+                ok: worst == EXIT_OK,
+                processes,
+            },
+        )?;
         return Ok(ExitCode::from(worst));
     }
     if listing.is_empty() {
-        output(writeln!(out, "no live patches recorded"))?;
+        writeln!(out, "no live patches recorded")?;
     }
     for (pid, observed) in &listing {
         let o = match observed {
@@ -939,33 +744,34 @@ pub fn list(args: &ListArgs) -> Result<ExitCode, Exit> {
             }
         };
         if o.state.patches.is_empty() {
-            output(writeln!(out, "pid {pid}: no patches"))?;
+            writeln!(out, "pid {pid}: no patches")?;
         }
         for p in &o.state.patches {
             let names: Vec<&str> = p.functions.iter().map(|f| f.name.as_str()).collect();
-            output(writeln!(
+            writeln!(
                 out,
                 "pid {pid}: {} on {} ({}), paused {} µs",
                 p.id,
                 p.module,
                 names.join(", "),
                 p.pause_us
-            ))?;
+            )?;
         }
         for p in &o.stale {
-            output(writeln!(
+            writeln!(
                 out,
                 "pid {pid}: {} was recorded, but its jumps are not in the code (the program exec'd?): record dropped",
                 p.id
-            ))?;
+            )?;
         }
         for p in &o.unused {
-            output(writeln!(
+            writeln!(
                 out,
                 "pid {pid}: memory of {} is mapped but not in use (forked during an apply?); harmless",
                 p.id
-            ))?;
+            )?;
         }
     }
+    out.flush()?;
     Ok(ExitCode::from(worst))
 }

@@ -3,147 +3,70 @@
 //! This binary is the command line over the library crates: it parses arguments, does the IO,
 //! prints reports and maps outcomes to exit codes. See `ARCHITECTURE.md`.
 
+mod args;
 mod build;
 mod diff;
+mod exit;
 mod info;
 mod installed;
 mod kernel;
 mod live;
+mod output;
+#[cfg(test)]
+mod schema;
 mod trust;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use args::{Cli, Command};
+use clap::Parser;
 
-/// Exit status: the change can be applied (or the command succeeded).
-pub const EXIT_OK: u8 = 0;
-/// Exit status: refused — the change cannot be applied safely; the report says why.
-pub const EXIT_REFUSED: u8 = 1;
-/// Exit status: bad input — unreadable file, not ELF, wrong architecture, bad arguments.
-pub const EXIT_BAD_INPUT: u8 = 2;
-/// Exit status: environment — a failing build, permissions, a process gone, I/O errors.
-pub const EXIT_ENVIRONMENT: u8 = 3;
+pub use exit::{
+    EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_OK, EXIT_REFUSED, ErrorClass, Exit, Reported,
+};
 
-const AFTER_HELP: &str = "\
-Exit status:
-  0  success; for `diff`, the change can be applied live
-  1  refused: the change cannot be applied live (the report names why)
-  2  bad input: unreadable or malformed files, wrong architecture, bad arguments
-  3  environment: the project's build failed, permissions, I/O errors
-
-Not supported: architectures other than x86-64, clang; C++ patches an exception could unwind
-through are refused (cxx-unwind).";
-
-/// Live patching for Linux: turn a source diff into a patch for running programs.
-#[derive(Debug, Parser)]
-#[command(name = "hotsplice", version, about, long_about = None, after_help = AFTER_HELP)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    Build(Box<build::BuildArgs>),
-    Header(build::HeaderArgs),
-    Info(info::InfoArgs),
-    Check(live::CheckArgs),
-    Apply(live::ApplyArgs),
-    Undo(live::UndoArgs),
-    List(live::ListArgs),
-    Recover(live::RecoverArgs),
-    Install(installed::InstallArgs),
-    Uninstall(installed::UninstallArgs),
-    Status(installed::StatusArgs),
-    Watch(installed::WatchArgs),
-    Diff(diff::DiffArgs),
-    Key(trust::KeyArgs),
-    Sign(trust::SignArgs),
-    Kernel(kernel::KernelArgs),
-}
-
-/// An error carrying the exit status it should produce.
-#[derive(Debug)]
-pub struct Exit {
-    /// The exit status.
-    pub code: u8,
-    /// What went wrong.
-    pub error: anyhow::Error,
-}
-
-impl Exit {
-    /// Bad input (exit status 2).
-    pub fn bad_input(error: anyhow::Error) -> Self {
-        Exit {
-            code: EXIT_BAD_INPUT,
-            error,
-        }
+impl From<std::io::Error> for Exit {
+    /// A report that could not be written (a closed pipe among others: see `main`).
+    fn from(error: std::io::Error) -> Self {
+        Exit::environment(anyhow::Error::new(error).context("writing the report"))
     }
 }
 
-/// An error whose JSON object a command already printed (with `--json`).
-#[derive(Debug)]
-pub struct Reported(pub anyhow::Error);
-
-impl std::fmt::Display for Reported {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:#}", self.0)
-    }
+/// Whether an error is stdout's reader having gone away (`hotsplice list | head -1`).
+fn broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
-impl std::error::Error for Reported {}
-
-/// The class name of an exit status, for JSON error objects.
-fn class_of(code: u8) -> &'static str {
-    match code {
-        EXIT_REFUSED => "refused",
-        EXIT_BAD_INPUT => "bad-input",
-        _ => "environment",
-    }
-}
-
-impl Command {
-    /// Whether the command was asked for JSON output.
-    fn json(&self) -> bool {
-        match self {
-            // `build` prints its own JSON for every outcome, errors included.
-            Command::Build(_) | Command::Header(_) => false,
-            Command::Info(a) => a.json,
-            Command::Check(a) => a.json(),
-            Command::Apply(a) => a.json(),
-            Command::Undo(a) => a.json(),
-            Command::List(a) => a.json(),
-            Command::Recover(a) => a.json(),
-            Command::Install(a) => a.json(),
-            Command::Uninstall(a) => a.json(),
-            Command::Status(a) => a.json(),
-            Command::Watch(_) => false,
-            Command::Diff(a) => a.json,
-            Command::Kernel(a) => a.json(),
-            Command::Key(_) | Command::Sign(_) => false,
-        }
-    }
-
-    /// Whether it works on running processes (and so must not be stopped or interrupted
-    /// half-way).
-    fn live(&self) -> bool {
-        matches!(
-            self,
-            Command::Check(_)
-                | Command::Apply(_)
-                | Command::Undo(_)
-                | Command::Recover(_)
-                | Command::List(_)
-                | Command::Install(_)
-                | Command::Uninstall(_)
-                | Command::Status(_)
-                | Command::Watch(_)
-        )
+/// The JSON object of a failed command, when it was asked for JSON.
+fn error_report(command: &Command, exit: &Exit) -> Option<output::Failure> {
+    let error = format!("{:#}", exit.error);
+    match command {
+        // `build --json` reports every outcome in its own shape, errors included.
+        Command::Build(args) => args.json.then(|| {
+            output::Failure::Build(output::BuildError {
+                outcome: output::Failed::Error,
+                exit: exit.code(),
+                error,
+            })
+        }),
+        command => command
+            .json()
+            .then_some(output::Failure::Command(output::ErrorReport {
+                ok: false,
+                class: exit.class,
+                error,
+                pause: None,
+            })),
     }
 }
 
 fn run(cli: &Cli) -> Result<ExitCode, Exit> {
     match &cli.command {
+        Command::Build(args) if args.kernel.enabled => kernel::build(args),
         Command::Build(args) => build::run(args),
         Command::Header(args) => build::header(args),
         Command::Info(args) => info::run(args),
@@ -212,25 +135,30 @@ fn main() -> ExitCode {
     };
     let code = match run(&cli) {
         Ok(code) => code,
+        // The reader of the report went away: nothing more to say, and no one to say it to.
+        Err(exit) if broken_pipe(&exit.error) => ExitCode::from(EXIT_OK),
         Err(exit) => {
-            let reported = exit.error.downcast_ref::<Reported>().is_some();
-            if cli.command.json() && !reported {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "ok": false,
-                        "class": class_of(exit.code),
-                        "error": format!("{:#}", exit.error),
-                    })
-                );
+            if !exit.error.is::<Reported>() {
+                // With `--json`, every failure is a JSON object on stdout too.
+                let report = error_report(&cli.command, &exit);
+                if let Some(Err(e)) =
+                    report.map(|r| output::emit(&mut std::io::stdout().lock(), &r))
+                    && e.kind() != std::io::ErrorKind::BrokenPipe
+                {
+                    eprintln!("hotsplice: error: writing the error report: {e}");
+                }
             }
             eprintln!("hotsplice: error: {:#}", exit.error);
-            ExitCode::from(exit.code)
+            ExitCode::from(exit.code())
         }
     };
     if cli.command.live() {
         use std::io::Write;
-        let _ = std::io::stdout().flush();
+        if let Err(e) = std::io::stdout().flush()
+            && e.kind() != std::io::ErrorKind::BrokenPipe
+        {
+            eprintln!("hotsplice: error: writing the report: {e}");
+        }
         // The target is released: a held-back stop now takes effect, and the guardian must
         // not undo it.
         drop(guardian);

@@ -15,45 +15,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
-use clap::{Args, Subcommand};
 use hotsplice_bundle::signature::SecretKey;
 pub use hotsplice_trust::DEFAULT_TRUST_DIR;
 use hotsplice_trust::{MAX_KEY, Policy, detached_path};
-use serde_json::{Value, json};
 
-use crate::{EXIT_ENVIRONMENT, EXIT_OK, EXIT_REFUSED, Exit};
-
-/// Manage signing keys.
-#[derive(Debug, Args)]
-pub struct KeyArgs {
-    #[command(subcommand)]
-    command: KeyCommand,
-}
-
-#[derive(Debug, Subcommand)]
-enum KeyCommand {
-    /// Generate an ed25519 key pair: PATH.key (secret, mode 0600) and PATH.pub. Install the
-    /// .pub file in the trusted-keys directory of the machines that may apply its bundles.
-    Generate {
-        /// Path of the key pair, without extension.
-        #[arg(long, value_name = "PATH")]
-        out: PathBuf,
-    },
-}
-
-/// Sign a bundle (adds a signature; the content is unchanged), or a kernel livepatch module
-/// (writes or extends its detached signature, `FILE.hsig`).
-#[derive(Debug, Args)]
-pub struct SignArgs {
-    /// The bundle (signed in place unless -o is given) or kernel module.
-    bundle: PathBuf,
-    /// The secret key (from `hotsplice key generate`).
-    #[arg(long, value_name = "KEY")]
-    key: PathBuf,
-    /// Where to write the signed bundle.
-    #[arg(short = 'o', long, value_name = "FILE")]
-    output: Option<PathBuf>,
-}
+use crate::args::{KeyArgs, KeyCommand, SignArgs};
+use crate::output::AuditRecord;
+use crate::{EXIT_OK, Exit};
 
 /// Reads a secret key file.
 pub fn read_secret(path: &Path) -> Result<SecretKey, Exit> {
@@ -72,10 +40,7 @@ pub fn key(args: &KeyArgs) -> Result<ExitCode, Exit> {
     let KeyCommand::Generate { out } = &args.command;
     let secret = SecretKey::generate()
         .context("generating a key")
-        .map_err(|error| Exit {
-            code: EXIT_ENVIRONMENT,
-            error,
-        })?;
+        .map_err(Exit::environment)?;
     let secret_path = out.with_extension("key");
     let public_path = out.with_extension("pub");
     let write = |path: &Path, text: &str, mode: u32| -> anyhow::Result<()> {
@@ -91,12 +56,13 @@ pub fn key(args: &KeyArgs) -> Result<ExitCode, Exit> {
     write(&secret_path, &secret.to_text(), 0o600)
         .and_then(|()| write(&public_path, &secret.public().to_text(), 0o644))
         .map_err(Exit::bad_input)?;
-    println!(
+    writeln!(
+        std::io::stdout().lock(),
         "key {}: secret {} (keep it private), public {} (install in {DEFAULT_TRUST_DIR}/)",
         secret.public().id(),
         secret_path.display(),
         public_path.display()
-    );
+    )?;
     Ok(ExitCode::from(EXIT_OK))
 }
 
@@ -125,16 +91,14 @@ pub fn sign(args: &SignArgs) -> Result<ExitCode, Exit> {
             )));
         }
         // A kernel livepatch module: a detached signature beside it.
-        let path = sign_module(&args.bundle, &bytes, &key).map_err(|error| Exit {
-            code: EXIT_ENVIRONMENT,
-            error,
-        })?;
-        println!(
+        let path = sign_module(&args.bundle, &bytes, &key).map_err(Exit::environment)?;
+        writeln!(
+            std::io::stdout().lock(),
             "signed {} with key {}: {}",
             args.bundle.display(),
             key.public().id(),
             path.display()
-        );
+        )?;
         return Ok(ExitCode::from(EXIT_OK));
     }
     let signed = hotsplice_bundle::add_signature(&bytes, &key)
@@ -143,11 +107,13 @@ pub fn sign(args: &SignArgs) -> Result<ExitCode, Exit> {
     let out = args.output.as_ref().unwrap_or(&args.bundle);
     std::fs::write(out, signed)
         .with_context(|| format!("writing {}", out.display()))
-        .map_err(|error| Exit {
-            code: EXIT_ENVIRONMENT,
-            error,
-        })?;
-    println!("signed {} with key {}", out.display(), key.public().id());
+        .map_err(Exit::environment)?;
+    writeln!(
+        std::io::stdout().lock(),
+        "signed {} with key {}",
+        out.display(),
+        key.public().id()
+    )?;
     Ok(ExitCode::from(EXIT_OK))
 }
 
@@ -164,25 +130,25 @@ pub fn accept(
     }
     .accept_bundle(sealed)
     .map(|signer| signer.to_string())
-    .map_err(|e| Exit {
-        code: EXIT_REFUSED,
-        error: anyhow::Error::new(e),
-    })
+    .map_err(|e| Exit::refused(anyhow::Error::new(e)))
 }
 
 /// Appends a record to the audit log: syslog (`/dev/log`) when present, else a root-only file
 /// (`$HOTSPLICE_AUDIT_LOG`, default `/var/log/hotsplice/audit.log`). Failures to log are
 /// reported on stderr, never fatal.
-pub fn audit(record: Value) {
-    let mut record = record;
-    record["time_unix"] = json!(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    );
-    record["hotsplice_pid"] = json!(std::process::id());
-    let line = record.to_string();
+pub fn audit(mut record: AuditRecord) {
+    record.time_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    record.hotsplice_pid = std::process::id();
+    let line = match serde_json::to_string(&record) {
+        Ok(line) => line,
+        Err(e) => {
+            eprintln!("hotsplice: warning: audit record: {e}");
+            return;
+        }
+    };
     if let Some(path) = std::env::var_os("HOTSPLICE_AUDIT_LOG") {
         if let Err(e) = append(Path::new(&path), &line) {
             eprintln!(

@@ -58,7 +58,7 @@ fn builds_a_bundle_and_keeps_line_numbers_below_the_hunk() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v = json(&out);
+    let v = json("build", &out);
     assert_eq!(v["outcome"], "written");
     // `checksum` sits below the hunk and contains an assert (__LINE__): it must not change.
     assert_eq!(strings(&v["replaced"]), ["clamp"]);
@@ -89,7 +89,7 @@ fn builds_a_bundle_and_keeps_line_numbers_below_the_hunk() {
         .arg(dir.join("fix.hsp"))
         .output()
         .unwrap();
-    let v = json(&info);
+    let v = json("info", &info);
     assert_eq!(
         v["bundle"]["objects"][0]["replacements"][0]["name"],
         "clamp"
@@ -104,7 +104,7 @@ fn builds_a_bundle_and_keeps_line_numbers_below_the_hunk() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v = json(&out);
+    let v = json("build", &out);
     assert_eq!(v["pre_cached"], Value::Bool(true));
     // is_valid is inlined into handle, so handle is what changes.
     assert_eq!(strings(&v["replaced"]), ["handle"]);
@@ -141,7 +141,7 @@ fn without_line_directives_the_assert_below_the_hunk_changes() {
         .arg(dir.join("post.o"))
         .output()
         .unwrap();
-    let v = json(&out);
+    let v = json("diff", &out);
     let changed: Vec<&str> = v["functions"]
         .as_array()
         .unwrap()
@@ -162,7 +162,7 @@ fn data_change_is_refused_and_writes_no_bundle() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v = json(&out);
+    let v = json("build", &out);
     assert_eq!(v["outcome"], "refused");
     assert_eq!(v["refusals"][0]["kind"], "data-changed");
     assert_eq!(v["refusals"][0]["symbol"], "max_length");
@@ -179,7 +179,7 @@ fn build_configuration_change_is_refused() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v = json(&out);
+    let v = json("build", &out);
     assert_eq!(v["outcome"], "refused");
     assert_eq!(v["refusals"][0]["kind"], "build-changed");
     assert_eq!(v["refusals"][0]["symbol"], "Makefile");
@@ -191,7 +191,7 @@ fn comment_only_change_is_nothing_to_patch() {
     let dir = scratch("build-comment");
     let out = build(&dir.join("cache"), "comment.patch", &dir.join("c.hsp"));
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(json(&out)["outcome"], "nothing-to-patch");
+    assert_eq!(json("build", &out)["outcome"], "nothing-to-patch");
     assert!(!dir.join("c.hsp").exists());
 }
 
@@ -248,7 +248,7 @@ fn a_diff_touching_two_files_makes_one_bundle() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v = json(&out);
+    let v = json("build", &out);
     let mut replaced = strings(&v["replaced"]);
     replaced.sort();
     assert_eq!(replaced, ["clamp", "handle"]);
@@ -262,7 +262,7 @@ fn hotsplice_bundle_objects(path: &Path) -> Vec<String> {
         .arg(path)
         .output()
         .unwrap();
-    let v = json(&out);
+    let v = json("info", &out);
     let mut objects: Vec<String> = v["bundle"]["objects"]
         .as_array()
         .unwrap()

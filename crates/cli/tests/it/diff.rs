@@ -59,7 +59,7 @@ fn patchable_change_exits_0_and_names_the_function() {
 
     let out = diff(&["--json"], &[&pre, &post]);
     assert_eq!(out.status.code(), Some(0));
-    let v = json(&out);
+    let v = json("diff", &out);
     assert_eq!(v["patchable"], Value::Bool(true));
     let functions = v["functions"].as_array().unwrap();
     let check = functions.iter().find(|f| f["name"] == "check").unwrap();
@@ -79,7 +79,7 @@ fn refused_change_exits_1_with_the_symbol_named() {
     let post = compile(&dir, "post", DATA, &["-g"]);
     let out = diff(&["--json"], &[&pre, &post]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let v = json(&out);
+    let v = json("diff", &out);
     assert_eq!(v["patchable"], Value::Bool(false));
     let refusal = &v["refusals"][0];
     assert_eq!(refusal["kind"], "data-changed");
@@ -157,7 +157,7 @@ fn directories_pair_objects_by_relative_path() {
 
     let out = diff(&["--json"], &[&a, &b]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let v = json(&out);
+    let v = json("diff", &out);
     let functions = v["functions"].as_array().unwrap();
     let find = |name: &str| {
         functions
@@ -181,7 +181,7 @@ fn missing_debug_info_is_a_warning() {
     let post = compile(&dir, "post", FIXED, &[]);
     let out = diff(&["--json"], &[&pre, &post]);
     assert_eq!(out.status.code(), Some(0));
-    let v = json(&out);
+    let v = json("diff", &out);
     let warning = v["warnings"][0]["warning"].as_str().unwrap();
     assert!(
         warning.contains("struct layouts were not checked"),

@@ -44,7 +44,7 @@ fn listed(fixture: &Fixture, pid: u32) -> Vec<String> {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    json(&out)["processes"][0]["patches"]
+    json("list", &out)["processes"][0]["patches"]
         .as_array()
         .unwrap()
         .iter()
@@ -157,7 +157,7 @@ fn concurrent_apply_and_undo_and_recover() {
         let (x, y) = (x.wait_with_output().unwrap(), y.wait_with_output().unwrap());
         assert_eq!(code(&x), Some(0), "{i}: {}", stderr(&x));
         assert_eq!(code(&y), Some(0), "{i}: recover: {}", stderr(&y));
-        let recovered = json(&y);
+        let recovered = json("recover", &y);
         assert!(
             recovered["recovered"]
                 .as_array()
@@ -185,13 +185,13 @@ fn single_threaded_target_is_stopped_once() {
     for i in 0..20 {
         let out = fixture.run(&["apply", fixture.bundle("work"), "--pid", &pid]);
         assert_eq!(code(&out), Some(0), "{i}: {}", stderr(&out));
-        let v = json(&out);
+        let v = json("live", &out);
         assert_eq!(v["processes"][0]["stops"], 1, "{v}");
         assert_eq!(v["processes"][0]["threads"], 1, "{v}");
         assert!(target.work_patched());
         let out = fixture.run(&["undo", &id, "--pid", &pid]);
         assert_eq!(code(&out), Some(0), "{i}: {}", stderr(&out));
-        assert_eq!(json(&out)["processes"][0]["stops"], 1);
+        assert_eq!(json("live", &out)["processes"][0]["stops"], 1);
         consistent(&fixture, &mut target, &[], &format!("single {i}"));
     }
 }
@@ -214,7 +214,7 @@ fn processes_sharing_memory_are_stopped_and_patched_together() {
             &sibling,
         ]);
         assert_eq!(code(&out), Some(0), "{i}: {}", stderr(&out));
-        let v = json(&out);
+        let v = json("live", &out);
         assert_eq!(v["processes"].as_array().unwrap().len(), 1, "{v}");
         assert_eq!(v["processes"][0]["sharers"][0].to_string(), sibling, "{v}");
         let again = fixture.run(&["apply", fixture.bundle("work"), "--pid", &sibling]);
@@ -247,7 +247,7 @@ fn seccomp_filters_are_obeyed_not_tripped() {
                 err.contains("seccomp") && err.contains(verdict) && err.contains("mmap"),
                 "{filter}/{threads}: {err}"
             );
-            assert_eq!(json(&out)["class"], "refused");
+            assert_eq!(json("live", &out)["class"], "refused");
             consistent(&fixture, &mut target, &[], filter);
             assert!(!target.work_patched());
         }
@@ -445,7 +445,7 @@ fn state_directory_and_records_are_not_trusted() {
     let out = apply(&fixture.state);
     assert_eq!(code(&out), Some(0), "{}", stderr(&out));
     let entry = u64::from_str_radix(
-        json(&out)["processes"][0]["functions"][0]["entry"]
+        json("live", &out)["processes"][0]["functions"][0]["entry"]
             .as_str()
             .unwrap()
             .trim_start_matches("0x"),
@@ -510,7 +510,7 @@ fn a_callee_of_another_version_is_refused() {
     let pid = target.pid().to_string();
     let out = own.run(&["apply", own.bundle("helper"), "--pid", &pid]);
     assert_eq!(code(&out), Some(0), "{}", stderr(&out));
-    assert_eq!(json(&out)["processes"][0]["same_build"], false);
+    assert_eq!(json("live", &out)["processes"][0]["same_build"], false);
     assert!(target.aux_patched());
     target.healthy("own build");
 }
@@ -544,7 +544,7 @@ fn untrusted_inputs_are_refused_promptly() {
         "{}",
         stderr(&out)
     );
-    assert_eq!(json(&out)["ok"], false);
+    assert_eq!(json("live", &out)["ok"], false);
     // A key that is a link into a directory another user owns.
     let elsewhere = fixture.dir.join("nobodys");
     std::fs::create_dir(&elsewhere).unwrap();
@@ -584,7 +584,7 @@ fn untrusted_inputs_are_refused_promptly() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(code(&out), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("MiB"), "{}", stderr(&out));
-    assert_eq!(json(&out)["class"], "bad-input");
+    assert_eq!(json("live", &out)["class"], "bad-input");
     // An unsigned kernel module is never loaded.
     let module = fixture.dir.join("fake.ko");
     std::fs::write(&module, b"\x7fELF not really a module").unwrap();
@@ -596,6 +596,6 @@ fn untrusted_inputs_are_refused_promptly() {
         .unwrap();
     assert_eq!(code(&out), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("no signature"), "{}", stderr(&out));
-    assert_eq!(json(&out)["ok"], false);
+    assert_eq!(json("kernel", &out)["ok"], false);
     assert!(patch_memory(target.pid()).is_empty());
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{json, scratch};
+use crate::{json, json_any, scratch};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/live")
@@ -76,7 +76,7 @@ impl Setup {
             "{}",
             String::from_utf8_lossy(&result.stderr)
         );
-        let id = json(&result)["id"].as_str().unwrap().to_string();
+        let id = json("build", &result)["id"].as_str().unwrap().to_string();
         (out, id)
     }
 
@@ -212,7 +212,7 @@ pub fn ok(out: &Output) -> Value {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    json(out)
+    json_any(out)
 }
 
 fn entry_of(v: &Value, function: &str) -> u64 {
@@ -344,7 +344,7 @@ fn never_returning_function_is_refused_with_that_reason() {
     // `check` predicts what apply will do: refuse (exit 1), naming the thread's main loop.
     let out = setup.live("check", bundle.to_str().unwrap(), pid);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let checked = json(&out);
+    let checked = json("live", &out);
     let prediction = &checked["processes"][0]["prediction"];
     assert_eq!(prediction["action"], "refuse", "{checked}");
     assert!(
@@ -591,7 +591,7 @@ fn stacking_on_the_same_function() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let on_top_id = json(&out)["id"].as_str().unwrap().to_string();
+    let on_top_id = json("build", &out)["id"].as_str().unwrap().to_string();
 
     let app = App::start(&setup.app, 2);
     let pid = app.pid();
@@ -672,7 +672,10 @@ fn pid_running(exe: &Path) -> Option<u32> {
 /// was built from (its pre build, same build-id), as an installed package's library would be.
 fn installed_library(dir: &Path) -> (PathBuf, PathBuf) {
     let (tree, bundle) = build_fixture(dir, "lib", "lib.patch", "libgreet.so");
-    let info = json(&hotsplice(&["info", bundle.to_str().unwrap(), "--json"]));
+    let info = json(
+        "info",
+        &hotsplice(&["info", bundle.to_str().unwrap(), "--json"]),
+    );
     let want = info["bundle"]["target"]["build_id"]
         .as_str()
         .expect("bundle build-id")
@@ -1008,7 +1011,7 @@ fn a_later_patch_calls_a_function_new_in_an_earlier_one() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let later_id = json(&out)["id"].as_str().unwrap().to_string();
+    let later_id = json("build", &out)["id"].as_str().unwrap().to_string();
 
     let app = App::start(&setup.app, 2);
     let pid = app.pid();

@@ -24,6 +24,8 @@ mod hostile;
 mod lifecycle;
 /// `hotsplice check | apply | undo | list` on real processes.
 mod live;
+/// Every command's `--json` output against its documented schema (docs/json.md).
+mod schema;
 /// Semantic patches: hooks and shadow data (`hotsplice.h`).
 mod semantic;
 /// `hotsplice build` on the ways projects build: one-call compile+link, bundled static
@@ -44,15 +46,33 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// The JSON on a command's stdout.
-pub fn json(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+/// The JSON on a command's stdout, checked against its documented schema
+/// (`docs/json/<schema>.schema.json`).
+pub fn json(schema: &str, output: &Output) -> Value {
+    let value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
         panic!(
             "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         )
-    })
+    });
+    if let Err(problems) = schema::check(schema, &value) {
+        panic!("{problems}\nstdout:\n{value:#}");
+    }
+    value
+}
+
+/// The JSON on a command's stdout, checked against the schema of the command whose report
+/// it is (by the keys only that report has: see `schema::infer`).
+pub fn json_any(output: &Output) -> Value {
+    let value: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    json(schema::infer(&value), output)
 }
 
 /// Where the test key pair lives: (secret key, trusted-keys directory, audit log).

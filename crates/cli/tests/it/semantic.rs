@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::{json, scratch};
+use crate::{json, json_any, scratch};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/semantic")
@@ -75,7 +75,7 @@ impl Setup {
             String::from_utf8_lossy(&result.stdout),
             String::from_utf8_lossy(&result.stderr)
         );
-        let id = json(&result)["id"].as_str().unwrap().to_string();
+        let id = json("build", &result)["id"].as_str().unwrap().to_string();
         (out.display().to_string(), id)
     }
 
@@ -155,7 +155,7 @@ fn ok(out: &Output) -> Value {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    json(out)
+    json_any(out)
 }
 
 #[test]

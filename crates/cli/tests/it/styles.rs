@@ -62,7 +62,7 @@ fn build(dir: &Path, style: &str, patch: &str, target: &str, extra: &[&str]) -> 
 
 fn written(out: &Output) -> Value {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(out));
-    let v = json(out);
+    let v = json("build", out);
     assert_eq!(v["outcome"], "written", "{v:#}");
     v
 }
@@ -173,7 +173,7 @@ fn a_fix_to_a_bundled_static_library_the_build_does_not_rebuild_is_recompiled() 
     // A member of the archive the linker did not pull in is not part of the program.
     let out = build(&dir, "vendored", "unused.patch", "app", &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let v = json(&out);
+    let v = json("build", &out);
     assert_eq!(v["outcome"], "nothing-to-patch");
     assert_eq!(
         file_status(&v, "vendor/unused.c"),
@@ -258,7 +258,7 @@ fn a_failed_build_is_reported_as_a_failed_build() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    let v = json(&out);
+    let v = json("build", &out);
     assert_eq!(v["outcome"], "error");
     assert!(
         v["error"].as_str().unwrap().contains("post build failed"),
@@ -301,7 +301,7 @@ fn a_tree_with_build_outputs_is_refused_with_what_to_do() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    let error = json(&out)["error"].as_str().unwrap().to_string();
+    let error = json("build", &out)["error"].as_str().unwrap().to_string();
     assert!(error.contains("already contains build outputs"), "{error}");
     assert!(error.contains("make clean"), "{error}");
     // No cache entry is left half made.
@@ -390,7 +390,7 @@ fn a_series_builds_each_patch_on_the_previous_and_applies_in_order() {
         .unwrap();
     // One patch is refused: exit 1, the others still get their bundles.
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let v = json(&out);
+    let v = json("build", &out);
     let patches = v["patches"].as_array().unwrap();
     let outcomes: Vec<&str> = patches
         .iter()
@@ -550,7 +550,7 @@ fn a_cxx_program_is_patched_and_exceptions_through_patch_code_are_refused() {
     // code, which has no registered unwind table.
     let out = build(&dir, "cxx", "throw.patch", "app", &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let refused = json(&out);
+    let refused = json("build", &out);
     assert_eq!(refused["outcome"], "refused");
     assert_eq!(refused["refusals"][0]["kind"], "cxx-unwind");
     assert_eq!(refused["refusals"][0]["symbol"], "_ZN4shop5labelB5cxx11Ei");

@@ -77,7 +77,7 @@ impl Fixture {
                 "{}",
                 String::from_utf8_lossy(&result.stderr)
             );
-            let id = json(&result)["id"].as_str().unwrap().to_string();
+            let id = json("build", &result)["id"].as_str().unwrap().to_string();
             fixture
                 .bundles
                 .insert(patch, (out.display().to_string(), id));
