@@ -930,10 +930,12 @@ fn render(c: &Corpus, doc: &Value) -> String {
             md,
             "\n## Every process that maps the library\n\n\
              Bundle {} of the series (`{}`) installed with `hotsplice install --file` for the \
-             built `libcurl.so`, with {} clients fetching every 20 ms — one as built, one whose \
-             executable was deleted after it started, one in a PID namespace of its own: \
-             patched {:?} of {:?} (all: {}); every client kept fetching: {}. `hotsplice watch` \
-             patched a client started afterwards in {} (it kept fetching: {}). `status`: {:?}. \
+             plain build's `libcurl.so` (another build of the same source than the series' \
+             own, so another build-id: `install` records the file's build and run-pre matching \
+             proves each process's code), with {} clients fetching every 20 ms — one as built, \
+             one whose executable was deleted after it started, one in a PID namespace of its \
+             own: patched {} of {} (all: {}); every client kept fetching: {}. `hotsplice watch` \
+             patched a client started afterwards in {} (it kept fetching: {}). `status`: {}. \
              `uninstall` undid {} processes; all kept fetching: {}. Transfers: {} ok, {} failed.",
             e["bundle_index"],
             e["patch"].as_str().unwrap_or(""),
@@ -1433,6 +1435,10 @@ fn spawn_client(mut command: Command, libs: &Path) -> Result<(Killed, Arc<Servic
 
 /// The pid of the process running `exe` (or its deleted copy), waiting up to 5 s.
 fn pid_running(exe: &Path) -> Option<u32> {
+    // `/proc/PID/exe` is canonical; the evaluation's paths go through `xtask/..`.
+    let dir = exe.parent()?.canonicalize().ok()?;
+    let exe = dir.join(exe.file_name()?);
+    let exe = exe.as_path();
     let deleted = format!("{} (deleted)", exe.display());
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {

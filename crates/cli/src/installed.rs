@@ -138,12 +138,17 @@ struct Installed {
     bundle: hotsplice_bundle::Bundle,
     sha256: String,
     file: Option<PathBuf>,
+    /// The build-id `file` had when the bundle was installed.
+    file_build_id: Option<String>,
 }
 
 impl Installed {
     fn select(&self) -> Select {
         match &self.file {
-            Some(f) => Select::File(f.clone()),
+            Some(f) => Select::Installed {
+                path: f.clone(),
+                build_id: self.file_build_id.clone(),
+            },
             None => Select::BuildId,
         }
     }
@@ -206,6 +211,7 @@ fn load(store: &Path, trust: &TrustOptions) -> Result<Vec<Installed>, Exit> {
             .unwrap_or_default();
         out.push(Installed {
             file: meta["file"].as_str().map(PathBuf::from),
+            file_build_id: meta["file_build_id"].as_str().map(str::to_string),
             bundle: accepted.bundle,
             sha256: accepted.sha256,
         });
@@ -218,6 +224,8 @@ fn load(store: &Path, trust: &TrustOptions) -> Result<Vec<Installed>, Exit> {
 struct Rollout {
     patched: Vec<i32>,
     failed: Vec<(i32, String)>,
+    /// Processes that map another build of the file (never patched), with that build-id.
+    other: Vec<(i32, Option<String>)>,
 }
 
 /// Applies `installed` to those of `pids` (all processes when `None`) that map its file and
@@ -232,7 +240,11 @@ fn roll_out(installed: &Installed, pids: Option<&[i32]>, options: &Options) -> R
     let Ok(found) = found else {
         return rollout;
     };
-    for f in found.into_iter().filter(|f| f.version == Version::Target) {
+    for f in found {
+        if let Version::Other { build_id } = f.version {
+            rollout.other.push((f.pid, build_id));
+            continue;
+        }
         let has = hotsplice_apply::list(&[f.pid], options)
             .ok()
             .and_then(|l| l.into_iter().next())
@@ -286,9 +298,17 @@ pub fn install(args: &InstallArgs) -> Result<ExitCode, Exit> {
         std::fs::rename(&tmp, dir.join(name))?;
         Ok(())
     };
+    // The file's build now: processes that map it are the bundle's target even when the
+    // bundle was built elsewhere from the same source (run-pre matching proves that per
+    // process); after an upgrade, the new build is not.
+    let file_build_id = args
+        .file
+        .as_deref()
+        .and_then(hotsplice_apply::discover::file_build_id);
     let meta = json!({
         "id": id,
         "file": args.file.as_ref().map(|f| f.display().to_string()),
+        "file_build_id": file_build_id,
         "installed_unix": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "bundle_sha256": accepted.sha256,
     });
@@ -299,6 +319,7 @@ pub fn install(args: &InstallArgs) -> Result<ExitCode, Exit> {
         bundle: accepted.bundle,
         sha256: accepted.sha256,
         file: args.file.clone(),
+        file_build_id,
     };
     let rollout = if args.no_apply {
         Rollout::default()
@@ -316,6 +337,7 @@ pub fn install(args: &InstallArgs) -> Result<ExitCode, Exit> {
                 "target": installed.target(),
                 "patched": rollout.patched,
                 "failed": rollout.failed.iter().map(|(pid, e)| json!({"pid": pid, "error": e})).collect::<Vec<_>>(),
+                "other_build": rollout.other.iter().map(|(pid, b)| json!({"pid": pid, "build_id": b})).collect::<Vec<_>>(),
             })
         ))?;
     } else {
@@ -326,8 +348,26 @@ pub fn install(args: &InstallArgs) -> Result<ExitCode, Exit> {
             rollout.patched.len(),
             if args.no_apply { " (--no-apply)" } else { "" }
         ))?;
+        if let (Some(have), Some(built)) = (
+            installed.file_build_id.as_deref(),
+            installed.bundle.target.build_id.as_deref(),
+        ) && have != built
+        {
+            output(writeln!(
+                out,
+                "note: the file's build-id is {have}, the bundle was built from {built}: each \
+                 process's code is proven the same by run-pre matching before it is patched"
+            ))?;
+        }
         for (pid, e) in &rollout.failed {
             output(writeln!(out, "failed pid {pid}: {e}"))?;
+        }
+        for (pid, build_id) in &rollout.other {
+            output(writeln!(
+                out,
+                "skipped pid {pid}: it maps another build of the file (build-id {}): not patched",
+                build_id.as_deref().unwrap_or("none")
+            ))?;
         }
     }
     Ok(ExitCode::from(if rollout.failed.is_empty() {
