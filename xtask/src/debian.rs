@@ -930,10 +930,12 @@ fn render(c: &Corpus, doc: &Value) -> String {
             md,
             "\n## Every process that maps the library\n\n\
              Bundle {} of the series (`{}`) installed with `hotsplice install --file` for the \
-             built `libcurl.so`, with {} clients fetching every 20 ms — one as built, one whose \
-             executable was deleted after it started, one in a PID namespace of its own: \
-             patched {:?} of {:?} (all: {}); every client kept fetching: {}. `hotsplice watch` \
-             patched a client started afterwards in {} (it kept fetching: {}). `status`: {:?}. \
+             plain build's `libcurl.so` (another build of the same source than the series' \
+             own, so another build-id: `install` records the file's build and run-pre matching \
+             proves each process's code), with {} clients fetching every 20 ms — one as built, \
+             one whose executable was deleted after it started, one in a PID namespace of its \
+             own: patched {} of {} (all: {}); every client kept fetching: {}. `hotsplice watch` \
+             patched a client started afterwards in {} (it kept fetching: {}). `status`: {}. \
              `uninstall` undid {} processes; all kept fetching: {}. Transfers: {} ok, {} failed.",
             e["bundle_index"],
             e["patch"].as_str().unwrap_or(""),
@@ -1431,8 +1433,12 @@ fn spawn_client(mut command: Command, libs: &Path) -> Result<(Killed, Arc<Servic
     Ok((child, service))
 }
 
-/// The pid of the process running `exe` (or its deleted copy), waiting up to 5 s.
-fn pid_running(exe: &Path) -> Option<u32> {
+/// The pid of the child of `parent` running `exe` (or its deleted copy), waiting up to 5 s.
+fn pid_running(exe: &Path, parent: u32) -> Option<u32> {
+    // `/proc/PID/exe` is canonical; the evaluation's paths go through `xtask/..`.
+    let dir = exe.parent()?.canonicalize().ok()?;
+    let exe = dir.join(exe.file_name()?);
+    let exe = exe.as_path();
     let deleted = format!("{} (deleted)", exe.display());
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
@@ -1440,8 +1446,18 @@ fn pid_running(exe: &Path) -> Option<u32> {
             let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
                 continue;
             };
+            let child_of_parent = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|status| {
+                    status
+                        .lines()
+                        .find_map(|l| l.strip_prefix("PPid:"))
+                        .and_then(|v| v.trim().parse::<u32>().ok())
+                })
+                == Some(parent);
             if let Ok(link) = std::fs::read_link(format!("/proc/{pid}/exe"))
                 && (link == exe || link.to_string_lossy() == deleted)
+                && child_of_parent
             {
                 return Some(pid);
             }
@@ -1486,8 +1502,8 @@ fn everywhere_curl(work: &Path, library: &Path, rows: &[Value]) -> Result<Value>
         .arg(dir.join("client-c"))
         .arg(&url);
     clients.push(spawn_client(contained, &libs)?);
-    let contained_pid =
-        pid_running(&dir.join("client-c")).context("the client in a PID namespace")?;
+    let contained_pid = pid_running(&dir.join("client-c"), clients[2].0.0.id())
+        .context("the client in a PID namespace")?;
     let mut pids: Vec<u32> = vec![clients[0].0.0.id(), clients[1].0.0.id(), contained_pid];
     for (_, service) in &clients {
         if !service.serves(10, Duration::from_secs(20)) {

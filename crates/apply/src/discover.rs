@@ -21,6 +21,29 @@ pub enum Select {
     /// Every process mapping this file, or a file that was at this path (since deleted or
     /// replaced on disk, or the same path in another mount namespace).
     File(PathBuf),
+    /// As [`Select::File`], for a bundle installed for that file: a process that maps the
+    /// build the file had when the bundle was installed (`build_id`) is the bundle's target
+    /// too, even when the bundle was built elsewhere (from the same source, so another
+    /// build-id: run-pre matching at apply proves the code the same). Another build — the
+    /// fixed one after an upgrade — is still skipped.
+    Installed {
+        /// The file.
+        path: PathBuf,
+        /// Its build-id when the bundle was installed.
+        build_id: Option<String>,
+    },
+}
+
+/// The build-id of an ELF file on disk (hex), if it has one.
+pub fn file_build_id(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(64 << 10)
+        .read_to_end(&mut head)
+        .ok()?;
+    hotsplice_matcher::build_id(&head).map(|b| hex::encode(&b))
 }
 
 /// What a found process maps.
@@ -135,6 +158,10 @@ pub fn discover(select: &Select, bundle: &Bundle) -> Result<Vec<Found>, Error> {
 /// [`discover`] among the given processes only.
 pub fn discover_in(select: &Select, bundle: &Bundle, pids: &[i32]) -> Result<Vec<Found>, Error> {
     let want_id = bundle.target.build_id.clone();
+    let also_id = match select {
+        Select::Installed { build_id, .. } => build_id.clone(),
+        _ => None,
+    };
     let file = match select {
         Select::BuildId if want_id.is_none() => {
             return Err(Error::NoBuildId {
@@ -143,6 +170,12 @@ pub fn discover_in(select: &Select, bundle: &Bundle, pids: &[i32]) -> Result<Vec
         }
         Select::BuildId => None,
         Select::File(path) => Some(FileId::of(path)?),
+        // The installed file may be gone since (an upgrade): its old mappings still count.
+        Select::Installed { path, .. } => Some(FileId::of(path).unwrap_or(FileId {
+            path: path.clone(),
+            dev: (u32::MAX, u32::MAX),
+            inode: 0,
+        })),
     };
     let me = std::process::id() as i32;
     let mut cache = HashMap::new();
@@ -174,6 +207,7 @@ pub fn discover_in(select: &Select, bundle: &Bundle, pids: &[i32]) -> Result<Vec
             let build_id = mapped_build_id(pid, m, &mut cache);
             let version = match (&want_id, &build_id) {
                 (Some(want), Some(have)) if want == have => Version::Target,
+                (_, Some(have)) if also_id.as_deref() == Some(have.as_str()) => Version::Target,
                 (None, _) => Version::Target,
                 _ => Version::Other {
                     build_id: build_id.clone(),

@@ -798,6 +798,7 @@ pub(crate) fn build_patch(
         .map(|b| crate::binding::local_only(&b))
         .unwrap_or_default();
     crate::binding::localize(&mut objects, &local_only);
+    let refusals = merge_refusals(refusals);
     let bundle = Bundle {
         id: format!("hs-{}", &sha256_hex(id_seed.as_bytes())[..12]),
         target: ctx.target.clone(),
@@ -840,4 +841,56 @@ pub(crate) fn build_patch(
             lto: post_lto,
         },
     ))
+}
+
+/// One refusal per cause: a header's struct change is found again in every object that
+/// includes it (60 objects of libcurl for one `urldata.h` member), the same words each time.
+/// Those are kept once (the first object named), with the union of their functions.
+fn merge_refusals(refusals: Vec<hotsplice_bundle::Refusal>) -> Vec<hotsplice_bundle::Refusal> {
+    let mut out: Vec<hotsplice_bundle::Refusal> = Vec::with_capacity(refusals.len());
+    for r in refusals {
+        match out
+            .iter_mut()
+            .find(|o| o.kind == r.kind && o.symbol == r.symbol && o.detail == r.detail)
+        {
+            Some(same) => {
+                for f in r.functions {
+                    if !same.functions.contains(&f) {
+                        same.functions.push(f);
+                    }
+                }
+            }
+            None => out.push(r),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::merge_refusals;
+    use hotsplice_bundle::Refusal;
+
+    fn refusal(object: &str, detail: &str, functions: &[&str]) -> Refusal {
+        Refusal {
+            kind: hotsplice_objdiff::RefusalKind::LayoutChanged,
+            symbol: "struct conn".into(),
+            object: object.into(),
+            detail: detail.into(),
+            functions: functions.iter().map(|f| f.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_same_cause_found_in_several_objects_is_one_refusal() {
+        let merged = merge_refusals(vec![
+            refusal("a.o", "member x added", &["f"]),
+            refusal("b.o", "member x added", &["g", "f"]),
+            refusal("c.o", "member y moved", &["h"]),
+        ]);
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged[0].object, "a.o");
+        assert_eq!(merged[0].functions, ["f", "g"]);
+        assert_eq!(merged[1].detail, "member y moved");
+    }
 }

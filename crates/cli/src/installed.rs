@@ -33,6 +33,9 @@ struct StoreEntry {
     id: String,
     /// The file it is installed for (`install --file`); else processes are found by build-id.
     file: Option<String>,
+    /// The build-id the file had at install time: processes mapping that build are targets
+    /// too (a bundle built elsewhere from the same source).
+    file_build_id: Option<String>,
     /// When it was installed (Unix time, seconds).
     installed_unix: u64,
     /// The SHA-256 of the bundle's content.
@@ -55,12 +58,17 @@ struct Installed {
     bundle: hotsplice_bundle::Bundle,
     sha256: String,
     file: Option<PathBuf>,
+    /// The build-id `file` had when the bundle was installed.
+    file_build_id: Option<String>,
 }
 
 impl Installed {
     fn select(&self) -> Select {
         match &self.file {
-            Some(f) => Select::File(f.clone()),
+            Some(f) => Select::Installed {
+                path: f.clone(),
+                build_id: self.file_build_id.clone(),
+            },
             None => Select::BuildId,
         }
     }
@@ -114,8 +122,10 @@ fn load(store: &Path, trust: &TrustOptions) -> Result<Vec<Installed>, Exit> {
     paths.sort();
     for path in paths {
         let accepted = crate::live::read_bundle(&path, trust, "watch")?;
+        let entry = StoreEntry::read(&path);
         out.push(Installed {
-            file: StoreEntry::read(&path).file.map(PathBuf::from),
+            file: entry.file.map(PathBuf::from),
+            file_build_id: entry.file_build_id,
             bundle: accepted.bundle,
             sha256: accepted.sha256,
         });
@@ -128,6 +138,8 @@ fn load(store: &Path, trust: &TrustOptions) -> Result<Vec<Installed>, Exit> {
 struct Rollout {
     patched: Vec<i32>,
     failed: Vec<(i32, String)>,
+    /// Processes that map another build of the file (never patched), with that build-id.
+    other: Vec<(i32, Option<String>)>,
 }
 
 /// Applies `installed` to those of `pids` (all processes when `None`) that map its file and
@@ -142,7 +154,11 @@ fn roll_out(installed: &Installed, pids: Option<&[i32]>, options: &Options) -> R
     let Ok(found) = found else {
         return rollout;
     };
-    for f in found.into_iter().filter(|f| f.version == Version::Target) {
+    for f in found {
+        if let Version::Other { build_id } = f.version {
+            rollout.other.push((f.pid, build_id));
+            continue;
+        }
         let has = hotsplice_apply::list(&[f.pid], options)
             .ok()
             .and_then(|l| l.into_iter().next())
@@ -204,9 +220,17 @@ pub fn install(args: &InstallArgs) -> Result<ExitCode, Exit> {
         std::fs::rename(&tmp, dir.join(name))?;
         Ok(())
     };
+    // The file's build now: processes that map it are the bundle's target even when the
+    // bundle was built elsewhere from the same source (run-pre matching proves that per
+    // process); after an upgrade, the new build is not.
+    let file_build_id = args
+        .file
+        .as_deref()
+        .and_then(hotsplice_apply::discover::file_build_id);
     let meta = StoreEntry {
         id: id.clone(),
         file: args.file.as_ref().map(|f| f.display().to_string()),
+        file_build_id: file_build_id.clone(),
         installed_unix: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -221,6 +245,7 @@ pub fn install(args: &InstallArgs) -> Result<ExitCode, Exit> {
         bundle: accepted.bundle,
         sha256: accepted.sha256,
         file: args.file.clone(),
+        file_build_id,
     };
     let rollout = if args.no_apply {
         Rollout::default()
@@ -237,6 +262,14 @@ pub fn install(args: &InstallArgs) -> Result<ExitCode, Exit> {
                 target: installed.target(),
                 patched: rollout.patched.clone(),
                 failed: pid_errors(&rollout.failed),
+                other_build: rollout
+                    .other
+                    .iter()
+                    .map(|(pid, build_id)| output::OtherBuild {
+                        pid: *pid,
+                        build_id: build_id.clone(),
+                    })
+                    .collect(),
             },
         )?;
     } else {
@@ -247,8 +280,26 @@ pub fn install(args: &InstallArgs) -> Result<ExitCode, Exit> {
             rollout.patched.len(),
             if args.no_apply { " (--no-apply)" } else { "" }
         )?;
+        if let (Some(have), Some(built)) = (
+            installed.file_build_id.as_deref(),
+            installed.bundle.target.build_id.as_deref(),
+        ) && have != built
+        {
+            writeln!(
+                out,
+                "note: the file's build-id is {have}, the bundle was built from {built}: each \
+                 process's code is proven the same by run-pre matching before it is patched"
+            )?;
+        }
         for (pid, e) in &rollout.failed {
             writeln!(out, "failed pid {pid}: {e}")?;
+        }
+        for (pid, build_id) in &rollout.other {
+            writeln!(
+                out,
+                "skipped pid {pid}: it maps another build of the file (build-id {}): not patched",
+                build_id.as_deref().unwrap_or("none")
+            )?;
         }
     }
     Ok(ExitCode::from(if rollout.failed.is_empty() {

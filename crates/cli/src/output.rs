@@ -1075,6 +1075,19 @@ pub struct InstallReport {
     pub patched: Vec<i32>,
     /// Processes where the apply failed.
     pub failed: Vec<PidError>,
+    /// Processes that map another build of the file (the fixed one, after an upgrade): not
+    /// patched.
+    pub other_build: Vec<OtherBuild>,
+}
+
+/// A process that maps another build of an installed patch's file.
+#[derive(Debug, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema), schemars(deny_unknown_fields))]
+pub struct OtherBuild {
+    /// The process.
+    pub pid: i32,
+    /// The build-id of the file it maps, if it has one.
+    pub build_id: Option<String>,
 }
 
 /// `hotsplice uninstall --json`.

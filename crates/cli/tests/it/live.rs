@@ -868,6 +868,112 @@ fn installed_patches_reach_processes_started_later() {
     later.expect("lib 101 hello");
 }
 
+/// A bundle installed for a file of another build (built elsewhere from the same source, as
+/// an administrator builds a fix for a distribution's binary): the processes that map the
+/// file as it was at install are patched (run-pre matching proves their code); after an
+/// upgrade replaces the file with the fixed build, a process of the new build is left alone.
+#[test]
+fn install_for_a_file_of_another_build_until_it_is_upgraded() {
+    let dir = scratch("live-install-other-build");
+    let (tree, bundle) = build_fixture(&dir, "lib", "lib.patch", "libgreet.so");
+    let lib = tree.join("libgreet.so");
+    let info = json(
+        "info",
+        &hotsplice(&["info", bundle.to_str().unwrap(), "--json"]),
+    );
+    let built_from = info["bundle"]["target"]["build_id"].as_str().unwrap();
+    let on_disk = build_id_of(&lib).expect("the library's build-id");
+    assert_ne!(on_disk, built_from, "the test needs two builds");
+    let old = App::spawn(Command::new(tree.join("app")));
+    old.expect("lib 101 hello");
+    let store = dir.join("store").display().to_string();
+    let state = dir.join("state").display().to_string();
+    let installed = ok(&hotsplice(&[
+        "install",
+        bundle.to_str().unwrap(),
+        "--file",
+        lib.to_str().unwrap(),
+        "--store",
+        &store,
+        "--state-dir",
+        &state,
+        "--json",
+    ]));
+    assert_eq!(
+        installed["patched"],
+        serde_json::json!([old.pid()]),
+        "{installed}"
+    );
+    old.expect("lib 201 hello");
+    // The upgrade: the fixed library is built and renamed over the old one.
+    let fixed = dir.join("fixed");
+    assert!(
+        Command::new("cp")
+            .arg("-r")
+            .arg(fixtures().join("lib"))
+            .arg(&fixed)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        Command::new("patch")
+            .args(["-s", "-p1", "-i"])
+            .arg(fixtures().join("patches/lib.patch"))
+            .current_dir(&fixed)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        Command::new("make")
+            .arg("-s")
+            .current_dir(&fixed)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::copy(fixed.join("libgreet.so"), tree.join("libgreet.so.new")).unwrap();
+    std::fs::rename(tree.join("libgreet.so.new"), &lib).unwrap();
+    let new = App::spawn(Command::new(tree.join("app")));
+    new.expect("lib 201 hello");
+    let status = json(
+        "status",
+        &hotsplice(&["status", "--store", &store, "--state-dir", &state, "--json"]),
+    );
+    let mut states: Vec<(u64, String)> = status["installed"][0]["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["pid"].as_u64().unwrap(),
+                p["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    states.sort();
+    let mut want = vec![
+        (u64::from(old.pid()), "patched".to_string()),
+        (u64::from(new.pid()), "other-build".to_string()),
+    ];
+    want.sort();
+    assert_eq!(states, want, "{status}");
+    let id = installed["installed"].as_str().unwrap();
+    let gone = ok(&hotsplice(&[
+        "uninstall",
+        id,
+        "--store",
+        &store,
+        "--state-dir",
+        &state,
+        "--json",
+    ]));
+    assert_eq!(gone["undone"], serde_json::json!([old.pid()]), "{gone}");
+    old.expect("lib 101 hello");
+    new.expect("lib 201 hello");
+}
+
 #[test]
 fn uninstall_and_undo_by_file_touch_only_that_file() {
     let dir = scratch("live-uninstall-scope");
