@@ -1,7 +1,8 @@
 //! Bad inputs, tried one by one against the real binary: malformed bundles and objects, wrong
 //! programs and architectures, processes that cannot or must not be patched. Each must end
 //! with its documented exit status and a clear one-line error — never a panic, never a change
-//! to the running program. The table of outcomes is written to `eval/results/bad-input.md`.
+//! to the running program. The table of outcomes goes to the test's scratch directory;
+//! `cargo xtask bad-input-table` writes it to `eval/results/bad-input.md`.
 
 use std::fmt::Write as _;
 use std::os::unix::fs::FileExt;

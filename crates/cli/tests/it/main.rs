@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-/// Bad inputs and their outcomes (writes eval/results/bad-input.md).
+/// Bad inputs and their outcomes (the table: `cargo xtask bad-input-table`).
 mod bad_input;
 /// `hotsplice build` and `info` on the bundled fixture project.
 mod build;
