@@ -17,9 +17,25 @@ fn held() -> SigSet {
         Signal::SIGTTIN,
         Signal::SIGTTOU,
     ] {
-        set.add(s);
+        // A signal hotsplice was started with ignored (`nohup`, a background job of a
+        // non-interactive shell: SIGINT and SIGQUIT) stays ignored: blocked, it would be
+        // queued and read as a request to give up.
+        if !ignored(s) {
+            set.add(s);
+        }
     }
     set
+}
+
+/// Whether `signal`'s disposition is SIG_IGN.
+fn ignored(signal: Signal) -> bool {
+    let mut old = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: with a null new action, sigaction only writes the current one into `old`, a
+    // valid, zero-initialised `struct sigaction` owned by this frame.
+    let queried =
+        unsafe { libc::sigaction(signal as libc::c_int, std::ptr::null(), old.as_mut_ptr()) };
+    // SAFETY: zero-initialised above, and filled in by sigaction when it succeeded.
+    queried == 0 && unsafe { old.assume_init() }.sa_sigaction == libc::SIG_IGN
 }
 
 /// Blocks termination and job-control signals in the calling thread and every thread it

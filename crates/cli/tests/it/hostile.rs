@@ -295,16 +295,36 @@ struct Held {
 }
 
 impl Held {
+    /// hotsplice held at `point`, with the signal dispositions of a program started from a
+    /// terminal (default), whatever the test run inherited (a background job ignores SIGINT),
+    /// in a process group of its own (a job-control stop is discarded in an orphaned group,
+    /// which the test run's may be).
     fn start(fixture: &Fixture, point: &str, args: &[&str]) -> Held {
+        Held::start_with(fixture, point, args, "--default-signal")
+    }
+
+    /// [`Held::start`], with `disposition` (an option of env(1) for INT, TERM, HUP, QUIT, TSTP).
+    fn start_with(fixture: &Fixture, point: &str, args: &[&str], disposition: &str) -> Held {
+        use std::os::unix::process::CommandExt;
         let dir = fixture.dir.join(format!("hold-{point}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let child = crate::hs()
+        let hs = crate::hs();
+        let mut command = Command::new("env");
+        for (key, value) in hs.get_envs() {
+            if let Some(value) = value {
+                command.env(key, value);
+            }
+        }
+        let child = command
+            .arg(format!("{disposition}=INT,TERM,HUP,QUIT,TSTP"))
+            .arg(hs.get_program())
             .args(args)
             .args(["--state-dir", &fixture.state, "--json"])
             .env("HOTSPLICE_HOLD", format!("{point}:{}", dir.display()))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .spawn()
             .unwrap();
         let held = Held { dir, child };
@@ -404,6 +424,21 @@ fn signals_to_hotsplice_never_leave_the_target_stopped() {
         consistent(&fixture, &mut target, &[], signal);
         assert!(!target.work_patched());
     }
+
+    // A signal hotsplice was started ignoring (`nohup`, a background job of a script: SIGINT)
+    // is no request to give up: the apply completes.
+    let held = Held::start_with(
+        &fixture,
+        "loaded",
+        &["apply", fixture.bundle("work"), "--pid", &pid],
+        "--ignore-signal",
+    );
+    send(["-INT", &held.pid().to_string()]);
+    let out = held.release();
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert!(target.work_patched());
+    let out = fixture.run(&["undo", &id, "--pid", &pid]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
 }
 
 #[test]
