@@ -487,12 +487,25 @@ impl Process {
 
 /// The namespaces of a process (zeros where they cannot be read).
 pub fn namespaces_of(pid: i32) -> Namespaces {
+    let read = |path: String| -> Option<u64> {
+        let link = std::fs::read_link(path).ok()?;
+        let link = link.to_string_lossy().into_owned();
+        link.split_once('[')?.1.strip_suffix(']')?.parse().ok()
+    };
+    // A process whose main thread has exited (`pthread_exit`) has no readable `ns/` of its
+    // own: any live thread's is the process's.
     let ns = |kind: &str| {
-        std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
-            .ok()
-            .and_then(|l| {
-                let l = l.to_string_lossy().into_owned();
-                l.split_once('[')?.1.strip_suffix(']')?.parse().ok()
+        read(format!("/proc/{pid}/ns/{kind}"))
+            .or_else(|| {
+                std::fs::read_dir(format!("/proc/{pid}/task"))
+                    .ok()?
+                    .flatten()
+                    .find_map(|t| {
+                        read(format!(
+                            "/proc/{pid}/task/{}/ns/{kind}",
+                            t.file_name().to_string_lossy()
+                        ))
+                    })
             })
             .unwrap_or(0)
     };
