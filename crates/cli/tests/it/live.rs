@@ -621,6 +621,28 @@ fn stacking_on_the_same_function() {
     app.expect("value 14 hello");
 }
 
+/// A copy of the fixture `fixture` at `dest` with `patches/<patch>` applied.
+fn patched_copy(fixture: &str, patch: &str, dest: &Path) {
+    assert!(
+        Command::new("cp")
+            .arg("-r")
+            .arg(fixtures().join(fixture))
+            .arg(dest)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        Command::new("patch")
+            .args(["-p1", "-s", "-i"])
+            .arg(fixtures().join("patches").join(patch))
+            .current_dir(dest)
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
 /// The GNU build-id of a file, from `readelf -n`.
 fn build_id_of(path: &Path) -> Option<String> {
     let out = Command::new("readelf").arg("-n").arg(path).output().ok()?;
@@ -907,24 +929,7 @@ fn install_for_a_file_of_another_build_until_it_is_upgraded() {
     old.expect("lib 201 hello");
     // The upgrade: the fixed library is built and renamed over the old one.
     let fixed = dir.join("fixed");
-    assert!(
-        Command::new("cp")
-            .arg("-r")
-            .arg(fixtures().join("lib"))
-            .arg(&fixed)
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(
-        Command::new("patch")
-            .args(["-s", "-p1", "-i"])
-            .arg(fixtures().join("patches/lib.patch"))
-            .current_dir(&fixed)
-            .status()
-            .unwrap()
-            .success()
-    );
+    patched_copy("lib", "lib.patch", &fixed);
     assert!(
         Command::new("make")
             .arg("-s")
@@ -1080,24 +1085,7 @@ fn a_later_patch_calls_a_function_new_in_an_earlier_one() {
     // Built on top of greeting.patch: compute() now calls polite(), which exists only in the
     // first patch's memory in a running program.
     let source = setup.dir.join("greeting-source");
-    assert!(
-        Command::new("cp")
-            .arg("-r")
-            .arg(fixtures().join("app"))
-            .arg(&source)
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(
-        Command::new("patch")
-            .args(["-p1", "-s", "-i"])
-            .arg(fixtures().join("patches/greeting.patch"))
-            .current_dir(&source)
-            .status()
-            .unwrap()
-            .success()
-    );
+    patched_copy("app", "greeting.patch", &source);
     let later = setup.dir.join("uses-new.hsp");
     let out = crate::hs()
         .arg("build")
