@@ -72,18 +72,15 @@ fn main() -> ExitCode {
         Some("render-nginx") => live::render(args.get(1).map_or("nginx", String::as_str)),
         Some("bench-build") => nginx::bench_build(args.get(1).map(String::as_str)),
         Some("bench-pause") => pause::Args::parse(&args[1..]).and_then(|a| pause::bench_pause(&a)),
-        Some("soak") => soak::soak(
-            args.get(1).and_then(|n| n.parse().ok()).unwrap_or(10_000),
-            args.get(2).and_then(|n| n.parse().ok()).unwrap_or(64),
-        ),
+        Some("soak") => number(&args, 1, "CYCLES", 10_000)
+            .and_then(|cycles| Ok((cycles, number(&args, 2, "THREADS", 64)?)))
+            .and_then(|(cycles, threads)| soak::soak(cycles, threads)),
         Some("kernel-test") => kernel::kernel_test(&args[1..]),
         Some("bad-input-table") => bad_input_table(),
         Some("eval-debian") => debian::eval_debian(&args[1..]),
         Some("fleet") => fleet::fleet(&args[1..]),
         Some("check-structure") => structure::check_structure(args.get(1).map(String::as_str)),
-        Some("bench-kernel") => {
-            kernel::bench_kernel(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(5))
-        }
+        Some("bench-kernel") => number(&args, 1, "BOOTS", 5).and_then(kernel::bench_kernel),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -142,4 +139,20 @@ pub fn machine() -> String {
         .unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!("{cores} cores, {cpu}, kernel {}", kernel.trim())
+}
+
+/// The positional number `args[index]` (named `what` in the error), or `default` when absent;
+/// a value that is not a number is an error, not the default.
+fn number<T: std::str::FromStr>(
+    args: &[String],
+    index: usize,
+    what: &str,
+    default: T,
+) -> anyhow::Result<T> {
+    match args.get(index) {
+        None => Ok(default),
+        Some(text) => text
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{what} must be a number, not {text:?}")),
+    }
 }
