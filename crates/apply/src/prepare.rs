@@ -538,10 +538,54 @@ pub fn prove_referenced(
                     }));
                 }
                 Found::Ambiguous { addresses } => {
-                    return Err(unproven(format!(
-                        "its code matches at {} places, and nothing tells them apart",
-                        addresses.len()
-                    )));
+                    // Several copies of the same code (nginx's scgi and uwsgi header parsers
+                    // in a stripped binary): keep those whose relocation fields agree with
+                    // what the replaced functions taught; copies that teach the same
+                    // addresses are interchangeable.
+                    let agreeing: Vec<(u64, Vec<(String, Learned)>)> = addresses
+                        .iter()
+                        .filter_map(|&address| {
+                            let pre = PreCode {
+                                code: &r.pre_code,
+                                relocs: r_relocs,
+                            };
+                            let matched =
+                                match_function(pre, address, r.pre_code.len() as u64, &memory)
+                                    .ok()?;
+                            let lessons: Vec<(String, Learned)> = matched
+                                .learned
+                                .into_iter()
+                                .map(|l| (l.symbol, l.value))
+                                .collect();
+                            let agrees = lessons.iter().all(|(symbol, value)| {
+                                [Some(o), None].into_iter().all(|scope| {
+                                    prepared
+                                        .learned
+                                        .get(&(scope, symbol.clone()))
+                                        .is_none_or(|known| known == value)
+                                })
+                            });
+                            agrees.then_some((address, lessons))
+                        })
+                        .collect();
+                    let interchangeable = agreeing.windows(2).all(|pair| {
+                        pair[0].1.len() == pair[1].1.len()
+                            && pair[0].1.iter().all(|l| pair[1].1.contains(l))
+                    });
+                    match agreeing.first() {
+                        Some(&(address, _)) if interchangeable => {
+                            prepared.learned.insert(
+                                (r.local.then_some(o), r.name.clone()),
+                                Learned::Address(address),
+                            );
+                        }
+                        _ => {
+                            return Err(unproven(format!(
+                                "its code matches at {} places, and nothing tells them apart",
+                                addresses.len()
+                            )));
+                        }
+                    }
                 }
             }
         }
