@@ -539,9 +539,9 @@ pub fn prove_referenced(
                 }
                 Found::Ambiguous { addresses } => {
                     // Several copies of the same code (nginx's scgi and uwsgi header parsers
-                    // in a stripped binary): keep those whose relocation fields agree with
-                    // what the replaced functions taught; copies that teach the same
-                    // addresses are interchangeable.
+                    // in a stripped binary): keep those at the address the replaced
+                    // functions call, and whose relocation fields agree with what they
+                    // taught; copies that teach the same addresses are interchangeable.
                     let agreeing: Vec<(u64, Vec<(String, Learned)>)> = addresses
                         .iter()
                         .filter_map(|&address| {
@@ -565,7 +565,14 @@ pub fn prove_referenced(
                                         .is_none_or(|known| known == value)
                                 })
                             });
-                            agrees.then_some((address, lessons))
+                            // Where the replaced functions call it, if they do.
+                            let here = [Some(o), None].into_iter().all(|scope| {
+                                prepared
+                                    .learned
+                                    .get(&(scope, r.name.clone()))
+                                    .is_none_or(|known| *known == Learned::Address(address))
+                            });
+                            (agrees && here).then_some((address, lessons))
                         })
                         .collect();
                     let interchangeable = agreeing.windows(2).all(|pair| {

@@ -23,6 +23,8 @@ fn hotsplice(args: &[&str]) -> Output {
 /// Builds the app with `make MAKEARGS` in a copy, as a user would, and the bundle for `patch`
 /// with the same build command.
 pub struct Setup {
+    /// The fixture under `fixtures/live/`.
+    fixture: &'static str,
     pub dir: PathBuf,
     pub app: PathBuf,
     pub state: String,
@@ -30,11 +32,16 @@ pub struct Setup {
 
 impl Setup {
     pub fn new(name: &str, make_args: &str) -> Setup {
+        Setup::of("app", name, make_args)
+    }
+
+    /// [`Setup::new`] for another fixture (its program is `app` too).
+    pub fn of(fixture: &'static str, name: &str, make_args: &str) -> Setup {
         let dir = scratch(name);
         let tree = dir.join("run");
         let status = Command::new("cp")
             .arg("-r")
-            .arg(fixtures().join("app"))
+            .arg(fixtures().join(fixture))
             .arg(&tree)
             .status()
             .unwrap();
@@ -48,6 +55,7 @@ impl Setup {
         assert!(status.success());
         let state = dir.join("state").display().to_string();
         Setup {
+            fixture,
             app: tree.join("app"),
             dir,
             state,
@@ -60,7 +68,7 @@ impl Setup {
         let result = crate::hs()
             .arg("build")
             .arg("--source")
-            .arg(fixtures().join("app"))
+            .arg(fixtures().join(self.fixture))
             .arg("--diff")
             .arg(fixtures().join("patches").join(patch))
             .args(["--target", "app", "--build", &build, "--json"])
@@ -303,6 +311,26 @@ fn stripped_binary_is_patched_through_its_function_starts() {
         .unwrap();
     assert!(via.contains("eh_frame") || via.contains("learnt"), "{via}");
     app.expect("value 15 hello");
+}
+
+/// The new code calls two helpers whose code is the same but for the variable each reads; in
+/// the stripped binary of another build each one's code matches both copies. What the replaced
+/// function learned (the variables' addresses) tells them apart, and the patch applies.
+#[test]
+fn identical_copies_of_a_called_function_are_told_apart() {
+    let setup = Setup::of("twins", "live-twins", "");
+    let status = Command::new("strip").arg(&setup.app).status().unwrap();
+    assert!(status.success());
+    let (bundle, _) = setup.bundle("twins.patch", "");
+    let app = App::spawn(Command::new(&setup.app));
+    app.expect("value 27");
+    let applied = ok(&setup.live("apply", bundle.to_str().unwrap(), app.pid()));
+    assert_eq!(
+        applied["processes"].as_array().unwrap().len(),
+        1,
+        "{applied}"
+    );
+    app.expect("value 127");
 }
 
 #[test]
