@@ -62,6 +62,34 @@ impl Setup {
         }
     }
 
+    /// The bundle for `patch` built from the fixture's source with `earlier` already applied
+    /// (a fix on top of a fix), and its id.
+    pub fn bundle_on_top(&self, earlier: &str, patch: &str) -> (PathBuf, String) {
+        let source = self.dir.join(format!("{earlier}-source"));
+        patched_copy(self.fixture, earlier, &source);
+        let out = self.dir.join(format!("{patch}.on-top.hsp"));
+        let result = crate::hs()
+            .arg("build")
+            .arg("--source")
+            .arg(&source)
+            .arg("--diff")
+            .arg(fixtures().join("patches").join(patch))
+            .args(["--target", "app", "--json", "--cache"])
+            .arg(self.dir.join("cache"))
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert_eq!(
+            result.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        let id = json("build", &result)["id"].as_str().unwrap().to_string();
+        (out, id)
+    }
+
     pub fn bundle(&self, patch: &str, make_args: &str) -> (PathBuf, String) {
         let out = self.dir.join(format!("{patch}.hsp"));
         let build = format!("make {make_args}");
@@ -583,43 +611,7 @@ fn stacking_on_the_same_function() {
     let (fix, fix_id) = setup.bundle("fix.patch", "");
     let (other, _) = setup.bundle("other-fix.patch", "");
     // A second fix built on top of the first: its source is the app with fix.patch applied.
-    let fixed = setup.dir.join("fixed-source");
-    assert!(
-        Command::new("cp")
-            .arg("-r")
-            .arg(fixtures().join("app"))
-            .arg(&fixed)
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = Command::new("patch")
-        .args(["-p1", "-s", "-i"])
-        .arg(fixtures().join("patches/fix.patch"))
-        .current_dir(&fixed)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let on_top = setup.dir.join("on-top.hsp");
-    let out = crate::hs()
-        .arg("build")
-        .arg("--source")
-        .arg(&fixed)
-        .arg("--diff")
-        .arg(fixtures().join("patches/fix-on-fix.patch"))
-        .args(["--target", "app", "--json", "--cache"])
-        .arg(setup.dir.join("cache"))
-        .arg("-o")
-        .arg(&on_top)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let on_top_id = json("build", &out)["id"].as_str().unwrap().to_string();
+    let (on_top, on_top_id) = setup.bundle_on_top("fix.patch", "fix-on-fix.patch");
 
     let app = App::start(&setup.app, 2);
     let pid = app.pid();
@@ -1112,28 +1104,7 @@ fn a_later_patch_calls_a_function_new_in_an_earlier_one() {
     let (greeting, greeting_id) = setup.bundle("greeting.patch", "");
     // Built on top of greeting.patch: compute() now calls polite(), which exists only in the
     // first patch's memory in a running program.
-    let source = setup.dir.join("greeting-source");
-    patched_copy("app", "greeting.patch", &source);
-    let later = setup.dir.join("uses-new.hsp");
-    let out = crate::hs()
-        .arg("build")
-        .arg("--source")
-        .arg(&source)
-        .arg("--diff")
-        .arg(fixtures().join("patches/uses-new.patch"))
-        .args(["--target", "app", "--json", "--cache"])
-        .arg(setup.dir.join("cache"))
-        .arg("-o")
-        .arg(&later)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let later_id = json("build", &out)["id"].as_str().unwrap().to_string();
+    let (later, later_id) = setup.bundle_on_top("greeting.patch", "uses-new.patch");
 
     let app = App::start(&setup.app, 2);
     let pid = app.pid();
