@@ -133,23 +133,7 @@ impl Setup {
 /// `target`: (the built tree, the bundle).
 fn build_fixture(dir: &Path, fixture: &str, patch: &str, target: &str) -> (PathBuf, PathBuf) {
     let tree = dir.join("run");
-    assert!(
-        Command::new("cp")
-            .arg("-r")
-            .arg(fixtures().join(fixture))
-            .arg(&tree)
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(
-        Command::new("make")
-            .arg("-s")
-            .current_dir(&tree)
-            .status()
-            .unwrap()
-            .success()
-    );
+    crate::built_copy(&fixtures().join(fixture), &tree);
     let bundle = dir.join(format!("{fixture}.hsp"));
     let out = crate::hs()
         .arg("build")
@@ -950,14 +934,7 @@ fn install_for_a_file_of_another_build_until_it_is_upgraded() {
     // The upgrade: the fixed library is built and renamed over the old one.
     let fixed = dir.join("fixed");
     patched_copy("lib", "lib.patch", &fixed);
-    assert!(
-        Command::new("make")
-            .arg("-s")
-            .current_dir(&fixed)
-            .status()
-            .unwrap()
-            .success()
-    );
+    crate::make(&fixed);
     std::fs::copy(fixed.join("libgreet.so"), tree.join("libgreet.so.new")).unwrap();
     std::fs::rename(tree.join("libgreet.so.new"), &lib).unwrap();
     let new = App::spawn(Command::new(tree.join("app")));

@@ -108,3 +108,32 @@ pub fn hs() -> Command {
         .env("HOTSPLICE_AUDIT_LOG", audit);
     cmd
 }
+
+/// `make -s` in `dir`, which must succeed.
+pub fn make(dir: &Path) {
+    let out = Command::new("make")
+        .arg("-s")
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "make in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A copy of the source tree `source` at `dest`, built with `make -s`.
+pub fn built_copy(source: &Path, dest: &Path) {
+    assert!(
+        Command::new("cp")
+            .arg("-r")
+            .arg(source)
+            .arg(dest)
+            .status()
+            .unwrap()
+            .success()
+    );
+    make(dest);
+}

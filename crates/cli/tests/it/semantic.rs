@@ -27,23 +27,7 @@ impl Setup {
     fn new(name: &str) -> Setup {
         let dir = scratch(name);
         let tree = dir.join("run");
-        assert!(
-            Command::new("cp")
-                .arg("-r")
-                .arg(fixtures().join("app"))
-                .arg(&tree)
-                .status()
-                .unwrap()
-                .success()
-        );
-        assert!(
-            Command::new("make")
-                .arg("-s")
-                .current_dir(&tree)
-                .status()
-                .unwrap()
-                .success()
-        );
+        crate::built_copy(&fixtures().join("app"), &tree);
         Setup {
             exe: tree.join("server"),
             state: dir.join("state").display().to_string(),

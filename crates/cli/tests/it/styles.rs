@@ -22,23 +22,9 @@ fn stderr(out: &Output) -> String {
 }
 
 /// A copy of `styles/<style>/src` built with plain `make`, as the running program.
-fn built_copy(dir: &Path, style: &str) -> PathBuf {
+fn built_style(dir: &Path, style: &str) -> PathBuf {
     let tree = dir.join("run");
-    assert!(
-        Command::new("cp")
-            .arg("-r")
-            .arg(styles().join(style).join("src"))
-            .arg(&tree)
-            .status()
-            .unwrap()
-            .success()
-    );
-    let make = Command::new("make")
-        .arg("-s")
-        .current_dir(&tree)
-        .output()
-        .unwrap();
-    assert!(make.status.success(), "{}", stderr(&make));
+    crate::built_copy(&styles().join(style).join("src"), &tree);
     tree
 }
 
@@ -113,7 +99,7 @@ fn start(path: &Path, env: &[(&str, &Path)]) -> App {
 #[test]
 fn one_call_compile_and_link_with_a_probe_and_a_response_file_applies_live() {
     let dir = scratch("style-oneshot");
-    let tree = built_copy(&dir, "oneshot");
+    let tree = built_style(&dir, "oneshot");
     let out = build(&dir, "oneshot", "fix.patch", "app", &[]);
     let v = written(&out);
     assert_eq!(v["replaced"], serde_json::json!(["compute"]));
@@ -137,7 +123,7 @@ fn one_call_compile_and_link_with_a_probe_and_a_response_file_applies_live() {
 #[test]
 fn a_fix_to_a_bundled_static_library_the_build_does_not_rebuild_is_recompiled() {
     let dir = scratch("style-vendored");
-    let tree = built_copy(&dir, "vendored");
+    let tree = built_style(&dir, "vendored");
     let out = build(&dir, "vendored", "scale.patch", "app", &[]);
     let v = written(&out);
     assert_eq!(v["recompiled"], serde_json::json!(["vendor/scale.o"]));
@@ -184,7 +170,7 @@ fn a_fix_to_a_bundled_static_library_the_build_does_not_rebuild_is_recompiled() 
 #[test]
 fn a_libtool_shared_library_is_patched_in_the_running_program() {
     let dir = scratch("style-libtool");
-    let tree = built_copy(&dir, "libtool");
+    let tree = built_style(&dir, "libtool");
     let out = build(&dir, "libtool", "fix.patch", ".libs/libgreet.so.0.0.0", &[]);
     let v = written(&out);
     assert_eq!(v["replaced"], serde_json::json!(["greet_value"]));
@@ -207,7 +193,7 @@ fn a_libtool_shared_library_is_patched_in_the_running_program() {
 #[test]
 fn a_grammar_fix_is_regenerated_and_applied() {
     let dir = scratch("style-generator");
-    let tree = built_copy(&dir, "generator");
+    let tree = built_style(&dir, "generator");
     let out = build(&dir, "generator", "fix.patch", "app", &[]);
     let v = written(&out);
     assert_eq!(file_status(&v, "parse.y"), ("generator", "regenerated"));
@@ -270,22 +256,9 @@ fn a_failed_build_is_reported_as_a_failed_build() {
 fn a_tree_with_build_outputs_is_refused_with_what_to_do() {
     let dir = scratch("style-prebuilt");
     let tree = dir.join("src");
-    assert!(
-        Command::new("cp")
-            .arg("-r")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/build/server"))
-            .arg(&tree)
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(
-        Command::new("make")
-            .arg("-s")
-            .current_dir(&tree)
-            .status()
-            .unwrap()
-            .success()
+    crate::built_copy(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/build/server"),
+        &tree,
     );
     let cache = dir.join("cache");
     let out = crate::hs()
@@ -358,23 +331,7 @@ fn a_series_builds_each_patch_on_the_previous_and_applies_in_order() {
     let dir = scratch("style-series");
     let live_fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/live");
     let tree = dir.join("run");
-    assert!(
-        Command::new("cp")
-            .arg("-r")
-            .arg(live_fixtures.join("app"))
-            .arg(&tree)
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(
-        Command::new("make")
-            .arg("-s")
-            .current_dir(&tree)
-            .status()
-            .unwrap()
-            .success()
-    );
+    crate::built_copy(&live_fixtures.join("app"), &tree);
     let bundles = dir.join("bundles");
     let out = crate::hs()
         .arg("build")
@@ -497,7 +454,7 @@ fn a_series_builds_each_patch_on_the_previous_and_applies_in_order() {
 #[test]
 fn a_link_time_optimised_program_is_patched_from_its_link_time_code() {
     let dir = scratch("style-lto");
-    let tree = built_copy(&dir, "lto");
+    let tree = built_style(&dir, "lto");
     let out = build(&dir, "lto", "fix.patch", "app", &[]);
     let v = written(&out);
     assert_eq!(v["replaced"], serde_json::json!(["compute"]));
@@ -531,7 +488,7 @@ fn a_link_time_optimised_program_is_patched_from_its_link_time_code() {
 #[test]
 fn a_cxx_program_is_patched_and_exceptions_through_patch_code_are_refused() {
     let dir = scratch("style-cxx");
-    let tree = built_copy(&dir, "cxx");
+    let tree = built_style(&dir, "cxx");
     let out = build(&dir, "cxx", "fix.patch", "app", &[]);
     let v = written(&out);
     assert_eq!(
