@@ -120,6 +120,16 @@ impl FileId {
         })
     }
 
+    /// The file at `path`, or — when nothing is there any more (deleted, or replaced by an
+    /// upgrade since) — the path alone, which matches mappings by name only.
+    fn of_or_path(path: &Path) -> FileId {
+        FileId::of(path).unwrap_or(FileId {
+            path: path.to_path_buf(),
+            dev: (u32::MAX, u32::MAX),
+            inode: 0,
+        })
+    }
+
     /// Whether a mapping (`plain`: its path without ` (deleted)`) is of this file: the same
     /// device and inode, or a file that was at the same path.
     fn is(&self, m: &Mapping, plain: &str) -> bool {
@@ -130,11 +140,7 @@ impl FileId {
 /// Those of `pids` that map `path` — by the rule of [`Select::File`], whatever version of the
 /// file they map. When nothing is at `path` any more, by the path alone (a deleted file).
 pub fn mapping_file(path: &Path, pids: &[i32]) -> Vec<i32> {
-    let file = FileId::of(path).unwrap_or(FileId {
-        path: path.to_path_buf(),
-        dev: (u32::MAX, u32::MAX),
-        inode: 0,
-    });
+    let file = FileId::of_or_path(path);
     pids.iter()
         .copied()
         .filter(|&pid| {
@@ -171,11 +177,7 @@ pub fn discover_in(select: &Select, bundle: &Bundle, pids: &[i32]) -> Result<Vec
         Select::BuildId => None,
         Select::File(path) => Some(FileId::of(path)?),
         // The installed file may be gone since (an upgrade): its old mappings still count.
-        Select::Installed { path, .. } => Some(FileId::of(path).unwrap_or(FileId {
-            path: path.clone(),
-            dev: (u32::MAX, u32::MAX),
-            inode: 0,
-        })),
+        Select::Installed { path, .. } => Some(FileId::of_or_path(path)),
     };
     let me = std::process::id() as i32;
     let mut cache = HashMap::new();
