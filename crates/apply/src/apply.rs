@@ -333,7 +333,7 @@ fn map_alone(
             }
         }
     })();
-    pauses.add(&stopped.release(), rt.active());
+    pauses.add(stopped.release(), rt);
     result
 }
 
@@ -380,7 +380,7 @@ pub fn discard(
             result = Err(e.into());
         }
     }
-    pauses.add(&stopped.release(), rt.active());
+    pauses.add(stopped.release(), rt);
     result
 }
 
@@ -678,6 +678,7 @@ fn apply_one(
         pause: mine.longest(),
         stops: mine.stops,
         per_thread: mine.per_thread(),
+        windows: mine.windows.clone(),
         attempts,
         threads,
         realtime: mine.realtime,

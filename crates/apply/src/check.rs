@@ -80,6 +80,7 @@ pub fn check(
             pause: mine.longest(),
             stops: mine.stops,
             per_thread: mine.per_thread(),
+            windows: mine.windows.clone(),
             attempts: 0,
             threads: mine.threads(),
             realtime: mine.realtime,

@@ -20,6 +20,11 @@ use crate::mapped::Cfi;
 use crate::safety::{self, Busy, ThreadView};
 use crate::{Error, Options, faults, unwind};
 
+/// The longest wait to see released threads run again: enough on an idle machine (tens of
+/// µs); on a busy one a thread may wait far longer for a CPU, which is contention, not the
+/// stop, and such a thread is counted until its release.
+const SETTLE: Duration = Duration::from_millis(5);
+
 /// How long each thread was stopped by one invocation, over all its stops.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PauseLog {
@@ -28,6 +33,8 @@ pub struct PauseLog {
     pub stops: u32,
     /// Whether every stop ran at real-time priority.
     pub realtime: bool,
+    /// Each stop, from its first interrupt to its last release, in `CLOCK_MONOTONIC` ns.
+    pub windows: Vec<(u64, u64)>,
 }
 
 impl PauseLog {
@@ -39,10 +46,15 @@ impl PauseLog {
         }
     }
 
-    /// Adds one stop.
-    pub fn add(&mut self, pause: &Pause, realtime: bool) {
+    /// Adds one stop, just released: leaves real-time priority (`rt`), then waits to see the
+    /// threads that were running run again ([`Pause::settle`]: a released thread is not
+    /// running until its CPU picks it up).
+    pub fn add(&mut self, mut pause: Pause, rt: Realtime) {
         self.stops += 1;
-        self.realtime &= realtime;
+        self.realtime &= rt.active();
+        drop(rt);
+        pause.settle(SETTLE);
+        self.windows.extend(pause.window);
         for &(tid, d) in &pause.per_thread {
             let e = self.per_thread.entry(tid).or_default();
             e.0 += d;
@@ -54,6 +66,7 @@ impl PauseLog {
     pub fn merge(&mut self, other: &PauseLog) {
         self.stops += other.stops;
         self.realtime &= other.realtime;
+        self.windows.extend_from_slice(&other.windows);
         for (&tid, &(d, n)) in &other.per_thread {
             let e = self.per_thread.entry(tid).or_default();
             e.0 += d;
@@ -317,13 +330,11 @@ pub fn switch(
         interrupted()?;
         let maps = space.primary().maps()?;
         let (mut stopped, rt) = stop_all(space, options)?;
-        let realtime = rt.active();
         let outcome = decide_with_let_run(&mut stopped, cfi, &maps, options, decide);
         let writes = match outcome {
             Ok(Decision::Write(writes)) => writes,
             Ok(Decision::Busy(busy)) => {
-                pauses.add(&stopped.release(), realtime);
-                drop(rt);
+                pauses.add(stopped.release(), rt);
                 history.push(busy);
                 if attempt <= options.retries {
                     sleep(options.retry_delay)?;
@@ -331,26 +342,26 @@ pub fn switch(
                 continue;
             }
             Err(e) => {
-                pauses.add(&stopped.release(), realtime);
+                pauses.add(stopped.release(), rt);
                 return Err(e);
             }
         };
         faults::point("checked");
         let result = write_sites(&mut stopped, pid, &writes, hook);
         let pause = stopped.release();
-        pauses.add(&pause, realtime);
-        drop(rt);
+        let threads = pause.threads;
+        pauses.add(pause, rt);
         faults::point("released");
         return match result {
             Ok(Proceed::Yes) => Ok(Switched {
                 attempts: attempt,
                 written: writes,
-                threads: pause.threads,
+                threads,
             }),
             Ok(Proceed::Replan) => Ok(Switched {
                 attempts: attempt,
                 written: Vec::new(),
-                threads: pause.threads,
+                threads,
             }),
             Err(e) => Err(e),
         };
@@ -491,6 +502,6 @@ pub fn look(
     let (mut stopped, rt) = stop_all(space, options)?;
     let views = thread_views(&mut stopped, cfi, &maps, None);
     let decision = decide(&views);
-    pauses.add(&stopped.release(), rt.active());
+    pauses.add(stopped.release(), rt);
     Ok(decision)
 }

@@ -197,7 +197,7 @@ pub fn undo_locked(
         let rt = Realtime::raise();
         let mut stopped = Stopped::stop_one(space, options.stop_timeout)?;
         let result = unmap(&mut stopped, &patch.regions);
-        mine.add(&stopped.release(), rt.active());
+        mine.add(stopped.release(), rt);
         result?;
     }
     txn.commit()?;
@@ -221,6 +221,7 @@ pub fn undo_locked(
         pause: mine.longest(),
         stops: mine.stops,
         per_thread: mine.per_thread(),
+        windows: mine.windows.clone(),
         attempts: switched.attempts,
         threads: switched.threads,
         realtime: mine.realtime,

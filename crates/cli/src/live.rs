@@ -263,6 +263,11 @@ fn process_report(r: &ProcessReport) -> output::ProcessReport {
                 stops: n,
             })
             .collect(),
+        stop_windows: r
+            .windows
+            .iter()
+            .map(|&(start_ns, end_ns)| output::StopWindow { start_ns, end_ns })
+            .collect(),
         attempts: r.attempts,
         threads: r.threads,
         realtime: r.realtime,

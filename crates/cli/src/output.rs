@@ -729,6 +729,8 @@ pub struct ProcessReport {
     pub stops: u32,
     /// Every thread's total stopped time.
     pub stopped_threads: Vec<StoppedThread>,
+    /// Each stop, from the first thread's interrupt to the last thread's release.
+    pub stop_windows: Vec<StopWindow>,
     /// Attempts (retries while a thread was busy in a replaced function).
     pub attempts: u32,
     /// Threads stopped.
@@ -763,6 +765,17 @@ pub struct StoppedThread {
     pub stopped_us: u64,
     /// How many times it was stopped.
     pub stops: u32,
+}
+
+/// When one stop happened, on the clock a program reads with `clock_gettime(CLOCK_MONOTONIC)`
+/// (so that its own timing can be lined up with hotsplice's stops).
+#[derive(Debug, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema), schemars(deny_unknown_fields))]
+pub struct StopWindow {
+    /// The first thread's interrupt, in ns.
+    pub start_ns: u64,
+    /// The last thread's release, in ns.
+    pub end_ns: u64,
 }
 
 /// What apply would do now (`check`).

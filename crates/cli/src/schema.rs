@@ -406,6 +406,10 @@ fn sample_live() -> Value {
                 stopped_us: 80,
                 stops: 1,
             }],
+            stop_windows: vec![StopWindow {
+                start_ns: 1_000_000,
+                end_ns: 1_080_000,
+            }],
             attempts: 1,
             threads: 2,
             realtime: false,

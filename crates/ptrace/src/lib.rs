@@ -37,7 +37,7 @@ pub use process::{
     mapped_head, maps_of, namespaces_of, own_namespaces, parse_maps, start_time_of,
 };
 pub use realtime::Realtime;
-pub use stop::{AddressSpace, Pause, Stopped, Thread, syscall_name};
+pub use stop::{AddressSpace, Pause, Stopped, Thread, monotonic_ns, syscall_name};
 pub use watchdog::prepare as prepare_watchdog;
 
 /// Kills the calling process with `SIGKILL`, for fault-injection tests of crash consistency:

@@ -146,15 +146,111 @@ impl Thread {
 }
 
 /// How long threads were stopped.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// A thread released from a stop is not running yet: its CPU must pick it up, and a CPU that
+/// went idle meanwhile (a halted virtual CPU, on a VM) takes tens of µs to wake. For threads
+/// that were running when stopped, [`Pause::settle`] waits (a bounded time) until each has run
+/// again and counts that time as stopped too, any wait for a CPU from the release on taken out
+/// (that is contention, not the stop) — so the figure is what the thread itself experienced.
+#[derive(Debug, Default)]
 pub struct Pause {
     /// The longest time any thread was stopped: from just before its interrupt to just after
-    /// its release.
+    /// its release (to when it ran again, once settled).
     pub longest: Duration,
     /// Threads stopped.
     pub threads: usize,
     /// Each thread's stopped time.
     pub per_thread: Vec<(i32, Duration)>,
+    /// From the first interrupt to the last release, in `CLOCK_MONOTONIC` ns (the clock a
+    /// program reads with `clock_gettime`, so that its own measurements can be lined up with
+    /// the stop); `None` when no thread was stopped.
+    pub window: Option<(u64, u64)>,
+    /// Released threads that were running when stopped and have not been seen running since.
+    waking: Vec<Waking>,
+}
+
+/// A released thread to see running again.
+#[derive(Debug)]
+struct Waking {
+    /// Its place in `per_thread`.
+    index: usize,
+    interrupted_at: Instant,
+    /// Its `/proc/PID/task/TID/schedstat`.
+    file: File,
+    /// The counters read just after the release.
+    released: SchedStat,
+}
+
+/// A thread's scheduler counters: on-CPU time, run-queue wait (ns), times scheduled in.
+#[derive(Debug, Clone, Copy)]
+struct SchedStat {
+    on_cpu: u64,
+    run_delay: u64,
+    slices: u64,
+}
+
+impl SchedStat {
+    /// Whether the thread ran since `earlier` was read (its on-CPU time of a running thread
+    /// grows as it runs; a thread that ran and was preempted was scheduled in once more).
+    fn ran_since(&self, earlier: &SchedStat) -> bool {
+        self.on_cpu != earlier.on_cpu || self.slices != earlier.slices
+    }
+
+    fn read(file: &File) -> Option<SchedStat> {
+        let mut buf = [0u8; 96];
+        let n = file.read_at(&mut buf, 0).ok()?;
+        let text = std::str::from_utf8(&buf[..n]).ok()?;
+        let mut words = text.split_whitespace().map(|w| w.parse::<u64>().ok());
+        Some(SchedStat {
+            on_cpu: words.next()??,
+            run_delay: words.next()??,
+            slices: words.next()??,
+        })
+    }
+}
+
+impl Pause {
+    /// Waits, at most `within`, until every released thread that was running when stopped has
+    /// run again, and counts the time until then (less any run-queue wait since the release)
+    /// as stopped. Call it after leaving real-time priority: a real-time tracer polling would
+    /// keep a thread waiting for its CPU from running. A thread not seen running by then is
+    /// counted until its release.
+    pub fn settle(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.waking.is_empty() && Instant::now() < deadline {
+            let per_thread = &mut self.per_thread;
+            self.waking.retain(|w| {
+                let Some(now) = SchedStat::read(&w.file) else {
+                    return false; // gone
+                };
+                if !now.ran_since(&w.released) {
+                    return true;
+                }
+                let waited =
+                    Duration::from_nanos(now.run_delay.saturating_sub(w.released.run_delay));
+                let stopped = w.interrupted_at.elapsed().saturating_sub(waited);
+                if let Some(entry) = per_thread.get_mut(w.index) {
+                    entry.1 = entry.1.max(stopped);
+                }
+                false
+            });
+            std::thread::yield_now();
+        }
+        self.waking.clear();
+        self.longest = self
+            .per_thread
+            .iter()
+            .map(|&(_, d)| d)
+            .max()
+            .unwrap_or_default();
+    }
+}
+
+/// The `CLOCK_MONOTONIC` time now, in ns.
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 /// Every thread of an address space (or one thread: [`Stopped::stop_one`]), stopped.
@@ -1002,10 +1098,42 @@ impl Stopped {
             let _ = ptrace::detach(Pid::from_raw(t.tid), t.pending_signal);
             per_thread.push((t.tid, t.interrupted_at.elapsed().saturating_sub(waited)));
         }
+        let (now, now_ns) = (Instant::now(), monotonic_ns());
+        // Threads that were running user code, to see running again ([`Pause::settle`]); a
+        // thread in a system call was blocked or about to be, and a job-stopped one stays
+        // stopped. Their counters are read only now, every thread let go first.
+        let mut waking = Vec::new();
+        for (index, t) in self.threads.iter().enumerate() {
+            if t.in_syscall() || t.job_stopped {
+                continue;
+            }
+            let Ok(file) = File::open(format!("/proc/{}/task/{}/schedstat", t.pid, t.tid)) else {
+                continue;
+            };
+            if let Some(released) = SchedStat::read(&file) {
+                waking.push(Waking {
+                    index,
+                    interrupted_at: t.interrupted_at,
+                    file,
+                    released,
+                });
+            }
+        }
+        let window = self
+            .threads
+            .iter()
+            .map(|t| t.interrupted_at)
+            .min()
+            .map(|first| {
+                let since = now.saturating_duration_since(first).as_nanos() as u64;
+                (now_ns.saturating_sub(since), now_ns)
+            });
         Pause {
             longest: per_thread.iter().map(|&(_, d)| d).max().unwrap_or_default(),
             threads: per_thread.len(),
             per_thread,
+            window,
+            waking,
         }
     }
 }

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
-use hotsplice_ptrace::{AddressSpace, Error, PROT_EXEC, PROT_READ, Process, Realtime, Stopped};
+use hotsplice_ptrace::{
+    AddressSpace, Error, PROT_EXEC, PROT_READ, Process, Realtime, Stopped, monotonic_ns,
+};
 
 fn fixture(name: &str) -> PathBuf {
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ptrace");
@@ -74,7 +76,8 @@ fn stop_inject_write_release_keeps_blocking_calls_intact() {
     assert_eq!(space.pids(), [pid]);
 
     for _round in 0..5 {
-        let _rt = Realtime::raise();
+        let rt = Realtime::raise();
+        let before_stop = monotonic_ns();
         let mut stopped = Stopped::stop(&mut space, Duration::from_secs(2)).unwrap();
         assert_eq!(stopped.threads().len(), 7);
         assert!(
@@ -97,10 +100,37 @@ fn stop_inject_write_release_keeps_blocking_calls_intact() {
         stopped.read(hint, &mut back).unwrap();
         assert_eq!(back, [0xc3, 0x90, 0x90, 0x90]);
         stopped.munmap(hint, 4096).unwrap();
-        let pause = stopped.release();
+        let blocked: Vec<i32> = stopped
+            .threads()
+            .iter()
+            .filter(|t| t.in_syscall())
+            .map(|t| t.tid)
+            .collect();
+        let mut pause = stopped.release();
+        let after_release = monotonic_ns();
         assert_eq!(pause.threads, 7);
         assert_eq!(pause.per_thread.len(), 7);
         assert!(pause.per_thread.iter().all(|&(_, d)| d <= pause.longest));
+        // The stop's window lies between the clock read before the stop and after release.
+        let (start, end) = pause.window.expect("a window");
+        assert!(before_stop <= start && start <= end && end <= after_release);
+        // Settling counts a running thread until it ran again: never less than until its
+        // release; a blocked thread stays counted until its release.
+        let released = pause.per_thread.clone();
+        drop(rt);
+        pause.settle(Duration::from_millis(50));
+        for (&(tid, until_release), &(same, settled)) in released.iter().zip(&pause.per_thread) {
+            assert_eq!(tid, same);
+            if blocked.contains(&tid) {
+                assert_eq!(settled, until_release, "blocked thread {tid}");
+            } else {
+                assert!(settled >= until_release, "running thread {tid}");
+            }
+        }
+        assert_eq!(
+            pause.longest,
+            pause.per_thread.iter().map(|&(_, d)| d).max().unwrap()
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
     let report = target.finish();
