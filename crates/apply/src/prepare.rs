@@ -530,6 +530,31 @@ pub fn prove_referenced(
                         Learned::Address(address),
                     );
                 }
+                // Not found by name or by its code (a stripped file whose symbol table does
+                // not have it, a function hidden in a library): where the replaced functions
+                // call it, if its code there is the code the bundle was built against.
+                Found::NotFound { .. }
+                    if let Some(address) = [Some(o), None]
+                        .into_iter()
+                        .find_map(
+                            |scope| match prepared.learned.get(&(scope, r.name.clone())) {
+                                Some(Learned::Address(a)) => Some(*a),
+                                _ => None,
+                            },
+                        )
+                        .filter(|&a| {
+                            let pre = PreCode {
+                                code: &r.pre_code,
+                                relocs: r_relocs,
+                            };
+                            match_function(pre, a, r.pre_code.len() as u64, &memory).is_ok()
+                        }) =>
+                {
+                    prepared.learned.insert(
+                        (r.local.then_some(o), r.name.clone()),
+                        Learned::Address(address),
+                    );
+                }
                 Found::NotFound { mismatch, .. } => {
                     process.check_same()?;
                     return Err(unproven(match mismatch {

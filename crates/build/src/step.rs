@@ -145,6 +145,75 @@ pub(crate) fn refusal(
 }
 
 #[allow(clippy::too_many_arguments)]
+/// Functions of *other* objects of the program that the new code calls or takes the address
+/// of: their pre code goes into the bundle (`referenced`) beside that of the object's own, so
+/// that apply can prove them by run-pre matching in a process of another build — a function of
+/// the same name with another signature there would be called with the wrong arguments.
+/// Functions of shared libraries are not the program's and stay bound by name.
+fn cross_object_references(
+    objects: &mut [hotsplice_bundle::ObjectPatch],
+    closure: &BTreeSet<String>,
+    pre_dir: &Path,
+    lto_object: &str,
+) {
+    let mut read: BTreeMap<&str, Option<Vec<u8>>> = BTreeMap::new();
+    for object in objects.iter_mut() {
+        if object.object == lto_object {
+            continue; // the link-time object holds every function of the program
+        }
+        let mut wanted: Vec<String> = Vec::new();
+        for piece in &object.pieces {
+            for reloc in &piece.relocs {
+                let Link::Symbol { symbol } = &reloc.target else {
+                    continue;
+                };
+                let known = |name: &str| {
+                    object.replacements.iter().any(|r| r.name == name)
+                        || object.referenced.iter().any(|r| r.name == name)
+                        || object
+                            .pieces
+                            .iter()
+                            .any(|p| p.symbol.as_deref() == Some(name))
+                };
+                if !symbol.local
+                    && matches!(
+                        symbol.class,
+                        hotsplice_bundle::SymbolClass::Function
+                            | hotsplice_bundle::SymbolClass::Unknown
+                    )
+                    && !known(&symbol.name)
+                    && !wanted.contains(&symbol.name)
+                {
+                    wanted.push(symbol.name.clone());
+                }
+            }
+        }
+        for name in wanted {
+            for other in closure.iter().filter(|o| **o != object.object) {
+                let bytes = read
+                    .entry(other.as_str())
+                    .or_insert_with(|| std::fs::read(pre_dir.join(other)).ok());
+                let Some(bytes) = bytes.as_deref() else {
+                    continue;
+                };
+                // Cheap test first: the name must be in the object's string table.
+                if !bytes
+                    .windows(name.len() + 1)
+                    .any(|w| w[..name.len()] == *name.as_bytes() && w[name.len()] == 0)
+                {
+                    continue;
+                }
+                if let Ok(Some(found)) =
+                    hotsplice_objdiff::patchset::function_pre_code(bytes, &name, false)
+                {
+                    object.referenced.push(convert::referenced(&found));
+                    break;
+                }
+            }
+        }
+    }
+}
+
 pub(crate) fn build_patch(
     ctx: &mut Context<'_>,
     state: &State,
@@ -744,6 +813,7 @@ pub(crate) fn build_patch(
         }
         report.objects.push(diff);
     }
+    cross_object_references(&mut objects, &closure.objects, pre_dir, &lto_object);
     timings.diff = started.elapsed();
 
     // Stacking on earlier bundles of the series.

@@ -540,7 +540,7 @@ fn a_callee_of_another_version_is_refused() {
     // The same bundle on the source's own build applies: built elsewhere (another path in
     // its debug information, so another build-id), but every function the new code calls
     // is proven to be the one it expects.
-    let own = Fixture::new("hostile-callee-own", "", &["helper"]);
+    let own = Fixture::new("hostile-callee-own", "", &["helper", "peer"]);
     let mut target = Target::start(&own.exe, &["2"]);
     let pid = target.pid().to_string();
     let out = own.run(&["apply", own.bundle("helper"), "--pid", &pid]);
@@ -548,6 +548,26 @@ fn a_callee_of_another_version_is_refused() {
     assert_eq!(json("live", &out)["processes"][0]["same_build"], false);
     assert!(target.aux_patched());
     target.healthy("own build");
+    // The same across objects: the new aux() of work.c calls peer() of main.c, which the
+    // running build has with another signature. Refused by name; on the source's own build the
+    // bundle applies, peer() proven.
+    let out = own.run(&["undo", own.id("helper"), "--pid", &pid]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    let out = own.run(&["apply", own.bundle("peer"), "--pid", &pid]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert!(target.aux_patched());
+    target.healthy("own build, another object's callee");
+    let other = Fixture::new("hostile-peer", "CFLAGS='-O2 -g -DPEER2'", &["peer"]);
+    let mut target = Target::start(&other.exe, &["2"]);
+    let pid = target.pid().to_string();
+    let out = other.run(&["apply", other.bundle("peer"), "--pid", &pid]);
+    assert_eq!(code(&out), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("peer") && err.contains("another build"),
+        "{err}"
+    );
+    consistent(&other, &mut target, &[], "another object's callee");
 }
 
 #[test]
