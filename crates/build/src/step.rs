@@ -144,7 +144,6 @@ pub(crate) fn refusal(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 /// Functions of *other* objects of the program that the new code calls or takes the address
 /// of: their pre code goes into the bundle (`referenced`) beside that of the object's own, so
 /// that apply can prove them by run-pre matching in a process of another build — a function of
@@ -214,6 +213,7 @@ fn cross_object_references(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn build_patch(
     ctx: &mut Context<'_>,
     state: &State,
