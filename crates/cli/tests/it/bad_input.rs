@@ -477,6 +477,38 @@ fn bad_inputs_are_refused_cleanly_and_tabulated() {
         );
         drop(target);
     }
+    // Bundles built from the plain source, applied to another version of the program whose
+    // function the new code calls has another signature.
+    let other = Fixture::new(
+        "bad-input-callee",
+        "CFLAGS='-O2 -g -DHELPER2 -DPEER2'",
+        &["helper", "peer"],
+    );
+    let target = Target::start(&other.exe, &["2"]);
+    for (patch, what) in [
+        (
+            "helper",
+            "another version: the new code calls helper() of its own file, which takes two arguments in the running build",
+        ),
+        (
+            "peer",
+            "another version: the new code calls peer() of another file, which takes two arguments in the running build",
+        ),
+    ] {
+        run_with(
+            what,
+            1,
+            &[
+                "apply",
+                other.bundle(patch),
+                "--pid",
+                &target.pid().to_string(),
+            ],
+            None,
+            &[],
+        );
+    }
+    drop(target);
     let traced = Target::start(&hostile.exe, &["1"]);
     let tracer_exe = compile_target("tracer", &dir);
     let mut tracer = Command::new(&tracer_exe)
