@@ -397,10 +397,11 @@ fn write(root: &Path, r: &Value) -> Result<()> {
     }
     let _ = writeln!(
         md,
-        "\nPauses in µs. *hotsplice*: from the first thread's interrupt to the last thread's \
-         release, the longest of the stops of one invocation (apply stops twice). *target*: the \
-         largest gap any of its threads saw between two loop iterations during the invocation, \
-         minus run-queue wait.\n"
+        "\nPauses in µs. *hotsplice*: its reported pause — the longest total time one thread was \
+         stopped by the invocation, every stop summed (`pause_us`). *target*: the largest gap \
+         any of its threads saw between two loop iterations during the invocation, minus \
+         run-queue wait (on this saturated machine it also holds whatever else held a thread \
+         up during the whole command).\n"
     );
     let _ = writeln!(
         md,
