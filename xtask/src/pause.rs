@@ -336,8 +336,11 @@ fn invoke(tool: &Tool, target: &mut Target, verb: &str, samples: &mut Samples) -
     samples.target.push(window.max);
     samples.target_total.push(window.total);
     if let Some(windows) = p["stop_windows"].as_array() {
+        // The stops of the workers: every thread stopped (not the main thread alone, stopped
+        // to run the `mmap` or `munmap` while the workers ran on).
         let stops: Vec<StopWindow> = windows
             .iter()
+            .filter(|w| w["threads"].as_u64().unwrap_or(0) as usize > target.workers.len())
             .filter_map(|w| Some((w["start_ns"].as_u64()?, w["end_ns"].as_u64()?)))
             .collect();
         let seen = attribute(&gaps, &stops);
@@ -561,8 +564,9 @@ fn write(root: &Path, rows: &[Value], compared: bool) -> Result<()> {
          two loop iterations minus its run-queue wait (`/proc/thread-self/schedstat`), so that \
          waiting for a CPU is not counted, and lists each gap over 20 µs with its start and end \
          on `CLOCK_MONOTONIC`. hotsplice's `--json` gives the start and end of each of its stops \
-         on the same clock. *during stops*: the largest gap of any worker that overlaps one of \
-         hotsplice's stops — the pause the program felt — and the largest total of one worker's \
+         on the same clock, and how many threads each stopped. *during stops*: the largest gap \
+         of any worker that overlaps one of hotsplice's stops of every thread (not those of the \
+         main thread alone, for the `mmap`/`munmap`, while the workers run on) — the pause the program felt — and the largest total of one worker's \
          such gaps. *whole window*: the largest gap anywhere in the window around the \
          invocation (as earlier versions of this benchmark measured, and the only figure for a \
          build that does not report its stops); *outside stops*: the largest gap that overlaps \

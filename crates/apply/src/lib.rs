@@ -125,8 +125,9 @@ pub struct ProcessReport {
     pub stops: u32,
     /// Each thread stopped: (tid, total stopped time, stops).
     pub per_thread: Vec<(i32, Duration, u32)>,
-    /// Each stop, from its first interrupt to its last release, in `CLOCK_MONOTONIC` ns.
-    pub windows: Vec<(u64, u64)>,
+    /// Each stop, from its first interrupt to its last release, in `CLOCK_MONOTONIC` ns, and
+    /// how many threads it stopped.
+    pub windows: Vec<(u64, u64, usize)>,
     /// Attempts of the switch (more than one when a thread was busy).
     pub attempts: u32,
     /// Threads stopped.

@@ -33,8 +33,9 @@ pub struct PauseLog {
     pub stops: u32,
     /// Whether every stop ran at real-time priority.
     pub realtime: bool,
-    /// Each stop, from its first interrupt to its last release, in `CLOCK_MONOTONIC` ns.
-    pub windows: Vec<(u64, u64)>,
+    /// Each stop, from its first interrupt to its last release, in `CLOCK_MONOTONIC` ns, and
+    /// how many threads it stopped.
+    pub windows: Vec<(u64, u64, usize)>,
 }
 
 impl PauseLog {
@@ -54,7 +55,8 @@ impl PauseLog {
         self.realtime &= rt.active();
         drop(rt);
         pause.settle(SETTLE);
-        self.windows.extend(pause.window);
+        self.windows
+            .extend(pause.window.map(|(start, end)| (start, end, pause.threads)));
         for &(tid, d) in &pause.per_thread {
             let e = self.per_thread.entry(tid).or_default();
             e.0 += d;

@@ -266,7 +266,11 @@ fn process_report(r: &ProcessReport) -> output::ProcessReport {
         stop_windows: r
             .windows
             .iter()
-            .map(|&(start_ns, end_ns)| output::StopWindow { start_ns, end_ns })
+            .map(|&(start_ns, end_ns, threads)| output::StopWindow {
+                start_ns,
+                end_ns,
+                threads,
+            })
             .collect(),
         attempts: r.attempts,
         threads: r.threads,

@@ -776,6 +776,8 @@ pub struct StopWindow {
     pub start_ns: u64,
     /// The last thread's release, in ns.
     pub end_ns: u64,
+    /// How many threads it stopped (all of them, or one to run a system call in the target).
+    pub threads: usize,
 }
 
 /// What apply would do now (`check`).

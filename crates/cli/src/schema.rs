@@ -409,6 +409,7 @@ fn sample_live() -> Value {
             stop_windows: vec![StopWindow {
                 start_ns: 1_000_000,
                 end_ns: 1_080_000,
+                threads: 2,
             }],
             attempts: 1,
             threads: 2,

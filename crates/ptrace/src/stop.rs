@@ -174,11 +174,15 @@ pub struct Pause {
 struct Waking {
     /// Its place in `per_thread`.
     index: usize,
-    interrupted_at: Instant,
+    /// What it was charged until its release.
+    until_release: Duration,
+    released_at: Instant,
     /// Its `/proc/PID/task/TID/schedstat`.
     file: File,
     /// The counters read just after the release.
     released: SchedStat,
+    /// When it was last seen not to have run yet.
+    last_seen: Instant,
 }
 
 /// A thread's scheduler counters: on-CPU time, run-queue wait (ns), times scheduled in.
@@ -211,30 +215,41 @@ impl SchedStat {
 
 impl Pause {
     /// Waits, at most `within`, until every released thread that was running when stopped has
-    /// run again, and counts the time until then (less any run-queue wait since the release)
-    /// as stopped. Call it after leaving real-time priority: a real-time tracer polling would
-    /// keep a thread waiting for its CPU from running. A thread not seen running by then is
-    /// counted until its release.
+    /// run again, and counts the time from its release until then as stopped too, less what
+    /// it spent waiting on a run queue or running meanwhile (its scheduler counters). Only a
+    /// prompt sighting counts (the thread last seen not to have run at most [`PROMPT`] before):
+    /// when hotsplice itself waits for a CPU, as on a machine with more busy threads than
+    /// CPUs, it cannot tell when a thread first ran, and the thread is counted until its
+    /// release. Call it after leaving real-time priority: a real-time tracer polling would keep
+    /// a thread waiting for its CPU from running.
     pub fn settle(&mut self, within: Duration) {
         let deadline = Instant::now() + within;
         while !self.waking.is_empty() && Instant::now() < deadline {
             let per_thread = &mut self.per_thread;
-            self.waking.retain(|w| {
+            self.waking.retain_mut(|w| {
                 let Some(now) = SchedStat::read(&w.file) else {
                     return false; // gone
                 };
+                let at = Instant::now();
+                if at.duration_since(w.last_seen) > PROMPT {
+                    return false; // not seen promptly: counted until its release
+                }
                 if !now.ran_since(&w.released) {
+                    w.last_seen = at;
                     return true;
                 }
-                let waited =
-                    Duration::from_nanos(now.run_delay.saturating_sub(w.released.run_delay));
-                let stopped = w.interrupted_at.elapsed().saturating_sub(waited);
+                let queued_or_ran = Duration::from_nanos(
+                    now.run_delay.saturating_sub(w.released.run_delay)
+                        + now.on_cpu.saturating_sub(w.released.on_cpu),
+                );
+                let woken = at
+                    .duration_since(w.released_at)
+                    .saturating_sub(queued_or_ran);
                 if let Some(entry) = per_thread.get_mut(w.index) {
-                    entry.1 = entry.1.max(stopped);
+                    entry.1 = entry.1.max(w.until_release + woken);
                 }
                 false
             });
-            std::thread::yield_now();
         }
         self.waking.clear();
         self.longest = self
@@ -245,6 +260,10 @@ impl Pause {
             .unwrap_or_default();
     }
 }
+
+/// How soon after last seeing a released thread not yet running hotsplice must see it run for
+/// the sighting to count ([`Pause::settle`]).
+const PROMPT: Duration = Duration::from_micros(200);
 
 /// The `CLOCK_MONOTONIC` time now, in ns.
 pub fn monotonic_ns() -> u64 {
@@ -1080,6 +1099,7 @@ impl Stopped {
         }
         self.released = true;
         let mut per_thread = Vec::with_capacity(self.threads.len());
+        let mut released = Vec::with_capacity(self.threads.len());
         for t in &self.threads {
             let process = self.process_of(t.pid);
             // Re-issue a call that got `EINTR` only from our stop — unless a signal that would
@@ -1096,7 +1116,14 @@ impl Stopped {
                 .and_then(|a| Some(run_delay(t.pid, t.tid)?.saturating_sub(a)))
                 .map_or(Duration::ZERO, Duration::from_nanos);
             let _ = ptrace::detach(Pid::from_raw(t.tid), t.pending_signal);
-            per_thread.push((t.tid, t.interrupted_at.elapsed().saturating_sub(waited)));
+            let released_at = Instant::now();
+            per_thread.push((
+                t.tid,
+                released_at
+                    .saturating_duration_since(t.interrupted_at)
+                    .saturating_sub(waited),
+            ));
+            released.push(released_at);
         }
         let (now, now_ns) = (Instant::now(), monotonic_ns());
         // Threads that were running user code, to see running again ([`Pause::settle`]); a
@@ -1110,12 +1137,14 @@ impl Stopped {
             let Ok(file) = File::open(format!("/proc/{}/task/{}/schedstat", t.pid, t.tid)) else {
                 continue;
             };
-            if let Some(released) = SchedStat::read(&file) {
+            if let Some(counters) = SchedStat::read(&file) {
                 waking.push(Waking {
                     index,
-                    interrupted_at: t.interrupted_at,
+                    until_release: per_thread[index].1,
+                    released_at: released[index],
                     file,
-                    released,
+                    released: counters,
+                    last_seen: Instant::now(),
                 });
             }
         }
