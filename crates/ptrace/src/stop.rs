@@ -143,6 +143,14 @@ impl Thread {
     pub fn in_syscall(&self) -> bool {
         (self.regs.orig_rax as i64) >= 0
     }
+
+    /// Whether it was running (or waiting for a CPU) when stopped, rather than blocked: a
+    /// blocked system call the stop interrupted returns a restart code (`-ERESTARTSYS`...) or
+    /// `EINTR`; one that was merely running (a `read` of a file) completed first.
+    pub fn was_running(&self) -> bool {
+        let rax = self.regs.rax as i64;
+        !self.in_syscall() || !(rax == -(libc::EINTR as i64) || (-516..=-512).contains(&rax))
+    }
 }
 
 /// How long threads were stopped.
@@ -1126,12 +1134,12 @@ impl Stopped {
             released.push(released_at);
         }
         let (now, now_ns) = (Instant::now(), monotonic_ns());
-        // Threads that were running user code, to see running again ([`Pause::settle`]); a
-        // thread in a system call was blocked or about to be, and a job-stopped one stays
-        // stopped. Their counters are read only now, every thread let go first.
+        // Threads that were running, to see running again ([`Pause::settle`]); a blocked one
+        // would not have run anyway, and a job-stopped one stays stopped. Their counters are
+        // read only now, every thread let go first.
         let mut waking = Vec::new();
         for (index, t) in self.threads.iter().enumerate() {
-            if t.in_syscall() || t.job_stopped {
+            if !t.was_running() || t.job_stopped {
                 continue;
             }
             let Ok(file) = File::open(format!("/proc/{}/task/{}/schedstat", t.pid, t.tid)) else {
