@@ -103,7 +103,7 @@ fn stop_inject_write_release_keeps_blocking_calls_intact() {
         let blocked: Vec<i32> = stopped
             .threads()
             .iter()
-            .filter(|t| t.in_syscall())
+            .filter(|t| !t.was_running())
             .map(|t| t.tid)
             .collect();
         let mut pause = stopped.release();
