@@ -502,6 +502,14 @@ pub fn prove_referenced(
                     .unwrap_or_else(|| "none".into()),
                 detail,
             };
+            // Its code at an address is the code the bundle was built against.
+            let proven_at = |address: u64| {
+                let pre = PreCode {
+                    code: &r.pre_code,
+                    relocs: r_relocs,
+                };
+                match_function(pre, address, r.pre_code.len() as u64, &memory)
+            };
             match outcome {
                 Found::Located { matched, .. } => {
                     prepared.learned.insert(
@@ -509,46 +517,29 @@ pub fn prove_referenced(
                         Learned::Address(matched.address),
                     );
                 }
+                // New in a patch applied earlier (the bundle was built on top of it); else, not
+                // found by name or by its code (a stripped file whose symbol table does not
+                // have it, a function hidden in a library), where the replaced functions call
+                // it — in either case only if its code there is the code the bundle was built
+                // against.
                 Found::NotFound { .. }
                     if let Some(address) = earlier_definition(
                         &prepared.earlier,
                         object.source_file.as_deref(),
                         &r.name,
                     )
-                    .filter(|&a| {
-                        let pre = PreCode {
-                            code: &r.pre_code,
-                            relocs: r_relocs,
-                        };
-                        match_function(pre, a, r.pre_code.len() as u64, &memory).is_ok()
+                    .filter(|&a| proven_at(a).is_ok())
+                    .or_else(|| {
+                        [Some(o), None]
+                            .into_iter()
+                            .find_map(|scope| {
+                                match prepared.learned.get(&(scope, r.name.clone())) {
+                                    Some(Learned::Address(a)) => Some(*a),
+                                    _ => None,
+                                }
+                            })
+                            .filter(|&a| proven_at(a).is_ok())
                     }) =>
-                {
-                    // New in a patch applied earlier (the bundle was built on top of it), and
-                    // its code there is the code this bundle was built against.
-                    prepared.learned.insert(
-                        (r.local.then_some(o), r.name.clone()),
-                        Learned::Address(address),
-                    );
-                }
-                // Not found by name or by its code (a stripped file whose symbol table does
-                // not have it, a function hidden in a library): where the replaced functions
-                // call it, if its code there is the code the bundle was built against.
-                Found::NotFound { .. }
-                    if let Some(address) = [Some(o), None]
-                        .into_iter()
-                        .find_map(
-                            |scope| match prepared.learned.get(&(scope, r.name.clone())) {
-                                Some(Learned::Address(a)) => Some(*a),
-                                _ => None,
-                            },
-                        )
-                        .filter(|&a| {
-                            let pre = PreCode {
-                                code: &r.pre_code,
-                                relocs: r_relocs,
-                            };
-                            match_function(pre, a, r.pre_code.len() as u64, &memory).is_ok()
-                        }) =>
                 {
                     prepared.learned.insert(
                         (r.local.then_some(o), r.name.clone()),
@@ -570,13 +561,7 @@ pub fn prove_referenced(
                     let agreeing: Vec<(u64, Vec<(String, Learned)>)> = addresses
                         .iter()
                         .filter_map(|&address| {
-                            let pre = PreCode {
-                                code: &r.pre_code,
-                                relocs: r_relocs,
-                            };
-                            let matched =
-                                match_function(pre, address, r.pre_code.len() as u64, &memory)
-                                    .ok()?;
+                            let matched = proven_at(address).ok()?;
                             let lessons: Vec<(String, Learned)> = matched
                                 .learned
                                 .into_iter()
