@@ -208,6 +208,13 @@ impl SchedStat {
         self.on_cpu != earlier.on_cpu || self.slices != earlier.slices
     }
 
+    /// A thread's counters file, and the counters now.
+    fn open(pid: i32, tid: i32) -> Option<(File, SchedStat)> {
+        let file = File::open(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
+        let now = SchedStat::read(&file)?;
+        Some((file, now))
+    }
+
     fn read(file: &File) -> Option<SchedStat> {
         let mut buf = [0u8; 96];
         let n = file.read_at(&mut buf, 0).ok()?;
@@ -372,12 +379,7 @@ fn thread_exiting(pid: i32, tid: i32) -> bool {
 
 /// A thread's total run-queue wait so far (ns), from `/proc/PID/task/TID/schedstat`.
 fn run_delay(pid: i32, tid: i32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat"))
-        .ok()?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    Some(SchedStat::open(pid, tid)?.1.run_delay)
 }
 
 /// Whether an `EINTR` a thread got is real: a signal that interrupts it is pending.
@@ -1142,10 +1144,7 @@ impl Stopped {
             if !t.was_running() || t.job_stopped {
                 continue;
             }
-            let Ok(file) = File::open(format!("/proc/{}/task/{}/schedstat", t.pid, t.tid)) else {
-                continue;
-            };
-            if let Some(counters) = SchedStat::read(&file) {
+            if let Some((file, counters)) = SchedStat::open(t.pid, t.tid) {
                 waking.push(Waking {
                     index,
                     until_release: per_thread[index].1,
