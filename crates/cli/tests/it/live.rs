@@ -68,51 +68,22 @@ impl Setup {
         let source = self.dir.join(format!("{earlier}-source"));
         patched_copy(self.fixture, earlier, &source);
         let out = self.dir.join(format!("{patch}.on-top.hsp"));
-        let result = crate::hs()
-            .arg("build")
-            .arg("--source")
-            .arg(&source)
-            .arg("--diff")
-            .arg(fixtures().join("patches").join(patch))
-            .args(["--target", "app", "--json", "--cache"])
-            .arg(self.dir.join("cache"))
-            .arg("-o")
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert_eq!(
-            result.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&result.stderr)
-        );
-        let id = json("build", &result)["id"].as_str().unwrap().to_string();
+        let diff = fixtures().join("patches").join(patch);
+        let id = crate::build_bundle(&source, &diff, "app", &[], &self.dir, &out);
         (out, id)
     }
 
     pub fn bundle(&self, patch: &str, make_args: &str) -> (PathBuf, String) {
         let out = self.dir.join(format!("{patch}.hsp"));
         let build = format!("make {make_args}");
-        let result = crate::hs()
-            .arg("build")
-            .arg("--source")
-            .arg(fixtures().join(self.fixture))
-            .arg("--diff")
-            .arg(fixtures().join("patches").join(patch))
-            .args(["--target", "app", "--build", &build, "--json"])
-            .arg("--cache")
-            .arg(self.dir.join("cache"))
-            .arg("-o")
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert_eq!(
-            result.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&result.stderr)
+        let id = crate::build_bundle(
+            &fixtures().join(self.fixture),
+            &fixtures().join("patches").join(patch),
+            "app",
+            &["--build", &build],
+            &self.dir,
+            &out,
         );
-        let id = json("build", &result)["id"].as_str().unwrap().to_string();
         (out, id)
     }
 

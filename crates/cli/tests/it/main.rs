@@ -46,6 +46,40 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// `hotsplice build --source SOURCE --diff DIFF --target TARGET --json --cache DIR/cache -o OUT`
+/// and `extra` arguments (`--build CMD`...), which must succeed; the bundle's id.
+pub fn build_bundle(
+    source: &Path,
+    diff: &Path,
+    target: &str,
+    extra: &[&str],
+    dir: &Path,
+    out: &Path,
+) -> String {
+    let result = hs()
+        .arg("build")
+        .arg("--source")
+        .arg(source)
+        .arg("--diff")
+        .arg(diff)
+        .args(["--target", target, "--json"])
+        .args(extra)
+        .arg("--cache")
+        .arg(dir.join("cache"))
+        .arg("-o")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert_eq!(
+        result.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&result.stdout),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    json("build", &result)["id"].as_str().unwrap().to_string()
+}
+
 /// The JSON on a command's stdout, checked against its documented schema
 /// (`docs/json/<schema>.schema.json`).
 pub fn json(schema: &str, output: &Output) -> Value {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::{json, json_any, scratch};
+use crate::{json_any, scratch};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/semantic")
@@ -38,28 +38,15 @@ impl Setup {
     /// Builds the bundle of `patches/NAME.patch`: (path, id).
     fn bundle(&self, name: &str) -> (String, String) {
         let out = self.dir.join(format!("{name}.hsp"));
-        let result = crate::hs()
-            .arg("build")
-            .arg("--source")
-            .arg(fixtures().join("app"))
-            .arg("--diff")
-            .arg(fixtures().join("patches").join(format!("{name}.patch")))
-            // The plain build: the compiler shims put hotsplice.h on the include path.
-            .args(["--target", "server", "--json", "--build", "make"])
-            .arg("--cache")
-            .arg(self.dir.join("cache"))
-            .arg("-o")
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert_eq!(
-            result.status.code(),
-            Some(0),
-            "{}{}",
-            String::from_utf8_lossy(&result.stdout),
-            String::from_utf8_lossy(&result.stderr)
+        // The plain build: the compiler shims put hotsplice.h on the include path.
+        let id = crate::build_bundle(
+            &fixtures().join("app"),
+            &fixtures().join("patches").join(format!("{name}.patch")),
+            "server",
+            &["--build", "make"],
+            &self.dir,
+            &out,
         );
-        let id = json("build", &result)["id"].as_str().unwrap().to_string();
         (out.display().to_string(), id)
     }
 

@@ -11,7 +11,7 @@ use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
-use crate::{json, scratch};
+use crate::scratch;
 
 fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/hostile")
@@ -59,25 +59,14 @@ impl Fixture {
         };
         for &patch in patches {
             let out = fixture.dir.join(format!("{patch}.hsp"));
-            let result = crate::hs()
-                .arg("build")
-                .arg("--source")
-                .arg(fixture_dir().join("app"))
-                .arg("--diff")
-                .arg(fixture_dir().join("patches").join(format!("{patch}.patch")))
-                .args(["--target", "target", "--json", "--cache"])
-                .arg(fixture.dir.join("cache"))
-                .arg("-o")
-                .arg(&out)
-                .output()
-                .unwrap();
-            assert_eq!(
-                result.status.code(),
-                Some(0),
-                "{}",
-                String::from_utf8_lossy(&result.stderr)
+            let id = crate::build_bundle(
+                &fixture_dir().join("app"),
+                &fixture_dir().join("patches").join(format!("{patch}.patch")),
+                "target",
+                &[],
+                &fixture.dir,
+                &out,
             );
-            let id = json("build", &result)["id"].as_str().unwrap().to_string();
             fixture
                 .bundles
                 .insert(patch, (out.display().to_string(), id));
