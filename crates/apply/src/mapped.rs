@@ -43,7 +43,9 @@ fn files(maps: &[Mapping]) -> Vec<(&str, Vec<&Mapping>)> {
 /// Parses one mapped file; `None` when it cannot be read or is not an ELF file.
 fn parse(process: &Process, path: &str, mappings: &[&Mapping]) -> Option<MappedFile> {
     let first = mappings.iter().find(|m| m.offset == 0)?;
-    let bytes = process.mapped_file(first).ok()?;
+    let bytes = process
+        .mapped_file_parts(first, hotsplice_matcher::ranges_needed)
+        .ok()?;
     let image = Image::parse(&bytes).ok()?;
     Some(MappedFile {
         path: path.to_string(),

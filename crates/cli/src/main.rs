@@ -99,15 +99,6 @@ fn main() -> ExitCode {
             let code = hotsplice_build::shim::run(&argv0, args.collect());
             return ExitCode::from(u8::try_from(code).unwrap_or(1));
         }
-        // The guardian of a live operation (see `signals::Guardian`).
-        let rest: Vec<String> = std::env::args().skip(1).collect();
-        if let [cmd, pid] = rest.as_slice()
-            && cmd == "__guard"
-            && let Ok(pid) = pid.parse()
-        {
-            hotsplice_ptrace::signals::guard(pid);
-            return ExitCode::SUCCESS;
-        }
     }
     let cli = Cli::parse();
     let stops_threads = matches!(
@@ -123,13 +114,12 @@ fn main() -> ExitCode {
     let guardian = if cli.command.live() {
         // While hotsplice holds a target, a termination request or a job-control stop waits:
         // the operation rolls back (or finishes) first, then the signal takes effect; and a
-        // SIGSTOP, which cannot wait, is undone at once by the guardian.
+        // SIGSTOP, which cannot wait, is undone at once by the guardian (forked, so before
+        // any thread starts).
         hotsplice_ptrace::signals::defer_interruptions();
+        let guardian = stops_threads.then(hotsplice_ptrace::signals::Guardian::start);
         hotsplice_ptrace::prepare_watchdog();
-        std::env::current_exe()
-            .ok()
-            .filter(|_| stops_threads)
-            .map(|exe| hotsplice_ptrace::signals::Guardian::start(&exe))
+        guardian
     } else {
         None
     };

@@ -80,8 +80,8 @@ pub struct Image {
     /// The lowest `PT_LOAD` virtual address, page-aligned down: the load bias is the address
     /// of the file's offset-0 mapping minus this.
     pub first_load: u64,
-    /// Indices into `symbols` by name.
-    by_name: std::collections::HashMap<String, Vec<usize>>,
+    /// Indices into `symbols`, sorted by name.
+    by_name: Vec<usize>,
 }
 
 impl Image {
@@ -210,9 +210,9 @@ impl Image {
                 }
             }
         }
-        for (i, s) in image.symbols.iter().enumerate() {
-            image.by_name.entry(s.name.clone()).or_default().push(i);
-        }
+        let mut by_name: Vec<usize> = (0..image.symbols.len()).collect();
+        by_name.sort_by(|&a, &b| image.symbols[a].name.cmp(&image.symbols[b].name));
+        image.by_name = by_name;
         Ok(image)
     }
 
@@ -221,11 +221,13 @@ impl Image {
         &'i self,
         name: &'i str,
     ) -> impl Iterator<Item = &'i ImageSymbol> + 'i {
-        self.by_name
-            .get(name)
-            .into_iter()
-            .flatten()
+        let first = self
+            .by_name
+            .partition_point(|&i| self.symbols[i].name.as_str() < name);
+        self.by_name[first..]
+            .iter()
             .map(|&i| &self.symbols[i])
+            .take_while(move |s| s.name == name)
     }
 
     /// The FDE starting exactly at `address`, if any.
@@ -241,6 +243,76 @@ impl Image {
         let block = tls.size.div_ceil(tls.align) * tls.align;
         Some(tls_address as i64 - block as i64)
     }
+}
+
+/// The byte ranges of an ELF file that [`Image::parse`] reads, as far as `known` tells: the
+/// file's bytes, whole in length but zero where not read yet. It asks first for the file and
+/// program headers and the section table, then for the section names, the symbol tables and
+/// their strings, the notes and `.eh_frame` — not the code, most of a library. A caller that
+/// reads a file piecemeal reads what it asks for and asks again, until nothing new is asked
+/// (three rounds for a well-formed file). Never panics on malformed input.
+pub fn ranges_needed(known: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let endian = LittleEndian;
+    let size = std::mem::size_of::<elf::FileHeader64<LittleEndian>>();
+    let mut out = Vec::new();
+    out.push(0..size.min(known.len()));
+    out.retain(|r| r.start < r.end);
+    let Ok(header) = elf::FileHeader64::<LittleEndian>::parse(known) else {
+        return out;
+    };
+    let table = |offset: u64, count: u64, entry: u64| {
+        let start = usize::try_from(offset).ok()?;
+        let len = usize::try_from(count.checked_mul(entry)?).ok()?;
+        Some(start..start.checked_add(len)?.min(known.len()))
+    };
+    out.extend(table(
+        header.e_phoff(endian),
+        u64::from(header.e_phnum(endian)),
+        u64::from(header.e_phentsize(endian)),
+    ));
+    // Extended numbering keeps the count in the first section header: ask for it first.
+    let count = match header.e_shnum(endian) {
+        0 => 1,
+        n => u64::from(n),
+    };
+    out.extend(table(
+        header.e_shoff(endian),
+        count,
+        u64::from(header.e_shentsize(endian)),
+    ));
+    out.retain(|r| r.start < r.end);
+    let Ok(sections) = header.sections(endian, known) else {
+        return out;
+    };
+    let range = |section: &elf::SectionHeader64<LittleEndian>| {
+        section
+            .file_range(endian)
+            .and_then(|(offset, len)| table(offset, len, 1))
+    };
+    if let Ok(index) = header.shstrndx(endian, known)
+        && let Ok(strings) = sections.section(object::SectionIndex(index as usize))
+    {
+        out.extend(range(strings));
+    }
+    for section in sections.iter() {
+        let sh_type = section.sh_type(endian);
+        let wanted = sh_type == elf::SHT_SYMTAB
+            || sh_type == elf::SHT_DYNSYM
+            || sh_type == elf::SHT_NOTE
+            || sections.section_name(endian, section).ok() == Some(&b".eh_frame"[..]);
+        if !wanted {
+            continue;
+        }
+        out.extend(range(section));
+        if sh_type == elf::SHT_SYMTAB || sh_type == elf::SHT_DYNSYM {
+            let link = object::SectionIndex(section.sh_link(endian) as usize);
+            if let Ok(strings) = sections.section(link) {
+                out.extend(range(strings));
+            }
+        }
+    }
+    out.retain(|r| r.start < r.end);
+    out
 }
 
 /// The GNU build-id of an ELF file from its first bytes (`head`): the file header, the
@@ -271,22 +343,30 @@ type IndexedFdes = Vec<(u64, u64, usize)>;
 fn parse_eh_frame(bytes: &[u8], address: u64) -> (Vec<Fde>, IndexedFdes) {
     let eh = EhFrame::new(bytes, GimliLe);
     let bases = BaseAddresses::default().set_eh_frame(address);
-    let mut out = Vec::new();
     let mut indexed = Vec::new();
+    // Most FDEs share one of a few CIEs: parse each once.
+    let mut cies = Vec::new();
     let mut entries = eh.entries(&bases);
     while let Ok(Some(entry)) = entries.next() {
         if let CieOrFde::Fde(partial) = entry {
             let offset = partial.offset();
-            if let Ok(fde) = partial.parse(EhFrame::cie_from_offset) {
-                out.push(Fde {
-                    start: fde.initial_address(),
-                    len: fde.len(),
-                });
+            let fde = partial.parse(|section, bases, cie_offset| {
+                if let Some((_, cie)) = cies.iter().find(|(o, _)| *o == cie_offset) {
+                    return Ok(Clone::clone(cie));
+                }
+                let cie = section.cie_from_offset(bases, cie_offset)?;
+                cies.push((cie_offset, cie.clone()));
+                Ok(cie)
+            });
+            if let Ok(fde) = fde {
                 indexed.push((fde.initial_address(), fde.len(), offset));
             }
         }
     }
-    out.sort();
-    indexed.sort();
-    (out, indexed)
+    indexed.sort_unstable();
+    let fdes = indexed
+        .iter()
+        .map(|&(start, len, _)| Fde { start, len })
+        .collect();
+    (fdes, indexed)
 }

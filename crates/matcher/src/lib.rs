@@ -21,7 +21,7 @@ mod locate;
 pub use function::{
     Learned, Learning, Matched, Memory, Mismatch, PreCode, PreReloc, match_function,
 };
-pub use image::{EhFrameSection, Fde, Image, ImageSymbol, TlsSegment, build_id};
+pub use image::{EhFrameSection, Fde, Image, ImageSymbol, TlsSegment, build_id, ranges_needed};
 pub use locate::{Found, Via, Wanted, locate};
 
 /// Why a binary cannot be read.

@@ -264,21 +264,49 @@ impl Process {
         comm_of(self.pid)
     }
 
-    /// The bytes of a mapped file, read through `/proc/PID/map_files` (so a file replaced on
-    /// disk since the process mapped it is still the one read), else through its path.
-    pub fn mapped_file(&self, mapping: &Mapping) -> Result<Vec<u8>, Error> {
+    /// The file behind a mapping (through `/proc/PID/map_files`, else its path), read where
+    /// `needed` asks: a buffer as long as the file, zero elsewhere. `needed` is shown what has
+    /// been read so far and answers the byte ranges it wants; reading ends when it wants nothing
+    /// new (or after eight rounds). What is never read costs neither a read nor memory: the
+    /// buffer is allocated zeroed, so its untouched pages are never faulted in.
+    pub fn mapped_file_parts(
+        &self,
+        mapping: &Mapping,
+        needed: impl Fn(&[u8]) -> Vec<std::ops::Range<usize>>,
+    ) -> Result<Vec<u8>, Error> {
         let by_range = format!(
             "/proc/{}/map_files/{:x}-{:x}",
             self.pid, mapping.start, mapping.end
         );
-        if let Ok(bytes) = std::fs::read(&by_range) {
-            return Ok(bytes);
-        }
         let path = mapping.path.clone().unwrap_or_default();
-        std::fs::read(&path).map_err(|source| Error::File {
-            path: PathBuf::from(path),
+        let failed = |source| Error::File {
+            path: PathBuf::from(&path),
             source,
-        })
+        };
+        let file = File::open(&by_range)
+            .or_else(|_| File::open(&path))
+            .map_err(failed)?;
+        let len = usize::try_from(file.metadata().map_err(failed)?.len()).unwrap_or(usize::MAX);
+        let mut buf = vec![0u8; len];
+        let mut read: Vec<std::ops::Range<usize>> = Vec::new();
+        for _ in 0..8 {
+            let wanted: Vec<_> = needed(&buf)
+                .into_iter()
+                .map(|r| r.start.min(len)..r.end.min(len))
+                .filter(|r| {
+                    r.start < r.end && !read.iter().any(|d| d.start <= r.start && r.end <= d.end)
+                })
+                .collect();
+            if wanted.is_empty() {
+                break;
+            }
+            for r in wanted {
+                file.read_exact_at(&mut buf[r.clone()], r.start as u64)
+                    .map_err(failed)?;
+                read.push(r);
+            }
+        }
+        Ok(buf)
     }
 
     /// `len` bytes at `offset` of the file behind a mapping (through `/proc/PID/map_files`,

@@ -313,3 +313,71 @@ fn a_changed_byte_is_a_mismatch_naming_the_instruction() {
         "the others still match"
     );
 }
+
+/// Reads `file` as `hotsplice_ptrace::Process::mapped_file_parts` does: only the ranges
+/// `ranges_needed` asks for, zeros elsewhere. Returns the bytes and how many were read.
+fn read_as_asked(file: &[u8]) -> (Vec<u8>, usize) {
+    let mut known = vec![0u8; file.len()];
+    let mut read = 0;
+    for _ in 0..8 {
+        let wanted: Vec<_> = hotsplice_matcher::ranges_needed(&known)
+            .into_iter()
+            .filter(|r| known[r.clone()] != file[r.clone()])
+            .collect();
+        if wanted.is_empty() {
+            break;
+        }
+        for r in wanted {
+            known[r.clone()].copy_from_slice(&file[r.clone()]);
+            read += r.len();
+        }
+    }
+    (known, read)
+}
+
+#[test]
+fn an_image_parsed_from_the_ranges_it_asks_for_equals_the_whole_files() {
+    let built = build("ranges", &[]);
+    let libc = std::fs::read("/lib/x86_64-linux-gnu/libc.so.6").ok();
+    let mut files = vec![("exe", built.exe), ("stripped", built.stripped)];
+    files.extend(libc.map(|l| ("libc.so.6", l)));
+    for (label, file) in files {
+        let (sparse, read) = read_as_asked(&file);
+        let whole = Image::parse(&file).unwrap();
+        let parts = Image::parse(&sparse).unwrap();
+        assert_eq!(parts.symbols, whole.symbols, "{label}");
+        assert_eq!(parts.fdes, whole.fdes, "{label}");
+        assert_eq!(parts.build_id, whole.build_id, "{label}");
+        assert!(whole.build_id.is_some(), "{label}");
+        assert_eq!(parts.tls, whole.tls, "{label}");
+        assert_eq!(parts.first_load, whole.first_load, "{label}");
+        assert_eq!(
+            parts.eh_frame.as_ref().map(|e| (&e.data, &e.fdes)),
+            whole.eh_frame.as_ref().map(|e| (&e.data, &e.fdes)),
+            "{label}"
+        );
+        assert!(!whole.fdes.is_empty(), "{label}");
+        assert!(read < file.len(), "{label}: read {read} of {}", file.len());
+        println!("{label}: read {read} of {} bytes", file.len());
+    }
+}
+
+#[test]
+fn ranges_needed_of_garbage_ask_for_the_header_only_and_never_panic() {
+    assert_eq!(
+        hotsplice_matcher::ranges_needed(&[]),
+        Vec::<std::ops::Range<usize>>::new()
+    );
+    assert_eq!(hotsplice_matcher::ranges_needed(&[0u8; 10]), vec![0..10]);
+    let mut bytes = vec![0u8; 4096];
+    bytes[..4].copy_from_slice(b"\x7fELF");
+    bytes[4] = 2;
+    bytes[5] = 1;
+    // A section table far beyond the end, and one of 2^64 bytes: clamped, no panic.
+    bytes[0x28..0x30].copy_from_slice(&u64::MAX.to_le_bytes());
+    bytes[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+    bytes[0x3c..0x3e].copy_from_slice(&u16::MAX.to_le_bytes());
+    for r in hotsplice_matcher::ranges_needed(&bytes) {
+        assert!(r.start < r.end && r.end <= bytes.len(), "{r:?}");
+    }
+}
