@@ -78,6 +78,33 @@ fn attribute(gaps: &[Gap], stops: &[StopWindow]) -> Attributed {
     out
 }
 
+/// The window `from..to` cut into consecutive slices of `length_us`, and for each the largest
+/// gap overlapping it (0 when none), in µs.
+fn slices(gaps: &[Gap], from: u64, to: u64, length_us: f64) -> Vec<f64> {
+    let length = (length_us * 1000.0).max(1000.0) as u64;
+    let mut out = Vec::new();
+    let mut start = from;
+    while start + length <= to {
+        let end = start + length;
+        let largest = gaps
+            .iter()
+            .filter(|g| g.start <= end && start <= g.end)
+            .map(|g| g.stopped)
+            .max()
+            .unwrap_or(0);
+        out.push(largest as f64 / 1000.0);
+        start = end;
+    }
+    out
+}
+
+/// `CLOCK_MONOTONIC` now, in ns (the clock of the target's gaps and of hotsplice's stops).
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
 /// What the target saw in one window.
 struct Window {
     /// The largest single stopped gap of any worker (µs).
@@ -230,6 +257,7 @@ fn stats(values: &[f64]) -> Value {
         "n": values.len(),
         "p50": percentile(values, 50.0),
         "p99": percentile(values, 99.0),
+        "p999": percentile(values, 99.9),
         "max": percentile(values, 100.0),
     })
 }
@@ -263,6 +291,8 @@ struct Samples {
     /// hotsplice's longest total over the workers only (what the target can see).
     reported_workers: Vec<f64>,
     stops: Vec<f64>,
+    /// How long the stops of every thread lasted, together (µs).
+    stop_length: Vec<f64>,
     wall_ms: Vec<f64>,
     refusals: Vec<String>,
 }
@@ -285,6 +315,7 @@ impl Samples {
             "reported_us": stats(&self.reported),
             "reported_workers_us": stats(&self.reported_workers),
             "stops": stats(&self.stops),
+            "stop_length_us": stats(&self.stop_length),
             "wall_ms": stats(&self.wall_ms),
             "refused": self.refusals.len(),
             "reasons": reasons.iter().map(|(r, n)| json!({"reason": r, "count": n})).collect::<Vec<_>>(),
@@ -343,6 +374,9 @@ fn invoke(tool: &Tool, target: &mut Target, verb: &str, samples: &mut Samples) -
             .filter(|w| w["threads"].as_u64().unwrap_or(0) as usize > target.workers.len())
             .filter_map(|w| Some((w["start_ns"].as_u64()?, w["end_ns"].as_u64()?)))
             .collect();
+        samples
+            .stop_length
+            .push(stops.iter().map(|&(a, b)| b.saturating_sub(a)).sum::<u64>() as f64 / 1000.0);
         let seen = attribute(&gaps, &stops);
         samples.during.push(seen.during);
         samples.during_total.push(seen.during_total);
@@ -507,6 +541,7 @@ pub fn bench_pause(args: &Args) -> Result<()> {
             );
             let mut target = Target::start(&tree.join("spin"), threads)?;
             let mut baseline = Vec::new();
+            let mut baseline_stop = Vec::new();
             let mut samples: Vec<(Samples, Samples)> =
                 tools.iter().map(|_| Default::default()).collect();
             for _ in 0..args.cycles {
@@ -524,8 +559,16 @@ pub fn bench_pause(args: &Args) -> Result<()> {
                 // with hotsplice not running.
                 if let Some(&wall) = samples[0].0.wall_ms.last() {
                     target.window()?;
+                    target.gaps()?;
+                    let from = monotonic_ns();
                     std::thread::sleep(Duration::from_secs_f64(wall / 1000.0));
+                    let to = monotonic_ns();
                     baseline.push(target.window()?.max);
+                    // The same window cut into pieces as long as the last apply's stop: what
+                    // a stop that did nothing to the program would have seen.
+                    if let Some(&stop_us) = samples[0].0.stop_length.last() {
+                        baseline_stop.extend(slices(&target.gaps()?, from, to, stop_us));
+                    }
                 }
             }
             for (tool, (apply, undo)) in tools.iter().zip(&samples) {
@@ -535,6 +578,7 @@ pub fn bench_pause(args: &Args) -> Result<()> {
                     "cycles": args.cycles,
                     "tool": tool.label,
                     "baseline_target_us": stats(&baseline),
+                    "baseline_stop_us": stats(&baseline_stop),
                     "apply": apply.json(),
                     "undo": undo.json(),
                 }));
@@ -573,7 +617,11 @@ fn write(root: &Path, rows: &[Value], compared: bool) -> Result<()> {
          no stop, happening while hotsplice worked with the target running — compare it with \
          the *baseline*, the largest gap in windows just as long without hotsplice, after each \
          cycle (the machine's own noise: interrupts, the hypervisor; it grows with the length \
-         of the window). *reported*: hotsplice's own figure — the longest total time one thread \
+         of the window); *baseline, windows as long as the stop*: the same windows cut into \
+         consecutive pieces as long as the cycle's stop (at least 1 ms), the largest gap \
+         overlapping each — what *during stops* would read if the stop did nothing to the \
+         program, the floor this machine sets for it. *stop length*: from the first interrupt \
+         to the last release of the stops of every thread. *reported*: hotsplice's own figure — the longest total time one thread \
          was stopped, every stop of the invocation summed (from just before its interrupt to \
          just after its release), over the workers (what the target can see: the cross-check) \
          and over all threads (the headline, which includes the idle main thread that also runs \
@@ -586,11 +634,11 @@ fn write(root: &Path, rows: &[Value], compared: bool) -> Result<()> {
     );
     let _ = writeln!(
         md,
-        "| mode | threads | build | op | target gap during stops p50 / p99 / max (µs) | target total during stops p50 / p99 | reported, workers p50 / p99 | reported workers / target during stops, p50 | target gap, whole window p50 / p99 | outside stops p99 | baseline p50 / p99 | reported, all threads p50 / p99 | stops p50 / max | wall p50 / p99 (ms) | refused |"
+        "| mode | threads | build | op | target gap during stops p50 / p99 / max (µs) | target total during stops p50 / p99 | reported, workers p50 / p99 | reported workers / target during stops, p50 | target gap, whole window p50 / p99 | outside stops p99 | baseline p50 / p99 | baseline, windows as long as the stop p50 / p99 / p99.9 | stop length p50 / p99 (µs) | reported, all threads p50 / p99 | stops p50 / max | wall p50 / p99 (ms) | refused |"
     );
     let _ = writeln!(
         md,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
     let pair = |v: &Value| {
@@ -649,7 +697,7 @@ fn write(root: &Path, rows: &[Value], compared: bool) -> Result<()> {
                 .unwrap_or_default();
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {op} | {triple} | {} | {} | {ratio} | {} | {outside} | {} | {} | {stops} | {:.1} / {:.1} | {}{} |",
+                "| {} | {} | {} | {op} | {triple} | {} | {} | {ratio} | {} | {outside} | {} | {} | {} | {} | {stops} | {:.1} / {:.1} | {}{} |",
                 r["mode"].as_str().unwrap_or(""),
                 r["threads"],
                 r["tool"].as_str().unwrap_or(""),
@@ -657,6 +705,16 @@ fn write(root: &Path, rows: &[Value], compared: bool) -> Result<()> {
                 pair(rw),
                 pair(whole),
                 pair(&r["baseline_target_us"]),
+                if r["baseline_stop_us"]["n"].as_u64().unwrap_or(0) > 0 {
+                    format!(
+                        "{} / {:.0}",
+                        pair(&r["baseline_stop_us"]),
+                        f(&r["baseline_stop_us"], "p999")
+                    )
+                } else {
+                    "—".into()
+                },
+                pair(&s["stop_length_us"]),
                 pair(&s["reported_us"]),
                 f(&s["wall_ms"], "p50"),
                 f(&s["wall_ms"], "p99"),

@@ -251,16 +251,56 @@ pub fn thread_views(
         };
         ranges.push((rsp, (end - rsp).min(16 << 20) as usize));
     }
-    let stacks = stopped.read_many(&ranges);
-    let mut views = Vec::with_capacity(threads.len());
-    for ((tid, rip, rsp, rbp, blocked), stack) in threads.into_iter().zip(stacks) {
-        let end = rsp + stack.len() as u64;
+    // First the top of each stack, read as each thread stopped: a complete walk seldom needs
+    // more (the rest, down to the mapping's end, holds the thread's descriptor and TLS, a few
+    // KB each: reading every byte of 64 stacks took 300 µs of the stop). A walk that needs
+    // more, or that ends early and so must scan the whole stack, gets its whole stack in one
+    // more read.
+    let mut stacks: Vec<Vec<u8>> = stopped
+        .threads()
+        .iter()
+        .filter(|t| only.is_none_or(|tid| tid == t.tid))
+        .zip(&ranges)
+        .map(|(t, &(_, len))| t.stack_top[..t.stack_top.len().min(len)].to_vec())
+        .collect();
+    let walk = |cache: &mut unwind::StepCache,
+                (rip, rsp, rbp): (u64, u64, u64),
+                stack: &[u8],
+                whole: usize| {
+        let short = std::cell::Cell::new(false);
         let read = |address: u64| -> Option<u64> {
             let at = address.checked_sub(rsp)? as usize;
-            let word = stack.get(at..at + 8)?;
-            Some(u64::from_le_bytes(word.try_into().ok()?))
+            match stack.get(at..at.checked_add(8)?) {
+                Some(word) => Some(u64::from_le_bytes(word.try_into().ok()?)),
+                None => {
+                    short.set(short.get() || at + 8 <= whole);
+                    None
+                }
+            }
         };
-        let walked = unwind::walk(rip, rsp, rbp, &modules, &mut cache, &read);
+        let walked = unwind::walk(rip, rsp, rbp, &modules, cache, &read);
+        let complete = walked.unknown_from.is_none() && !short.get();
+        (walked, complete || stack.len() >= whole)
+    };
+    let mut walks = Vec::with_capacity(threads.len());
+    let mut again = Vec::new();
+    for (i, &(_, rip, rsp, rbp, _)) in threads.iter().enumerate() {
+        let (walked, enough) = walk(&mut cache, (rip, rsp, rbp), &stacks[i], ranges[i].1);
+        if !enough {
+            again.push(i);
+        }
+        walks.push(walked);
+    }
+    let whole: Vec<(u64, usize)> = again.iter().map(|&i| ranges[i]).collect();
+    for (&i, stack) in again.iter().zip(stopped.read_many(&whole)) {
+        let (_, rip, rsp, rbp, _) = threads[i];
+        walks[i] = walk(&mut cache, (rip, rsp, rbp), &stack, ranges[i].1).0;
+        stacks[i] = stack;
+    }
+    let mut views = Vec::with_capacity(threads.len());
+    for (((tid, rip, rsp, _, blocked), stack), walked) in threads.into_iter().zip(stacks).zip(walks)
+    {
+        let end = rsp + stack.len() as u64;
         let (conservative, start) = match walked.unknown_from {
             Some(from) if from >= rsp => {
                 let skip = ((from - rsp) as usize).min(stack.len());

@@ -614,8 +614,18 @@ pub fn start_time_of(pid: i32) -> Option<u64> {
 }
 
 /// The most recently created pid on the system (`/proc/loadavg`): unchanged between two
-/// reads means no process or thread was created in between.
+/// reads means no process or thread was created in between. `None` when the file is not the
+/// kernel's (a container's `lxcfs` mounts its own over it, updated every few seconds).
 pub fn last_pid() -> Option<i32> {
+    static KERNELS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let kernels = *KERNELS.get_or_init(|| {
+        use std::os::unix::fs::MetadataExt;
+        let dev = |p: &str| std::fs::metadata(p).map(|m| m.dev()).ok();
+        dev("/proc/loadavg").is_some() && dev("/proc/loadavg") == dev("/proc/self/stat")
+    });
+    if !kernels {
+        return None;
+    }
     let text = std::fs::read_to_string("/proc/loadavg").ok()?;
     text.split_whitespace().nth(4)?.parse().ok()
 }

@@ -83,18 +83,17 @@ impl AddressSpace {
         let now = last_pid();
         let before = self.last_pid;
         self.last_pid = now;
-        let (Some(before), Some(now)) = (before, now) else {
-            return Vec::new();
-        };
-        if now == before {
+        if before.is_some() && now == before {
             return Vec::new();
         }
         let primary = self.primary().pid();
-        let candidates: Vec<i32> = if now > before && now - before <= 4096 {
-            (before + 1..=now).collect()
-        } else {
-            // Wrapped around, or a flood of new processes: look at all of them.
-            self.primary().address_space_members().unwrap_or_default()
+        let candidates: Vec<i32> = match (before, now) {
+            (Some(before), Some(now)) if now > before && now - before <= 4096 => {
+                (before + 1..=now).collect()
+            }
+            // Wrapped around, a flood of new processes, or no pid counter to trust: look at
+            // all of them.
+            _ => self.primary().address_space_members().unwrap_or_default(),
         };
         let mut found = Vec::new();
         for pid in candidates {
@@ -111,6 +110,9 @@ impl AddressSpace {
         found
     }
 }
+
+/// How much of a stack [`Thread::stack_top`] holds.
+pub const STACK_TOP: usize = 1024;
 
 /// A stopped thread.
 #[derive(Debug, Clone)]
@@ -132,6 +134,10 @@ pub struct Thread {
     /// a blocking call to stop, running an injected call behind the program's busy threads —
     /// is not time it was stopped, and is taken out of its pause.
     run_delay_before: Option<u64>,
+    /// The top of its stack (up to [`STACK_TOP`] bytes from its stack pointer), read as soon as
+    /// it stopped, while other threads were still on their way to their stops; empty when it
+    /// could not be read.
+    pub stack_top: Vec<u8>,
     /// Its system call returned `EINTR` only because we stopped it (Linux does that for
     /// `epoll_wait` and a few others on any stop): it is re-issued on release unless a signal
     /// that interrupts it is pending by then.
@@ -479,6 +485,7 @@ impl Stopped {
         let pid = process.pid();
         let mut seen: Vec<i32> = Vec::new();
         loop {
+            let cursor = last_pid();
             let tids = process.threads()?;
             let new: Vec<i32> = tids.into_iter().filter(|t| !seen.contains(t)).collect();
             if new.is_empty() {
@@ -518,6 +525,11 @@ impl Stopped {
             }
             for (tid, at) in interrupted {
                 self.await_stop(process, tid, at, watchdog)?;
+            }
+            // Every thread listed is stopped. One created since the listing took a pid: with
+            // the pid counter unchanged there is none, and the list need not be read again.
+            if cursor.is_some() && last_pid() == cursor {
+                return Ok(());
             }
         }
     }
@@ -613,9 +625,28 @@ impl Stopped {
             job_stopped,
             interrupted_at,
             run_delay_before: None,
+            stack_top: self.stack_top(regs.rsp),
             restart,
         });
         Ok(())
+    }
+
+    /// Up to [`STACK_TOP`] bytes from `rsp` (fewer at the end of the mapping).
+    fn stack_top(&self, rsp: u64) -> Vec<u8> {
+        let mut buf = vec![0u8; STACK_TOP];
+        let mut len = STACK_TOP;
+        // A read that crosses the end of the stack's mapping fails: retry up to the page end.
+        loop {
+            if self.mem.read_exact_at(&mut buf[..len], rsp).is_ok() {
+                buf.truncate(len);
+                return buf;
+            }
+            let to_page_end = (4096 - (rsp % 4096)) as usize;
+            if len <= to_page_end {
+                return Vec::new();
+            }
+            len = to_page_end;
+        }
     }
 
     /// The stopped threads.
