@@ -229,7 +229,7 @@ pub fn thread_views(
         .filter(|t| only.is_none_or(|tid| tid == t.tid))
         .map(|t| (t.tid, t.regs.rip, t.regs.rsp, t.regs.rbp, t.in_syscall()))
         .collect();
-    // Where each stack ends, then all stacks in one read.
+    // Where each stack ends (its mapping's end, at most 16 MiB on).
     let mut ranges = Vec::with_capacity(threads.len());
     for &(_, _, rsp, _, _) in &threads {
         let covering = |maps: &[Mapping]| {

@@ -135,9 +135,11 @@ pub struct Thread {
     /// is not time it was stopped, and is taken out of its pause.
     run_delay_before: Option<u64>,
     /// The top of its stack (up to [`STACK_TOP`] bytes from its stack pointer), read as soon as
-    /// it stopped, while other threads were still on their way to their stops; empty when it
-    /// could not be read.
+    /// it stopped, while other threads were still on their way to their stops (and again each
+    /// time [`Stopped::let_run`] stops it anew); empty when it could not be read.
     pub stack_top: Vec<u8>,
+    /// How long [`Stopped::let_run`] let it run (not time it was stopped).
+    ran: Duration,
     /// Its system call returned `EINTR` only because we stopped it (Linux does that for
     /// `epoll_wait` and a few others on any stop): it is re-issued on release unless a signal
     /// that interrupts it is pending by then.
@@ -626,6 +628,7 @@ impl Stopped {
             interrupted_at,
             run_delay_before: None,
             stack_top: self.stack_top(regs.rsp),
+            ran: Duration::ZERO,
             restart,
         });
         Ok(())
@@ -1089,8 +1092,10 @@ impl Stopped {
             self.threads[index].restart = false;
         }
         ptrace::cont(pid, None).map_err(ptrace_error(tid, "PTRACE_CONT"))?;
+        let let_go = Instant::now();
         std::thread::sleep(slice);
         let watchdog = Watchdog::start(Duration::from_secs(2));
+        self.threads[index].ran += let_go.elapsed();
         match ptrace::interrupt(pid) {
             Ok(()) => {}
             Err(Errno::ESRCH) => {
@@ -1122,9 +1127,11 @@ impl Stopped {
             && (regs.orig_rax as i64) >= 0
             && regs.rax as i64 == -(libc::EINTR as i64)
             && !interrupted_for_real(self.process_of(t.pid), tid, None);
+        let stack_top = self.stack_top(regs.rsp);
         let t = &mut self.threads[index];
         t.regs = regs;
         t.restart = restart;
+        t.stack_top = stack_top;
         Ok(true)
     }
 
@@ -1162,7 +1169,8 @@ impl Stopped {
                 t.tid,
                 released_at
                     .saturating_duration_since(t.interrupted_at)
-                    .saturating_sub(waited),
+                    .saturating_sub(waited)
+                    .saturating_sub(t.ran),
             ));
             released.push(released_at);
         }

@@ -138,6 +138,72 @@ fn stop_inject_write_release_keeps_blocking_calls_intact() {
 }
 
 #[test]
+fn a_thread_let_run_is_seen_anew_and_not_charged_for_its_run() {
+    let exe = fixture("blocking");
+    let target = Target::start(&exe);
+    let pid = target.child.id() as i32;
+    let mut space = AddressSpace::open(pid).unwrap();
+    let mut stopped = Stopped::stop(&mut space, Duration::from_secs(2)).unwrap();
+    let spinner = stopped
+        .threads()
+        .iter()
+        .find(|t| !t.in_syscall())
+        .map(|t| t.tid)
+        .expect("the spinning thread");
+    let blocked = stopped
+        .threads()
+        .iter()
+        .find(|t| t.in_syscall() && t.tid != pid)
+        .map(|t| t.tid)
+        .expect("a blocked thread");
+    let slice = Duration::from_millis(50);
+    let top = |stopped: &Stopped| {
+        stopped
+            .threads()
+            .iter()
+            .find(|t| t.tid == spinner)
+            .map(|t| (t.regs.rsp, t.stack_top.clone()))
+            .unwrap()
+    };
+    for round in 0..3u64 {
+        // Change a word of an outer frame (the spinner never returns there, so nothing reads
+        // it meanwhile): the stack top seen after the run must hold the new value.
+        let (rsp, before) = top(&stopped);
+        assert!(before.len() >= 16);
+        let at = rsp + before.len() as u64 - 8;
+        let original: [u8; 8] = before[before.len() - 8..].try_into().unwrap();
+        let marked = (u64::from_le_bytes(original) ^ (0x5a5a_0000 + round)).to_le_bytes();
+        stopped.write(at, &marked).unwrap();
+        assert!(stopped.let_run(spinner, slice).unwrap());
+        let (rsp, after) = top(&stopped);
+        let mut now = vec![0u8; after.len()];
+        stopped.read(rsp, &mut now).unwrap();
+        assert_eq!(after, now, "the stack top is read again after the run");
+        let offset = at.checked_sub(rsp).expect("the spinner's frame stays") as usize;
+        assert_eq!(after.get(offset..offset + 8), Some(&marked[..]));
+        stopped.write(at, &original).unwrap();
+    }
+    let pause = stopped.release();
+    let charged = |tid| {
+        pause
+            .per_thread
+            .iter()
+            .find(|&&(t, _)| t == tid)
+            .map(|&(_, d)| d)
+            .unwrap()
+    };
+    // Both were stopped over the same stretch; the spinner ran for three slices of it.
+    assert!(
+        charged(spinner) + slice * 2 < charged(blocked),
+        "spinner {:?}, blocked {:?}",
+        charged(spinner),
+        charged(blocked)
+    );
+    let report = target.finish();
+    assert!(report.contains("finished errors=0 spins=yes"), "{report}");
+}
+
+#[test]
 fn refuses_what_cannot_be_patched() {
     assert!(matches!(Process::new(0), Err(Error::InvalidPid { pid: 0 })));
     assert!(matches!(
