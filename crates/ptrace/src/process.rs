@@ -274,19 +274,8 @@ impl Process {
         mapping: &Mapping,
         needed: impl Fn(&[u8]) -> Vec<std::ops::Range<usize>>,
     ) -> Result<Vec<u8>, Error> {
-        let by_range = format!(
-            "/proc/{}/map_files/{:x}-{:x}",
-            self.pid, mapping.start, mapping.end
-        );
-        let path = mapping.path.clone().unwrap_or_default();
-        let failed = |source| Error::File {
-            path: PathBuf::from(&path),
-            source,
-        };
-        let file = File::open(&by_range)
-            .or_else(|_| File::open(&path))
-            .map_err(failed)?;
-        let len = usize::try_from(file.metadata().map_err(failed)?.len()).unwrap_or(usize::MAX);
+        let (file, failed) = self.open_mapped(mapping)?;
+        let len = usize::try_from(file.metadata().map_err(&failed)?.len()).unwrap_or(usize::MAX);
         let mut buf = vec![0u8; len];
         let mut read: Vec<std::ops::Range<usize>> = Vec::new();
         for _ in 0..8 {
@@ -302,7 +291,7 @@ impl Process {
             }
             for r in wanted {
                 file.read_exact_at(&mut buf[r.clone()], r.start as u64)
-                    .map_err(failed)?;
+                    .map_err(&failed)?;
                 read.push(r);
             }
         }
@@ -317,24 +306,32 @@ impl Process {
         offset: u64,
         len: usize,
     ) -> Result<Vec<u8>, Error> {
+        let (file, failed) = self.open_mapped(mapping)?;
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset).map_err(failed)?;
+        Ok(buf)
+    }
+
+    /// The file behind a mapping, through `/proc/PID/map_files` (the file the process mapped,
+    /// even if replaced on disk since), else its path; with the error for a failed access to
+    /// it.
+    fn open_mapped(
+        &self,
+        mapping: &Mapping,
+    ) -> Result<(File, impl Fn(std::io::Error) -> Error + use<>), Error> {
         let by_range = format!(
             "/proc/{}/map_files/{:x}-{:x}",
             self.pid, mapping.start, mapping.end
         );
-        let path = mapping.path.clone().unwrap_or_default();
+        let path = PathBuf::from(mapping.path.clone().unwrap_or_default());
+        let failed = move |source| Error::File {
+            path: path.clone(),
+            source,
+        };
         let file = File::open(&by_range)
-            .or_else(|_| File::open(&path))
-            .map_err(|source| Error::File {
-                path: PathBuf::from(&path),
-                source,
-            })?;
-        let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, offset)
-            .map_err(|source| Error::File {
-                path: PathBuf::from(&path),
-                source,
-            })?;
-        Ok(buf)
+            .or_else(|_| File::open(mapping.path.as_deref().unwrap_or_default()))
+            .map_err(&failed)?;
+        Ok((file, failed))
     }
 
     /// Writes process memory while it runs — only for memory the program does not use yet
