@@ -223,12 +223,15 @@ pub fn thread_views(
     let modules = cfi.modules();
     let mut cache = unwind::StepCache::default();
     let mut fresh: Option<Vec<Mapping>> = None;
-    let threads: Vec<(i32, u64, u64, u64, bool)> = stopped
+    let (threads, tops): (Vec<_>, Vec<_>) = stopped
         .threads()
         .iter()
         .filter(|t| only.is_none_or(|tid| tid == t.tid))
-        .map(|t| (t.tid, t.regs.rip, t.regs.rsp, t.regs.rbp, t.in_syscall()))
-        .collect();
+        .map(|t| {
+            let regs = (t.tid, t.regs.rip, t.regs.rsp, t.regs.rbp, t.in_syscall());
+            (regs, t.stack_top.clone())
+        })
+        .unzip();
     // Where each stack ends (its mapping's end, at most 16 MiB on).
     let mut ranges = Vec::with_capacity(threads.len());
     for &(_, _, rsp, _, _) in &threads {
@@ -256,12 +259,13 @@ pub fn thread_views(
     // KB each: reading every byte of 64 stacks took 300 µs of the stop). A walk that needs
     // more, or that ends early and so must scan the whole stack, gets its whole stack in one
     // more read.
-    let mut stacks: Vec<Vec<u8>> = stopped
-        .threads()
-        .iter()
-        .filter(|t| only.is_none_or(|tid| tid == t.tid))
+    let mut stacks: Vec<Vec<u8>> = tops
+        .into_iter()
         .zip(&ranges)
-        .map(|(t, &(_, len))| t.stack_top[..t.stack_top.len().min(len)].to_vec())
+        .map(|(mut top, &(_, len))| {
+            top.truncate(len);
+            top
+        })
         .collect();
     let walk = |cache: &mut unwind::StepCache,
                 (rip, rsp, rbp): (u64, u64, u64),
