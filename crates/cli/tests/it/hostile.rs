@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::json;
 use crate::targets::{Fixture, Target};
+use crate::{json, succeeded};
 
 /// The anonymous executable mappings of a process that start with hotsplice's patch header.
 fn patch_memory(pid: u32) -> Vec<u64> {
@@ -37,13 +37,7 @@ fn patch_memory(pid: u32) -> Vec<u64> {
 
 fn listed(fixture: &Fixture, pid: u32) -> Vec<String> {
     let out = fixture.run(&["list", "--pid", &pid.to_string()]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "list: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     json("list", &out)["processes"][0]["patches"]
         .as_array()
         .unwrap()

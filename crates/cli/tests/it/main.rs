@@ -70,14 +70,19 @@ pub fn build_bundle(
         .arg(out)
         .output()
         .unwrap();
-    assert_eq!(
-        result.status.code(),
-        Some(0),
-        "{}{}",
-        String::from_utf8_lossy(&result.stdout),
-        String::from_utf8_lossy(&result.stderr)
-    );
+    succeeded(&result);
     json("build", &result)["id"].as_str().unwrap().to_string()
+}
+
+/// Asserts that a command exited 0, showing its stdout and stderr when it did not.
+pub fn succeeded(out: &Output) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The JSON on a command's stdout, checked against its documented schema
