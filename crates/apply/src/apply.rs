@@ -23,8 +23,8 @@ use crate::redirect::{self, Redirect};
 use crate::resolve::{Lookup, Resolver};
 use crate::safety::{self, Range};
 use crate::state::{
-    self, AppliedFunction, AppliedHook, AppliedPatch, AppliedSymbol, Code5, Journal, Operation,
-    Phase, ProcessState, Region, StateDir, Transaction,
+    self, AppliedFrames, AppliedFunction, AppliedHook, AppliedPatch, AppliedSymbol, Code5, Journal,
+    Operation, Phase, ProcessState, Region, StateDir, Transaction,
 };
 use crate::switch::{self, Decision, PauseLog, Proceed, SiteWrite, Stage};
 use crate::{Error, FunctionReport, HookReport, Options, ProcessReport, faults, target, undo};
@@ -101,7 +101,7 @@ pub fn plan<'b>(
     }
     let maps = process.maps()?;
     let mut files = Files::load(process, &maps);
-    let cfi = files.cfi();
+    let cfi = files.cfi().with_patches(&state.patches);
     let module = files.take_target(process, bundle)?;
     let others = files.into_files();
     let mut prepared = prepare(bundle, process, module, &state)?;
@@ -351,6 +351,7 @@ fn skeleton(id: &str, regions: &[Region]) -> AppliedPatch {
         runtime: None,
         symbols: Vec::new(),
         uses: Vec::new(),
+        frames: Vec::new(),
     }
 }
 
@@ -536,6 +537,23 @@ fn link_at(
                 })
                 .collect(),
             uses: resolver.earlier_used(),
+            frames: bundle
+                .objects
+                .iter()
+                .enumerate()
+                .flat_map(|(o, object)| {
+                    object
+                        .pieces
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, piece)| !piece.frames.is_empty())
+                        .map(move |(p, piece)| AppliedFrames {
+                            address: link::piece_address(layout, o, p, code, data),
+                            size: piece.size,
+                            rows: piece.frames.clone(),
+                        })
+                })
+                .collect(),
         },
     })
 }

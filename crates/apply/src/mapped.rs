@@ -5,6 +5,7 @@ use hotsplice_bundle::{Bundle, TargetKind, hex};
 use hotsplice_matcher::{EhFrameSection, Image};
 use hotsplice_ptrace::{Mapping, Process};
 
+use crate::state::{AppliedFrames, AppliedPatch};
 use crate::{Error, unwind};
 
 /// A file mapped by the process, parsed.
@@ -93,6 +94,7 @@ impl Files {
                 .iter()
                 .filter_map(|f| Some((f.start, f.end, f.bias, f.image.eh_frame.clone()?)))
                 .collect(),
+            patches: Vec::new(),
         }
     }
 
@@ -149,9 +151,11 @@ impl Files {
     }
 }
 
-/// The call-frame information of every file mapped by the process.
+/// The call-frame information of every file mapped by the process, and of the code of the
+/// patches applied to it.
 pub struct Cfi {
     modules: Vec<(u64, u64, u64, EhFrameSection)>,
+    patches: Vec<AppliedFrames>,
 }
 
 impl Cfi {
@@ -160,17 +164,36 @@ impl Cfi {
         Files::load(process, maps).cfi()
     }
 
-    /// The modules, as the unwinder takes them.
-    pub fn modules(&self) -> Vec<unwind::CfiModule<'_>> {
-        self.modules
-            .iter()
-            .map(|(start, end, bias, eh)| unwind::CfiModule {
-                start: *start,
-                end: *end,
-                bias: *bias,
-                eh_frame: eh,
-            })
-            .collect()
+    /// Adds the rows recorded for the code of `patches` (applied to the process).
+    pub fn with_patches(mut self, patches: &[AppliedPatch]) -> Cfi {
+        self.patches
+            .extend(patches.iter().flat_map(|p| p.frames.iter().cloned()));
+        self
+    }
+
+    /// The tables, as the unwinder takes them.
+    pub fn tables(&self) -> unwind::Tables<'_> {
+        unwind::Tables {
+            files: self
+                .modules
+                .iter()
+                .map(|(start, end, bias, eh)| unwind::CfiModule {
+                    start: *start,
+                    end: *end,
+                    bias: *bias,
+                    eh_frame: eh,
+                })
+                .collect(),
+            patches: self
+                .patches
+                .iter()
+                .map(|f| unwind::PatchCode {
+                    start: f.address,
+                    end: f.address.saturating_add(f.size),
+                    rows: &f.rows,
+                })
+                .collect(),
+        }
     }
 }
 

@@ -176,7 +176,10 @@ fn recover_one(dir: &StateDir, pid: i32, options: &Options) -> RecoveryOutcome {
         })
         .collect();
     let patched = Cell::new(false);
-    let cfi = Cfi::load(&process, &maps);
+    // The patch's own rows too: once a jump leads into its code, that code is complete.
+    let cfi = Cfi::load(&process, &maps)
+        .with_patches(&below)
+        .with_patches(std::slice::from_ref(patch));
     let mut pauses = PauseLog::new();
     switch::switch(
         &mut space,

@@ -136,6 +136,22 @@ pub struct AppliedPatch {
     /// Earlier patches whose definitions this one's code uses (it must be undone first).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub uses: Vec<String>,
+    /// Call-frame information of its code, so that threads are unwound through it (without:
+    /// their stacks are scanned from there on).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub frames: Vec<AppliedFrames>,
+}
+
+/// The call-frame rows of one function in patch memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppliedFrames {
+    /// Where the function is.
+    pub address: u64,
+    /// Its size.
+    pub size: u64,
+    /// Its rows, by offset from `address` (the bundle's).
+    pub rows: Vec<hotsplice_bundle::FrameRow>,
 }
 
 /// A function or variable an applied patch defines.
@@ -602,7 +618,16 @@ fn check_owner(
 pub fn header(patch: &AppliedPatch, capacity: usize) -> Vec<u8> {
     let mut out = HEADER_MAGIC.to_vec();
     let json = serde_json::to_vec(patch).expect("patch serialises");
+    // Without its call-frame rows, a patch found by its header alone (in a forked child) is
+    // still described; threads are then scanned through its code instead of unwound.
+    let lean = || {
+        let mut lean = patch.clone();
+        lean.frames.clear();
+        serde_json::to_vec(&lean).expect("patch serialises")
+    };
     if out.len() + json.len() < capacity {
+        out.extend(json);
+    } else if let Some(json) = Some(lean()).filter(|j| out.len() + j.len() < capacity) {
         out.extend(json);
     } else {
         // Too many functions to describe: keep the id, so the memory is at least attributable.
@@ -721,9 +746,31 @@ mod tests {
                 address: 0x1100,
             }],
             uses: vec!["hs-ba9876543210".into()],
+            frames: vec![AppliedFrames {
+                address: 0x1100,
+                size: 0x40,
+                rows: (0..40)
+                    .map(|offset| hotsplice_bundle::FrameRow {
+                        offset,
+                        rule: Some(hotsplice_bundle::FrameRule {
+                            cfa: hotsplice_bundle::CfaRegister::Rsp,
+                            cfa_offset: 8 + offset as i64,
+                            ra: -8,
+                            rbp: None,
+                        }),
+                    })
+                    .collect(),
+            }],
         };
         let h = header(&patch, 4096);
         assert_eq!(parse_header(&h), Some(patch.clone()));
+        // Too little room for the rows: the rest of the description is kept.
+        let lean = header(&patch, 600);
+        let without = AppliedPatch {
+            frames: Vec::new(),
+            ..patch.clone()
+        };
+        assert_eq!(parse_header(&lean), Some(without));
         assert_eq!(header_id(&h).as_deref(), Some("hs-0123456789ab"));
         assert_eq!(header_id(b"HOTSPLICE-PATCH 1\n{\"x\":1}\0"), None);
         let small = header(&patch, 40);

@@ -220,7 +220,7 @@ pub fn thread_views(
     maps: &[Mapping],
     only: Option<i32>,
 ) -> Vec<ThreadView> {
-    let modules = cfi.modules();
+    let tables = cfi.tables();
     let mut cache = unwind::StepCache::default();
     let mut fresh: Option<Vec<Mapping>> = None;
     let (threads, tops): (Vec<_>, Vec<_>) = stopped
@@ -282,7 +282,7 @@ pub fn thread_views(
                 }
             }
         };
-        let walked = unwind::walk(rip, rsp, rbp, &modules, cache, &read);
+        let walked = unwind::walk(rip, rsp, rbp, &tables, cache, &read);
         let complete = walked.unknown_from.is_none() && !short.get();
         (walked, complete || stack.len() >= whole)
     };

@@ -99,7 +99,7 @@ pub fn undo_locked(
     let pid = process.pid();
     let patch = state.patches[index].clone();
     let maps = process.maps()?;
-    let cfi = Cfi::load(&process, &maps);
+    let cfi = Cfi::load(&process, &maps).with_patches(&state.patches);
     let ranges: Vec<Range> = patch
         .regions
         .iter()

@@ -4,14 +4,16 @@
 //! A plain scan of every stack word (Ksplice's check) also sees stale return addresses left in
 //! uninitialised slots of live frames; a busy loop that calls a replaced function keeps such a
 //! slot forever, and the scan then never lets the patch (or its undo) through. Unwinding finds
-//! the true frames. Where it cannot continue — code without CFI (patch memory, JIT code, the
-//! vDSO), a rule it does not evaluate — the rest of the stack is scanned word by word, so the
-//! check stays conservative.
+//! the true frames. Patch memory is walked through with the rows its bundle carried (see
+//! [`PatchCode`]). Where it cannot continue — code without CFI (JIT code, the vDSO, a patch
+//! built before bundles carried rows), a rule it does not evaluate — the rest of the stack is
+//! scanned word by word, so the check stays conservative.
 
 use gimli::{
     BaseAddresses, CfaRule, EhFrame, EhFrameOffset, LittleEndian, RegisterRule, UnwindContext,
     UnwindSection, X86_64,
 };
+use hotsplice_bundle::{CfaRegister, FrameRow};
 use hotsplice_matcher::EhFrameSection;
 
 /// A loaded file with call-frame information.
@@ -24,6 +26,25 @@ pub struct CfiModule<'a> {
     pub bias: u64,
     /// Its `.eh_frame`.
     pub eh_frame: &'a EhFrameSection,
+}
+
+/// A function in patch memory, with its call-frame rows (the bundle's, by offset).
+pub struct PatchCode<'a> {
+    /// Its address.
+    pub start: u64,
+    /// One past its last byte.
+    pub end: u64,
+    /// Its rows, sorted by offset.
+    pub rows: &'a [FrameRow],
+}
+
+/// The call-frame information a walk uses: the mapped files' and the patch code's.
+#[derive(Default)]
+pub struct Tables<'a> {
+    /// Mapped files.
+    pub files: Vec<CfiModule<'a>>,
+    /// Functions in patch memory.
+    pub patches: Vec<PatchCode<'a>>,
 }
 
 /// What unwinding found.
@@ -61,8 +82,38 @@ pub struct StepCache {
     steps: std::collections::HashMap<u64, Step>,
 }
 
-fn step_for(lookup: u64, modules: &[CfiModule<'_>], ctx: &mut UnwindContext<usize>) -> Step {
-    let Some(module) = modules.iter().find(|m| lookup >= m.start && lookup < m.end) else {
+/// The step at `lookup` in patch code: the last row at or before it.
+fn patch_step(lookup: u64, code: &PatchCode<'_>) -> Step {
+    let offset = lookup - code.start;
+    let i = code.rows.partition_point(|r| r.offset <= offset);
+    match i
+        .checked_sub(1)
+        .and_then(|i| code.rows.get(i))
+        .and_then(|r| r.rule)
+    {
+        Some(rule) => Step::Frame {
+            cfa_from_rbp: rule.cfa == CfaRegister::Rbp,
+            cfa_offset: rule.cfa_offset,
+            ra: rule.ra,
+            rbp: rule.rbp,
+        },
+        None => Step::Unknown,
+    }
+}
+
+fn step_for(lookup: u64, tables: &Tables<'_>, ctx: &mut UnwindContext<usize>) -> Step {
+    if let Some(code) = tables
+        .patches
+        .iter()
+        .find(|c| lookup >= c.start && lookup < c.end)
+    {
+        return patch_step(lookup, code);
+    }
+    let Some(module) = tables
+        .files
+        .iter()
+        .find(|m| lookup >= m.start && lookup < m.end)
+    else {
         return Step::Unknown;
     };
     let linked = lookup.wrapping_sub(module.bias);
@@ -116,7 +167,7 @@ pub fn walk(
     rip: u64,
     rsp: u64,
     rbp: u64,
-    modules: &[CfiModule<'_>],
+    tables: &Tables<'_>,
     cache: &mut StepCache,
     read: &dyn Fn(u64) -> Option<u64>,
 ) -> Walk {
@@ -129,7 +180,7 @@ pub fn walk(
         let step = *cache
             .steps
             .entry(lookup)
-            .or_insert_with(|| step_for(lookup, modules, &mut ctx));
+            .or_insert_with(|| step_for(lookup, tables, &mut ctx));
         let Step::Frame {
             cfa_from_rbp,
             cfa_offset,

@@ -4,8 +4,9 @@ use hotsplice_objdiff::patchset as ps;
 use hotsplice_objdiff::{ObjectDiff, Status};
 
 use crate::model::{
-    Binding, FunctionStatus, Hook, HookKind, Link, ObjectPatch, Piece, PieceKind, PreReloc,
-    PreTarget, Referenced, Refusal, Reloc, Replacement, SymbolClass, SymbolRef,
+    Binding, CfaRegister, FrameRow, FrameRule, FunctionStatus, Hook, HookKind, Link, ObjectPatch,
+    Piece, PieceKind, PreReloc, PreTarget, Referenced, Refusal, Reloc, Replacement, SymbolClass,
+    SymbolRef,
 };
 
 fn symbol(s: &ps::SymbolRef) -> SymbolRef {
@@ -46,6 +47,23 @@ fn piece(p: &ps::Piece) -> Piece {
                     ps::Link::Nothing => Link::Nothing,
                 },
                 addend: r.addend,
+            })
+            .collect(),
+        frames: p
+            .frames
+            .iter()
+            .map(|f| FrameRow {
+                offset: f.offset,
+                rule: f.rule.map(|r| FrameRule {
+                    cfa: if r.cfa_from_rbp {
+                        CfaRegister::Rbp
+                    } else {
+                        CfaRegister::Rsp
+                    },
+                    cfa_offset: r.cfa_offset,
+                    ra: r.ra,
+                    rbp: r.rbp,
+                }),
             })
             .collect(),
     }

@@ -1,7 +1,7 @@
 //! The file around the content: a magic line, an envelope, and the content JSON.
 //!
 //! ```text
-//! hotsplice-bundle 3\n
+//! hotsplice-bundle 4\n
 //! {"content_sha256":"…","content_length":N,"signatures":[]}\n
 //! <N bytes: the Bundle as JSON>
 //! ```
@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::{Bundle, Error, hex, validate};
 
 /// The bundle format version this crate reads and writes.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 const MAGIC: &str = "hotsplice-bundle";
 
@@ -97,8 +97,8 @@ pub fn read(bytes: &[u8]) -> Result<Sealed, Error> {
         .and_then(|v| v.strip_prefix(' '))
         .ok_or(Error::NotABundle)?;
     let version: u32 = version.parse().map_err(|_| Error::NotABundle)?;
-    // Version 1 is version 2 without `referenced`, version 2 is version 3 without `hooks`
-    // (they then read as empty).
+    // Version 1 is version 2 without `referenced`, version 2 is version 3 without `hooks`,
+    // version 3 is version 4 without pieces' `frames` (they then read as empty).
     if !(1..=FORMAT_VERSION).contains(&version) {
         return Err(Error::UnsupportedVersion(version));
     }

@@ -140,6 +140,48 @@ pub struct Piece {
     pub bytes: Vec<u8>,
     /// Relocations.
     pub relocs: Vec<Reloc>,
+    /// For code: how to find the caller's frame at each of its instructions (its `.eh_frame`
+    /// rows), so that threads can be unwound through it. Empty: unknown (format 3 and older,
+    /// or no CFI), and stacks through it are scanned word by word.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub frames: Vec<FrameRow>,
+}
+
+/// How to find the caller's frame from one instruction of a piece on, until the next row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrameRow {
+    /// Offset in the piece.
+    pub offset: u64,
+    /// The rule; absent where it is one hotsplice does not evaluate (a DWARF expression...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<FrameRule>,
+}
+
+/// The canonical frame address (CFA) as a register plus an offset, and where the return
+/// address and the caller's `rbp` are saved relative to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrameRule {
+    /// The register: `rsp` or `rbp`.
+    pub cfa: CfaRegister,
+    /// Added to it.
+    pub cfa_offset: i64,
+    /// The return address is saved at CFA plus this.
+    pub ra: i64,
+    /// The caller's `rbp` is saved at CFA plus this (absent: unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rbp: Option<i64>,
+}
+
+/// The register the CFA is computed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CfaRegister {
+    /// The stack pointer.
+    Rsp,
+    /// The frame pointer.
+    Rbp,
 }
 
 /// A symbol of the running program or its libraries.

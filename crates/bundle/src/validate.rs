@@ -74,6 +74,20 @@ pub fn check(bundle: &Bundle) -> Result<(), Error> {
                     piece.size
                 )));
             }
+            if !piece.frames.is_empty() && piece.kind != PieceKind::Code {
+                return Err(invalid(format!("{}: frame rows for data", at())));
+            }
+            let mut previous = None;
+            for row in &piece.frames {
+                if row.offset >= piece.size || previous.is_some_and(|p| p >= row.offset) {
+                    return Err(invalid(format!(
+                        "{}: frame row at {:#x} is outside the piece or out of order",
+                        at(),
+                        row.offset
+                    )));
+                }
+                previous = Some(row.offset);
+            }
             for reloc in &piece.relocs {
                 let end = reloc.offset.checked_add(field_width(reloc.r_type));
                 if end.is_none_or(|end| end > piece.size) {

@@ -71,8 +71,11 @@ fn build_sample() -> Bundle {
 fn round_trip_preserves_everything() {
     let bundle = sample();
     assert!(!bundle.objects[0].replacements.is_empty());
+    // The replaced function's code carries its call-frame rows, from its entry on.
+    let code = &bundle.objects[0].pieces[bundle.objects[0].replacements[0].piece];
+    assert_eq!(code.frames.first().map(|r| r.offset), Some(0), "{code:?}");
     let bytes = write(&bundle).unwrap();
-    assert!(bytes.starts_with(b"hotsplice-bundle 3\n"));
+    assert!(bytes.starts_with(b"hotsplice-bundle 4\n"));
     let sealed = read(&bytes).unwrap();
     assert_eq!(sealed.bundle, bundle);
     assert!(sealed.envelope.signatures.is_empty());
@@ -83,11 +86,11 @@ fn defects_are_typed_errors() {
     let bytes = write(&sample()).unwrap();
     assert!(matches!(read(b"ELF garbage"), Err(Error::NotABundle)));
     assert!(matches!(read(b""), Err(Error::NotABundle)));
-    let mut v4 = bytes.clone();
-    v4[17] = b'4';
-    assert!(matches!(read(&v4), Err(Error::UnsupportedVersion(4))));
-    // Versions 1 (no `referenced`) and 2 (no `hooks`) still read.
-    for old in [b'1', b'2'] {
+    let mut v5 = bytes.clone();
+    v5[17] = b'5';
+    assert!(matches!(read(&v5), Err(Error::UnsupportedVersion(5))));
+    // Versions 1 (no `referenced`), 2 (no `hooks`) and 3 (no `frames`) still read.
+    for old in [b'1', b'2', b'3'] {
         let mut v = bytes.clone();
         v[17] = old;
         assert!(read(&v).is_ok());
@@ -118,6 +121,16 @@ fn invariants_are_checked_on_write_and_read() {
 
     let mut bundle = sample();
     bundle.objects[0].pieces[0].bytes.pop();
+    assert!(matches!(write(&bundle), Err(Error::Invalid(_))));
+
+    // Call-frame rows out of order, or past the end of their piece.
+    let mut bundle = sample();
+    let code = bundle.objects[0].replacements[0].piece;
+    bundle.objects[0].pieces[code].frames.reverse();
+    assert!(matches!(write(&bundle), Err(Error::Invalid(_))));
+    let mut bundle = sample();
+    let piece = &mut bundle.objects[0].pieces[code];
+    piece.frames.last_mut().unwrap().offset = piece.size;
     assert!(matches!(write(&bundle), Err(Error::Invalid(_))));
 
     let mut bundle = sample();

@@ -584,6 +584,7 @@ mod tests {
                     bytes: vec![0x90; 8],
                     relocs: Vec::new(),
                     table: None,
+                    frames: Vec::new(),
                 },
                 Piece {
                     name: "__jump_table".into(),
@@ -607,6 +608,7 @@ mod tests {
                         },
                     ],
                     table: Some("__jump_table".into()),
+                    frames: Vec::new(),
                 },
             ],
             replacements: vec![Replacement {

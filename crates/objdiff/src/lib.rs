@@ -35,6 +35,7 @@ mod diff;
 mod dwarf;
 pub mod elf;
 mod error;
+mod frames;
 mod layout;
 pub mod name;
 pub mod patchset;

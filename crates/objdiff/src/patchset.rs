@@ -17,6 +17,7 @@ use crate::correlate::{self, Correlation};
 use crate::diff::{analyze, parse};
 use crate::elf::{self, SymbolKind};
 use crate::error::{Error, Side};
+pub use crate::frames::{FrameRow, FrameRule};
 use crate::name::{CloneKind, cold_owner};
 use crate::reference::{Reference, Resolved, Target};
 use crate::report::{ObjectDiff, PostSym, PreSym, Status};
@@ -119,6 +120,9 @@ pub struct Piece {
     /// For the entries of a table (a kernel special section such as `__ex_table`, see
     /// [`crate::table`]): the section they must be emitted as. `None` for code and data.
     pub table: Option<String>,
+    /// For code: its call-frame information, by offset, from the object's `.eh_frame` (empty
+    /// when it has none).
+    pub frames: Vec<FrameRow>,
 }
 
 /// Where a relocation of pre-build code points, for run-pre matching.
@@ -367,6 +371,7 @@ impl<'x, 'a> Extractor<'x, 'a> {
             // A dynamic-debug descriptor must sit in `__dyndbg`, where the module loader
             // registers it (else `pr_debug` in the new code can never be enabled).
             table: (s.name == crate::compare::DYNDBG_SECTION).then(|| s.name.clone()),
+            frames: Vec::new(),
         });
         self.index.insert(Key::Range(section, start), index);
         self.queue.push((index, section, start, end));
@@ -414,6 +419,7 @@ impl<'x, 'a> Extractor<'x, 'a> {
             bytes: data,
             relocs: Vec::new(),
             table: None,
+            frames: Vec::new(),
         });
         self.index.insert(key, index);
         index
@@ -541,6 +547,7 @@ impl<'x, 'a> Extractor<'x, 'a> {
                 bytes,
                 relocs,
                 table: Some(section.name.clone()),
+                frames: Vec::new(),
             });
             if let Some((parallel, size)) = kind.parallel
                 && let Some(p) = post.elf.section_by_name(parallel)
@@ -560,6 +567,7 @@ impl<'x, 'a> Extractor<'x, 'a> {
                     bytes,
                     relocs: Vec::new(),
                     table: Some(parallel.to_string()),
+                    frames: Vec::new(),
                 });
             }
         }
@@ -672,6 +680,16 @@ fn extract(
     x.drain();
     x.tables();
     x.drain();
+    // Each carried function's rows of the object's `.eh_frame`, for unwinding through it.
+    for (section, start, mut rows) in crate::frames::frames(&post.elf) {
+        if let Some(&i) = x.index.get(&Key::Range(section, start))
+            && x.set.pieces[i].kind == PieceKind::Code
+        {
+            let size = x.set.pieces[i].size;
+            rows.retain(|r| r.offset < size);
+            x.set.pieces[i].frames = rows;
+        }
+    }
     // Functions of this object the new code uses and does not replace.
     let mut wanted: Vec<SymbolRef> = Vec::new();
     for piece in &x.set.pieces {

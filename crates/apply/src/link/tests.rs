@@ -265,6 +265,7 @@ fn one_piece(size: usize, relocs: &[(u64, u32)]) -> Vec<ObjectPatch> {
                     addend: 0,
                 })
                 .collect(),
+            frames: Vec::new(),
         }],
         replacements: Vec::new(),
         referenced: Vec::new(),

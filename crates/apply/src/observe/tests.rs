@@ -75,6 +75,7 @@ fn patch(n: u8, sites: &[u64]) -> AppliedPatch {
         runtime: None,
         symbols: Vec::new(),
         uses: Vec::new(),
+        frames: Vec::new(),
     }
 }
 

@@ -3,7 +3,10 @@
 //! calls deep, and the return address and CFA of each frame as the compiler knows them. The
 //! walk over the executable's `.eh_frame` must find exactly those return addresses and stop
 //! where call-frame information ends (main's caller, in libc, which is not given as a module).
-//! Then the saved stack is edited to put code without CFI in the way, or cut short.
+//! Then the saved stack is edited to put code without CFI in the way, or cut short. The
+//! executable is linked from one object built with `-ffunction-sections`, so the rows a bundle
+//! would carry for its functions (the object diff's) describe exactly the code that ran: a walk
+//! that takes them as patch code must find the same frames.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,6 +20,8 @@ use super::*;
 /// What the fixture printed, and its executable.
 struct Saved {
     exe: Vec<u8>,
+    /// The object it was linked from.
+    object: Vec<u8>,
     bias: u64,
     module: (u64, u64),
     rip: u64,
@@ -37,24 +42,41 @@ fn saved() -> &'static Saved {
         let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/unwind/stack.c");
         let dir = std::env::temp_dir().join(format!("hotsplice-unwind-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let exe = dir.join("stack");
-        let gcc = Command::new("gcc")
-            .args(["-O2", "-fPIE", "-pie"])
-            .arg(&source)
-            .arg("-o")
-            .arg(&exe)
-            .output()
-            .expect("gcc must be installed (scripts/setup installs it)");
-        assert!(
-            gcc.status.success(),
-            "{}",
-            String::from_utf8_lossy(&gcc.stderr)
-        );
+        let (object, exe) = (dir.join("stack.o"), dir.join("stack"));
+        let gcc = |args: &[&std::ffi::OsStr]| {
+            let out = Command::new("gcc")
+                .args(args)
+                .output()
+                .expect("gcc must be installed (scripts/setup installs it)");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        gcc(&[
+            "-O2".as_ref(),
+            "-fPIE".as_ref(),
+            "-ffunction-sections".as_ref(),
+            "-c".as_ref(),
+            source.as_os_str(),
+            "-o".as_ref(),
+            object.as_os_str(),
+        ]);
+        gcc(&[
+            "-pie".as_ref(),
+            object.as_os_str(),
+            "-o".as_ref(),
+            exe.as_os_str(),
+        ]);
         let run = Command::new(&exe).output().unwrap();
         assert!(run.status.success());
         let bytes = std::fs::read(&exe).unwrap();
+        let object = std::fs::read(&object).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        parse(bytes, &String::from_utf8(run.stdout).unwrap())
+        let mut saved = parse(bytes, &String::from_utf8(run.stdout).unwrap());
+        saved.object = object;
+        saved
     })
 }
 
@@ -78,6 +100,7 @@ fn parse(exe: Vec<u8>, text: &str) -> Saved {
     let four = |k: &str| <[u64; 4]>::try_from(fields[k].as_slice()).unwrap();
     Saved {
         exe,
+        object: Vec::new(),
         bias: one("bias"),
         module: (fields["module"][0], fields["module"][1]),
         rip: one("rip"),
@@ -123,17 +146,20 @@ fn walk_saved(
 ) -> Walk {
     let image = Image::parse(&saved.exe).unwrap();
     let eh_frame = image.eh_frame.expect("the fixture has .eh_frame");
-    let modules = [CfiModule {
-        start: saved.module.0,
-        end: saved.module.1,
-        bias: saved.bias,
-        eh_frame: &eh_frame,
-    }];
+    let tables = Tables {
+        files: vec![CfiModule {
+            start: saved.module.0,
+            end: saved.module.1,
+            bias: saved.bias,
+            eh_frame: &eh_frame,
+        }],
+        patches: Vec::new(),
+    };
     let mut cache = StepCache::default();
     let read = |a: u64| saved.read(a, edits, limit);
-    let first = walk(rip, rsp, rbp, &modules, &mut cache, &read);
+    let first = walk(rip, rsp, rbp, &tables, &mut cache, &read);
     // The step cache changes nothing: a second walk through it finds the same.
-    let again = walk(rip, rsp, rbp, &modules, &mut cache, &read);
+    let again = walk(rip, rsp, rbp, &tables, &mut cache, &read);
     assert_eq!(first, again);
     first
 }
@@ -225,6 +251,96 @@ fn a_return_into_code_without_cfi_ends_the_walk_there() {
             "scan from work's caller's frame up"
         );
     }
+}
+
+#[test]
+fn patch_code_is_walked_through_with_the_rows_its_bundle_carries() {
+    // Every function of the object as a bundle would carry it (all new), at the address it
+    // has in the executable; the executable's own `.eh_frame` is not given.
+    let s = saved();
+    let (_, set) = hotsplice_objdiff::patch_objects("stack.o", None, Some(&s.object)).unwrap();
+    let patch = hotsplice_bundle::convert::object_patch(
+        &hotsplice_objdiff::diff_objects("stack.o", None, Some(&s.object)).unwrap(),
+        &set,
+    );
+    let code: Vec<(std::ops::Range<u64>, &[hotsplice_bundle::FrameRow])> =
+        ["capture", "work", "framed", "main"]
+            .into_iter()
+            .map(|name| {
+                let piece = patch
+                    .pieces
+                    .iter()
+                    .find(|p| p.symbol.as_deref() == Some(name))
+                    .unwrap_or_else(|| panic!("{name} is carried"));
+                let range = s.function(name);
+                assert_eq!(range.end - range.start, piece.size, "{name}: the same code");
+                assert!(!piece.frames.is_empty(), "{name} has rows");
+                (range, piece.frames.as_slice())
+            })
+            .collect();
+    let tables = Tables {
+        files: Vec::new(),
+        patches: code
+            .iter()
+            .map(|(range, rows)| PatchCode {
+                start: range.start,
+                end: range.end,
+                rows,
+            })
+            .collect(),
+    };
+    // At every byte of these functions, the rows give the step the executable's `.eh_frame`
+    // gives.
+    let image = Image::parse(&s.exe).unwrap();
+    let eh_frame = image.eh_frame.expect("the fixture has .eh_frame");
+    let linked = Tables {
+        files: vec![CfiModule {
+            start: s.module.0,
+            end: s.module.1,
+            bias: s.bias,
+            eh_frame: &eh_frame,
+        }],
+        patches: Vec::new(),
+    };
+    let mut ctx = UnwindContext::new();
+    for (range, _) in &code {
+        for address in range.clone() {
+            assert_eq!(
+                step_for(address, &tables, &mut ctx),
+                step_for(address, &linked, &mut ctx),
+                "at {address:#x}"
+            );
+        }
+    }
+    let read = |a: u64| s.read(a, &HashMap::new(), s.top());
+    let w = walk(
+        s.rip,
+        s.rsp,
+        s.rbp,
+        &tables,
+        &mut StepCache::default(),
+        &read,
+    );
+    assert_eq!(
+        hex(&w.return_addresses),
+        hex(&s.ra),
+        "capture → work → framed (through rbp) → main → libc"
+    );
+    assert_eq!(w.unknown_from, Some(s.cfa[3]));
+    // Without rows for framed (a patch built before bundles carried them), the walk stops at
+    // its frame and the rest is to be scanned.
+    let mut without = tables;
+    without.patches[2].rows = &[];
+    let w = walk(
+        s.rip,
+        s.rsp,
+        s.rbp,
+        &without,
+        &mut StepCache::default(),
+        &read,
+    );
+    assert_eq!(hex(&w.return_addresses), hex(&s.ra[..2]));
+    assert_eq!(w.unknown_from, Some(s.cfa[1]));
 }
 
 #[test]

@@ -590,6 +590,66 @@ fn stacking_on_the_same_function() {
     app.expect("value 14 hello");
 }
 
+#[test]
+fn threads_are_unwound_through_patch_code() {
+    // The bundle carries the call-frame rows of the code it loads, so the safety check walks
+    // a thread's stack through patch code instead of scanning the rest of it word by word.
+    // The napper thread keeps a pointer to spare() in its frame, below nap(); a scan takes
+    // it for a return address into spare().
+    let setup = Setup::new("live-unwind-patch", "");
+    let (nap, nap_id) = setup.bundle("nap.patch", "");
+    let (spare, _) = setup.bundle("spare.patch", "");
+    let mut command = Command::new(&setup.app);
+    command.args(["1", "nap"]);
+    let app = App::spawn(command);
+    app.expect("value 14 hello");
+    let pid = app.pid();
+    // The napper does not nap yet: nothing runs nap(), and the apply goes in at once.
+    ok(&setup.live("apply", nap.to_str().unwrap(), pid));
+    let winch = || {
+        assert!(
+            Command::new("kill")
+                .args(["-WINCH", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    winch();
+    std::thread::sleep(Duration::from_millis(300));
+    let once = |verb: &str, what: &str| {
+        hotsplice(&[
+            verb,
+            what,
+            "--pid",
+            &pid.to_string(),
+            "--state-dir",
+            &setup.state,
+            "--retries",
+            "0",
+            "--json",
+        ])
+    };
+    // Now asleep in usleep() called from the new nap(): spare() is nowhere on its stack, and
+    // its patch goes in at the first attempt.
+    ok(&once("apply", spare.to_str().unwrap()));
+    // The undo of nap.patch must wait: the thread will return into its code.
+    let refused = once("undo", &nap_id);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let error = json_any(&refused)["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains(&format!(
+            "is blocked in a system call called from the code of {nap_id}"
+        )),
+        "{error}"
+    );
+    // Undone once the napper stops napping.
+    winch();
+    std::thread::sleep(Duration::from_millis(300));
+    ok(&setup.live("undo", &nap_id, pid));
+    app.expect("value 14 hello");
+}
+
 /// A copy of the fixture `fixture` at `dest` with `patches/<patch>` applied.
 fn patched_copy(fixture: &str, patch: &str, dest: &Path) {
     assert!(
