@@ -1,5 +1,6 @@
 //! The files a process maps: which one a bundle patches (and its load bias), the others (for
-//! library symbols), and the call-frame information of all of them (for unwinding stacks).
+//! library symbols), and the call-frame information of all of them and of the vDSO (for
+//! unwinding stacks).
 
 use hotsplice_bundle::{Bundle, TargetKind, hex};
 use hotsplice_matcher::{EhFrameSection, Image};
@@ -61,11 +62,30 @@ fn parse(process: &Process, path: &str, mappings: &[&Mapping]) -> Option<MappedF
     })
 }
 
+/// The vDSO's call-frame information, read from the process's memory: the vDSO is the
+/// kernel's code mapped into every process (`clock_gettime`...), an ELF image but no file.
+/// Threads of a program that asks the time often are often stopped in it.
+fn vdso(process: &Process, maps: &[Mapping]) -> Option<(u64, u64, u64, EhFrameSection)> {
+    let m = maps.iter().find(|m| m.path.as_deref() == Some("[vdso]"))?;
+    let mut bytes = vec![
+        0u8;
+        usize::try_from(m.end.checked_sub(m.start)?)
+            .ok()?
+            .min(1 << 20)
+    ];
+    process.read(m.start, &mut bytes).ok()?;
+    let image = Image::parse(&bytes).ok()?;
+    let bias = m.start.wrapping_sub(image.first_load);
+    Some((m.start, m.end, bias, image.eh_frame?))
+}
+
 /// Every ELF file a process maps, each read and parsed once per operation.
 pub struct Files {
     files: Vec<MappedFile>,
     /// Files that could not be read or parsed: (path, why).
     unreadable: Vec<(String, String)>,
+    /// The vDSO's call-frame information (only that: its symbols are not the program's).
+    vdso: Option<(u64, u64, u64, EhFrameSection)>,
 }
 
 impl Files {
@@ -74,6 +94,7 @@ impl Files {
         let mut out = Files {
             files: Vec::new(),
             unreadable: Vec::new(),
+            vdso: vdso(process, maps),
         };
         for (path, mappings) in files(maps) {
             match parse(process, path, &mappings) {
@@ -93,6 +114,7 @@ impl Files {
                 .files
                 .iter()
                 .filter_map(|f| Some((f.start, f.end, f.bias, f.image.eh_frame.clone()?)))
+                .chain(self.vdso.clone())
                 .collect(),
             patches: Vec::new(),
         }
@@ -212,4 +234,33 @@ pub fn file_bytes(
     process
         .mapped_file_range(m, address - m.start + m.offset, len)
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vdso_has_call_frame_information() {
+        // This test's own process: the kernel maps a vDSO into it.
+        let process = Process::new(std::process::id() as i32).unwrap();
+        let maps = process.maps().unwrap();
+        let vdso = maps
+            .iter()
+            .find(|m| m.path.as_deref() == Some("[vdso]"))
+            .expect("a vDSO is mapped");
+        let cfi = Files::load(&process, &maps).cfi();
+        let tables = cfi.tables();
+        let module = tables
+            .files
+            .iter()
+            .find(|m| m.start == vdso.start && m.end == vdso.end)
+            .expect("the vDSO's call-frame information is loaded");
+        assert!(!module.eh_frame.fdes.is_empty());
+        // Its functions, at their run-time addresses, lie in the mapping.
+        for &(start, len, _) in &module.eh_frame.fdes {
+            let at = start.wrapping_add(module.bias);
+            assert!(at >= vdso.start && at + len <= vdso.end, "{at:#x}");
+        }
+    }
 }

@@ -1,12 +1,12 @@
 //! Walking a stopped thread's stack with the call-frame information (`.eh_frame`) of the
-//! loaded files, to find the return addresses it really holds.
+//! loaded files and the vDSO, to find the return addresses it really holds.
 //!
 //! A plain scan of every stack word (Ksplice's check) also sees stale return addresses left in
 //! uninitialised slots of live frames; a busy loop that calls a replaced function keeps such a
 //! slot forever, and the scan then never lets the patch (or its undo) through. Unwinding finds
 //! the true frames. Patch memory is walked through with the rows its bundle carried (see
-//! [`PatchCode`]). Where it cannot continue — code without CFI (JIT code, the vDSO, a patch
-//! built before bundles carried rows), a rule it does not evaluate — the rest of the stack is
+//! [`PatchCode`]). Where it cannot continue — code without CFI (JIT code, a patch built before
+//! bundles carried rows), a rule it does not evaluate — the rest of the stack is
 //! scanned word by word, so the check stays conservative.
 
 use gimli::{
