@@ -18,7 +18,7 @@ pub fn predict(busy: &Busy, options: &Options) -> Prediction {
         return Prediction {
             action: "refuse",
             detail: format!(
-                "{busy}, which is that thread's main loop (it never returns); apply would retry {attempts} times over {:.1} s and refuse",
+                "{busy}, called from that thread's outermost frames: it looks like its main loop, which never returns; apply would retry {attempts} times over {:.1} s and refuse if it stays",
                 window.as_secs_f64()
             ),
         };

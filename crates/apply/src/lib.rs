@@ -375,7 +375,7 @@ pub enum Error {
     },
     /// The same thread was in the same function, its main loop, at every attempt.
     #[error(
-        "process {pid}: thread {tid} was in {function} at every one of {attempts} attempts, and {function} is the thread's main loop (it calls everything else and never returns), so it cannot be replaced safely; nothing was changed"
+        "process {pid}: thread {tid} was in {function} at every one of {attempts} attempts, called from the thread's outermost frames: {function} looks like the thread's main loop, which calls everything else and never returns (or the thread calls it again and again), so it cannot be replaced safely; nothing was changed"
     )]
     AlwaysBusy {
         /// Process.
