@@ -304,6 +304,11 @@ pub struct Stopped {
     processes: Vec<Process>,
     /// Seccomp filters read from threads, by tid.
     filters: HashMap<i32, Vec<Vec<seccomp::Insn>>>,
+    /// Seccomp modes read from threads, by tid: kept only while every thread is stopped (then
+    /// none can change its own or, with `TSYNC`, another's). Reading one costs 10-30 µs.
+    modes: HashMap<i32, u32>,
+    /// Every thread of the address space is stopped (not [`Stopped::stop_one`]).
+    whole: bool,
     released: bool,
 }
 
@@ -416,6 +421,8 @@ impl Stopped {
             mem: space.primary().mem().clone(),
             processes: space.members().to_vec(),
             filters: HashMap::new(),
+            modes: HashMap::new(),
+            whole: false,
             released: false,
         }
     }
@@ -426,6 +433,7 @@ impl Stopped {
     /// stopped too and added to `space`.
     pub fn stop(space: &mut AddressSpace, timeout: Duration) -> Result<Stopped, Error> {
         let mut stopped = Stopped::empty(space);
+        stopped.whole = true;
         let watchdog = Watchdog::start(timeout);
         let mut pending: Vec<Process> = space.members().to_vec();
         let primary = space.primary().pid();
@@ -792,7 +800,17 @@ impl Stopped {
     ) -> Result<Verdict, Error> {
         let t = &self.threads[index];
         let (pid, tid) = (t.pid, t.tid);
-        match self.process_of(pid).seccomp_mode(tid) {
+        let mode = match self.modes.get(&tid) {
+            Some(&mode) => mode,
+            None => {
+                let mode = self.process_of(pid).seccomp_mode(tid);
+                if self.whole {
+                    self.modes.insert(tid, mode);
+                }
+                mode
+            }
+        };
+        match mode {
             0 => return Ok(Verdict::Allow),
             // Strict mode allows only read, write, exit and sigreturn.
             1 => return Ok(Verdict::Kill),
@@ -992,6 +1010,9 @@ impl Stopped {
     /// that take no locks (an `STT_GNU_IFUNC` resolver). The thread's registers are restored
     /// exactly.
     pub fn call(&mut self, function: u64, trap: u64) -> Result<u64, Error> {
+        // The function may install seccomp filters.
+        self.modes.clear();
+        self.filters.clear();
         let usable = |job_stopped: bool| {
             self.threads
                 .iter()
@@ -1082,6 +1103,9 @@ impl Stopped {
         if self.threads[index].job_stopped {
             return Ok(true);
         }
+        // Running, it may install seccomp filters (with `TSYNC`, on every thread).
+        self.modes.clear();
+        self.filters.clear();
         let pid = Pid::from_raw(tid);
         // Hand it back exactly as it stopped (a restarted call restarts).
         let mut regs = self.threads[index].regs;

@@ -249,6 +249,31 @@ fn seccomp_filters_are_obeyed_not_tripped() {
 }
 
 #[test]
+fn an_undo_whose_munmap_seccomp_denies_changes_nothing() {
+    // The filter comes after the apply: the undo finds it (and must not restore the code
+    // only to leave the patch memory it cannot unmap), for one thread and for several.
+    let fixture = Fixture::new("hostile-seccomp-undo", "", &["work"]);
+    let id = fixture.id("work").to_string();
+    for threads in ["0", "2"] {
+        let mut target = Target::start(&fixture.exe, &[threads]);
+        let pid = target.pid().to_string();
+        let out = fixture.run(&["apply", fixture.bundle("work"), "--pid", &pid]);
+        assert_eq!(code(&out), Some(0), "{threads}: {}", stderr(&out));
+        target.send("u");
+        target.expect("filtered");
+        let out = fixture.run(&["undo", &id, "--pid", &pid]);
+        assert_eq!(code(&out), Some(1), "{threads}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("seccomp") && err.contains("deny with EPERM") && err.contains("munmap"),
+            "{threads}: {err}"
+        );
+        consistent(&fixture, &mut target, &[&id], &format!("{threads} threads"));
+        assert!(target.work_patched(), "{threads}: still patched");
+    }
+}
+
+#[test]
 fn eintr_is_seen_exactly_when_it_would_be_without_hotsplice() {
     let fixture = Fixture::new("hostile-eintr", "", &["work"]);
     let target = Target::start(&fixture.exe, &["1", "epoll"]);

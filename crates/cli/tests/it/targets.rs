@@ -175,6 +175,13 @@ impl Target {
         panic!("no line starting with {prefix:?}");
     }
 
+    /// Sends a command line (see `fixtures/hostile/app/main.c`).
+    pub fn send(&mut self, command: &str) {
+        self.stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .unwrap();
+    }
+
     /// (iterations, wrong, patched work() results, patched aux() results).
     pub fn report(&mut self) -> [u64; 4] {
         self.stdin.write_all(b"r\n").unwrap();
