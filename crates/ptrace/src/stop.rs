@@ -140,9 +140,10 @@ pub struct Thread {
     pub stack_top: Vec<u8>,
     /// How long [`Stopped::let_run`] let it run (not time it was stopped).
     ran: Duration,
-    /// Its system call returned `EINTR` only because we stopped it (Linux does that for
-    /// `epoll_wait` and a few others on any stop): it is re-issued on release unless a signal
-    /// that interrupts it is pending by then.
+    /// Its system call returned `EINTR` while we stopped it (Linux does that for `epoll_wait`
+    /// and a few others on any stop): it is re-issued when the thread is handed back, unless a
+    /// signal that interrupts it is pending by then (then the `EINTR` is real). Whether one is
+    /// is read only then: a `/proc` read costs 10-30 µs, and this one is needed once.
     restart: bool,
 }
 
@@ -625,8 +626,7 @@ impl Stopped {
         let restart = pending.is_none()
             && !job_stopped
             && (regs.orig_rax as i64) >= 0
-            && regs.rax as i64 == -(libc::EINTR as i64)
-            && !interrupted_for_real(process, tid, None);
+            && regs.rax as i64 == -(libc::EINTR as i64);
         self.threads.push(Thread {
             pid: process.pid(),
             tid,
@@ -1109,12 +1109,13 @@ impl Stopped {
         let pid = Pid::from_raw(tid);
         // Hand it back exactly as it stopped (a restarted call restarts).
         let mut regs = self.threads[index].regs;
-        if self.threads[index].restart {
+        let t = &self.threads[index];
+        if t.restart && !interrupted_for_real(self.process_of(t.pid), tid, t.pending_signal) {
             regs.rip -= 2;
             regs.rax = regs.orig_rax;
             ptrace::setregs(pid, regs).map_err(ptrace_error(tid, "PTRACE_SETREGS"))?;
-            self.threads[index].restart = false;
         }
+        self.threads[index].restart = false;
         ptrace::cont(pid, None).map_err(ptrace_error(tid, "PTRACE_CONT"))?;
         let let_go = Instant::now();
         std::thread::sleep(slice);
@@ -1149,8 +1150,7 @@ impl Stopped {
         let t = &self.threads[index];
         let restart = t.pending_signal.is_none()
             && (regs.orig_rax as i64) >= 0
-            && regs.rax as i64 == -(libc::EINTR as i64)
-            && !interrupted_for_real(self.process_of(t.pid), tid, None);
+            && regs.rax as i64 == -(libc::EINTR as i64);
         let stack_top = self.stack_top(regs.rsp);
         let t = &mut self.threads[index];
         t.regs = regs;
