@@ -57,6 +57,8 @@ struct Attributed {
     during_total: f64,
     /// The largest gap overlapping no stop (µs).
     outside: f64,
+    /// Each worker's total of gaps overlapping stops (ns), by slot.
+    totals: Vec<u64>,
 }
 
 fn attribute(gaps: &[Gap], stops: &[StopWindow]) -> Attributed {
@@ -75,6 +77,7 @@ fn attribute(gaps: &[Gap], stops: &[StopWindow]) -> Attributed {
         }
     }
     out.during_total = totals.iter().copied().max().unwrap_or(0) as f64 / 1000.0;
+    out.totals = totals;
     out
 }
 
@@ -290,6 +293,11 @@ struct Samples {
     reported: Vec<f64>,
     /// hotsplice's longest total over the workers only (what the target can see).
     reported_workers: Vec<f64>,
+    /// Per worker that felt the stops, hotsplice's figure for it over its own total of gaps
+    /// during the stops: the cross-check thread by thread. (The largest report over the
+    /// largest target figure is biased low: the target's figures are noisier, and the
+    /// largest of eight noisy figures is high.)
+    per_worker_ratio: Vec<f64>,
     stops: Vec<f64>,
     /// How long the stops of every thread lasted, together (µs).
     stop_length: Vec<f64>,
@@ -314,6 +322,12 @@ impl Samples {
             "outside_stops_us": stats(&self.outside),
             "reported_us": stats(&self.reported),
             "reported_workers_us": stats(&self.reported_workers),
+            "per_worker_ratio": {
+                "n": self.per_worker_ratio.len(),
+                "p10": percentile(&self.per_worker_ratio, 10.0),
+                "p50": percentile(&self.per_worker_ratio, 50.0),
+                "p90": percentile(&self.per_worker_ratio, 90.0),
+            },
             "stops": stats(&self.stops),
             "stop_length_us": stats(&self.stop_length),
             "wall_ms": stats(&self.wall_ms),
@@ -366,6 +380,7 @@ fn invoke(tool: &Tool, target: &mut Target, verb: &str, samples: &mut Samples) -
     let p = &v["processes"][0];
     samples.target.push(window.max);
     samples.target_total.push(window.total);
+    let mut seen = None;
     if let Some(windows) = p["stop_windows"].as_array() {
         // The stops of the workers: every thread stopped (not the main thread alone, stopped
         // to run the `mmap` or `munmap` while the workers ran on).
@@ -377,12 +392,30 @@ fn invoke(tool: &Tool, target: &mut Target, verb: &str, samples: &mut Samples) -
         samples
             .stop_length
             .push(stops.iter().map(|&(a, b)| b.saturating_sub(a)).sum::<u64>() as f64 / 1000.0);
-        let seen = attribute(&gaps, &stops);
-        samples.during.push(seen.during);
-        samples.during_total.push(seen.during_total);
-        samples.outside.push(seen.outside);
+        let attributed = attribute(&gaps, &stops);
+        samples.during.push(attributed.during);
+        samples.during_total.push(attributed.during_total);
+        samples.outside.push(attributed.outside);
+        seen = Some(attributed);
     }
     samples.reported.push(p["pause_us"].as_f64().unwrap_or(0.0));
+    if let (Some(threads), Some(seen)) = (p["stopped_threads"].as_array(), &seen) {
+        for (slot, &total) in seen.totals.iter().enumerate() {
+            let reported = target.workers.get(slot).and_then(|tid| {
+                threads
+                    .iter()
+                    .find(|t| t["tid"].as_i64() == Some(*tid))
+                    .and_then(|t| t["stopped_us"].as_f64())
+            });
+            if let Some(reported) = reported
+                && total > 0
+            {
+                samples
+                    .per_worker_ratio
+                    .push(reported / (total as f64 / 1000.0));
+            }
+        }
+    }
     if let Some(threads) = p["stopped_threads"].as_array() {
         let workers = threads
             .iter()
@@ -623,7 +656,11 @@ fn write(root: &Path, rows: &[Value], compared: bool) -> Result<()> {
          program, the floor this machine sets for it. *stop length*: from the first interrupt \
          to the last release of the stops of every thread. *reported*: hotsplice's own figure — the longest total time one thread \
          was stopped, every stop of the invocation summed (from just before its interrupt to \
-         just after its release), over the workers (what the target can see: the cross-check) \
+         just after its release), over the workers (what the target can see: the cross-check; \
+         *per worker*: each worker's report over its own total of gaps during the stops, every \
+         worker of every cycle — the largest report over the largest gap reads low when the \
+         target's per-thread figures are noisier than the report, as the largest of several \
+         noisy figures is high) \
          and over all threads (the headline, which includes the idle main thread that also runs \
          the injected `mmap`). *stops*: how many times threads were stopped (the all-thread \
          switch, plus a one-thread stop for the `mmap` and one for the `munmap` in \
@@ -634,11 +671,11 @@ fn write(root: &Path, rows: &[Value], compared: bool) -> Result<()> {
     );
     let _ = writeln!(
         md,
-        "| mode | threads | build | op | target gap during stops p50 / p99 / max (µs) | target total during stops p50 / p99 | reported, workers p50 / p99 | reported workers / target during stops, p50 | target gap, whole window p50 / p99 | outside stops p99 | baseline p50 / p99 | baseline, windows as long as the stop p50 / p99 / p99.9 | stop length p50 / p99 (µs) | reported, all threads p50 / p99 | stops p50 / max | wall p50 / p99 (ms) | refused |"
+        "| mode | threads | build | op | target gap during stops p50 / p99 / max (µs) | target total during stops p50 / p99 | reported, workers p50 / p99 | reported workers / target during stops, p50 | per worker: reported / its own gaps during stops, p50 (p10–p90) | target gap, whole window p50 / p99 | outside stops p99 | baseline p50 / p99 | baseline, windows as long as the stop p50 / p99 / p99.9 | stop length p50 / p99 (µs) | reported, all threads p50 / p99 | stops p50 / max | wall p50 / p99 (ms) | refused |"
     );
     let _ = writeln!(
         md,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
     let pair = |v: &Value| {
@@ -660,6 +697,17 @@ fn write(root: &Path, rows: &[Value], compared: bool) -> Result<()> {
             let has = |v: &Value| v["n"].as_u64().unwrap_or(0) > 0;
             let ratio = if has(during) && f(during, "p50") > 0.0 && has(rw) {
                 format!("{:.2}", f(rw, "p50") / f(during, "p50"))
+            } else {
+                "—".into()
+            };
+            let pw = &s["per_worker_ratio"];
+            let per_worker = if pw["n"].as_u64().unwrap_or(0) > 0 {
+                format!(
+                    "{:.2} ({:.2}–{:.2})",
+                    f(pw, "p50"),
+                    f(pw, "p10"),
+                    f(pw, "p90")
+                )
             } else {
                 "—".into()
             };
@@ -697,7 +745,7 @@ fn write(root: &Path, rows: &[Value], compared: bool) -> Result<()> {
                 .unwrap_or_default();
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {op} | {triple} | {} | {} | {ratio} | {} | {outside} | {} | {} | {} | {} | {stops} | {:.1} / {:.1} | {}{} |",
+                "| {} | {} | {} | {op} | {triple} | {} | {} | {ratio} | {per_worker} | {} | {outside} | {} | {} | {} | {} | {stops} | {:.1} / {:.1} | {}{} |",
                 r["mode"].as_str().unwrap_or(""),
                 r["threads"],
                 r["tool"].as_str().unwrap_or(""),
