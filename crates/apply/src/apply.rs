@@ -504,6 +504,14 @@ fn link_at(
         });
         redirects.push(r);
     }
+    // Every piece with the object it is of and its address in patch memory.
+    let placed = || {
+        bundle.objects.iter().enumerate().flat_map(|(o, object)| {
+            object.pieces.iter().enumerate().map(move |(p, piece)| {
+                (object, piece, link::piece_address(layout, o, p, code, data))
+            })
+        })
+    };
     Ok(Linked {
         writes,
         redirects,
@@ -518,40 +526,22 @@ fn link_at(
             functions,
             hooks,
             runtime: layout.runtime.map(|offset| data + offset),
-            symbols: bundle
-                .objects
-                .iter()
-                .enumerate()
-                .flat_map(|(o, object)| {
-                    object
-                        .pieces
-                        .iter()
-                        .enumerate()
-                        .filter_map(move |(p, piece)| {
-                            Some(AppliedSymbol {
-                                name: piece.symbol.clone()?,
-                                source_file: object.source_file.clone(),
-                                address: link::piece_address(layout, o, p, code, data),
-                            })
-                        })
+            symbols: placed()
+                .filter_map(|(object, piece, address)| {
+                    Some(AppliedSymbol {
+                        name: piece.symbol.clone()?,
+                        source_file: object.source_file.clone(),
+                        address,
+                    })
                 })
                 .collect(),
             uses: resolver.earlier_used(),
-            frames: bundle
-                .objects
-                .iter()
-                .enumerate()
-                .flat_map(|(o, object)| {
-                    object
-                        .pieces
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, piece)| !piece.frames.is_empty())
-                        .map(move |(p, piece)| AppliedFrames {
-                            address: link::piece_address(layout, o, p, code, data),
-                            size: piece.size,
-                            rows: piece.frames.clone(),
-                        })
+            frames: placed()
+                .filter(|(_, piece, _)| !piece.frames.is_empty())
+                .map(|(_, piece, address)| AppliedFrames {
+                    address,
+                    size: piece.size,
+                    rows: piece.frames.clone(),
                 })
                 .collect(),
         },

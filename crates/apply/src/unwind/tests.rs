@@ -138,23 +138,33 @@ impl Saved {
     }
 }
 
+/// The executable's `.eh_frame`.
+fn eh_frame(saved: &Saved) -> EhFrameSection {
+    let image = Image::parse(&saved.exe).unwrap();
+    image.eh_frame.expect("the fixture has .eh_frame")
+}
+
+/// The tables of the executable alone, as loaded.
+fn linked<'a>(saved: &Saved, eh_frame: &'a EhFrameSection) -> Tables<'a> {
+    Tables {
+        files: vec![CfiModule {
+            start: saved.module.0,
+            end: saved.module.1,
+            bias: saved.bias,
+            eh_frame,
+        }],
+        patches: Vec::new(),
+    }
+}
+
 fn walk_saved(
     saved: &Saved,
     (rip, rsp, rbp): (u64, u64, u64),
     edits: &HashMap<u64, u64>,
     limit: u64,
 ) -> Walk {
-    let image = Image::parse(&saved.exe).unwrap();
-    let eh_frame = image.eh_frame.expect("the fixture has .eh_frame");
-    let tables = Tables {
-        files: vec![CfiModule {
-            start: saved.module.0,
-            end: saved.module.1,
-            bias: saved.bias,
-            eh_frame: &eh_frame,
-        }],
-        patches: Vec::new(),
-    };
+    let eh_frame = eh_frame(saved);
+    let tables = linked(saved, &eh_frame);
     let mut cache = StepCache::default();
     let read = |a: u64| saved.read(a, edits, limit);
     let first = walk(rip, rsp, rbp, &tables, &mut cache, &read);
@@ -291,17 +301,8 @@ fn patch_code_is_walked_through_with_the_rows_its_bundle_carries() {
     };
     // At every byte of these functions, the rows give the step the executable's `.eh_frame`
     // gives.
-    let image = Image::parse(&s.exe).unwrap();
-    let eh_frame = image.eh_frame.expect("the fixture has .eh_frame");
-    let linked = Tables {
-        files: vec![CfiModule {
-            start: s.module.0,
-            end: s.module.1,
-            bias: s.bias,
-            eh_frame: &eh_frame,
-        }],
-        patches: Vec::new(),
-    };
+    let eh_frame = eh_frame(s);
+    let linked = linked(s, &eh_frame);
     let mut ctx = UnwindContext::new();
     for (range, _) in &code {
         for address in range.clone() {

@@ -88,15 +88,23 @@ impl Setup {
     }
 
     pub fn live(&self, verb: &str, what: &str, pid: u32) -> Output {
-        hotsplice(&[
+        self.live_with(verb, what, pid, &[])
+    }
+
+    /// [`Setup::live`] with more options.
+    pub fn live_with(&self, verb: &str, what: &str, pid: u32, options: &[&str]) -> Output {
+        let pid = pid.to_string();
+        let mut args = vec![
             verb,
             what,
             "--pid",
-            &pid.to_string(),
+            &pid,
             "--state-dir",
             &self.state,
             "--json",
-        ])
+        ];
+        args.extend(options);
+        hotsplice(&args)
     }
 }
 
@@ -617,19 +625,7 @@ fn threads_are_unwound_through_patch_code() {
     };
     winch();
     std::thread::sleep(Duration::from_millis(300));
-    let once = |verb: &str, what: &str| {
-        hotsplice(&[
-            verb,
-            what,
-            "--pid",
-            &pid.to_string(),
-            "--state-dir",
-            &setup.state,
-            "--retries",
-            "0",
-            "--json",
-        ])
-    };
+    let once = |verb: &str, what: &str| setup.live_with(verb, what, pid, &["--retries", "0"]);
     // Now asleep in usleep() called from the new nap(): spare() is nowhere on its stack, and
     // its patch goes in at the first attempt.
     ok(&once("apply", spare.to_str().unwrap()));
