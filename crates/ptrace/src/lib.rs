@@ -64,6 +64,15 @@ pub enum Error {
         /// The pid.
         pid: i32,
     },
+    /// The process is there, but none of the threads listed could be stopped: each had
+    /// vanished (or was not ours to wait for) by the time it was to stop.
+    #[error(
+        "process {pid}: none of its threads could be stopped (each vanished while being stopped); try again"
+    )]
+    NoThreadStopped {
+        /// The pid.
+        pid: i32,
+    },
     /// Not a process id at all (zero or negative).
     #[error("{pid} is not a process id")]
     InvalidPid {

@@ -218,7 +218,7 @@ impl Process {
     }
 
     /// A thread of `pid` that has not exited.
-    fn live_thread(pid: i32) -> Option<i32> {
+    pub(crate) fn live_thread(pid: i32) -> Option<i32> {
         let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
         let mut tids: Vec<i32> = dir
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())

@@ -396,6 +396,15 @@ fn run_delay(pid: i32, tid: i32) -> Option<u64> {
     Some(SchedStat::open(pid, tid)?.1.run_delay)
 }
 
+/// The error for a stop that stopped no thread of process `pid`: it is gone — or, if it still
+/// has a live thread, each thread it listed vanished or could not be held.
+fn none_stopped(pid: i32) -> Error {
+    match Process::live_thread(pid) {
+        Some(_) => Error::NoThreadStopped { pid },
+        None => Error::NoSuchProcess { pid },
+    }
+}
+
 /// Whether an `EINTR` a thread got is real: a signal that interrupts it is pending.
 fn interrupted_for_real(process: &Process, tid: i32, pending: Option<Signal>) -> bool {
     let Some(state) = process.signal_state(tid) else {
@@ -465,7 +474,7 @@ impl Stopped {
             stopped.processes.extend(pending.iter().cloned());
         }
         if !stopped.threads.iter().any(|t| t.pid == stopped.pid) {
-            return Err(Error::NoSuchProcess { pid: stopped.pid });
+            return Err(none_stopped(stopped.pid));
         }
         // Every thread is stopped, so the program cannot exec from here until release; it must
         // not have exec'd before either.
@@ -489,7 +498,7 @@ impl Stopped {
                 return Ok(stopped);
             }
         }
-        Err(Error::NoSuchProcess { pid: process.pid() })
+        Err(none_stopped(process.pid()))
     }
 
     fn stop_process(&mut self, process: &Process, watchdog: &Watchdog) -> Result<(), Error> {
