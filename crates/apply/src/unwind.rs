@@ -9,12 +9,10 @@
 //! bundles carried rows), a rule it does not evaluate — the rest of the stack is
 //! scanned word by word, so the check stays conservative.
 
-use gimli::{
-    BaseAddresses, CfaRule, EhFrame, EhFrameOffset, LittleEndian, RegisterRule, UnwindContext,
-    UnwindSection, X86_64,
-};
+use gimli::{BaseAddresses, EhFrame, EhFrameOffset, LittleEndian, UnwindContext, UnwindSection};
 use hotsplice_bundle::{CfaRegister, FrameRow};
 use hotsplice_matcher::EhFrameSection;
+use hotsplice_objdiff::patchset::{FrameRule, RowRule, row_rule};
 
 /// A loaded file with call-frame information.
 pub struct CfiModule<'a> {
@@ -59,21 +57,11 @@ pub struct Walk {
 
 const MAX_FRAMES: usize = 512;
 
-/// How to step over one frame, as far as this unwinder evaluates it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Step {
-    /// CFA = rsp + n or rbp + n; return address at CFA + ra; rbp saved at CFA + bp (if any).
-    Frame {
-        cfa_from_rbp: bool,
-        cfa_offset: i64,
-        ra: i64,
-        rbp: Option<i64>,
-    },
-    /// The outermost frame.
-    End,
-    /// Not evaluable here (no FDE, an expression rule...).
-    Unknown,
-}
+/// How to step over one frame: CFA = rsp + n or rbp + n, return address at CFA + ra, rbp
+/// saved at CFA + bp (if any); the outermost frame; or not evaluable here (no FDE, an
+/// expression rule...). The object diff's reduction, so that patch code's rows and mapped
+/// files' `.eh_frame` are read alike.
+type Step = RowRule;
 
 /// Steps already computed, by address: threads of one program mostly sit at the same few
 /// return addresses, and this runs while the target is stopped.
@@ -91,12 +79,12 @@ fn patch_step(lookup: u64, code: &PatchCode<'_>) -> Step {
         .and_then(|i| code.rows.get(i))
         .and_then(|r| r.rule)
     {
-        Some(rule) => Step::Frame {
+        Some(rule) => Step::Frame(FrameRule {
             cfa_from_rbp: rule.cfa == CfaRegister::Rbp,
             cfa_offset: rule.cfa_offset,
             ra: rule.ra,
             rbp: rule.rbp,
-        },
+        }),
         None => Step::Unknown,
     }
 }
@@ -131,34 +119,9 @@ fn step_for(lookup: u64, tables: &Tables<'_>, ctx: &mut UnwindContext<usize>) ->
     else {
         return Step::Unknown;
     };
-    let Ok(row) = fde.unwind_info_for_address(&eh, &bases, ctx, linked) else {
-        return Step::Unknown;
-    };
-    let (cfa_from_rbp, cfa_offset) = match row.cfa() {
-        CfaRule::RegisterAndOffset { register, offset } if *register == X86_64::RSP => {
-            (false, *offset)
-        }
-        CfaRule::RegisterAndOffset { register, offset } if *register == X86_64::RBP => {
-            (true, *offset)
-        }
-        _ => return Step::Unknown,
-    };
-    let ra = match row.register(X86_64::RA) {
-        Some(RegisterRule::Offset(n)) => n,
-        // The outermost frame (`_start`, `clone`) marks its return address undefined.
-        None | Some(RegisterRule::Undefined) => return Step::End,
-        _ => return Step::Unknown,
-    };
-    let rbp = match row.register(X86_64::RBP) {
-        Some(RegisterRule::Offset(n)) => Some(n),
-        None | Some(RegisterRule::Undefined | RegisterRule::SameValue) => None,
-        _ => return Step::Unknown,
-    };
-    Step::Frame {
-        cfa_from_rbp,
-        cfa_offset,
-        ra,
-        rbp,
+    match fde.unwind_info_for_address(&eh, &bases, ctx, linked) {
+        Ok(row) => row_rule(row),
+        Err(_) => Step::Unknown,
     }
 }
 
@@ -181,12 +144,12 @@ pub fn walk(
             .steps
             .entry(lookup)
             .or_insert_with(|| step_for(lookup, tables, &mut ctx));
-        let Step::Frame {
+        let Step::Frame(FrameRule {
             cfa_from_rbp,
             cfa_offset,
             ra: ra_offset,
             rbp: rbp_offset,
-        } = step
+        }) = step
         else {
             if step == Step::Unknown {
                 out.unknown_from = Some(sp);

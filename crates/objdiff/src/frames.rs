@@ -89,13 +89,32 @@ fn rows(
     while let Some(row) = table.next_row().ok()? {
         out.push(FrameRow {
             offset: row.start_address().checked_sub(first)?,
-            rule: rule(row),
+            rule: match row_rule(row) {
+                RowRule::Frame(rule) => Some(rule),
+                // Patch code is never a thread's outermost frame.
+                RowRule::End | RowRule::Unknown => None,
+            },
         });
     }
     Some(out)
 }
 
-fn rule(row: &gimli::UnwindTableRow<usize>) -> Option<FrameRule> {
+/// What one row of call-frame information says about finding the caller, as far as
+/// hotsplice's unwinder evaluates it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowRule {
+    /// The caller's frame, found by this rule.
+    Frame(FrameRule),
+    /// The outermost frame (`_start`, `clone`): its return address is undefined.
+    End,
+    /// Not evaluated here (a DWARF expression, a register other than `rsp`/`rbp` for the
+    /// CFA...).
+    Unknown,
+}
+
+/// The one reduction of a `gimli` unwind row to what the unwinder evaluates: for the rows a
+/// bundle carries and for the code of mapped files alike, so both are walked the same way.
+pub fn row_rule(row: &gimli::UnwindTableRow<usize>) -> RowRule {
     let (cfa_from_rbp, cfa_offset) = match row.cfa() {
         CfaRule::RegisterAndOffset { register, offset } if *register == X86_64::RSP => {
             (false, *offset)
@@ -103,18 +122,20 @@ fn rule(row: &gimli::UnwindTableRow<usize>) -> Option<FrameRule> {
         CfaRule::RegisterAndOffset { register, offset } if *register == X86_64::RBP => {
             (true, *offset)
         }
-        _ => return None,
+        _ => return RowRule::Unknown,
     };
     let ra = match row.register(X86_64::RA) {
         Some(RegisterRule::Offset(n)) => n,
-        _ => return None,
+        None | Some(RegisterRule::Undefined) => return RowRule::End,
+        _ => return RowRule::Unknown,
     };
     let rbp = match row.register(X86_64::RBP) {
         Some(RegisterRule::Offset(n)) => Some(n),
         None | Some(RegisterRule::SameValue) => None,
-        _ => return None,
+        // Undefined (the caller's `rbp` is lost) among the rest: not followed.
+        _ => return RowRule::Unknown,
     };
-    Some(FrameRule {
+    RowRule::Frame(FrameRule {
         cfa_from_rbp,
         cfa_offset,
         ra,

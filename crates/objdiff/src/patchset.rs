@@ -17,7 +17,7 @@ use crate::correlate::{self, Correlation};
 use crate::diff::{analyze, parse};
 use crate::elf::{self, SymbolKind};
 use crate::error::{Error, Side};
-pub use crate::frames::{FrameRow, FrameRule};
+pub use crate::frames::{FrameRow, FrameRule, RowRule, row_rule};
 use crate::name::{CloneKind, cold_owner};
 use crate::reference::{Reference, Resolved, Target};
 use crate::report::{ObjectDiff, PostSym, PreSym, Status};

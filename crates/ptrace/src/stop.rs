@@ -799,6 +799,14 @@ impl Stopped {
         Err(Error::NoUsableThread { pid: self.pid })
     }
 
+    /// Forgets the seccomp state read so far: the program is about to run code of its own (a
+    /// thread let run, a function called), which may install filters (with `TSYNC`, on every
+    /// thread).
+    fn target_runs(&mut self) {
+        self.modes.clear();
+        self.filters.clear();
+    }
+
     /// What the seccomp filters of thread `index` would do with a call.
     fn seccomp_verdict(
         &mut self,
@@ -1019,9 +1027,7 @@ impl Stopped {
     /// that take no locks (an `STT_GNU_IFUNC` resolver). The thread's registers are restored
     /// exactly.
     pub fn call(&mut self, function: u64, trap: u64) -> Result<u64, Error> {
-        // The function may install seccomp filters.
-        self.modes.clear();
-        self.filters.clear();
+        self.target_runs();
         let usable = |job_stopped: bool| {
             self.threads
                 .iter()
@@ -1112,9 +1118,7 @@ impl Stopped {
         if self.threads[index].job_stopped {
             return Ok(true);
         }
-        // Running, it may install seccomp filters (with `TSYNC`, on every thread).
-        self.modes.clear();
-        self.filters.clear();
+        self.target_runs();
         let pid = Pid::from_raw(tid);
         // Hand it back exactly as it stopped (a restarted call restarts).
         let mut regs = self.threads[index].regs;
