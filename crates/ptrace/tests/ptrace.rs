@@ -3,16 +3,20 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hotsplice_ptrace::{
     AddressSpace, Error, PROT_EXEC, PROT_READ, Process, Realtime, Stopped, monotonic_ns,
 };
 
+/// `fixtures/targets/NAME.c` built into a file of this call's own: two tests building the same
+/// fixture at once would run a file gcc is still writing.
 fn fixture(name: &str) -> PathBuf {
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ptrace");
     std::fs::create_dir_all(&out).unwrap();
-    let exe = out.join(name);
+    let exe = out.join(format!("{name}-{}", CALLS.fetch_add(1, Ordering::Relaxed)));
     let src =
         Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../fixtures/targets/{name}.c"));
     let status = Command::new("gcc")

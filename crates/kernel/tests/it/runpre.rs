@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hotsplice_kernel::kallsyms::Kallsyms;
 use hotsplice_kernel::runpre::{ModuleImage, RunPre, Vmlinux, match_kernel, match_module};
@@ -46,10 +47,14 @@ fn gcc(args: &[&str], sources: &[&str], out: &Path) {
     );
 }
 
+/// A directory of this call's own: tests run in parallel, and two that wrote the same object
+/// raced (one read it while gcc rewrote it).
 fn scratch(name: &str) -> PathBuf {
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("kernel-runpre")
-        .join(name);
+        .join(format!("{name}-{call}"));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
