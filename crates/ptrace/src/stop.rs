@@ -4,7 +4,9 @@
 //! of every process sharing the address space ([`AddressSpace`]: the process itself and any
 //! `clone(CLONE_VM)` sibling or `vfork` child), re-reading the thread lists until no new
 //! thread appears, and checks that no new sharer was created meanwhile. [`Stopped::stop_one`]
-//! stops a single thread (to run a system call in the target while the others keep running).
+//! stops a single thread blocked in a system call (to run a system call in the target while the
+//! others keep running), or every thread when none is blocked: a `syscall` instruction borrowed
+//! at a running thread's instruction pointer could be executed by the others.
 //!
 //! A thread interrupted inside a blocking system call has it restarted by the kernel when it
 //! resumes, because its registers are handed back exactly as they were; the few calls Linux
@@ -405,12 +407,77 @@ fn none_stopped(pid: i32) -> Error {
     }
 }
 
-/// Whether an `EINTR` a thread got is real: a signal that interrupts it is pending.
+/// Whether an `EINTR` a thread got is real: a signal that interrupts it is pending. This runs
+/// inside the pause, before the thread is let go: the common answer (no signal held for it,
+/// none queued that it does not block) comes from two `ptrace` requests; only a signal that
+/// is there needs the dispositions, from `/proc` (a read that costs this VM 10–30 µs).
 fn interrupted_for_real(process: &Process, tid: i32, pending: Option<Signal>) -> bool {
+    if pending.is_none() && deliverable_signals(tid) == Some(0) {
+        return false;
+    }
     let Some(state) = process.signal_state(tid) else {
         return true;
     };
     pending.is_some_and(|s| interrupts(s as u32, &state)) || state.would_interrupt()
+}
+
+/// The signals queued for a stopped thread, or for its process, that the thread does not block
+/// (bit `n - 1` is signal `n`), read with `PTRACE_PEEKSIGINFO` and `PTRACE_GETSIGMASK`.
+///
+/// Every pending signal has a queue entry except `SIGKILL` (the thread dies whatever is
+/// decided here) and one the kernel could not allocate an entry for (out of memory); `/proc`
+/// would show that one, and this does not.
+fn deliverable_signals(tid: i32) -> Option<u64> {
+    let queued = queued_signals(tid, 0)? | queued_signals(tid, libc::PTRACE_PEEKSIGINFO_SHARED)?;
+    let mut blocked = 0u64;
+    // SAFETY: PTRACE_GETSIGMASK writes `size_of::<u64>()` bytes (the kernel's sigset on
+    // x86_64, the size passed) into `blocked`, a u64 owned by this frame.
+    let got = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETSIGMASK,
+            tid,
+            std::mem::size_of::<u64>(),
+            &mut blocked as *mut u64,
+        )
+    };
+    (got == 0).then_some(queued & !blocked)
+}
+
+/// The signals in one queue of a stopped thread: its own (`flags` 0) or its process's
+/// (`PTRACE_PEEKSIGINFO_SHARED`).
+fn queued_signals(tid: i32, flags: u32) -> Option<u64> {
+    const BATCH: usize = 32;
+    let mut set = 0u64;
+    let mut offset = 0u64;
+    loop {
+        // SAFETY: siginfo_t is plain data; all zeroes is a valid value.
+        let mut infos: [libc::siginfo_t; BATCH] = unsafe { std::mem::zeroed() };
+        let args = libc::ptrace_peeksiginfo_args {
+            off: offset,
+            flags,
+            nr: BATCH as i32,
+        };
+        // SAFETY: PTRACE_PEEKSIGINFO reads `args` and writes at most `args.nr` siginfo_t into
+        // `infos`, which holds BATCH of them; both are owned by this frame.
+        let got = unsafe {
+            libc::ptrace(
+                libc::PTRACE_PEEKSIGINFO,
+                tid,
+                &args as *const libc::ptrace_peeksiginfo_args,
+                infos.as_mut_ptr(),
+            )
+        };
+        let got = usize::try_from(got).ok()?;
+        for info in &infos[..got.min(BATCH)] {
+            if let Some(bit) = (info.si_signo as u32).checked_sub(1).filter(|&b| b < 64) {
+                set |= 1 << bit;
+            }
+        }
+        if got < BATCH {
+            return Some(set);
+        }
+        offset += BATCH as u64;
+    }
 }
 
 /// The name of a system call hotsplice injects, for messages.
@@ -443,7 +510,51 @@ impl Stopped {
     /// stopped too and added to `space`.
     pub fn stop(space: &mut AddressSpace, timeout: Duration) -> Result<Stopped, Error> {
         let mut stopped = Stopped::empty(space);
-        stopped.whole = true;
+        stopped.stop_rest(space, timeout)?;
+        Ok(stopped)
+    }
+
+    /// Stops one thread of `space` only, one blocked in a system call (it would not have run
+    /// anyway): enough to run a system call in the target while its other threads run, with
+    /// the thread's own `syscall` instruction. The primary's threads are tried first, then
+    /// those of the processes sharing its memory (the call acts on the memory they share).
+    ///
+    /// When no thread is blocked in a system call, every thread is stopped instead
+    /// ([`Stopped::stop`]): the call then borrows two bytes at a thread's instruction pointer,
+    /// which is safe only while no other thread can execute them.
+    pub fn stop_one(space: &AddressSpace, timeout: Duration) -> Result<Stopped, Error> {
+        let mut stopped = Stopped::empty(space);
+        let mut blocked = Vec::new();
+        for (i, process) in space.members().iter().enumerate() {
+            let tids = match process.threads() {
+                Ok(tids) => tids,
+                Err(e) if i == 0 => return Err(e),
+                Err(_) => continue,
+            };
+            let waiting = tids.into_iter().filter(|&t| process.thread_state(t) == 'S');
+            blocked.extend(waiting.map(|t| (i, t)));
+        }
+        {
+            let watchdog = Watchdog::start(timeout);
+            for (i, tid) in blocked {
+                if !stopped.stop_thread(&space.members()[i], tid, &watchdog)? {
+                    continue;
+                }
+                if stopped.hosts_syscall(stopped.threads.len() - 1) {
+                    space.primary().check_same()?;
+                    return Ok(stopped);
+                }
+                // It woke up in between and is running its own code: stop the rest too.
+                break;
+            }
+        }
+        stopped.stop_rest(&mut space.clone(), timeout)?;
+        Ok(stopped)
+    }
+
+    /// Stops every thread of `space` not stopped yet (see [`Stopped::stop`]).
+    fn stop_rest(&mut self, space: &mut AddressSpace, timeout: Duration) -> Result<(), Error> {
+        self.whole = true;
         let watchdog = Watchdog::start(timeout);
         let mut pending: Vec<Process> = space.members().to_vec();
         let primary = space.primary().pid();
@@ -454,7 +565,7 @@ impl Stopped {
                 if pid != primary && crate::kcmp::same_vm(primary, pid) != Some(true) {
                     continue;
                 }
-                match stopped.stop_process(process, &watchdog) {
+                match self.stop_process(process, &watchdog) {
                     Err(Error::NoSuchProcess { .. }) if pid != primary => {}
                     Err(Error::ThreadWontStop { tid }) => {
                         drop(watchdog);
@@ -471,39 +582,33 @@ impl Stopped {
             if pending.is_empty() {
                 break;
             }
-            stopped.processes.extend(pending.iter().cloned());
+            self.processes.extend(pending.iter().cloned());
         }
-        if !stopped.threads.iter().any(|t| t.pid == stopped.pid) {
-            return Err(none_stopped(stopped.pid));
+        if !self.threads.iter().any(|t| t.pid == self.pid) {
+            return Err(none_stopped(self.pid));
         }
         // Every thread is stopped, so the program cannot exec from here until release; it must
         // not have exec'd before either.
-        space.primary().check_same()?;
-        Ok(stopped)
+        space.primary().check_same()
     }
 
-    /// Stops one thread of `space` only, preferring one blocked in a system call (it would not
-    /// have run anyway): enough to run a system call in the target while its other threads run.
-    pub fn stop_one(space: &AddressSpace, timeout: Duration) -> Result<Stopped, Error> {
-        let process = space.primary();
-        let tids = process.threads()?;
-        let (mut order, running): (Vec<i32>, Vec<i32>) =
-            tids.iter().partition(|&&t| process.thread_state(t) == 'S');
-        order.extend(running);
-        let mut stopped = Stopped::empty(space);
-        let watchdog = Watchdog::start(timeout);
-        for tid in order {
-            if stopped.stop_thread(process, tid, &watchdog)? {
-                process.check_same()?;
-                return Ok(stopped);
-            }
+    /// Whether stopped thread `index` can run a system call for us with its own `syscall`
+    /// instruction, touching no code: it is blocked in a system call made by one, and has no
+    /// signal to deliver.
+    fn hosts_syscall(&mut self, index: usize) -> bool {
+        let t = &self.threads[index];
+        if !t.in_syscall() || t.pending_signal.is_some() || t.job_stopped || t.regs.rip < 2 {
+            return false;
         }
-        Err(none_stopped(process.pid()))
+        let at = t.regs.rip - 2;
+        let mut two = [0u8; 2];
+        self.read(at, &mut two).is_ok() && two == [0x0f, 0x05]
     }
 
     fn stop_process(&mut self, process: &Process, watchdog: &Watchdog) -> Result<(), Error> {
         let pid = process.pid();
-        let mut seen: Vec<i32> = Vec::new();
+        // Threads already held (by [`Stopped::stop_one`]) are not seized again.
+        let mut seen: Vec<i32> = self.threads.iter().map(|t| t.tid).collect();
         loop {
             let cursor = last_pid();
             let tids = process.threads()?;
@@ -893,6 +998,12 @@ impl Stopped {
             }
         } else {
             borrowed = Some(saved.rip);
+        }
+        // Two bytes borrowed at an instruction pointer are code any running thread may
+        // execute: only with every thread stopped ([`Stopped::stop_one`] stops them all when
+        // no thread can lend its own `syscall`).
+        if borrowed.is_some() && !self.whole {
+            return Err(Error::NoUsableThread { pid });
         }
         let verdict = self.seccomp_verdict(index, number, insn + 2, args)?;
         if verdict != Verdict::Allow {

@@ -225,6 +225,27 @@ fn processes_sharing_memory_are_stopped_and_patched_together() {
 }
 
 #[test]
+fn threads_that_never_block_do_not_run_a_borrowed_syscall() {
+    // No thread is ever blocked in a system call, so none can lend its own `syscall`
+    // instruction for the injected mmap and munmap: two bytes of code are borrowed at a
+    // stopped thread's instruction pointer — in the loop every other thread runs, so they
+    // must be stopped too (they were not: a worker ran the borrowed syscall with whatever
+    // its registers held, and computed wrong results or died).
+    let fixture = Fixture::new("hostile-busy", "", &["work"]);
+    let mut target = Target::start(&fixture.exe, &["3", "busy"]);
+    let pid = target.pid().to_string();
+    let id = fixture.id("work").to_string();
+    for i in 0..10 {
+        let out = fixture.run(&["apply", fixture.bundle("work"), "--pid", &pid]);
+        assert_eq!(code(&out), Some(0), "{i}: {}", stderr(&out));
+        consistent(&fixture, &mut target, &[&id], &format!("busy apply {i}"));
+        let out = fixture.run(&["undo", &id, "--pid", &pid]);
+        assert_eq!(code(&out), Some(0), "{i}: {}", stderr(&out));
+        consistent(&fixture, &mut target, &[], &format!("busy undo {i}"));
+    }
+}
+
+#[test]
 fn seccomp_filters_are_obeyed_not_tripped() {
     let fixture = Fixture::new("hostile-seccomp", "", &["work"]);
     for (filter, verdict) in [
@@ -294,6 +315,24 @@ fn eintr_is_seen_exactly_when_it_would_be_without_hotsplice() {
         None,
         "a stop made epoll_wait return"
     );
+    // A signal the thread blocks arrives while hotsplice holds it: it stays pending, and
+    // epoll_wait goes on as it would without hotsplice.
+    let held = Held::start(
+        &fixture,
+        "checked",
+        &["apply", fixture.bundle("work"), "--pid", &pid.to_string()],
+    );
+    send(["-USR2", &pid.to_string()]);
+    std::thread::sleep(Duration::from_millis(50));
+    let out = held.release();
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        target.next_line(Duration::from_millis(200)),
+        None,
+        "a blocked signal made epoll_wait return"
+    );
+    let out = fixture.run(&["undo", &id, "--pid", &pid.to_string()]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
     // The signal arrives while hotsplice holds every thread: same as without hotsplice.
     let held = Held::start(
         &fixture,
