@@ -431,13 +431,19 @@ impl Process {
     /// A thread's scheduling state letter (`R` running, `S` sleeping, `D` uninterruptible,
     /// `T`/`t` stopped, `Z` zombie).
     pub fn thread_state(&self, tid: i32) -> char {
-        std::fs::read_to_string(format!("/proc/{}/task/{tid}/stat", self.pid))
-            .ok()
-            .and_then(|stat| {
-                stat.rsplit_once(") ")
-                    .and_then(|(_, rest)| rest.chars().next())
-            })
-            .unwrap_or('?')
+        self.thread_stat(tid).map_or('?', |(state, _)| state)
+    }
+
+    /// A thread's state letter (see [`Process::thread_state`]) and the CPU time it has used
+    /// (user + system, in clock ticks).
+    pub fn thread_stat(&self, tid: i32) -> Option<(char, u64)> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/task/{tid}/stat", self.pid)).ok()?;
+        let (_, rest) = stat.rsplit_once(") ")?;
+        let state = rest.chars().next()?;
+        let mut fields = rest.split_whitespace().skip(11);
+        let mut ticks = || fields.next()?.parse::<u64>().ok();
+        let cpu = ticks().unwrap_or(0) + ticks().unwrap_or(0);
+        Some((state, cpu))
     }
 
     /// Whether a thread is waiting in `vfork` (or `clone(CLONE_VFORK)`, as `posix_spawn`

@@ -113,6 +113,10 @@ impl AddressSpace {
     }
 }
 
+/// How many threads [`Stopped::stop_one`] stops, at most, looking for one in a system call
+/// before it stops them all.
+const HOST_TRIES: usize = 4;
+
 /// How much of a stack [`Thread::stack_top`] holds.
 pub const STACK_TOP: usize = 1024;
 
@@ -514,38 +518,50 @@ impl Stopped {
         Ok(stopped)
     }
 
-    /// Stops one thread of `space` only, one blocked in a system call (it would not have run
+    /// Stops one thread of `space` only, one in a system call (it would not have run
     /// anyway): enough to run a system call in the target while its other threads run, with
-    /// the thread's own `syscall` instruction. The primary's threads are tried first, then
-    /// those of the processes sharing its memory (the call acts on the memory they share).
+    /// the thread's own `syscall` instruction. Threads blocked in a call are tried first, the
+    /// primary's before its sharers', then the two running threads that have used the least
+    /// CPU (a thread released from an earlier stop a moment ago is still on its way back
+    /// into its call), at most [`HOST_TRIES`] in all; one that is not in a call stays stopped
+    /// (its code is not borrowed).
     ///
-    /// When no thread is blocked in a system call, every thread is stopped instead
-    /// ([`Stopped::stop`]): the call then borrows two bytes at a thread's instruction pointer,
-    /// which is safe only while no other thread can execute them.
+    /// When none is in a system call, every thread is stopped instead ([`Stopped::stop`]):
+    /// the call then borrows two bytes at a thread's instruction pointer, which is safe only
+    /// while no other thread can execute them.
     pub fn stop_one(space: &AddressSpace, timeout: Duration) -> Result<Stopped, Error> {
         let mut stopped = Stopped::empty(space);
-        let mut blocked = Vec::new();
+        let (mut blocked, mut running) = (Vec::new(), Vec::new());
         for (i, process) in space.members().iter().enumerate() {
             let tids = match process.threads() {
                 Ok(tids) => tids,
                 Err(e) if i == 0 => return Err(e),
                 Err(_) => continue,
             };
-            let waiting = tids.into_iter().filter(|&t| process.thread_state(t) == 'S');
-            blocked.extend(waiting.map(|t| (i, t)));
+            for tid in tids {
+                match process.thread_stat(tid) {
+                    Some(('S', _)) => blocked.push((i, tid)),
+                    Some(('R', cpu)) => running.push((cpu, i, tid)),
+                    _ => {}
+                }
+            }
         }
+        running.sort_unstable();
+        let candidates = blocked
+            .into_iter()
+            .chain(running.into_iter().take(2).map(|(_, i, tid)| (i, tid)))
+            .take(HOST_TRIES);
         {
             let watchdog = Watchdog::start(timeout);
-            for (i, tid) in blocked {
+            for (i, tid) in candidates {
                 if !stopped.stop_thread(&space.members()[i], tid, &watchdog)? {
                     continue;
                 }
-                if stopped.hosts_syscall(stopped.threads.len() - 1) {
+                let index = stopped.threads.len() - 1;
+                if stopped.hosts_syscall(index) && stopped.in_our_memory(index) {
                     space.primary().check_same()?;
                     return Ok(stopped);
                 }
-                // It woke up in between and is running its own code: stop the rest too.
-                break;
             }
         }
         stopped.stop_rest(&mut space.clone(), timeout)?;
@@ -590,6 +606,14 @@ impl Stopped {
         // Every thread is stopped, so the program cannot exec from here until release; it must
         // not have exec'd before either.
         space.primary().check_same()
+    }
+
+    /// Whether stopped thread `index` runs in the primary's address space. A thread of a
+    /// sharer does unless the sharer exec'd between being found and being stopped; once
+    /// stopped, it cannot exec (an exec kills every other thread of its process first).
+    fn in_our_memory(&self, index: usize) -> bool {
+        let t = &self.threads[index];
+        t.pid == self.pid || crate::kcmp::same_vm(self.pid, t.tid) == Some(true)
     }
 
     /// Whether stopped thread `index` can run a system call for us with its own `syscall`
@@ -882,12 +906,16 @@ impl Stopped {
     /// The thread to run an injected call on: one stopped in a system call if possible (its
     /// `syscall` instruction can be reused), never one with a signal to deliver, and a
     /// job-stopped one only when every thread is (running it for the call does not end the
-    /// job-control stop, which holds again once we detach).
+    /// job-control stop, which holds again once we detach), never one that does not run in
+    /// the primary's memory.
     fn pick_thread(&self) -> Result<(usize, bool), Error> {
         let mut choice = None;
         for job_stopped in [false, true] {
             for (i, t) in self.threads.iter().enumerate() {
-                if t.pending_signal.is_some() || t.job_stopped != job_stopped {
+                if t.pending_signal.is_some()
+                    || t.job_stopped != job_stopped
+                    || !self.in_our_memory(i)
+                {
                     continue;
                 }
                 if t.in_syscall() && t.regs.rip >= 2 {
@@ -982,7 +1010,15 @@ impl Stopped {
     /// `syscall` instruction) are restored exactly, so an interrupted system call of that
     /// thread still restarts.
     pub fn syscall(&mut self, number: i64, args: [u64; 6]) -> Result<i64, Error> {
-        let (index, in_syscall) = self.pick_thread()?;
+        let (index, in_syscall) = match self.whole {
+            true => self.pick_thread()?,
+            // A stop of a few threads: one that lends its own instruction (`stop_one` made sure
+            // there is one).
+            false => (0..self.threads.len())
+                .find(|&i| self.hosts_syscall(i) && self.in_our_memory(i))
+                .map(|i| (i, true))
+                .ok_or(Error::NoUsableThread { pid: self.pid })?,
+        };
         let saved = self.threads[index].regs;
         let tid = self.threads[index].tid;
         let pid = self.threads[index].pid;
@@ -1140,9 +1176,10 @@ impl Stopped {
     pub fn call(&mut self, function: u64, trap: u64) -> Result<u64, Error> {
         self.target_runs();
         let usable = |job_stopped: bool| {
-            self.threads
-                .iter()
-                .position(|t| t.pending_signal.is_none() && t.job_stopped == job_stopped)
+            (0..self.threads.len()).find(|&i| {
+                let t = &self.threads[i];
+                t.pending_signal.is_none() && t.job_stopped == job_stopped && self.in_our_memory(i)
+            })
         };
         let Some(index) = usable(false).or_else(|| usable(true)) else {
             return Err(Error::NoUsableThread { pid: self.pid });

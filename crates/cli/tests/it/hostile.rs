@@ -246,6 +246,35 @@ fn threads_that_never_block_do_not_run_a_borrowed_syscall() {
 }
 
 #[test]
+fn a_thread_in_a_system_call_lends_it_and_the_others_run_on() {
+    // The main thread waits in read(): the mmap before the switch and the munmap after it
+    // run on that thread alone — for the munmap, a moment after the switch released it, when
+    // it is not back in its call yet behind the busy workers (it is on its way: its registers
+    // say so).
+    let fixture = Fixture::new("hostile-lend", "", &["work"]);
+    let mut target = Target::start(&fixture.exe, &["8", "spin"]);
+    let pid = target.pid().to_string();
+    let id = fixture.id("work").to_string();
+    let windows = |out: &std::process::Output| -> Vec<u64> {
+        let v = json("live", out);
+        let windows = v["processes"][0]["stop_windows"].as_array().unwrap();
+        windows
+            .iter()
+            .map(|w| w["threads"].as_u64().unwrap())
+            .collect()
+    };
+    for i in 0..10 {
+        let out = fixture.run(&["apply", fixture.bundle("work"), "--pid", &pid]);
+        assert_eq!(code(&out), Some(0), "{i}: {}", stderr(&out));
+        assert_eq!(windows(&out), [1, 9], "{i}: apply's stops");
+        let out = fixture.run(&["undo", &id, "--pid", &pid]);
+        assert_eq!(code(&out), Some(0), "{i}: {}", stderr(&out));
+        assert_eq!(windows(&out), [9, 1], "{i}: undo's stops");
+    }
+    consistent(&fixture, &mut target, &[], "lend");
+}
+
+#[test]
 fn seccomp_filters_are_obeyed_not_tripped() {
     let fixture = Fixture::new("hostile-seccomp", "", &["work"]);
     for (filter, verdict) in [
