@@ -167,11 +167,13 @@ pub enum Error {
         /// The thread.
         tid: i32,
     },
-    /// A thread exited while being worked on.
-    #[error("thread {tid} exited while hotsplice was stopping it")]
+    /// A thread exited (or was killed) while being worked on.
+    #[error("thread {tid} exited while hotsplice was working on it ({during} found it gone)")]
     ThreadGone {
         /// The thread.
         tid: i32,
+        /// The step that found it gone: a ptrace request, or a wait.
+        during: &'static str,
     },
     /// A thread did not stop in time (uninterruptible sleep, e.g. I/O).
     #[error(

@@ -325,7 +325,10 @@ fn ptrace_error(tid: i32, operation: &'static str) -> impl Fn(Errno) -> Error {
             pid: tid,
             what: operation.to_string(),
         },
-        Errno::ESRCH => Error::ThreadGone { tid },
+        Errno::ESRCH => Error::ThreadGone {
+            tid,
+            during: operation,
+        },
         other => Error::Ptrace {
             tid,
             operation,
@@ -1091,7 +1094,12 @@ impl Stopped {
         loop {
             match wait(tid, &watchdog)? {
                 Event::Interrupted(_) => return Ok(()),
-                Event::Gone => return Err(Error::ThreadGone { tid }),
+                Event::Gone => {
+                    return Err(Error::ThreadGone {
+                        tid,
+                        during: "the wait after PTRACE_CONT",
+                    });
+                }
                 Event::TimedOut => return Err(Error::ThreadWontStop { tid }),
                 Event::Signal(signal) => {
                     self.threads[index].pending_signal.get_or_insert(signal);
@@ -1140,7 +1148,12 @@ impl Stopped {
                     self.threads[index].pending_signal.get_or_insert(signal);
                     ptrace::step(pid, None).map_err(ptrace_error(tid, "PTRACE_SINGLESTEP"))?;
                 }
-                Event::Gone => return Err(Error::ThreadGone { tid }),
+                Event::Gone => {
+                    return Err(Error::ThreadGone {
+                        tid,
+                        during: "the wait after PTRACE_SINGLESTEP",
+                    });
+                }
                 Event::TimedOut => return Err(Error::ThreadWontStop { tid }),
             }
         }
@@ -1226,7 +1239,12 @@ impl Stopped {
                         self.threads[index].pending_signal.get_or_insert(signal);
                         ptrace::cont(pid, None).map_err(ptrace_error(tid, "PTRACE_CONT"))?;
                     }
-                    Event::Gone => return Err(Error::ThreadGone { tid }),
+                    Event::Gone => {
+                        return Err(Error::ThreadGone {
+                            tid,
+                            during: "the wait for the called function",
+                        });
+                    }
                     Event::TimedOut => {
                         // It did not come back: stop it where it is.
                         let _ = ptrace::interrupt(pid);
