@@ -552,11 +552,8 @@ impl Stopped {
                 }
             }
         }
-        running.sort_unstable();
-        let candidates = blocked
-            .into_iter()
-            .chain(running.into_iter().take(1).map(|(_, i, tid)| (i, tid)))
-            .take(HOST_TRIES);
+        let least_busy = running.into_iter().min().map(|(_, i, tid)| (i, tid));
+        let candidates = blocked.into_iter().chain(least_busy).take(HOST_TRIES);
         {
             let watchdog = Watchdog::start(timeout);
             for (i, tid) in candidates {
