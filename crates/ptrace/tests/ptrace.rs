@@ -226,3 +226,91 @@ fn refuses_what_cannot_be_patched() {
     assert!(matches!(Process::new(pid), Err(Error::Zombie { .. })));
     zombie.wait().unwrap();
 }
+
+/// Kills the processes listed when dropped, so that a failing test leaves none behind.
+struct KillOnDrop(Vec<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+#[test]
+fn a_sharer_that_execs_after_being_listed_runs_no_system_call_for_us() {
+    let exe = fixture("sharer_exec");
+    // Without address randomisation (kept across exec), `sleep` maps libc where the main
+    // process has it: a system call started at the sharer's instruction pointer would find
+    // the same `syscall` bytes in the main process's memory, and run in the wrong process
+    // without an error.
+    let mut child = Command::new("setarch")
+        .args(["x86_64", "-R"])
+        .arg(&exe)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let mut cleanup = KillOnDrop(vec![pid]);
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let sharer: i32 = line
+        .strip_prefix("ready ")
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    cleanup.0.push(sharer);
+    let space = AddressSpace::open(pid).unwrap();
+    assert_eq!(space.pids(), [pid, sharer], "the sharer is listed");
+
+    // The sharer execs `sleep`: from now on it blocks in a system call, in memory of its own,
+    // while the main process's only thread spins outside any.
+    child.stdin.as_mut().unwrap().write_all(b"x\n").unwrap();
+    let sharer_process = Process::new(sharer).unwrap();
+    let waited = std::time::Instant::now();
+    while sharer_process.exe().ok().as_deref() != Some(Path::new("/usr/bin/sleep"))
+        || sharer_process.thread_state(sharer) != 'S'
+    {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "the sharer never exec'd"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    let mut stopped = Stopped::stop_one(&space, Duration::from_secs(2)).unwrap();
+    let exe_map = Process::new(pid)
+        .unwrap()
+        .maps()
+        .unwrap()
+        .into_iter()
+        .find(|m| m.path.as_deref() == Some(exe.to_str().unwrap()))
+        .unwrap();
+    let hint = (exe_map.start - (64 << 20)) & !0xfff;
+    let addr = stopped.mmap(hint, 4096, PROT_READ).unwrap();
+    assert_eq!(addr, hint);
+    let has_page = |pid: i32| {
+        hotsplice_ptrace::maps_of(pid)
+            .unwrap_or_default()
+            .iter()
+            .any(|m| m.start == hint)
+    };
+    assert!(
+        has_page(pid),
+        "the page is mapped in the process it was asked for"
+    );
+    assert!(
+        !has_page(sharer),
+        "the page is not mapped in the process that exec'd"
+    );
+    stopped.munmap(hint, 4096).unwrap();
+    stopped.release();
+    drop(cleanup);
+    let _ = child.wait();
+}
