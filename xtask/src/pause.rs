@@ -15,6 +15,10 @@
 //! Modes: *idle* (nothing else runs), *loaded* (one CPU hog per core at normal priority, as on
 //! a busy server). With `--compare BINARY`, every cycle also runs the other hotsplice (e.g. the
 //! build of an earlier commit) on the same target, interleaved, with a bundle it can read.
+//!
+//! The control: every cycle also runs `fixtures/bench/stopall.c` once, the least an
+//! all-thread ptrace stop can do (interrupt, wait, detach; no register or memory access), so
+//! that the table shows the floor this machine sets for any tool that stops every thread.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
@@ -431,6 +435,45 @@ fn invoke(tool: &Tool, target: &mut Target, verb: &str, samples: &mut Samples) -
     Ok(true)
 }
 
+/// Runs the control (`fixtures/bench/stopall.c`: every thread interrupted, waited for and
+/// detached, nothing else) once on the target, and records what the target felt during it.
+fn invoke_bare(stopall: &Path, target: &mut Target, samples: &mut Samples) -> Result<()> {
+    target.window()?;
+    target.gaps()?;
+    let started = Instant::now();
+    let out = Command::new(stopall)
+        .arg(target.child.id().to_string())
+        .output()?;
+    let wall = started.elapsed();
+    let window = target.window()?;
+    let gaps = target.gaps()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let fields: Vec<u64> = text
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [start, end, threads] = fields[..] else {
+        bail!(
+            "stopall failed: {text:?} {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    };
+    if !out.status.success() || threads as usize <= target.workers.len() {
+        bail!("stopall stopped {threads} threads: {text:?}");
+    }
+    let attributed = attribute(&gaps, &[(start, end)]);
+    samples.target.push(window.max);
+    samples.target_total.push(window.total);
+    samples.during.push(attributed.during);
+    samples.during_total.push(attributed.during_total);
+    samples.outside.push(attributed.outside);
+    samples
+        .stop_length
+        .push(end.saturating_sub(start) as f64 / 1000.0);
+    samples.wall_ms.push(wall.as_secs_f64() * 1000.0);
+    Ok(())
+}
+
 fn hotsplice_at(binary: &Path) -> Command {
     crate::nginx::hotsplice_with(binary)
 }
@@ -519,6 +562,17 @@ pub fn bench_pause(args: &Args) -> Result<()> {
     {
         bail!("make failed");
     }
+    // The control: the least an all-thread ptrace stop can do (see `invoke_bare`).
+    let stopall = work.join("stopall");
+    if !Command::new("gcc")
+        .args(["-O2", "-o"])
+        .arg(&stopall)
+        .arg(root.join("fixtures/bench/stopall.c"))
+        .status()?
+        .success()
+    {
+        bail!("gcc failed on fixtures/bench/stopall.c");
+    }
     let current = root.join("target/release/hotsplice");
     let mut binaries = vec![("current".to_string(), current.clone(), true)];
     if let Some((label, path)) = &args.compare {
@@ -577,6 +631,7 @@ pub fn bench_pause(args: &Args) -> Result<()> {
             let mut baseline_stop = Vec::new();
             let mut samples: Vec<(Samples, Samples)> =
                 tools.iter().map(|_| Default::default()).collect();
+            let mut bare = Samples::default();
             for _ in 0..args.cycles {
                 for (tool, (apply, undo)) in tools.iter().zip(samples.iter_mut()) {
                     if invoke(tool, &mut target, "apply", apply)? {
@@ -588,6 +643,7 @@ pub fn bench_pause(args: &Args) -> Result<()> {
                         }
                     }
                 }
+                invoke_bare(&stopall, &mut target, &mut bare)?;
                 // The machine's noise over a window as long as the last apply of this build,
                 // with hotsplice not running.
                 if let Some(&wall) = samples[0].0.wall_ms.last() {
@@ -616,6 +672,15 @@ pub fn bench_pause(args: &Args) -> Result<()> {
                     "undo": undo.json(),
                 }));
             }
+            rows.push(json!({
+                "mode": mode,
+                "threads": threads,
+                "cycles": args.cycles,
+                "tool": "control: bare ptrace stop",
+                "baseline_target_us": stats(&baseline),
+                "baseline_stop_us": stats(&baseline_stop),
+                "stop": bare.json(),
+            }));
         }
     }
     write(&root, &rows, args.compare.is_some())
@@ -665,7 +730,12 @@ fn write(root: &Path, rows: &[Value], compared: bool) -> Result<()> {
          the injected `mmap`). *stops*: how many times threads were stopped (the all-thread \
          switch, plus a one-thread stop for the `mmap` and one for the `munmap` in \
          multi-threaded targets). *wall*: the whole command, measured around it. *idle*: \
-         nothing else runs; *loaded*: one CPU hog per core at normal priority. The state \
+         nothing else runs; *loaded*: one CPU hog per core at normal priority. *control: bare \
+         ptrace stop* (op *stop*): once per cycle, `fixtures/bench/stopall.c` seizes every \
+         thread, then at `SCHED_FIFO` interrupts each, waits until each is stopped and detaches \
+         each — no register read, no memory touched: the least any tool that stops every \
+         thread with ptrace can do, and what the target feels from it (its *during stops* is \
+         the floor for hotsplice's; the columns of hotsplice's own reports are empty). The state \
          directory is on tmpfs (`/dev/shm`), as hotsplice's default `/run/hotsplice` is on \
          Debian. Reproduce: `cargo xtask bench-pause [--cycles N] [--threads 1,8,64] [--mode idle|loaded|both] [--compare LABEL=BINARY]`.\n"
     );
@@ -686,8 +756,11 @@ fn write(root: &Path, rows: &[Value], compared: bool) -> Result<()> {
         }
     };
     for r in rows {
-        for op in ["apply", "undo"] {
+        for op in ["apply", "undo", "stop"] {
             let s = &r[op];
+            if s.is_null() {
+                continue;
+            }
             let (whole, during, during_total, rw) = (
                 &s["target_us"],
                 &s["during_stops_us"],
