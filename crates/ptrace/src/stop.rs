@@ -117,6 +117,9 @@ impl AddressSpace {
 /// before it stops them all.
 const HOST_TRIES: usize = 4;
 
+/// The x86-64 `syscall` instruction.
+const SYSCALL: [u8; 2] = [0x0f, 0x05];
+
 /// How much of a stack [`Thread::stack_top`] holds.
 pub const STACK_TOP: usize = 1024;
 
@@ -522,17 +525,17 @@ impl Stopped {
     }
 
     /// Stops one thread of `space` only, one in a system call (it would not have run
-    /// anyway): enough to run a system call in the target while its other threads run, with
-    /// the thread's own `syscall` instruction. Threads blocked in a call are tried first, the
-    /// primary's before its sharers', then the one running thread that has used the least CPU
-    /// (a thread released from an earlier stop a moment ago is still on its way back into its
-    /// call), at most [`HOST_TRIES`] in all; one that is not in a call stays stopped (its code
-    /// is not borrowed). Not more running ones: a busy thread queued behind the others takes
-    /// up to a scheduling round to reach its stop (measured: 100–260 ms with 64 busy threads on
-    /// 2 cores), and every thread tried before it stays stopped meanwhile — stopping them all
-    /// costs about 1 ms.
+    /// anyway) or about to restart one: enough to run a system call in the target while its
+    /// other threads run, with the thread's own `syscall` instruction. Threads blocked in a
+    /// call are tried first, the primary's before its sharers', then the one running thread
+    /// that has used the least CPU (a thread released from an earlier stop a moment ago is
+    /// still on its way back into its call, or about to restart it), at most [`HOST_TRIES`] in
+    /// all; one that is neither stays stopped (its code is not borrowed). Not more running
+    /// ones: a busy thread queued behind the others takes up to a scheduling round to reach
+    /// its stop (measured: 100–260 ms with 64 busy threads on 2 cores), and every thread tried
+    /// before it stays stopped meanwhile — stopping them all costs about 1 ms.
     ///
-    /// When none is in a system call, every thread is stopped instead ([`Stopped::stop`]):
+    /// When none can lend a `syscall`, every thread is stopped instead ([`Stopped::stop`]):
     /// the call then borrows two bytes at a thread's instruction pointer, which is safe only
     /// while no other thread can execute them.
     pub fn stop_one(space: &AddressSpace, timeout: Duration) -> Result<Stopped, Error> {
@@ -561,7 +564,7 @@ impl Stopped {
                     continue;
                 }
                 let index = stopped.threads.len() - 1;
-                if stopped.hosts_syscall(index) && stopped.in_our_memory(index) {
+                if stopped.in_our_memory(index) && stopped.hosts_syscall(index).is_some() {
                     space.primary().check_same()?;
                     return Ok(stopped);
                 }
@@ -619,17 +622,31 @@ impl Stopped {
         t.pid == self.pid || crate::kcmp::same_vm(self.pid, t.tid) == Some(true)
     }
 
-    /// Whether stopped thread `index` can run a system call for us with its own `syscall`
-    /// instruction, touching no code: it is blocked in a system call made by one, and has no
-    /// signal to deliver.
-    fn hosts_syscall(&mut self, index: usize) -> bool {
+    /// The `syscall` instruction with which stopped thread `index` can run a system call for
+    /// us, touching no code ([`Stopped::own_syscall`]), if it has no signal to deliver and is
+    /// not in a job-control stop.
+    fn hosts_syscall(&mut self, index: usize) -> Option<u64> {
         let t = &self.threads[index];
-        if !t.in_syscall() || t.pending_signal.is_some() || t.job_stopped || t.regs.rip < 2 {
-            return false;
+        if t.pending_signal.is_some() || t.job_stopped {
+            return None;
         }
-        let at = t.regs.rip - 2;
+        self.own_syscall(index)
+    }
+
+    /// The address of a `syscall` instruction of stopped thread `index`'s own: the one it
+    /// made the system call it is in with, or the one it is about to execute — a call that
+    /// restarts after an earlier stop has its instruction pointer moved back onto its
+    /// `syscall` before the thread returns to user space, and a thread stopped again in
+    /// between is found there. Setting the registers for another call there and restoring
+    /// them after changes no byte of code, so the other threads may run meanwhile.
+    fn own_syscall(&mut self, index: usize) -> Option<u64> {
+        let t = &self.threads[index];
+        let (rip, in_syscall) = (t.regs.rip, t.in_syscall());
         let mut two = [0u8; 2];
-        self.read(at, &mut two).is_ok() && two == [0x0f, 0x05]
+        if in_syscall && rip >= 2 && self.read(rip - 2, &mut two).is_ok() && two == SYSCALL {
+            return Some(rip - 2);
+        }
+        (self.read(rip, &mut two).is_ok() && two == SYSCALL).then_some(rip)
     }
 
     fn stop_process(&mut self, process: &Process, watchdog: &Watchdog) -> Result<(), Error> {
@@ -911,7 +928,7 @@ impl Stopped {
     /// job-stopped one only when every thread is (running it for the call does not end the
     /// job-control stop, which holds again once we detach), never one that does not run in
     /// the primary's memory.
-    fn pick_thread(&self) -> Result<(usize, bool), Error> {
+    fn pick_thread(&self) -> Result<usize, Error> {
         let mut choice = None;
         for job_stopped in [false, true] {
             for (i, t) in self.threads.iter().enumerate() {
@@ -922,10 +939,10 @@ impl Stopped {
                     continue;
                 }
                 if t.in_syscall() && t.regs.rip >= 2 {
-                    return Ok((i, true));
+                    return Ok(i);
                 }
                 if choice.is_none() {
-                    choice = Some((i, false));
+                    choice = Some(i);
                 }
             }
             if let Some(c) = choice {
@@ -993,7 +1010,7 @@ impl Stopped {
     /// this call: lets an operation make sure, before it changes anything, that a call it will
     /// need later (`munmap` to undo) is allowed.
     pub fn check_syscall(&mut self, number: i64, args: [u64; 6]) -> Result<(), Error> {
-        let (index, _) = self.pick_thread()?;
+        let index = self.pick_thread()?;
         let t = &self.threads[index];
         let (pid, tid, ip) = (t.pid, t.tid, t.regs.rip);
         match self.seccomp_verdict(index, number, ip, args)? {
@@ -1013,31 +1030,35 @@ impl Stopped {
     /// `syscall` instruction) are restored exactly, so an interrupted system call of that
     /// thread still restarts.
     pub fn syscall(&mut self, number: i64, args: [u64; 6]) -> Result<i64, Error> {
-        let (index, in_syscall) = match self.whole {
-            true => self.pick_thread()?,
+        let (index, own) = match self.whole {
+            true => {
+                let index = self.pick_thread()?;
+                (index, self.own_syscall(index))
+            }
             // A stop of a few threads: one that lends its own instruction (`stop_one` made sure
             // there is one).
-            false => (0..self.threads.len())
-                .find(|&i| self.hosts_syscall(i) && self.in_our_memory(i))
-                .map(|i| (i, true))
-                .ok_or(Error::NoUsableThread { pid: self.pid })?,
+            false => {
+                let mut lent = None;
+                for i in 0..self.threads.len() {
+                    if self.in_our_memory(i)
+                        && let Some(at) = self.hosts_syscall(i)
+                    {
+                        lent = Some((i, Some(at)));
+                        break;
+                    }
+                }
+                lent.ok_or(Error::NoUsableThread { pid: self.pid })?
+            }
         };
         let saved = self.threads[index].regs;
         let tid = self.threads[index].tid;
         let pid = self.threads[index].pid;
-        let mut insn = saved.rip;
-        let mut borrowed = None;
-        if in_syscall {
-            let mut two = [0u8; 2];
-            self.read(saved.rip - 2, &mut two)?;
-            if two == [0x0f, 0x05] {
-                insn = saved.rip - 2;
-            } else {
-                borrowed = Some(saved.rip);
-            }
-        } else {
-            borrowed = Some(saved.rip);
-        }
+        // The thread's own `syscall` instruction, or two bytes borrowed at its instruction
+        // pointer to put one there.
+        let (insn, borrowed) = match own {
+            Some(at) => (at, None),
+            None => (saved.rip, Some(saved.rip)),
+        };
         // Two bytes borrowed at an instruction pointer are code any running thread may
         // execute: only with every thread stopped ([`Stopped::stop_one`] stops them all when
         // no thread can lend its own `syscall`).
@@ -1056,7 +1077,7 @@ impl Stopped {
         let mut original = [0u8; 2];
         if let Some(at) = borrowed {
             self.read(at, &mut original)?;
-            self.write(at, &[0x0f, 0x05])?;
+            self.write(at, &SYSCALL)?;
         }
         let result = self.step_syscall(index, insn, number, args, saved);
         // Always put the thread back as it was.
