@@ -30,6 +30,17 @@ fn fixture(name: &str) -> PathBuf {
     exe
 }
 
+/// A page-aligned address 64 MiB below where `process` maps `exe`: free, for a test mapping.
+fn below_executable(process: &Process, exe: &Path) -> u64 {
+    let exe_map = process
+        .maps()
+        .unwrap()
+        .into_iter()
+        .find(|m| m.path.as_deref() == Some(exe.to_str().unwrap()))
+        .unwrap();
+    (exe_map.start - (64 << 20)) & !0xfff
+}
+
 struct Target {
     child: Child,
     out: BufReader<ChildStdout>,
@@ -89,13 +100,7 @@ fn stop_inject_write_release_keeps_blocking_calls_intact() {
             "the blocked threads are seen inside their system calls"
         );
         // A system call inside the target: map a page near the executable and unmap it.
-        let exe_map = process
-            .maps()
-            .unwrap()
-            .into_iter()
-            .find(|m| m.path.as_deref() == Some(exe.to_str().unwrap()))
-            .unwrap();
-        let hint = (exe_map.start - (64 << 20)) & !0xfff;
+        let hint = below_executable(&process, &exe);
         let addr = stopped.mmap(hint, 4096, PROT_READ | PROT_EXEC).unwrap();
         assert_eq!(addr, hint);
         // Memory writes into a read-only executable mapping go through /proc/PID/mem.
@@ -285,14 +290,7 @@ fn a_sharer_that_execs_after_being_listed_runs_no_system_call_for_us() {
     }
 
     let mut stopped = Stopped::stop_one(&space, Duration::from_secs(2)).unwrap();
-    let exe_map = Process::new(pid)
-        .unwrap()
-        .maps()
-        .unwrap()
-        .into_iter()
-        .find(|m| m.path.as_deref() == Some(exe.to_str().unwrap()))
-        .unwrap();
-    let hint = (exe_map.start - (64 << 20)) & !0xfff;
+    let hint = below_executable(&Process::new(pid).unwrap(), &exe);
     let addr = stopped.mmap(hint, 4096, PROT_READ).unwrap();
     assert_eq!(addr, hint);
     let has_page = |pid: i32| {
