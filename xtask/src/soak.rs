@@ -206,6 +206,10 @@ pub fn soak(cycles: usize, threads: u32) -> Result<()> {
     let mut retries = 0u64;
     let mut last = spin.report()?;
     let first_iterations = last.iterations;
+    // Per stretch of cycles between checkpoints: its pauses and the machine's load, so that a
+    // stretch that shared the machine with other work shows.
+    let mut stretches: Vec<Value> = Vec::new();
+    let (mut stretch_from, mut stretch_started) = ((0, 0), Instant::now());
     for cycle in 1..=cycles {
         for verb in ["apply", "undo"] {
             let what = if verb == "apply" { &bundle } else { &id };
@@ -243,6 +247,21 @@ pub fn soak(cycles: usize, threads: u32) -> Result<()> {
             bail!("too many failures: {failures:#?}");
         }
         if cycle % 500 == 0 || cycle == cycles {
+            let (a, u) = stretch_from;
+            let p = |v: &[f64], q: f64| crate::pause::percentile(v, q);
+            stretches.push(json!({
+                "cycles": cycle,
+                "seconds": stretch_started.elapsed().as_secs_f64(),
+                "load_1min": load_average(),
+                "apply_hotsplice_p50_us": p(&apply_tool[a..], 50.0),
+                "apply_hotsplice_p99_us": p(&apply_tool[a..], 99.0),
+                "apply_target_p99_us": p(&apply_target[a..], 99.0),
+                "undo_hotsplice_p50_us": p(&undo_tool[u..], 50.0),
+                "undo_hotsplice_p99_us": p(&undo_tool[u..], 99.0),
+                "undo_target_p99_us": p(&undo_target[u..], 99.0),
+            }));
+            stretch_from = (apply_tool.len(), undo_tool.len());
+            stretch_started = Instant::now();
             checkpoint(
                 &root,
                 cycle,
@@ -282,6 +301,7 @@ pub fn soak(cycles: usize, threads: u32) -> Result<()> {
         "undo_hotsplice": stats(&undo_tool),
         "apply_target": stats(&apply_target),
         "undo_target": stats(&undo_target),
+        "stretches": stretches,
     });
     write(&root, &result)?;
     let clean = alive
@@ -321,6 +341,14 @@ fn checkpoint(
         root.join("target/bench/soak/progress.json"),
         text.to_string() + "\n",
     );
+}
+
+/// The machine's load average over the last minute (`/proc/loadavg`); 0 when unreadable.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 fn write(root: &Path, r: &Value) -> Result<()> {
@@ -424,6 +452,34 @@ fn write(root: &Path, r: &Value) -> Result<()> {
             s["p99_9_us"].as_f64().unwrap_or(0.0),
             s["max_us"].as_f64().unwrap_or(0.0)
         );
+    }
+    if let Some(stretches) = r["stretches"].as_array().filter(|s| !s.is_empty()) {
+        let _ = writeln!(
+            md,
+            "\nBy stretch of cycles (µs; *load*: the machine's one-minute load average at its \
+             end — the target's busy threads alone hold it near their number, more means other \
+             work shared the cores):\n"
+        );
+        let _ = writeln!(
+            md,
+            "| up to cycle | seconds | load | apply, hotsplice p50 / p99 | apply, target p99 | undo, hotsplice p50 / p99 | undo, target p99 |\n|---|---|---|---|---|---|---|"
+        );
+        for x in stretches {
+            let f = |k: &str| x[k].as_f64().unwrap_or(0.0);
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} | {:.1} | {:.0} / {:.0} | {:.0} | {:.0} / {:.0} | {:.0} |",
+                x["cycles"],
+                f("seconds"),
+                f("load_1min"),
+                f("apply_hotsplice_p50_us"),
+                f("apply_hotsplice_p99_us"),
+                f("apply_target_p99_us"),
+                f("undo_hotsplice_p50_us"),
+                f("undo_hotsplice_p99_us"),
+                f("undo_target_p99_us"),
+            );
+        }
     }
     std::fs::write(results.join("soak.md"), md)?;
     eprintln!("soak: wrote eval/results/soak.{{md,json}}");
