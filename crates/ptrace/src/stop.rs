@@ -319,6 +319,9 @@ pub struct Stopped {
     modes: HashMap<i32, u32>,
     /// Every thread of the address space is stopped (not [`Stopped::stop_one`]).
     whole: bool,
+    /// In a stop of a few threads, the one [`Stopped::stop_one`] found able to lend its own
+    /// `syscall` (by index).
+    host: Option<usize>,
     released: bool,
 }
 
@@ -510,6 +513,7 @@ impl Stopped {
             filters: HashMap::new(),
             modes: HashMap::new(),
             whole: false,
+            host: None,
             released: false,
         }
     }
@@ -565,6 +569,7 @@ impl Stopped {
                 }
                 let index = stopped.threads.len() - 1;
                 if stopped.in_our_memory(index) && stopped.hosts_syscall(index).is_some() {
+                    stopped.host = Some(index);
                     space.primary().check_same()?;
                     return Ok(stopped);
                 }
@@ -1035,18 +1040,13 @@ impl Stopped {
                 let index = self.pick_thread()?;
                 (index, self.own_syscall(index))
             }
-            // A stop of a few threads: one that lends its own instruction (`stop_one` made sure
-            // there is one).
+            // A stop of a few threads: the one `stop_one` found to lend its own instruction,
+            // its bytes checked again just before they are used.
             false => {
-                let mut lent = None;
-                for i in 0..self.threads.len() {
-                    if self.in_our_memory(i)
-                        && let Some(at) = self.hosts_syscall(i)
-                    {
-                        lent = Some((i, Some(at)));
-                        break;
-                    }
-                }
+                let lent = self
+                    .host
+                    .filter(|&i| self.in_our_memory(i))
+                    .and_then(|i| Some((i, Some(self.hosts_syscall(i)?))));
                 lent.ok_or(Error::NoUsableThread { pid: self.pid })?
             }
         };
