@@ -310,6 +310,18 @@ struct Samples {
 }
 
 impl Samples {
+    /// Records how long `stops` lasted together and what the target's `gaps` show during
+    /// them and outside them.
+    fn felt(&mut self, gaps: &[Gap], stops: &[StopWindow]) -> Attributed {
+        let length: u64 = stops.iter().map(|&(a, b)| b.saturating_sub(a)).sum();
+        self.stop_length.push(length as f64 / 1000.0);
+        let attributed = attribute(gaps, stops);
+        self.during.push(attributed.during);
+        self.during_total.push(attributed.during_total);
+        self.outside.push(attributed.outside);
+        attributed
+    }
+
     fn json(&self) -> Value {
         let mut reasons: Vec<(String, usize)> = Vec::new();
         for r in &self.refusals {
@@ -393,14 +405,7 @@ fn invoke(tool: &Tool, target: &mut Target, verb: &str, samples: &mut Samples) -
             .filter(|w| w["threads"].as_u64().unwrap_or(0) as usize > target.workers.len())
             .filter_map(|w| Some((w["start_ns"].as_u64()?, w["end_ns"].as_u64()?)))
             .collect();
-        samples
-            .stop_length
-            .push(stops.iter().map(|&(a, b)| b.saturating_sub(a)).sum::<u64>() as f64 / 1000.0);
-        let attributed = attribute(&gaps, &stops);
-        samples.during.push(attributed.during);
-        samples.during_total.push(attributed.during_total);
-        samples.outside.push(attributed.outside);
-        seen = Some(attributed);
+        seen = Some(samples.felt(&gaps, &stops));
     }
     samples.reported.push(p["pause_us"].as_f64().unwrap_or(0.0));
     if let (Some(threads), Some(seen)) = (p["stopped_threads"].as_array(), &seen) {
@@ -461,15 +466,9 @@ fn invoke_bare(stopall: &Path, target: &mut Target, samples: &mut Samples) -> Re
     if !out.status.success() || threads as usize <= target.workers.len() {
         bail!("stopall stopped {threads} threads: {text:?}");
     }
-    let attributed = attribute(&gaps, &[(start, end)]);
     samples.target.push(window.max);
     samples.target_total.push(window.total);
-    samples.during.push(attributed.during);
-    samples.during_total.push(attributed.during_total);
-    samples.outside.push(attributed.outside);
-    samples
-        .stop_length
-        .push(end.saturating_sub(start) as f64 / 1000.0);
+    samples.felt(&gaps, &[(start, end)]);
     samples.wall_ms.push(wall.as_secs_f64() * 1000.0);
     Ok(())
 }
